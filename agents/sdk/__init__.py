@@ -1,0 +1,8 @@
+"""The agent SDK: define tools, serve MCP over HTTP, register with one dispatcher."""
+
+from mcp.server.mcpserver import Context
+from mcp.types import ToolAnnotations
+
+from agents.sdk.agent import Agent
+
+__all__ = ["Agent", "Context", "ToolAnnotations"]

@@ -1,0 +1,156 @@
+"""``Agent``: an MCP server (the official SDK's MCPServer) plus fleet membership.
+
+The MCP side is served statelessly (protocol 2026-07-28, one POST per call, and 2025-era
+clients still work): the dispatcher forwards each call on a pooled keep-alive connection
+and needs no per-replica session. Cancellation is the SDK's: when the caller closes the
+response stream the handler task is cancelled at its next ``await``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
+
+from agents.sdk.asgi import InflightCounter
+from agents.sdk.registration import Registrar
+from shared.constants import AGENT_NAME_RE, RESERVED_AGENT_NAMES
+from shared.settings import AgentSettings, check_environment
+
+log = logging.getLogger("edgefleet.agent")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Agent:
+    """A named agent: tools as decorated, type-hinted functions (schemas are derived)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        version: str = "0.1.0",
+        instructions: str | None = None,
+    ) -> None:
+        if not AGENT_NAME_RE.match(name) or name in RESERVED_AGENT_NAMES:
+            raise ValueError(
+                f"agent name {name!r} must match {AGENT_NAME_RE.pattern} and not be one of "
+                f"{sorted(RESERVED_AGENT_NAMES)}: it becomes the namespace of its tools ('{name}.tool')"
+            )
+        self.name = name
+        self.version = version
+        self.mcp = MCPServer(name, description=description, instructions=instructions, version=version)
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a tool. Add a ``ctx: Context`` parameter to report progress or log."""
+        return self.mcp.tool(name=name, title=title, description=description, annotations=annotations, meta=meta)
+
+    def asgi_app(self, settings: AgentSettings) -> InflightCounter:
+        """The MCP app at ``/mcp`` plus ``/healthz``, counting calls in flight for heartbeats."""
+        inner = self.mcp.streamable_http_app(stateless_http=True, host=settings.host)
+        return InflightCounter(inner)
+
+    async def serve(self, settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
+        """Serve until cancelled or signalled; register and heartbeat while serving."""
+        app = self.asgi_app(settings)
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        port = sock.getsockname()[1]
+        public_url = settings.public_url or f"http://{_url_host(settings.host)}:{port}/mcp"
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=75,  # longer than the dispatcher pool's idle timeout (60 s)
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        # We own the signals: stop registering first, then let uvicorn drain.
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serve_task.done():
+                await serve_task
+                return
+            await asyncio.sleep(0.01)
+        log.info("agent %s (%s) serving MCP at %s", self.name, settings.region, public_url)
+        print(f"EDGEFLEET_AGENT_READY name={self.name} region={settings.region} url={public_url}", flush=True)
+        registrar: Registrar | None = None
+        if settings.dispatcher_url:
+            registrar = Registrar(
+                agent=self.name,
+                version=self.version,
+                region=settings.region,
+                url=public_url,
+                dispatcher_url=settings.dispatcher_url,
+                fleet_token=settings.fleet_token.get_secret_value(),
+                heartbeat_s=settings.heartbeat_s,
+                load=lambda: {"inflight": app.inflight},
+            )
+            registrar.start()
+        if ready is not None:
+            ready.set()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        try:
+            stop_task = asyncio.create_task(stop.wait())
+            await asyncio.wait({serve_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+        finally:
+            # Leave the fleet first so the dispatcher stops routing here, then drain.
+            if registrar is not None:
+                await registrar.aclose()
+            server.should_exit = True
+            await asyncio.gather(serve_task, return_exceptions=True)
+
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """Command-line entry: ``python -m agents.<name> [--region R] [--port P] [--dispatcher URL]``."""
+        parser = argparse.ArgumentParser(prog=f"python -m agents.{self.name}", description=f"Run the {self.name!r} agent.")
+        parser.add_argument("--region", help="region of this replica (EDGEFLEET_AGENT_REGION)")
+        parser.add_argument("--host", help="interface to listen on (EDGEFLEET_AGENT_HOST)")
+        parser.add_argument("--port", type=int, help="port to listen on, 0 = any free (EDGEFLEET_AGENT_PORT)")
+        parser.add_argument("--dispatcher", help="dispatcher URL to register with (EDGEFLEET_DISPATCHER_URL)")
+        args = parser.parse_args(argv)
+        check_environment()
+        overrides = {k: v for k, v in {"region": args.region, "host": args.host, "port": args.port, "dispatcher_url": args.dispatcher}.items() if v is not None}
+        settings = AgentSettings(**overrides)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
+        try:
+            import uvloop
+
+            uvloop.run(self.serve(settings))
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+            asyncio.run(self.serve(settings))
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

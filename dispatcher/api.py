@@ -1,0 +1,112 @@
+"""The REST surface (FastAPI): registry for agents and operators, probes for orchestrators."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from dispatcher.admission import admit
+from dispatcher.fleet import Fleet
+from dispatcher.naming import public_name
+from shared.errors import EdgefleetError, NotFound, RegistrationError, Unauthorized
+from shared.models import Heartbeat, RegisterRequest
+
+
+def build_api(fleet: Fleet, token: str, lifespan: Any) -> FastAPI:
+    api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+
+    @api.exception_handler(EdgefleetError)
+    async def _edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:
+        headers = {"www-authenticate": 'Bearer realm="edgefleet"'} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(exc.to_rest(), status_code=exc.http_status, headers=headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
+        error = RegistrationError("The request body is invalid.", data={"problems": problems})
+        return JSONResponse(error.to_rest(), status_code=422)
+
+    def fleet_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, presented = (authorization or "").partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+            raise Unauthorized()
+
+    authorized = [Depends(fleet_token)]
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        if not fleet.synced.is_set() or not fleet.registry_ok:
+            return JSONResponse({"status": "not ready", "registry": fleet.registry_ok, "synced": fleet.synced.is_set()}, status_code=503)
+        warming = [r.id for r in fleet.replicas.values() if not r.warm]
+        return JSONResponse({"status": "ready", "replicas": len(fleet.replicas), "warming": warming, "tools": len(fleet.catalog.entries)})
+
+    @api.post("/v1/agents", status_code=201, dependencies=authorized)
+    async def register(body: RegisterRequest) -> dict[str, Any]:
+        record = await admit(body, fleet)
+        return {
+            "replica_id": record.replica_id,
+            "era": record.era,
+            "tools": [public_name(record.agent, t["name"]) for t in record.tools],
+            "heartbeat_ttl_s": fleet.settings.heartbeat_ttl_s,
+        }
+
+    @api.post("/v1/agents/replicas/{replica_id}/heartbeat", dependencies=authorized)
+    async def heartbeat(replica_id: str, body: Heartbeat) -> dict[str, Any]:
+        if not await fleet.registry.heartbeat(replica_id, body.model_dump()):
+            raise NotFound(f"Replica {replica_id} is not registered (lease expired?); register again.")
+        return {"ok": True}
+
+    @api.delete("/v1/agents/replicas/{replica_id}", status_code=204, dependencies=authorized)
+    async def deregister(replica_id: str) -> Response:
+        if not await fleet.registry.remove(replica_id):
+            raise NotFound(f"Replica {replica_id} is not registered.")
+        fleet.wake()
+        return Response(status_code=204)
+
+    @api.delete("/v1/agents/{name}", dependencies=authorized)
+    async def remove_agent(name: str) -> dict[str, Any]:
+        removed = [r.replica_id for r in await fleet.registry.live() if r.agent == name]
+        if not removed:
+            raise NotFound(f"No agent named {name!r} is registered.")
+        for replica_id in removed:
+            await fleet.registry.remove(replica_id)
+        fleet.wake()
+        return {"removed": removed}
+
+    @api.get("/v1/agents", dependencies=authorized)
+    async def list_agents() -> dict[str, Any]:
+        now = time.time()
+        agents: dict[str, dict[str, Any]] = {}
+        for record in await fleet.registry.live():
+            local = fleet.replicas.get(record.replica_id)
+            agent = agents.setdefault(record.agent, {"name": record.agent, "regions": set(), "tools": set(), "replicas": []})
+            agent["regions"].add(record.region)
+            agent["tools"].update(public_name(record.agent, t["name"]) for t in record.tools)
+            agent["replicas"].append({
+                "id": record.replica_id,
+                "region": record.region,
+                "url": record.url,
+                "version": record.version,
+                "static": record.static,
+                "era": record.era,
+                "warm": bool(local and local.warm),
+                "healthy": bool(local and local.healthy),
+                "routable": bool(local and local.routable),
+                "inflight": local.inflight if local else 0,
+                "load": record.load,
+                "heartbeat_age_s": round(now - record.heartbeat_at, 2),
+                "last_error": local.last_error if local else None,
+            })
+        items = [{**a, "regions": sorted(a["regions"]), "tools": sorted(a["tools"])} for a in agents.values()]
+        return {"agents": sorted(items, key=lambda a: a["name"])}
+
+    return api

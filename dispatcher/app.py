@@ -1,0 +1,97 @@
+"""Assembling the dispatcher: components, lifespan, and the ASGI routing between the raw
+MCP endpoint and the FastAPI REST surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from dispatcher import static_config
+from dispatcher.admission import admit
+from dispatcher.api import build_api
+from dispatcher.asgi import Receive, Scope, Send
+from dispatcher.executor import Executor
+from dispatcher.fleet import Fleet
+from dispatcher.mcp_endpoint import MCPEndpoint
+from dispatcher.sessions import SessionStore
+from dispatcher.upstream import UpstreamPool
+from shared.constants import RedisKeys
+from shared.errors import ConfigError, EdgefleetError
+from shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.dispatcher")
+
+MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+
+
+class Dispatcher:
+    """All components of one dispatcher process; constructing it does no I/O."""
+
+    def __init__(self, settings: DispatcherSettings) -> None:
+        if not settings.fleet_token.get_secret_value():
+            raise ConfigError("EDGEFLEET_FLEET_TOKEN is required: agents present it to register.")
+        self.settings = settings
+        self.static_agents = static_config.load(settings.config_file) if settings.config_file else []
+        self.redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+        self.pool = UpstreamPool(settings)
+        self.fleet = Fleet(settings, self.redis, self.pool)
+        self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
+        self.executor = Executor(self.fleet)
+        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor)
+        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in MCP_PATHS:
+            await self.mcp(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def start(self) -> None:
+        await self.pool.start()
+        try:
+            await self.redis.ping()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.error("Redis at %s is not reachable (%s); /readyz stays 503 until it is", self.settings.redis_url, exc)
+        await self.fleet.start()
+        for request in self.static_agents:
+            try:
+                record = await admit(request, self.fleet, allow_unreachable=True)
+                log.info("static agent %s (%s) at %s: %d tools", record.agent, record.region, record.url, len(record.tools))
+            except EdgefleetError as exc:
+                log.error("static agent %s from %s refused: %s", request.name, self.settings.config_file, exc.message)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.error("static agent %s not stored (Redis: %s)", request.name, exc)
+        # Principle 1: nothing cold on the critical path. Wait (bounded) until the
+        # catalog is loaded and every known replica has its pool warmed.
+        try:
+            await self.fleet.wait_warm(timeout=10.0)
+        except asyncio.TimeoutError:
+            log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
+        log.info(
+            "dispatcher ready in region %s: %d replicas, %d tools",
+            self.settings.region, len(self.fleet.replicas), len(self.fleet.catalog.entries),
+        )
+
+    async def aclose(self) -> None:
+        await self.fleet.aclose()
+        await self.pool.aclose()
+        await self.redis.aclose()
+
+
+def create_app(settings: DispatcherSettings | None = None) -> Dispatcher:
+    return Dispatcher(settings or DispatcherSettings())

@@ -1,0 +1,124 @@
+"""The federated tool catalog: every routable agent's tools under ``agent.tool`` names.
+
+Rebuilt (not patched) whenever the set of routable replicas changes, so a call never sees
+a half-updated catalog. Everything a call needs is precomputed here, off the hot path:
+the public definitions, the serialized ``tools/list`` payload and the compiled JSON
+Schema validators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+from packaging.version import InvalidVersion, Version
+
+from dispatcher.naming import namespace_tools
+from shared.constants import META_EDGE_AGENT, META_EDGE_UPSTREAM_NAME
+from shared.errors import ToolConflict
+
+if TYPE_CHECKING:
+    from dispatcher.fleet import Replica
+
+log = logging.getLogger("edgefleet.catalog")
+
+
+@dataclass(eq=False)
+class ToolEntry:
+    public_name: str
+    agent: str
+    upstream_name: str
+    definition: dict[str, Any]
+    idempotent: bool
+    validator: Any | None
+    replicas: list[Replica] = field(default_factory=list)
+
+    def validation_error(self, arguments: Any) -> str | None:
+        """A message naming the failing field, or None when ``arguments`` fit the schema."""
+        if self.validator is None:
+            return None
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        return f"Invalid arguments for tool {self.public_name}: at '{where}': {error.message}"
+
+
+def _version_key(version: str) -> tuple[int, Any]:
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
+def _compile(schema: Any, tool: str) -> Any | None:
+    if not isinstance(schema, dict):
+        return None
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    except jsonschema.exceptions.SchemaError as exc:
+        log.warning("tool %s has an invalid inputSchema (%s); arguments are passed unvalidated", tool, exc.message)
+        return None
+
+
+def public_definition(agent: str, public: str, upstream: str, tool: dict[str, Any]) -> dict[str, Any]:
+    definition = dict(tool)
+    definition["name"] = public
+    meta = dict(definition.get("_meta") or {})
+    meta[META_EDGE_AGENT] = agent
+    if public != f"{agent}.{upstream}":
+        meta[META_EDGE_UPSTREAM_NAME] = upstream
+    definition["_meta"] = meta
+    definition.setdefault("inputSchema", {"type": "object"})
+    return definition
+
+
+class Catalog:
+    def __init__(self, entries: dict[str, ToolEntry]) -> None:
+        self.entries = entries
+        self.definitions = [entry.definition for entry in entries.values()]
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls({})
+
+    def get(self, name: str) -> ToolEntry | None:
+        return self.entries.get(name)
+
+    @classmethod
+    def build(cls, replicas: Iterable[Replica]) -> Catalog:
+        by_agent: dict[str, list[Replica]] = defaultdict(list)
+        for replica in replicas:
+            if replica.routable:
+                by_agent[replica.record.agent].append(replica)
+        entries: dict[str, ToolEntry] = {}
+        for agent in sorted(by_agent):
+            members = by_agent[agent]
+            # The newest version defines the agent's tools (rolling upgrades); each tool
+            # is routed only to replicas that actually have it.
+            lead = max(members, key=lambda r: (_version_key(r.record.version), r.record.registered_at))
+            try:
+                mapping = namespace_tools(agent, [t["name"] for t in lead.record.tools])
+            except ToolConflict as exc:
+                log.error("agent %s left out of the catalog: %s", agent, exc.message)
+                continue
+            by_upstream = {t["name"]: t for t in lead.record.tools}
+            for public, upstream in mapping.items():
+                tool = by_upstream[upstream]
+                annotations = tool.get("annotations") or {}
+                entries[public] = ToolEntry(
+                    public_name=public,
+                    agent=agent,
+                    upstream_name=upstream,
+                    definition=public_definition(agent, public, upstream, tool),
+                    idempotent=bool(annotations.get("idempotentHint")),
+                    validator=_compile(tool.get("inputSchema"), public),
+                    replicas=[r for r in members if upstream in r.tool_names],
+                )
+        return cls(entries)

@@ -1,0 +1,137 @@
+"""The ``edgefleet`` command: a thin layer over the same code the services run.
+
+    edgefleet dev                       the whole local fleet, no Docker, no servers
+    edgefleet serve                     one dispatcher (production entry point)
+    edgefleet agent NAME                one example agent replica (text, data, trainer)
+    edgefleet tools                     list the federated tools through /mcp
+    edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
+    edgefleet agents list|add|remove    the registry
+    edgefleet config                    every EDGEFLEET_* setting with its default
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shared.errors import ConfigError
+
+EXAMPLE_AGENTS = ("text", "data", "trainer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="An MCP edge dispatcher: one URL in front of a regional fleet of agents.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with `edgefleet dev`, then `edgefleet tools` and `edgefleet call text.keywords text=\"...\"`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run a whole local fleet: embedded Redis, dispatcher, example agents in 3 regions")
+    dev.add_argument("--port", type=int, default=8700, help="dispatcher port (default 8700)")
+    dev.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    dev.add_argument("--agents", default="text@eu-west,text@us-east,text@ap-southeast,data@eu-west,data@us-east,trainer@us-east,trainer@ap-southeast",
+                     help="comma-separated NAME@REGION replicas to start")
+    dev.add_argument("--region", default="eu-west", help="region of the dev dispatcher (default eu-west)")
+
+    serve = sub.add_parser("serve", help="run one dispatcher (settings from EDGEFLEET_* variables)")
+    serve.add_argument("--host", help="EDGEFLEET_HOST")
+    serve.add_argument("--port", type=int, help="EDGEFLEET_PORT")
+    serve.add_argument("--redis-url", help="EDGEFLEET_REDIS_URL")
+    serve.add_argument("--region", help="EDGEFLEET_REGION")
+    serve.add_argument("--config", help="EDGEFLEET_CONFIG_FILE: static MCP servers (TOML/YAML)")
+
+    agent = sub.add_parser("agent", help="run one example agent replica")
+    agent.add_argument("name", choices=EXAMPLE_AGENTS)
+    agent.add_argument("rest", nargs=argparse.REMAINDER, help="--region R --port P --dispatcher URL")
+
+    url_help = "dispatcher base URL (default: the running `edgefleet dev`, else http://127.0.0.1:8700)"
+    tools = sub.add_parser("tools", help="list the federated tools (through /mcp, like any MCP client)")
+    tools.add_argument("--url", help=url_help)
+
+    call = sub.add_parser("call", help="call a tool: edgefleet call text.keywords text='hello world' top=3")
+    call.add_argument("tool")
+    call.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are parsed as JSON when they parse, else strings")
+    call.add_argument("--json", dest="json_args", help="all arguments as one JSON object")
+    call.add_argument("--url", help=url_help)
+    call.add_argument("--legacy", action="store_true", help="use the 2025-11-25 session protocol instead of 2026-07-28")
+
+    agents = sub.add_parser("agents", help="inspect or change the registry")
+    agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
+    a_list = agents_sub.add_parser("list", help="agents, regions, replicas and their health")
+    a_add = agents_sub.add_parser("add", help="add an existing MCP server (any language, streamable HTTP) unchanged")
+    a_add.add_argument("name")
+    a_add.add_argument("mcp_url", metavar="URL")
+    a_add.add_argument("--region", required=True)
+    a_remove = agents_sub.add_parser("remove", help="remove every replica of an agent")
+    a_remove.add_argument("name")
+    for p in (a_list, a_add, a_remove):
+        p.add_argument("--url", help=url_help)
+        p.add_argument("--token", help="fleet token (default: EDGEFLEET_FLEET_TOKEN or the running `edgefleet dev`)")
+    a_list.add_argument("--json", action="store_true", help="raw JSON")
+
+    sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            from dispatcher.devfleet import run_dev
+
+            return run_dev(port=args.port, redis_url=args.redis_url, agents=args.agents, region=args.region)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "agent":
+            import importlib
+
+            module = importlib.import_module(f"agents.{args.name}")
+            module.agent.main(args.rest)
+            return 0
+        if args.command == "config":
+            from shared.settings import settings_table
+
+            for var, default, description in settings_table():
+                print(f"{var:36} {default!s:28} {description}")
+            return 0
+        from dispatcher import client_cli
+
+        if args.command == "tools":
+            return client_cli.tools(args.url)
+        if args.command == "call":
+            return client_cli.call(args.url, args.tool, args.args, args.json_args, legacy=args.legacy)
+        if args.command == "agents":
+            return client_cli.agents(args)
+    except ConfigError as exc:
+        print(f"edgefleet: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dispatcher.server import serve
+    from shared.logsetup import configure
+    from shared.settings import DispatcherSettings, check_environment
+
+    check_environment()
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "redis_url": args.redis_url,
+                                   "region": args.region, "config_file": args.config}.items() if v is not None}
+    try:
+        settings = DispatcherSettings(**overrides)
+    except Exception as exc:  # pydantic's message names the bad variable
+        raise ConfigError(str(exc)) from None
+    configure(settings.log_level, settings.log_format)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main"]

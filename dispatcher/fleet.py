@@ -1,0 +1,215 @@
+"""This dispatcher's live view of the fleet: replicas, their warmth and health, the catalog.
+
+Each dispatcher replica keeps its own view (pools and health are local facts) built from
+the shared Redis registry. A replica becomes routable only once this dispatcher has
+opened warm keep-alive connections to it; it stops being routable when its lease
+expires, when active probes fail ``unhealthy_after`` times in a row, or at once when a
+connection to it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from dispatcher.catalog import Catalog
+from dispatcher.registry import Registry
+from dispatcher.upstream import ReplicaClient, UpstreamPool
+from shared.constants import RedisKeys
+from shared.errors import EdgefleetError
+from shared.models import ReplicaRecord
+from shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.fleet")
+
+
+@dataclass(eq=False)
+class Replica:
+    record: ReplicaRecord
+    client: ReplicaClient
+    warm: bool = False
+    healthy: bool = True
+    failures: int = 0
+    inflight: int = 0
+    last_error: str | None = None
+    tool_names: frozenset[str] = field(default_factory=frozenset)
+    warm_task: asyncio.Task[None] | None = None
+
+    @property
+    def routable(self) -> bool:
+        return self.warm and self.healthy
+
+    @property
+    def id(self) -> str:
+        return self.record.replica_id
+
+
+class Fleet:
+    def __init__(self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.registry = Registry(redis, self.keys, settings.heartbeat_ttl_s)
+        self.replicas: dict[str, Replica] = {}
+        self.catalog = Catalog.empty()
+        self.synced = asyncio.Event()
+        self.registry_ok = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="fleet-sync"),
+            asyncio.create_task(self._listen_loop(), name="fleet-listen"),
+            asyncio.create_task(self._probe_loop(), name="fleet-probe"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for replica in self.replicas.values():
+            if replica.warm_task:
+                replica.warm_task.cancel()
+        await asyncio.gather(*self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True)
+
+    async def wait_warm(self, timeout: float) -> None:
+        """Wait for the first sync and for every replica known then to be warmed (or failed)."""
+        await asyncio.wait_for(self.synced.wait(), timeout)
+        pending = [r.warm_task for r in self.replicas.values() if r.warm_task and not r.warm_task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def wake(self) -> None:
+        """Resync now (a registration happened on this dispatcher)."""
+        self._wake.set()
+
+    # -- registry sync -------------------------------------------------------------------
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+                self.registry_ok = True
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self.registry_ok:
+                    log.error("registry unreachable (%s); keeping the last known fleet", exc)
+                self.registry_ok = False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
+            self._wake.clear()
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.fleet_changed)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except (redis.exceptions.RedisError, OSError):
+                await asyncio.sleep(1.0)
+
+    async def sync(self) -> None:
+        records = {r.replica_id: r for r in await self.registry.live()}
+        changed = False
+        for replica_id in list(self.replicas):
+            if replica_id not in records:
+                replica = self.replicas.pop(replica_id)
+                if replica.warm_task:
+                    replica.warm_task.cancel()
+                log.info("replica %s (%s, %s) left the fleet", replica_id, replica.record.agent, replica.record.region)
+                changed = True
+        for replica_id, record in records.items():
+            replica = self.replicas.get(replica_id)
+            if replica is None:
+                replica = Replica(record=record, client=ReplicaClient(self.pool, record.url, era=None if record.era == "legacy" else record.era))
+                replica.tool_names = frozenset(t["name"] for t in record.tools)
+                self.replicas[replica_id] = replica
+                replica.warm_task = asyncio.create_task(self._warm(replica), name=f"warm-{replica_id}")
+            else:
+                if record.tools_hash != replica.record.tools_hash or record.version != replica.record.version:
+                    replica.tool_names = frozenset(t["name"] for t in record.tools)
+                    changed = True
+                replica.record = record
+        if changed:
+            self.rebuild()
+        self.synced.set()
+
+    async def _warm(self, replica: Replica) -> None:
+        """Open the pool to a new replica; only then does it become routable."""
+        backoff = 0.2
+        while True:
+            try:
+                started = time.perf_counter()
+                if replica.client.era is None:
+                    await replica.client.connect(timeout=self.settings.probe_timeout_s * 3)
+                if replica.record.static and not replica.record.tools:
+                    await self._refresh_static_tools(replica)
+                await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
+                replica.warm = True
+                replica.healthy = True
+                replica.failures = 0
+                log.info(
+                    "replica %s (%s, %s) warm: %d connections in %.1f ms",
+                    replica.id, replica.record.agent, replica.record.region,
+                    self.settings.warm_connections, (time.perf_counter() - started) * 1000,
+                )
+                self.rebuild()
+                return
+            except (EdgefleetError, OSError, asyncio.TimeoutError) as exc:
+                replica.last_error = str(exc)
+                log.warning("warming %s failed (%s); retrying", replica.id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.probe_interval_s * 2)
+
+    async def _refresh_static_tools(self, replica: Replica) -> None:
+        from dispatcher.registry import tools_hash
+
+        tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
+        replica.record.tools = tools
+        replica.record.tools_hash = tools_hash(tools)
+        replica.record.era = replica.client.era or "modern"
+        replica.tool_names = frozenset(t["name"] for t in tools)
+        await self.registry.put(replica.record)
+
+    # -- health --------------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_s)
+            warm = [r for r in self.replicas.values() if r.warm]
+            if warm:
+                await asyncio.gather(*(self._probe(r) for r in warm))
+
+    async def _probe(self, replica: Replica) -> None:
+        try:
+            await replica.client.probe(timeout=self.settings.probe_timeout_s)
+        except (EdgefleetError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure counts
+            self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}")
+        else:
+            self.report_success(replica)
+
+    def report_failure(self, replica: Replica, error: str, *, decisive: bool = False) -> None:
+        """A failed probe or call; ``decisive`` (connection refused) takes it out at once."""
+        replica.failures += 1
+        replica.last_error = error
+        if replica.healthy and (decisive or replica.failures >= self.settings.unhealthy_after):
+            replica.healthy = False
+            log.warning("replica %s (%s) marked unhealthy: %s", replica.id, replica.record.agent, error)
+            self.rebuild()
+
+    def report_success(self, replica: Replica) -> None:
+        replica.failures = 0
+        if not replica.healthy:
+            replica.healthy = True
+            log.info("replica %s (%s) healthy again", replica.id, replica.record.agent)
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        self.catalog = Catalog.build(self.replicas.values())

@@ -1,0 +1,377 @@
+"""The one MCP endpoint (``/mcp``), serving both protocol eras on the same URL.
+
+- 2026-07-28 (modern): every POST stands alone; version, client info and capabilities are
+  in ``params._meta`` and mirrored in ``MCP-Protocol-Version`` / ``Mcp-Method`` /
+  ``Mcp-Name`` headers, which must agree with the body. Closing the response stream
+  cancels the call.
+- 2025-11-25 and earlier (legacy): ``initialize`` opens a session (``Mcp-Session-Id``,
+  stored in Redis so any dispatcher replica can serve it); ``notifications/cancelled``
+  cancels a call; GET (standalone stream) answers 405, DELETE ends the session.
+
+Raw ASGI on purpose: the per-call path parses with orjson, looks the tool up in the warm
+catalog, rewrites the name and forwards bytes. No SDK objects are built per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from dispatcher import __version__, jsonrpc
+from dispatcher.asgi import ClientDisconnected, Receive, Scope, Send, TrackingSend, header_map, read_body, respond
+from dispatcher.executor import Executor
+from dispatcher.fleet import Fleet
+from dispatcher.sessions import Session, SessionStore
+from shared.constants import (
+    HEADER_METHOD,
+    HEADER_NAME,
+    HEADER_PROTOCOL_VERSION,
+    HEADER_SESSION_ID,
+    LATEST_LEGACY_VERSION,
+    LEGACY_PROTOCOL_VERSIONS,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
+    MODERN_PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+)
+from shared.errors import (
+    EdgefleetError,
+    ForbiddenOrigin,
+    HeaderMismatch,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    NotAcceptable,
+    SessionNotFound,
+    SessionRequired,
+    UnknownTool,
+    UnsupportedMediaType,
+    UnsupportedProtocolVersion,
+)
+from shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.mcp")
+
+SERVER_INFO = {"name": "edgefleet", "title": "edgefleet MCP edge dispatcher", "version": __version__}
+INSTRUCTIONS = (
+    "Tools of every agent in the fleet, named 'agent.tool'. Calls are routed to the nearest healthy replica."
+)
+CAPABILITIES = {"tools": {"listChanged": False}, "logging": {}}
+# JSON-RPC-level errors in the legacy era ride an HTTP 200 (the HTTP exchange worked).
+LEGACY_RPC_LEVEL = (MethodNotFound, InvalidParams)
+DEFAULT_LEGACY_LOG_LEVEL = "info"
+
+
+class MCPEndpoint:
+    def __init__(self, settings: DispatcherSettings, fleet: Fleet, sessions: SessionStore, executor: Executor) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.sessions = sessions
+        self.executor = executor
+        self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
+        # (session id, request id) -> task running that call, for notifications/cancelled.
+        self.legacy_inflight: dict[tuple[str, Any], asyncio.Task[None]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_map(scope)
+        request_id: Any = None
+        tracked = TrackingSend(send)
+        try:
+            self._check_origin(headers)
+            method = scope["method"]
+            if method == "POST":
+                await self._post(headers, receive, tracked)
+            elif method == "DELETE":
+                await self._delete(headers, tracked)
+            else:
+                # No standalone GET stream: the spec lets a server answer 405 instead.
+                await respond(tracked, 405, headers=[(b"allow", b"POST, DELETE")], content_type=None)
+        except ClientDisconnected:
+            return
+        except EdgefleetError as exc:
+            if not tracked.started:
+                request_id = exc.data.pop("id", None) if "id" in exc.data else None
+                await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc))
+        except Exception:  # a bug must not take the dispatcher down or leak a traceback
+            log.exception("unhandled error on /mcp")
+            if not tracked.started:
+                await respond(tracked, 500, jsonrpc.error_body(None, EdgefleetError()))
+
+    # -- transport checks ------------------------------------------------------------------
+    def _check_origin(self, headers: dict[str, str]) -> None:
+        origin = headers.get("origin")
+        if origin is None:
+            return
+        base = origin.rstrip("/")
+        for allowed in self.allowed_origins:
+            if base == allowed or (base.startswith(allowed + ":") and base[len(allowed) + 1 :].isdigit()):
+                return
+        raise ForbiddenOrigin(f"Origin {origin!r} is not allowed; add it to EDGEFLEET_ALLOWED_ORIGINS if it is yours.")
+
+    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend) -> None:
+        content_type = headers.get("content-type", "")
+        if not content_type.startswith("application/json"):
+            raise UnsupportedMediaType()
+        accept = headers.get("accept", "*/*")
+        if not any(t in accept for t in ("application/json", "text/event-stream", "*/*", "application/*")):
+            raise NotAcceptable()
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            raise jsonrpc_payload_too_large(self.settings.max_body_bytes)
+        body = await read_body(receive, self.settings.max_body_bytes)
+        message = jsonrpc.parse(body)
+        version = headers.get(HEADER_PROTOCOL_VERSION)
+        if message.method == "initialize":
+            await self._initialize(message, send)
+        elif version in (MODERN_PROTOCOL_VERSION,):
+            await self._modern(message, headers, receive, send)
+        elif version in LEGACY_PROTOCOL_VERSIONS or (version is None and HEADER_SESSION_ID in headers):
+            await self._legacy(message, headers, send)
+        elif version is None:
+            raise SessionRequired(
+                "Missing MCP-Protocol-Version header: send '2026-07-28' with per-request _meta, "
+                "or initialize a 2025-11-25 session and send its Mcp-Session-Id.",
+                data={"id": message.id},
+            )
+        else:
+            raise UnsupportedProtocolVersion(
+                "Unsupported protocol version",
+                data={"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": version, "id": message.id},
+            )
+
+    async def _delete(self, headers: dict[str, str], send: Send) -> None:
+        session_id = headers.get(HEADER_SESSION_ID)
+        if not session_id:
+            raise SessionRequired("DELETE ends a 2025-era session: send its Mcp-Session-Id.")
+        if not await self.sessions.delete(session_id):
+            raise SessionNotFound()
+        await respond(send, 200, content_type=None)
+
+    # -- modern era ------------------------------------------------------------------------
+    async def _modern(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend) -> None:
+        if message.kind == "response":
+            raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
+        meta = message.params.get("_meta")
+        if not isinstance(meta, dict) or META_PROTOCOL_VERSION not in meta or META_CLIENT_CAPABILITIES not in meta:
+            raise InvalidParams(
+                f"Requests on {MODERN_PROTOCOL_VERSION} must carry params._meta with "
+                f"'{META_PROTOCOL_VERSION}' and '{META_CLIENT_CAPABILITIES}'.",
+                data={"id": message.id},
+            )
+        if meta[META_PROTOCOL_VERSION] != MODERN_PROTOCOL_VERSION:
+            raise HeaderMismatch(
+                f"Header mismatch: MCP-Protocol-Version header {MODERN_PROTOCOL_VERSION!r} does not match "
+                f"body value {meta[META_PROTOCOL_VERSION]!r}",
+                data={"id": message.id},
+            )
+        if headers.get(HEADER_METHOD) != message.method:
+            raise HeaderMismatch(
+                f"Header mismatch: Mcp-Method header {headers.get(HEADER_METHOD)!r} does not match body value {message.method!r}",
+                data={"id": message.id},
+            )
+        if message.kind == "notification":
+            await respond(send, 202, content_type=None)
+            return
+        method = message.method
+        if method == "tools/call":
+            name = message.params.get("name")
+            header_name = _decode_header(headers.get(HEADER_NAME))
+            if header_name != name:
+                raise HeaderMismatch(
+                    f"Header mismatch: Mcp-Name header {header_name!r} does not match body value {name!r}",
+                    data={"id": message.id},
+                )
+            forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
+            await self._call(message, send, modern=True, receive=receive, extra_headers=forwarded or None)
+        elif method == "tools/list":
+            result = {"resultType": "complete", "tools": self.fleet.catalog.definitions, "ttlMs": 0, "cacheScope": "private"}
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method == "server/discover":
+            result = {
+                "resultType": "complete",
+                "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
+                "capabilities": CAPABILITIES,
+                "instructions": INSTRUCTIONS,
+                "ttlMs": 0,
+                "cacheScope": "public",
+                "_meta": {META_SERVER_INFO: SERVER_INFO},
+            }
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+        else:
+            raise MethodNotFound(f"Method not found: {method}", data={"id": message.id})
+
+    # -- legacy era ------------------------------------------------------------------------
+    async def _initialize(self, message: jsonrpc.Message, send: Send) -> None:
+        if message.kind != "request":
+            raise InvalidRequest("initialize must be a request (with an id).")
+        params = message.params
+        requested = params.get("protocolVersion")
+        negotiated = requested if requested in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
+        client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
+        capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        session = await self.sessions.create(negotiated, client_info, capabilities)
+        result = {"protocolVersion": negotiated, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
+        await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
+
+    async def _legacy(self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend) -> None:
+        session_id = headers.get(HEADER_SESSION_ID)
+        if not session_id:
+            raise SessionRequired(data={"id": message.id})
+        session = await self.sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(data={"id": message.id})
+        if message.kind != "request":
+            if message.method == "notifications/cancelled":
+                task = self.legacy_inflight.get((session.id, message.params.get("requestId")))
+                if task is not None:
+                    task.cancel()
+            await respond(send, 202, content_type=None)
+            return
+        try:
+            await self._legacy_request(message, session, send)
+        except LEGACY_RPC_LEVEL as exc:
+            await respond(send, 200, jsonrpc.error_body(message.id, exc))
+
+    async def _legacy_request(self, message: jsonrpc.Message, session: Session, send: TrackingSend) -> None:
+        method = message.method
+        if method == "tools/call":
+            await self._call(message, send, modern=False, session=session)
+        elif method == "tools/list":
+            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self.fleet.catalog.definitions}))
+        elif method == "ping":
+            await respond(send, 200, jsonrpc.result_body(message.id, {}))
+        elif method == "logging/setLevel":
+            level = message.params.get("level")
+            if level not in ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"):
+                raise InvalidParams(f"Unknown log level {level!r}.")
+            session.log_level = level
+            await self.sessions.save(session)
+            await respond(send, 200, jsonrpc.result_body(message.id, {}))
+        else:
+            raise MethodNotFound(f"Method not found: {method}")
+
+    # -- tools/call, both eras -------------------------------------------------------------
+    async def _call(
+        self,
+        message: jsonrpc.Message,
+        send: TrackingSend,
+        *,
+        modern: bool,
+        receive: Receive | None = None,
+        session: Session | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        params = message.params
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise InvalidParams('tools/call needs params.name (a string).', data={"id": message.id})
+        arguments = params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise InvalidParams("tools/call params.arguments must be an object.", data={"id": message.id})
+        entry = self.fleet.catalog.get(name)
+        if entry is None:
+            error = UnknownTool(f"Unknown tool: {name}", data={"tool": name})
+            await respond(send, 200, jsonrpc.error_body(message.id, error))
+            return
+        problem = entry.validation_error(arguments)
+        if problem is not None:
+            # Spec: input validation failures are tool execution errors the model can fix.
+            result: dict[str, Any] = {"content": [{"type": "text", "text": problem}], "isError": True}
+            if modern:
+                result["resultType"] = "complete"
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+            return
+        upstream_params = dict(params)
+        upstream_params["name"] = entry.upstream_name
+        if not modern and session is not None:
+            # A legacy client's request reaching a modern agent needs the per-request fields.
+            meta = dict(params.get("_meta") or {})
+            meta.setdefault(META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION)
+            meta.setdefault(META_CLIENT_CAPABILITIES, session.capabilities)
+            if session.client_info:
+                meta.setdefault(META_CLIENT_INFO, session.client_info)
+            meta.setdefault(META_LOG_LEVEL, session.log_level or DEFAULT_LEGACY_LOG_LEVEL)
+            upstream_params["_meta"] = meta
+        body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": "tools/call", "params": upstream_params})
+        if modern and receive is not None:
+            await self._call_cancellable_by_disconnect(entry, message.id, body, send, receive, extra_headers)
+        else:
+            assert session is not None
+            await self._call_cancellable_by_notification(entry, message.id, body, send, session)
+
+    async def _call_cancellable_by_disconnect(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, receive: Receive, extra_headers: dict[str, str] | None) -> None:
+        # One watcher per call: when the client closes the stream (2026 cancellation),
+        # cancel the forwarding, which closes the upstream connection, which cancels the agent.
+        current = asyncio.current_task()
+        assert current is not None
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not send.finished:
+                disconnected = True
+                current.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._run_call(entry, request_id, body, send, extra_headers)
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            log.info("client closed the stream of %s: call cancelled", entry.public_name)
+        finally:
+            watcher.cancel()
+
+    async def _call_cancellable_by_notification(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, session: Session) -> None:
+        key = (session.id, request_id)
+        task = asyncio.ensure_future(self._run_call(entry, request_id, body, send, None))
+        self.legacy_inflight[key] = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                task.cancel()  # the HTTP request itself went away with the server shutting down
+                raise
+            # notifications/cancelled: the spec says no response follows; close the stream cleanly.
+            if not send.started:
+                await respond(send, 200, b"", content_type=None, headers=[(b"content-type", b"text/event-stream")])
+            elif not send.finished:
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.legacy_inflight.pop(key, None)
+
+    async def _run_call(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, extra_headers: dict[str, str] | None) -> None:
+        try:
+            await self.executor.call(entry, request_id, body, send, extra_headers=extra_headers)
+        except EdgefleetError as exc:
+            if send.started:
+                raise
+            await respond(send, 200, jsonrpc.error_body(request_id, exc))
+
+
+def jsonrpc_payload_too_large(limit: int) -> EdgefleetError:
+    from shared.errors import PayloadTooLarge
+
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes (EDGEFLEET_MAX_BODY_BYTES).")
+
+
+def _decode_header(value: str | None) -> str | None:
+    """Undo the spec's ``=?base64?...?=`` sentinel (strictly: bad base64 never matches)."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    return None

@@ -1,0 +1,33 @@
+"""Child-process helpers: children that die with their parent, clean group shutdown."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the kernel sends SIGTERM to the child when its parent dies (Linux),
+    so even a `kill -9` of `edgefleet dev` leaves no orphan agents behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM everyone (graceful drain), then SIGKILL whoever is still there."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

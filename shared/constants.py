@@ -1,0 +1,76 @@
+"""Every protocol constant, Redis key, stream and topic name in one place.
+
+Keys are built by functions so a test (or a second fleet in the same Redis) can use
+its own prefix: ``keys("edgefleet-test-1").replica("abc")``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# --- MCP protocol eras -------------------------------------------------------------
+MODERN_PROTOCOL_VERSION = "2026-07-28"
+MODERN_PROTOCOL_VERSIONS = (MODERN_PROTOCOL_VERSION,)
+# Handshake-era versions we accept from clients (all share the session shape of 2025-11-25).
+LEGACY_PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+LATEST_LEGACY_VERSION = LEGACY_PROTOCOL_VERSIONS[0]
+SUPPORTED_PROTOCOL_VERSIONS = MODERN_PROTOCOL_VERSIONS + LEGACY_PROTOCOL_VERSIONS
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+# Our own _meta keys use our own reverse-DNS prefix (spec: second label must not be mcp).
+META_EDGE_AGENT = "dev.edgefleet/agent"
+META_EDGE_REPLICA = "dev.edgefleet/replica"
+META_EDGE_REGION = "dev.edgefleet/region"
+META_EDGE_UPSTREAM_NAME = "dev.edgefleet/upstreamName"
+
+HEADER_PROTOCOL_VERSION = "mcp-protocol-version"
+HEADER_SESSION_ID = "mcp-session-id"
+HEADER_METHOD = "mcp-method"
+HEADER_NAME = "mcp-name"
+
+# --- names --------------------------------------------------------------------------
+# MCP tool names: [A-Za-z0-9_.-]{1,128}. Agent names are stricter (no dot) so that the
+# namespaced form "agent.tool" always splits unambiguously at the first dot.
+TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+REGION_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+NAMESPACE_SEPARATOR = "."
+MAX_TOOL_NAME = 128
+# Namespace reserved for tools the dispatcher itself provides (fan-out, pipelines).
+RESERVED_AGENT_NAMES = frozenset({"edgefleet", "edge", "dispatcher", "admin"})
+
+DEFAULT_REDIS_PREFIX = "edgefleet"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Redis key names for one fleet (one prefix)."""
+
+    prefix: str = DEFAULT_REDIS_PREFIX
+
+    @property
+    def replicas(self) -> str:
+        """ZSET replica id -> expiry (ms since epoch); static agents have +inf."""
+        return f"{self.prefix}:replicas"
+
+    def replica(self, replica_id: str) -> str:
+        """JSON record of one replica (with a TTL unless static)."""
+        return f"{self.prefix}:replica:{replica_id}"
+
+    @property
+    def fleet_changed(self) -> str:
+        """Pub/sub channel: a registration or removal happened; dispatchers resync."""
+        return f"{self.prefix}:fleet:changed"
+
+    def session(self, session_id: str) -> str:
+        """A 2025-era MCP session (so any dispatcher replica can serve it)."""
+        return f"{self.prefix}:session:{session_id}"
+
+
+def keys(prefix: str = DEFAULT_REDIS_PREFIX) -> RedisKeys:
+    return RedisKeys(prefix)

@@ -1,0 +1,219 @@
+"""The one error tree of edgefleet.
+
+Every error a client, agent or operator can see has a stable string ``code``, a JSON-RPC
+code, an HTTP status and a sentence that says what to do::
+
+    EdgefleetError                      internal              -32603  500
+    ├── ProtocolError                   (bad input from an MCP client)
+    │   ├── ParseError                  parse_error           -32700  400
+    │   ├── InvalidRequest              invalid_request       -32600  400
+    │   ├── MethodNotFound              method_not_found      -32601  404
+    │   ├── InvalidParams               invalid_params        -32602  400
+    │   ├── UnknownTool                 unknown_tool          -32602  200
+    │   ├── HeaderMismatch              header_mismatch       -32020  400
+    │   ├── UnsupportedProtocolVersion  unsupported_protocol_version -32022 400
+    │   ├── SessionRequired             session_required      -32600  400
+    │   ├── SessionNotFound             session_not_found     -32600  404
+    │   ├── NotAcceptable               not_acceptable        -32600  406
+    │   ├── UnsupportedMediaType        unsupported_media_type -32600 415
+    │   ├── PayloadTooLarge             payload_too_large     -32600  413
+    │   └── ForbiddenOrigin             forbidden_origin      -32600  403
+    ├── Unauthorized                    unauthorized          -31401  401
+    ├── RegistrationError               invalid_registration  -31422  422
+    │   ├── ToolConflict                tool_conflict         -31409  409
+    │   └── AgentUnreachable            agent_unreachable     -31424  424
+    ├── NotFound                        not_found             -31404  404
+    ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
+    └── UpstreamError                   upstream_error        -31002  200 / 502
+        ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
+        └── OutcomeUnknown              outcome_unknown       -31004  200 / 502
+
+JSON-RPC codes of our own live outside the range -32768..-32000 that JSON-RPC and MCP
+reserve. Errors about one tool call travel as a JSON-RPC error inside an HTTP 200 (the
+HTTP exchange itself worked); errors about the request or transport use the 4xx the MCP
+transport spec names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgefleetError(Exception):
+    code = "internal"
+    jsonrpc_code = -32603
+    http_status = 500
+    hint = "This is a bug in edgefleet; the dispatcher log has the details."
+
+    def __init__(self, message: str | None = None, *, data: dict[str, Any] | None = None) -> None:
+        self.message = message or self.hint
+        self.data = data or {}
+        super().__init__(self.message)
+
+    def to_jsonrpc(self) -> dict[str, Any]:
+        """The ``error`` member of a JSON-RPC response."""
+        data = {"code": self.code, **self.data}
+        return {"code": self.jsonrpc_code, "message": self.message, "data": data}
+
+    def to_rest(self) -> dict[str, Any]:
+        """The body of a REST error response."""
+        return {"error": {"code": self.code, "message": self.message, **({"details": self.data} if self.data else {})}}
+
+
+class ConfigError(EdgefleetError):
+    """Invalid settings at start-up; never sent over the wire."""
+
+    code = "config_error"
+
+
+# --- bad input from MCP clients --------------------------------------------------------
+class ProtocolError(EdgefleetError):
+    code = "invalid_request"
+    jsonrpc_code = -32600
+    http_status = 400
+
+
+class ParseError(ProtocolError):
+    code = "parse_error"
+    jsonrpc_code = -32700
+    hint = "The body is not valid JSON (UTF-8)."
+
+
+class InvalidRequest(ProtocolError):
+    code = "invalid_request"
+    hint = "The body is not a valid JSON-RPC 2.0 request or notification."
+
+
+class MethodNotFound(ProtocolError):
+    code = "method_not_found"
+    jsonrpc_code = -32601
+    http_status = 404
+
+
+class InvalidParams(ProtocolError):
+    code = "invalid_params"
+    jsonrpc_code = -32602
+
+
+class UnknownTool(InvalidParams):
+    code = "unknown_tool"
+    http_status = 200
+
+
+class HeaderMismatch(ProtocolError):
+    code = "header_mismatch"
+    jsonrpc_code = -32020
+
+
+class UnsupportedProtocolVersion(ProtocolError):
+    code = "unsupported_protocol_version"
+    jsonrpc_code = -32022
+
+    def to_jsonrpc(self) -> dict[str, Any]:
+        # The spec fixes this error's data shape: {"supported": [...], "requested": ...}.
+        return {"code": self.jsonrpc_code, "message": self.message, "data": dict(self.data)}
+
+
+class SessionRequired(ProtocolError):
+    code = "session_required"
+    hint = "Send the Mcp-Session-Id returned by initialize, or use protocol 2026-07-28 (stateless)."
+
+
+class SessionNotFound(ProtocolError):
+    code = "session_not_found"
+    http_status = 404
+    hint = "The session expired or was deleted; send a new initialize request."
+
+
+class NotAcceptable(ProtocolError):
+    code = "not_acceptable"
+    http_status = 406
+    hint = "The Accept header must list application/json and text/event-stream."
+
+
+class UnsupportedMediaType(ProtocolError):
+    code = "unsupported_media_type"
+    http_status = 415
+    hint = "POST bodies must be Content-Type: application/json."
+
+
+class PayloadTooLarge(ProtocolError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class ForbiddenOrigin(ProtocolError):
+    code = "forbidden_origin"
+    http_status = 403
+    hint = "The Origin header is not allowed (DNS rebinding protection); see EDGEFLEET_ALLOWED_ORIGINS."
+
+
+# --- auth / registry -------------------------------------------------------------------
+class Unauthorized(EdgefleetError):
+    code = "unauthorized"
+    jsonrpc_code = -31401
+    http_status = 401
+    hint = "Missing or wrong credentials: send 'Authorization: Bearer <fleet token>'."
+
+
+class RegistrationError(EdgefleetError):
+    code = "invalid_registration"
+    jsonrpc_code = -31422
+    http_status = 422
+
+
+class ToolConflict(RegistrationError):
+    code = "tool_conflict"
+    jsonrpc_code = -31409
+    http_status = 409
+
+
+class AgentUnreachable(RegistrationError):
+    code = "agent_unreachable"
+    jsonrpc_code = -31424
+    http_status = 424
+    hint = "The dispatcher could not reach the agent's MCP URL to discover its tools."
+
+
+class NotFound(EdgefleetError):
+    code = "not_found"
+    jsonrpc_code = -31404
+    http_status = 404
+
+
+# --- routing / upstream ----------------------------------------------------------------
+class AgentUnavailable(EdgefleetError):
+    code = "agent_unavailable"
+    jsonrpc_code = -31001
+    http_status = 503
+    hint = "No live, warm replica of this agent right now; retry shortly or check `edgefleet agents list`."
+
+
+class UpstreamError(EdgefleetError):
+    code = "upstream_error"
+    jsonrpc_code = -31002
+    http_status = 502
+    hint = "The agent replica failed to answer the call."
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+    jsonrpc_code = -31003
+    http_status = 504
+    hint = "The agent did not answer within the call's deadline."
+
+
+class OutcomeUnknown(UpstreamError):
+    code = "outcome_unknown"
+    jsonrpc_code = -31004
+    hint = (
+        "The connection to the agent broke after the call was sent; the tool may or may not have run. "
+        "It was not retried because the tool does not declare idempotentHint."
+    )
+
+
+def jsonrpc_error_body(request_id: Any, error: EdgefleetError) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "error": error.to_jsonrpc()}
+    if request_id is not None:
+        body["id"] = request_id
+    return body

@@ -1,0 +1,140 @@
+"""Settings for every edgefleet service, read from ``EDGEFLEET_*`` environment variables.
+
+One object per service (dispatcher, agent). Tests build them with keyword arguments and
+never patch ``os.environ``. ``check_environment`` rejects unknown ``EDGEFLEET_*`` names
+at start-up so a typo (``EDGEFLEET_REDIS_ULR``) fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.constants import DEFAULT_REDIS_PREFIX, REGION_NAME_RE
+from shared.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_"
+# Variables read by the test fixtures, not by a service.
+_TEST_PREFIX = "EDGEFLEET_TEST_"
+
+
+class DispatcherSettings(BaseSettings):
+    """The resident dispatcher (``edgefleet serve`` / ``edgefleet dev``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the dispatcher listens on.")
+    port: int = Field(8700, ge=0, le=65535, description="Port of the dispatcher (MCP at /mcp, REST at /v1).")
+    public_url: str | None = Field(None, description="URL clients use to reach this dispatcher (printed by dev).")
+    region: str = Field("local", description="Region this dispatcher runs in; its replicas are preferred.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the registry and sessions.")
+    redis_prefix: str = Field(DEFAULT_REDIS_PREFIX, description="Prefix of every Redis key (one fleet per prefix).")
+    fleet_token: SecretStr = Field(
+        SecretStr(""), description="Shared secret agents present to register and heartbeat (required)."
+    )
+    config_file: Path | None = Field(None, description="TOML or YAML file listing static (unmodified) MCP servers.")
+    heartbeat_ttl_s: float = Field(5.0, gt=0, description="A replica without a heartbeat for this long drops out.")
+    registry_sync_s: float = Field(1.0, gt=0, description="How often each dispatcher re-reads the registry.")
+    warm_connections: int = Field(4, ge=1, le=256, description="Keep-alive connections opened to a replica before it is routable.")
+    max_connections_per_replica: int = Field(256, ge=1, description="Upper bound of pooled connections per replica.")
+    probe_interval_s: float = Field(2.0, gt=0, description="Active health probe interval per replica.")
+    probe_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
+    unhealthy_after: int = Field(2, ge=1, description="Consecutive failed probes/calls that take a replica out.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a replica.")
+    call_timeout_s: float = Field(300.0, gt=0, description="Default deadline of one tool call.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
+    # NoDecode: the env value is a comma-separated list, not JSON.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost", "http://127.0.0.1", "https://localhost"],
+        description="Browser Origins allowed on /mcp (scheme://host, any port); others get 403.",
+    )
+    session_ttl_s: float = Field(3600.0, gt=0, description="Idle lifetime of a 2025-era MCP session.")
+    log_level: str = Field("info", description="debug | info | warning | error.")
+    log_format: str = Field("json", description="json (one object per line) or text (for humans).")
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        if not REGION_NAME_RE.match(value):
+            raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+class AgentSettings(BaseSettings):
+    """An agent process built with the agent SDK (``python -m agents.text``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "AGENT_", extra="forbid", frozen=True)
+
+    dispatcher_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("EDGEFLEET_DISPATCHER_URL", "dispatcher_url"),
+        description="The ONE dispatcher URL the agent registers with (unset: run standalone).",
+    )
+    fleet_token: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("EDGEFLEET_FLEET_TOKEN", "fleet_token"),
+        description="Shared secret for registration and heartbeats.",
+    )
+    region: str = Field("local", description="Region this replica serves.")
+    host: str = Field("127.0.0.1", description="Interface the agent's MCP server listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Port of the agent (0: pick a free one).")
+    public_url: str | None = Field(None, description="MCP URL the dispatcher uses to reach this replica.")
+    heartbeat_s: float = Field(1.0, gt=0, description="Heartbeat interval.")
+    log_level: str = Field("info", description="debug | info | warning | error.")
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        if not REGION_NAME_RE.match(value):
+            raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
+        return value
+
+
+def _known_names() -> set[str]:
+    names = {ENV_PREFIX + name.upper() for name in DispatcherSettings.model_fields}
+    for name, field in AgentSettings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str) and choice.isupper())
+        else:
+            names.add(ENV_PREFIX + "AGENT_" + name.upper())
+    return names
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Fail on ``EDGEFLEET_*`` variables no service reads (typos), naming the closest match."""
+    environ = os.environ if environ is None else environ
+    known = _known_names()
+    for name in environ:
+        if name.startswith(ENV_PREFIX) and not name.startswith(_TEST_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"Unknown setting {name}.{hint} The README's configuration table lists every setting.")
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) rows for the README and `edgefleet config`."""
+    rows: list[tuple[str, str, str]] = []
+    for cls, prefix in ((DispatcherSettings, ENV_PREFIX), (AgentSettings, ENV_PREFIX + "AGENT_")):
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            var = next((c for c in alias.choices if isinstance(c, str) and c.isupper()), None) if isinstance(alias, AliasChoices) else None
+            var = var or prefix + name.upper()
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                default = "(required)" if var.endswith("FLEET_TOKEN") else ""
+            rows.append((var, "" if default is None else str(default), field.description or ""))
+    return rows

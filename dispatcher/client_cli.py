@@ -1,0 +1,190 @@
+"""Client-side CLI commands: they talk to a dispatcher like any user would.
+
+``tools``/``call`` use the official ``mcp`` client against ``/mcp``; ``agents`` uses the
+REST registry API with the fleet token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEV_STATE = Path(".edgefleet") / "dev.json"
+DEFAULT_URL = "http://127.0.0.1:8700"
+
+
+def _dev_state() -> dict[str, Any]:
+    try:
+        return json.loads(DEV_STATE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_url(url: str | None) -> str:
+    base = (url or _dev_state().get("url") or DEFAULT_URL).rstrip("/")
+    return base[: -len("/mcp")] if base.endswith("/mcp") else base
+
+
+def resolve_token(token: str | None) -> str:
+    return token or os.environ.get("EDGEFLEET_FLEET_TOKEN") or _dev_state().get("fleet_token") or ""
+
+
+def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
+    arguments: dict[str, Any] = json.loads(json_args) if json_args else {}
+    if not isinstance(arguments, dict):
+        raise SystemExit("edgefleet: --json must be a JSON object")
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgefleet: argument {pair!r} is not KEY=VALUE")
+        try:
+            arguments[key] = json.loads(value)
+        except ValueError:
+            arguments[key] = value
+    return arguments
+
+
+def _unreachable(base: str, exc: BaseException) -> int:
+    print(f"edgefleet: cannot reach the dispatcher at {base} ({_root_cause(exc)}). Is `edgefleet dev` running? Use --url to point elsewhere.", file=sys.stderr)
+    return 3
+
+
+def _root_cause(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    text = _root_cause(exc)
+    return any(word in text for word in ("ConnectError", "ConnectionRefused", "Connection refused", "ConnectTimeout"))
+
+
+class ProgressBar:
+    WIDTH = 30
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.shown = False
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        if total:
+            done = int(self.WIDTH * min(progress / total, 1.0))
+            bar = f"[{'#' * done}{'.' * (self.WIDTH - done)}] {progress:g}/{total:g}"
+        else:
+            bar = f"[{progress:g}]"
+        self.stream.write(f"\r{bar} {message or ''}"[:160].ljust(100))
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def tools(url: str | None) -> int:
+    from mcp import Client
+
+    base = resolve_url(url)
+
+    async def run() -> int:
+        async with Client(f"{base}/mcp") as client:
+            listed = await client.list_tools()
+        for tool in listed.tools:
+            first_line = (tool.description or "").strip().splitlines()[0:1]
+            print(f"{tool.name:32} {first_line[0] if first_line else ''}")
+        if not listed.tools:
+            print("(no tools yet: no agent is registered and warm)", file=sys.stderr)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - reported as a clear message, not a traceback
+        if _is_connect_error(exc):
+            return _unreachable(base, exc)
+        print(f"edgefleet: {_root_cause(exc)}", file=sys.stderr)
+        return 1
+
+
+def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *, legacy: bool = False) -> int:
+    from mcp import Client, MCPError
+
+    base = resolve_url(url)
+    arguments = parse_arguments(pairs, json_args)
+    bar = ProgressBar()
+
+    async def on_log(params: Any) -> None:
+        bar.close()
+        bar.shown = False
+        print(f"[{params.level}] {params.data}", file=sys.stderr)
+
+    async def run() -> int:
+        async with Client(f"{base}/mcp", mode="legacy" if legacy else "auto", logging_callback=on_log, log_level="info") as client:
+            result = await client.call_tool(tool, arguments, progress_callback=bar)
+        bar.close()
+        if result.structured_content is not None:
+            print(json.dumps(result.structured_content, indent=2, ensure_ascii=False))
+        else:
+            for block in result.content:
+                print(getattr(block, "text", block))
+        return 1 if result.is_error else 0
+
+    try:
+        return asyncio.run(run())
+    except MCPError as exc:
+        bar.close()
+        hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in str(exc) else ""
+        print(f"edgefleet: {exc}{hint}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001
+        bar.close()
+        if _is_connect_error(exc):
+            return _unreachable(base, exc)
+        print(f"edgefleet: {_root_cause(exc)}", file=sys.stderr)
+        return 1
+
+
+def agents(args: argparse.Namespace) -> int:
+    base = resolve_url(args.url)
+    headers = {"authorization": f"Bearer {resolve_token(args.token)}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30.0) as http:
+            if args.agents_command == "list":
+                resp = http.get("/v1/agents")
+            elif args.agents_command == "add":
+                resp = http.post("/v1/agents", json={"name": args.name, "url": args.mcp_url, "region": args.region, "static": True})
+            else:
+                resp = http.delete(f"/v1/agents/{args.name}")
+    except httpx.HTTPError as exc:
+        return _unreachable(base, exc)
+    if resp.status_code >= 400:
+        try:
+            error = resp.json()["error"]
+            print(f"edgefleet: {error['code']}: {error['message']}", file=sys.stderr)
+            for problem in error.get("details", {}).get("problems", []):
+                print(f"  {problem['field']}: {problem['message']}", file=sys.stderr)
+        except (ValueError, KeyError, TypeError):
+            print(f"edgefleet: HTTP {resp.status_code}: {resp.text[:300]}", file=sys.stderr)
+        return 1
+    data = resp.json()
+    if args.agents_command == "list" and not getattr(args, "json", False):
+        for agent in data["agents"]:
+            print(f"{agent['name']}  regions={','.join(agent['regions'])}  tools={len(agent['tools'])}")
+            for r in agent["replicas"]:
+                state = "routable" if r["routable"] else ("warming" if not r["warm"] else "UNHEALTHY")
+                print(f"  {r['id']:40} {r['region']:14} {state:9} inflight={r['inflight']:<3} {r['url']}")
+        if not data["agents"]:
+            print("(no agents registered)")
+    else:
+        print(json.dumps(data, indent=2))
+    return 0

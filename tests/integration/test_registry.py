@@ -1,0 +1,93 @@
+"""Registration: the fleet token, name collisions, and existing MCP servers joining unchanged."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+from mcp import Client
+
+from dispatcher.embedded_redis import free_port
+from tests.integration.fleet import ROOT, Fleet, Proc
+
+
+def test_registration_requires_the_fleet_token(fleet: Fleet) -> None:
+    body = {"name": "x", "region": "eu-west", "url": "http://127.0.0.1:9/mcp"}
+    assert httpx.post(fleet.url + "/v1/agents", json=body).status_code == 401
+    wrong = httpx.post(fleet.url + "/v1/agents", json=body, headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    assert httpx.get(fleet.url + "/v1/agents").status_code == 401
+
+
+def test_invalid_registration_names_the_field(fleet: Fleet) -> None:
+    resp = httpx.post(fleet.url + "/v1/agents", json={"name": "Bad Name", "region": "eu-west", "url": "ftp://x"}, headers=fleet.auth())
+    assert resp.status_code == 422
+    fields = {p["field"] for p in resp.json()["error"]["details"]["problems"]}
+    assert {"name", "url"} <= fields
+
+
+def test_unreachable_agent_is_refused_clearly(fleet: Fleet) -> None:
+    body = {"name": "ghost", "region": "eu-west", "url": f"http://127.0.0.1:{free_port()}/mcp"}
+    resp = httpx.post(fleet.url + "/v1/agents", json=body, headers=fleet.auth(), timeout=30)
+    assert resp.status_code == 424 and resp.json()["error"]["code"] == "agent_unreachable"
+
+
+def _plain_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "tests/integration/plain_mcp_server.py", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("plain MCP server did not start")
+
+
+async def test_existing_mcp_server_joins_unchanged_via_the_cli(fleet: Fleet) -> None:
+    proc, url = _plain_server()
+    try:
+        cli = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "agents", "add", "weather", url, "--region", "us-east", "--url", fleet.url, "--token", fleet.token],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        fleet.wait_for(lambda: any(a["name"] == "weather" and a["replicas"][0]["routable"] for a in fleet.agents_view()), "static agent warm")
+        async with Client(fleet.mcp_url) as client:
+            result = await client.call_tool("weather.forecast", {"city": "Lisbon", "days": 2})
+        assert not result.is_error and "Lisbon" in str(result.content)
+        # A second, different server claiming the same name and version is a collision, not a silent override.
+        clash = httpx.post(fleet.url + "/v1/agents", json={"name": "weather", "region": "eu-west", "url": fleet.mcp_url, "version": ""},
+                           headers=fleet.auth(), timeout=30)
+        assert clash.status_code == 409 and clash.json()["error"]["code"] == "tool_conflict"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_static_agents_from_the_config_file(fleet: Fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc, url = _plain_server()
+    try:
+        config = tmp_path / "fleet.toml"
+        config.write_text(f'[[agents]]\nname = "weather"\nregion = "ap-southeast"\nurl = "{url}"\n')
+        other = fleet.start_dispatcher(config_file=str(config))
+        fleet.wait_for(lambda: any(a["name"] == "weather" for a in fleet.agents_view(other)), "config agent listed")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unknown_setting_is_refused_at_start(fleet: Fleet) -> None:
+    env = {**fleet.base_env, "EDGEFLEET_REDIS_ULR": "redis://x"}
+    out = subprocess.run([sys.executable, "-m", "dispatcher", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "EDGEFLEET_REDIS_URL" in out.stderr
+
+
+__all__ = ["Proc"]

@@ -6,6 +6,7 @@
     edgefleet tools                     list the federated tools through /mcp
     edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
     edgefleet agents list|add|remove    the registry
+    edgefleet bench                     through the dispatcher vs direct, one run
     edgefleet config                    every EDGEFLEET_* setting with its default
 """
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", help="fleet token (default: EDGEFLEET_FLEET_TOKEN or the running `edgefleet dev`)")
     a_list.add_argument("--json", action="store_true", help="raw JSON")
 
+    bench = sub.add_parser("bench", help="trivial tool through the dispatcher vs direct to the agent, same run")
+    bench.add_argument("--concurrency", default="1,16", help="comma-separated concurrent sessions (default 1,16)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
+    bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
+
     sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
     return parser
 
@@ -91,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = importlib.import_module(f"agents.{args.name}")
             module.agent.main(args.rest)
             return 0
+        if args.command == "bench":
+            from dispatcher.bench import run_bench
+
+            return run_bench(concurrency=[int(c) for c in args.concurrency.split(",")], seconds=args.seconds, rounds=args.rounds)
         if args.command == "config":
             from shared.settings import settings_table
 

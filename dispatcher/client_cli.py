@@ -150,7 +150,9 @@ def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *,
         bar.close()
         if _is_connect_error(exc):
             return _unreachable(base, exc)
-        print(f"edgefleet: {_root_cause(exc)}", file=sys.stderr)
+        cause = _root_cause(exc)
+        hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in cause else ""
+        print(f"edgefleet: {cause}{hint}", file=sys.stderr)
         return 1
 
 

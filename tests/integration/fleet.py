@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,3 +124,6 @@ class Fleet:
     def stop(self) -> None:
         stop_all([p.popen for p in self.agents], timeout=5)
         stop_all([p.popen for _, p in self.dispatchers], timeout=5)
+        for proc in [*self.agents, *(p for _, p in self.dispatchers)]:
+            proc.log.close()
+            shutil.rmtree(proc.log_path.parent, ignore_errors=True)

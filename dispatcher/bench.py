@@ -1,0 +1,138 @@
+"""``edgefleet bench``: the same trivial tool called directly on one agent and through the
+dispatcher, in ONE run, so the ratio is meaningful on a shared, noisy machine.
+
+Self-contained by default: it starts an embedded Redis, a dispatcher and one echo agent
+as separate processes (as `edgefleet dev` does), then drives both paths with raw
+2026-07-28 POSTs over keep-alive connections (an SDK client would measure itself).
+Rounds alternate direct/dispatcher so drift on the machine hits both equally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import httpx
+import orjson
+
+from dispatcher.embedded_redis import EmbeddedRedis, free_port
+from dispatcher.processes import die_with_parent, stop_all
+
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def merge(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.elapsed += other.elapsed
+
+
+async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": tool, "arguments": {"text": "hello"}, "_meta": META}})
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+    result = Result()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # Warm the connections first: the benchmark is about the steady state.
+        for _ in range(2):
+            await asyncio.gather(*(session.post(url, data=body, headers=headers) for _ in range(concurrency)))
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        data = await resp.read()
+                    ok = resp.status == 200 and b'"isError":false' in data
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    result.latencies.append(time.perf_counter() - started)
+                else:
+                    result.errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"bench: {what} did not come up in {timeout} s")
+
+
+def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
+    token = "bench-" + os.urandom(6).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with EmbeddedRedis() as redis:
+        try:
+            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_LOG_LEVEL": "warning"}
+            procs.append(subprocess.Popen([sys.executable, "-m", "dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            base = f"http://127.0.0.1:{port}"
+            _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
+            a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_LOG_LEVEL": "warning"}
+            agent = subprocess.Popen([sys.executable, "-m", "agents.echo", "--port", "0"], env=a_env, preexec_fn=die_with_parent,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            procs.append(agent)
+            assert agent.stdout is not None
+            line = agent.stdout.readline().decode()
+            match = re.search(r"url=(\S+)", line)
+            if not match:
+                raise RuntimeError(f"bench: echo agent did not start: {line!r}")
+            direct = match.group(1)
+            _wait(lambda: any(r["routable"] for a in httpx.get(base + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"] for r in a["replicas"]), 30, "echo agent registration")
+            print(f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n")
+            print(f"{'path':12} {'conc':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+            for conc in concurrency:
+                totals = {"direct": Result(), "dispatcher": Result()}
+                for _ in range(rounds):
+                    totals["direct"].merge(asyncio.run(drive(direct, "echo", conc, seconds)))
+                    totals["dispatcher"].merge(asyncio.run(drive(base + "/mcp", "echo.echo", conc, seconds)))
+                for name, res in totals.items():
+                    print(f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}")
+                d, v = totals["direct"], totals["dispatcher"]
+                print(f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
+                      "(throughput via/direct; added p50/p99 ms)\n")
+        finally:
+            stop_all(procs)
+    return 0
+
+
+__all__ = ["run_bench"]

@@ -41,7 +41,11 @@ class ToolEntry:
         """A message naming the failing field, or None when ``arguments`` fit the schema."""
         if self.validator is None:
             return None
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
+        try:
+            error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the agent validates instead
+            log.warning("tool %s: inputSchema cannot be evaluated (%s); passing arguments unvalidated", self.public_name, exc)
+            return None
         if error is None:
             return None
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"

@@ -94,12 +94,15 @@ class Executor:
         replica.inflight += 1
         try:
             try:
-                resp = await session.post(replica.record.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
+                resp = await session.post(replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout))
+            except aiohttp.ConnectionTimeoutError:
+                self.fleet.report_failure(replica, "connect timed out", decisive=True)
+                raise _NotStarted(UpstreamError(f"connecting to replica {replica.id} timed out")) from None
             except aiohttp.ClientConnectorError as exc:
                 self.fleet.report_failure(replica, f"connect: {exc}", decisive=True)
                 raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")) from None
             except asyncio.TimeoutError:
-                self.fleet.report_failure(replica, "call timed out")
+                # The deadline of a slow tool is not the replica's fault: no health penalty.
                 raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
             except aiohttp.ClientError as exc:
                 self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}")
@@ -119,7 +122,10 @@ class Executor:
                 if content_type.startswith("text/event-stream"):
                     await self._relay_stream(resp, send, request_id)
                 else:
-                    data = await resp.read()
+                    try:
+                        data = await resp.read()
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                        raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
                     await send({"type": "http.response.start", "status": 200 if resp.status < 400 else resp.status, "headers": JSON_HEADERS})
                     await send({"type": "http.response.body", "body": data})
                 if replica.failures:

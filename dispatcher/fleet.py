@@ -50,6 +50,14 @@ class Replica:
         return self.record.replica_id
 
 
+def _known_era(record: ReplicaRecord) -> str | None:
+    # Legacy replicas need their upstream session opened; a static server added while it
+    # was down has an unknown era (its tools are empty), so it is probed as well.
+    if record.era == "legacy" or (record.static and not record.tools):
+        return None
+    return record.era
+
+
 class Fleet:
     def __init__(self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool) -> None:
         self.settings = settings
@@ -101,6 +109,8 @@ class Fleet:
                 if self.registry_ok:
                     log.error("registry unreachable (%s); keeping the last known fleet", exc)
                 self.registry_ok = False
+            except Exception:  # noqa: BLE001 - a bug here must not stop the fleet from syncing
+                log.exception("fleet sync failed; retrying")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
             self._wake.clear()
@@ -129,7 +139,7 @@ class Fleet:
         for replica_id, record in records.items():
             replica = self.replicas.get(replica_id)
             if replica is None:
-                replica = Replica(record=record, client=ReplicaClient(self.pool, record.url, era=None if record.era == "legacy" else record.era))
+                replica = Replica(record=record, client=ReplicaClient(self.pool, record.url, era=_known_era(record)))
                 replica.tool_names = frozenset(t["name"] for t in record.tools)
                 self.replicas[replica_id] = replica
                 replica.warm_task = asyncio.create_task(self._warm(replica), name=f"warm-{replica_id}")
@@ -163,7 +173,9 @@ class Fleet:
                 )
                 self.rebuild()
                 return
-            except (EdgefleetError, OSError, asyncio.TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "not warm yet"; keep trying
                 replica.last_error = str(exc)
                 log.warning("warming %s failed (%s); retrying", replica.id, exc)
                 await asyncio.sleep(backoff)

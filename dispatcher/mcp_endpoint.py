@@ -230,8 +230,9 @@ class MCPEndpoint:
         if session is None:
             raise SessionNotFound(data={"id": message.id})
         if message.kind != "request":
-            if message.method == "notifications/cancelled":
-                task = self.legacy_inflight.get((session.id, message.params.get("requestId")))
+            request_id = message.params.get("requestId")
+            if message.method == "notifications/cancelled" and isinstance(request_id, (str, int)):
+                task = self.legacy_inflight.get((session.id, request_id))
                 if task is not None:
                     task.cancel()
             await respond(send, 202, content_type=None)
@@ -296,7 +297,7 @@ class MCPEndpoint:
         upstream_params["name"] = entry.upstream_name
         if not modern and session is not None:
             # A legacy client's request reaching a modern agent needs the per-request fields.
-            meta = dict(params.get("_meta") or {})
+            meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
             meta.setdefault(META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION)
             meta.setdefault(META_CLIENT_CAPABILITIES, session.capabilities)
             if session.client_info:
@@ -331,6 +332,7 @@ class MCPEndpoint:
         except asyncio.CancelledError:
             if not disconnected:
                 raise
+            current.uncancel()  # we consumed our own cancel; a later one (shutdown) must still land
             log.info("client closed the stream of %s: call cancelled", entry.public_name)
         finally:
             watcher.cancel()

@@ -15,11 +15,16 @@ import math
 import time
 from typing import Any
 
+import logging
+
 import orjson
+from pydantic import ValidationError
 import redis.asyncio as aioredis
 
 from shared.constants import RedisKeys
 from shared.models import ReplicaRecord
+
+log = logging.getLogger("edgefleet.registry")
 
 
 def tools_hash(tools: list[dict[str, Any]]) -> str:
@@ -88,4 +93,12 @@ class Registry:
         if not ids:
             return []
         raws = await self.redis.mget([self.keys.replica(i.decode() if isinstance(i, bytes) else i) for i in ids])
-        return [ReplicaRecord.model_validate_json(raw) for raw in raws if raw is not None]
+        records = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                records.append(ReplicaRecord.model_validate_json(raw))
+            except ValidationError:
+                log.error("skipping an unreadable registry record: %.200r", raw)
+        return records

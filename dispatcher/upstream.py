@@ -37,11 +37,6 @@ log = logging.getLogger("edgefleet.upstream")
 
 CLIENT_INFO = {"name": "edgefleet-dispatcher", "version": "0.1.0"}
 ACCEPT = "application/json, text/event-stream"
-# Errors that prove the request never reached the agent: safe to retry anywhere.
-NOT_STARTED_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ServerTimeoutError,
-)
 
 
 class UpstreamPool:
@@ -64,6 +59,10 @@ class UpstreamPool:
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),
         )
+
+    def timeout(self, total: float) -> aiohttp.ClientTimeout:
+        """A per-request timeout that keeps the connect timeout (a per-request value replaces the session's)."""
+        return aiohttp.ClientTimeout(total=total, sock_connect=self.settings.connect_timeout_s)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -161,19 +160,18 @@ class ReplicaClient:
         raise UpstreamError(f"{method}: the agent keeps forgetting its session")
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str], timeout: float) -> tuple[int, str, bytes]:
-        async with self.pool.session.post(
-            self.url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as resp:
-            return resp.status, resp.headers.get("content-type", ""), await resp.read()
+        try:
+            async with self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
+                return resp.status, resp.headers.get("content-type", ""), await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            # Every transport failure becomes ours, so callers (warm loop, admission) see one error type.
+            raise AgentUnreachable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
 
     async def connect(self, *, timeout: float = 5.0) -> str:
         """Detect the era (spec: try a modern request, fall back to ``initialize``)."""
         body = {"jsonrpc": "2.0", "id": "edge-discover", "method": "server/discover", "params": {"_meta": modern_meta()}}
         headers = {"content-type": "application/json", "accept": ACCEPT, HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, HEADER_METHOD: "server/discover"}
-        try:
-            status, content_type, raw = await self._post(body, headers, timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise AgentUnreachable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
+        status, content_type, raw = await self._post(body, headers, timeout)
         message: dict[str, Any] = {}
         if raw:
             try:
@@ -200,9 +198,7 @@ class ReplicaClient:
             }
             headers = {"content-type": "application/json", "accept": ACCEPT}
             try:
-                async with self.pool.session.post(
-                    self.url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as resp:
+                async with self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
                     raw = await resp.read()
                     session_id = resp.headers.get(HEADER_SESSION_ID)
                     message = parse_rpc_response(raw, resp.headers.get("content-type", ""), "edge-init")
@@ -217,11 +213,7 @@ class ReplicaClient:
             self.legacy_version = version if version in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
             self.legacy_session = session_id
             notify = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            async with self.pool.session.post(
-                self.url, data=orjson.dumps(notify), headers=self.call_headers("notifications/initialized", None),
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                await resp.read()
+            await self._post(notify, self.call_headers("notifications/initialized", None), timeout)
 
     async def list_tools(self, *, timeout: float = 5.0) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []

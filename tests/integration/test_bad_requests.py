@@ -148,3 +148,13 @@ def test_dispatcher_still_serves_after_the_bad_requests(text_fleet: Fleet) -> No
         assert post(text_fleet, None, MODERN, raw=raw).status_code < 500
     headers, body = modern_call("text.stats", {"text": "alive and well"})
     assert post(text_fleet, body, headers).json()["result"]["isError"] is False
+
+
+def test_hostile_legacy_input_is_answered_not_crashed(text_fleet: Fleet) -> None:
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}}}
+    session = post(text_fleet, init, {k: v for k, v in MODERN.items() if k != "mcp-protocol-version"}).headers["mcp-session-id"]
+    legacy = {**MODERN, "mcp-protocol-version": "2025-11-25", "mcp-session-id": session}
+    odd_meta = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "text.stats", "arguments": {"text": "a b"}, "_meta": [1]}}
+    assert post(text_fleet, odd_meta, legacy).status_code < 500
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": {"not": "hashable"}}}
+    assert post(text_fleet, cancel, legacy).status_code == 202

@@ -41,3 +41,9 @@ def test_invalid_schema_does_not_break_the_catalog() -> None:
     bad = {"name": "odd", "inputSchema": {"type": "nonsense"}}
     entry = Catalog.build([replica("x", "1", [bad])]).get("x.odd")
     assert entry is not None and entry.validator is None and entry.validation_error({"a": 1}) is None
+
+
+def test_schema_with_a_dangling_ref_passes_arguments_through() -> None:
+    dangling = {"name": "refs", "inputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}
+    entry = Catalog.build([replica("x", "1", [dangling])]).get("x.refs")
+    assert entry is not None and entry.validation_error({"a": 1}) is None

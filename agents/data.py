@@ -13,17 +13,14 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from agents.sdk import Agent, ToolAnnotations
+from agents.sdk import Agent, ToolAnnotations, input_errors
 
 Format = Literal["auto", "csv", "json"]
 Cell = float | str | None
@@ -278,14 +275,6 @@ def histogram(data: str, column: str, bins: int = 10, fmt: Format = "auto") -> H
     }
 
 
-@contextmanager
-def _as_tool_error() -> Iterator[None]:
-    # The SDK reports any exception other than ToolError as a bare "Error executing tool X" and keeps
-    # its text server-side; a ValueError here is the caller's input problem, so its message must show.
-    try:
-        yield
-    except ValueError as exc:
-        raise ToolError(str(exc)) from exc
 
 
 agent = Agent(
@@ -308,7 +297,7 @@ async def describe_tool(data: Data, format: FormatParam = "auto") -> DescribeRes
     quartiles and max; other columns get count, missing, number of unique values and the most
     frequent value. Empty cells, null, NA, N/A, NaN and None count as missing.
     """
-    with _as_tool_error():
+    with input_errors():
         return describe(data, format)
 
 
@@ -326,7 +315,7 @@ async def correlate_tool(
     Rows missing a value in any chosen column are skipped; rows_used says how many remained.
     A constant column has no defined correlation: its entries are null.
     """
-    with _as_tool_error():
+    with input_errors():
         return correlate(data, columns, format)
 
 
@@ -338,7 +327,7 @@ async def histogram_tool(
     format: FormatParam = "auto",
 ) -> HistogramResult:
     """Bin one numeric column into equal-width bins between its min and max and count the values in each."""
-    with _as_tool_error():
+    with input_errors():
         return histogram(data, column, bins, format)
 
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Literal, get_args
 
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 from typing_extensions import TypedDict
 
 from agents._text_profiles import REFERENCE_TEXTS, STOPWORDS
-from agents.sdk import Agent, ToolAnnotations
+from agents.sdk import Agent, ToolAnnotations, input_errors
 
 Language = Literal["en", "de", "fr", "es", "it", "pt", "nl"]
 LanguageOption = Literal["auto", "en", "de", "fr", "es", "it", "pt", "nl"]
@@ -207,14 +204,6 @@ def text_stats(text: str, words_per_minute: int = 238) -> TextStats:
     }
 
 
-@contextmanager
-def _as_tool_error() -> Iterator[None]:
-    # The SDK reports any exception other than ToolError as a bare "Error executing tool X" and keeps
-    # its text server-side; a ValueError here is the caller's input problem, so its message must show.
-    try:
-        yield
-    except ValueError as exc:
-        raise ToolError(str(exc)) from exc
 
 
 agent = Agent(
@@ -242,7 +231,7 @@ async def keywords_tool(
     Words are lower-cased and stopwords of the text's language (en, de, fr, es, it, pt, nl) are
     removed. Returns the words with their counts, most frequent first, and the language used.
     """
-    with _as_tool_error():
+    with input_errors():
         return keywords(text, top, language)
 
 
@@ -257,7 +246,7 @@ async def summarize_tool(
     Each sentence is scored by how often its content words occur in the whole text; the best
     ones are returned in their original order, with their index and score. Nothing is rephrased.
     """
-    with _as_tool_error():
+    with input_errors():
         return summarize(text, sentences, language)
 
 
@@ -268,7 +257,7 @@ async def detect_language_tool(text: Text) -> LanguageResult:
     Returns an ISO 639-1 code, a confidence between 0 and 1, and each language's score.
     Short or mixed texts give lower confidence; other languages get the closest of the seven.
     """
-    with _as_tool_error():
+    with input_errors():
         return detect_language(text)
 
 

@@ -4,5 +4,6 @@ from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 
 from agents.sdk.agent import Agent
+from agents.sdk.errors import input_errors
 
-__all__ = ["Agent", "Context", "ToolAnnotations"]
+__all__ = ["Agent", "Context", "ToolAnnotations", "input_errors"]

@@ -45,6 +45,7 @@ class UpstreamPool:
     def __init__(self, settings: DispatcherSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._control: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -59,6 +60,14 @@ class UpstreamPool:
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s),
         )
+        # Probes, discovery and warm-up get their own small pool: when long calls hold every
+        # call connection to a busy replica, its probes must not queue behind them and
+        # eject a healthy replica. Warm-up still opens the *call* pool (see ReplicaClient.warm).
+        self._control = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=4, keepalive_timeout=60),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
 
     def timeout(self, total: float) -> aiohttp.ClientTimeout:
         """A per-request timeout that keeps the connect timeout (a per-request value replaces the session's)."""
@@ -70,10 +79,17 @@ class UpstreamPool:
             raise RuntimeError("UpstreamPool.start() was not awaited")
         return self._session
 
+    @property
+    def control(self) -> aiohttp.ClientSession:
+        if self._control is None:
+            raise RuntimeError("UpstreamPool.start() was not awaited")
+        return self._control
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._control):
+            if session is not None:
+                await session.close()
+        self._session = self._control = None
 
 
 def modern_meta(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,7 +151,7 @@ class ReplicaClient:
         return headers
 
     # -- control-plane JSON-RPC ----------------------------------------------------------
-    async def rpc(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 5.0) -> dict[str, Any]:
+    async def rpc(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 5.0, call_pool: bool = False) -> dict[str, Any]:
         """One request/response exchange; returns ``result`` or raises ``UpstreamError``."""
         if self.era is None:
             await self.connect(timeout=timeout)
@@ -146,7 +162,7 @@ class ReplicaClient:
             if self.era == "modern":
                 params["_meta"] = {**modern_meta(), **params.get("_meta", {})}
             body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            status, content_type, raw = await self._post(body, self.call_headers(method, params.get("name")), timeout)
+            status, content_type, raw = await self._post(body, self.call_headers(method, params.get("name")), timeout, call_pool=call_pool)
             if status == 404 and self.era == "legacy" and attempt == 0:
                 await self._open_legacy_session(timeout, force=True)
                 continue
@@ -159,9 +175,10 @@ class ReplicaClient:
             return message["result"]
         raise UpstreamError(f"{method}: the agent keeps forgetting its session")
 
-    async def _post(self, body: dict[str, Any], headers: dict[str, str], timeout: float) -> tuple[int, str, bytes]:
+    async def _post(self, body: dict[str, Any], headers: dict[str, str], timeout: float, *, call_pool: bool = False) -> tuple[int, str, bytes]:
+        session = self.pool.session if call_pool else self.pool.control
         try:
-            async with self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
+            async with session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
                 return resp.status, resp.headers.get("content-type", ""), await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Every transport failure becomes ours, so callers (warm loop, admission) see one error type.
@@ -226,16 +243,14 @@ class ReplicaClient:
                 break
         return tools
 
-    async def probe(self, *, timeout: float) -> None:
-        """A cheap liveness check that also keeps a pooled connection busy-warm."""
-        if self.era == "legacy":
-            await self.rpc("ping", {}, timeout=timeout)
-        else:
-            await self.rpc("server/discover", {}, timeout=timeout)
+    async def probe(self, *, timeout: float, call_pool: bool = False) -> None:
+        """A cheap liveness check (on the control pool unless warming the call pool)."""
+        method = "ping" if self.era == "legacy" else "server/discover"
+        await self.rpc(method, {}, timeout=timeout, call_pool=call_pool)
 
     async def warm(self, connections: int, *, timeout: float) -> None:
-        """Open ``connections`` keep-alive connections (concurrent probes) before routing here."""
-        await asyncio.gather(*(self.probe(timeout=timeout) for _ in range(connections)))
+        """Open ``connections`` keep-alive connections in the CALL pool before routing here."""
+        await asyncio.gather(*(self.probe(timeout=timeout, call_pool=True) for _ in range(connections)))
 
 
 def encode_header_value(value: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from dispatcher import __version__, jsonrpc
-from dispatcher.asgi import ClientDisconnected, Receive, Scope, Send, TrackingSend, header_map, read_body, respond
+from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.sessions import Session, SessionStore
@@ -126,7 +126,7 @@ class MCPEndpoint:
             raise NotAcceptable()
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            raise jsonrpc_payload_too_large(self.settings.max_body_bytes)
+            raise body_too_large(self.settings.max_body_bytes)
         body = await read_body(receive, self.settings.max_body_bytes)
         message = jsonrpc.parse(body)
         version = headers.get(HEADER_PROTOCOL_VERSION)
@@ -362,12 +362,6 @@ class MCPEndpoint:
             if send.started:
                 raise
             await respond(send, 200, jsonrpc.error_body(request_id, exc))
-
-
-def jsonrpc_payload_too_large(limit: int) -> EdgefleetError:
-    from shared.errors import PayloadTooLarge
-
-    return PayloadTooLarge(f"The request body is larger than {limit} bytes (EDGEFLEET_MAX_BODY_BYTES).")
 
 
 def _decode_header(value: str | None) -> str | None:

@@ -1,15 +1,35 @@
-"""The benchmark target: the cheapest possible tool, so a benchmark measures the path
-(client -> dispatcher -> agent), not the work. ``edgefleet bench`` starts it."""
+"""The benchmark and test target: the cheapest possible tool, so a benchmark measures the
+path (client -> dispatcher -> agent), not the work. ``edgefleet bench`` starts it.
+
+``where`` tells a caller which replica served it (routing demos and tests); ``wait`` is a
+slow, deliberately NOT idempotent tool (a replica dying mid-call must give the caller an
+"outcome unknown" error, never a silent second run).
+"""
+
+import asyncio
 
 from agents.sdk import Agent, ToolAnnotations
 
-agent = Agent("echo", description="Returns its input; used by `edgefleet bench`.", version="1.0.0")
+agent = Agent("echo", description="Returns its input; used by `edgefleet bench` and the routing tests.", version="1.0.0")
 
 
 @agent.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
 async def echo(text: str) -> str:
     """Return ``text`` unchanged."""
     return text
+
+
+@agent.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
+async def where() -> dict[str, str]:
+    """The region and URL of the replica that served this call."""
+    return {"region": agent.region or "", "url": agent.url or ""}
+
+
+@agent.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=False))
+async def wait(seconds: float) -> dict[str, str]:
+    """Sleep ``seconds`` (at most 600), then say where it ran."""
+    await asyncio.sleep(min(max(seconds, 0.0), 600.0))
+    return {"region": agent.region or "", "url": agent.url or ""}
 
 
 if __name__ == "__main__":

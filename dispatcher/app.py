@@ -20,6 +20,8 @@ from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.mcp_endpoint import MCPEndpoint
+from dispatcher.result_cache import ResultCache
+from dispatcher.router import Router
 from dispatcher.sessions import SessionStore
 from dispatcher.upstream import UpstreamPool
 from shared.constants import RedisKeys
@@ -38,13 +40,17 @@ class Dispatcher:
         if not settings.fleet_token.get_secret_value():
             raise ConfigError("EDGEFLEET_FLEET_TOKEN is required: agents present it to register.")
         self.settings = settings
-        self.static_agents = static_config.load(settings.config_file) if settings.config_file else []
+        config = static_config.load(settings.config_file) if settings.config_file else static_config.StaticConfig()
+        self.static_agents = config.static_agents()
+        # GeoIP readers and the region table open here, before the first call.
+        self.router = Router(settings, config.region_specs())
+        self.cache = ResultCache(settings.result_cache_entries)
         self.redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
         self.pool = UpstreamPool(settings)
         self.fleet = Fleet(settings, self.redis, self.pool)
         self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
-        self.executor = Executor(self.fleet)
-        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor)
+        self.executor = Executor(self.fleet, self.router)
+        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,6 +97,7 @@ class Dispatcher:
         await self.fleet.aclose()
         await self.pool.aclose()
         await self.redis.aclose()
+        self.router.close()
 
 
 def create_app(settings: DispatcherSettings | None = None) -> Dispatcher:

@@ -1,13 +1,16 @@
-"""The federated tool catalog: every routable agent's tools under ``agent.tool`` names.
+"""The federated tool catalog: every warm agent's tools under ``agent.tool`` names.
 
-Rebuilt (not patched) whenever the set of routable replicas changes, so a call never sees
-a half-updated catalog. Everything a call needs is precomputed here, off the hot path:
-the public definitions, the serialized ``tools/list`` payload and the compiled JSON
-Schema validators.
+Rebuilt (not patched) whenever the set of warm replicas changes, so a call never sees a
+half-updated catalog. Everything a call needs is precomputed here, off the hot path:
+the public definitions, the compiled (and exercised) JSON Schema validators, each
+tool's replicas grouped by region. Health is not a catalog matter: a tool whose
+replicas are all ejected stays listed and its calls get ``agent_unavailable``, rather
+than tools flickering in and out of ``tools/list``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -18,7 +21,7 @@ import jsonschema
 from packaging.version import InvalidVersion, Version
 
 from dispatcher.naming import namespace_tools
-from shared.constants import META_EDGE_AGENT, META_EDGE_UPSTREAM_NAME
+from shared.constants import META_EDGE_AGENT, META_EDGE_CACHE_TTL, META_EDGE_UPSTREAM_NAME
 from shared.errors import ToolConflict
 
 if TYPE_CHECKING:
@@ -36,6 +39,13 @@ class ToolEntry:
     idempotent: bool
     validator: Any | None
     replicas: list[Replica] = field(default_factory=list)
+    # Seconds a result may be served from the dispatcher's cache (read-only tools only).
+    cache_ttl_s: float = 0.0
+    by_region: dict[str, list[Replica]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for replica in self.replicas:
+            self.by_region.setdefault(replica.record.region, []).append(replica)
 
     def validation_error(self, arguments: Any) -> str | None:
         """A message naming the failing field, or None when ``arguments`` fit the schema."""
@@ -65,7 +75,11 @@ def _compile(schema: Any, tool: str) -> Any | None:
     try:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         cls.check_schema(schema)
-        return cls(schema, format_checker=cls.FORMAT_CHECKER)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        # Exercise it once now: the first real call must not pay for lazy set-up.
+        with contextlib.suppress(Exception):  # e.g. an unresolvable $ref: reported at call time
+            validator.is_valid({})
+        return validator
     except jsonschema.exceptions.SchemaError as exc:
         log.warning("tool %s has an invalid inputSchema (%s); arguments are passed unvalidated", tool, exc.message)
         return None
@@ -99,7 +113,7 @@ class Catalog:
     def build(cls, replicas: Iterable[Replica]) -> Catalog:
         by_agent: dict[str, list[Replica]] = defaultdict(list)
         for replica in replicas:
-            if replica.routable:
+            if replica.warm:
                 by_agent[replica.record.agent].append(replica)
         entries: dict[str, ToolEntry] = {}
         for agent in sorted(by_agent):
@@ -116,6 +130,9 @@ class Catalog:
             for public, upstream in mapping.items():
                 tool = by_upstream[upstream]
                 annotations = tool.get("annotations") or {}
+                meta = tool.get("_meta") or {}
+                ttl = meta.get(META_EDGE_CACHE_TTL) if isinstance(meta, dict) else None
+                cacheable = annotations.get("readOnlyHint") is True and isinstance(ttl, (int, float)) and ttl > 0
                 entries[public] = ToolEntry(
                     public_name=public,
                     agent=agent,
@@ -124,5 +141,6 @@ class Catalog:
                     idempotent=bool(annotations.get("idempotentHint")),
                     validator=_compile(tool.get("inputSchema"), public),
                     replicas=[r for r in members if upstream in r.tool_names],
+                    cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
                 )
         return cls(entries)

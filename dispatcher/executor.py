@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from dispatcher import jsonrpc, router
+import orjson
+from dispatcher import jsonrpc
+from shared.constants import HEADER_ROUTE, HEADER_TIMEOUT
 from shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from dispatcher.catalog import ToolEntry
     from dispatcher.fleet import Fleet, Replica
+    from dispatcher.router import Router, RouteOrder
 
 log = logging.getLogger("edgefleet.executor")
 
@@ -34,15 +37,15 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
+HEADER_ROUTE_B = HEADER_ROUTE.encode()
 # Upstream statuses that mean "not processed": safe to send elsewhere.
 NOT_PROCESSED_STATUSES = frozenset({502, 503})
 
 
 class Executor:
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, router: Router) -> None:
         self.fleet = fleet
-        self.region = fleet.settings.region
-        self.default_timeout = fleet.settings.call_timeout_s
+        self.router = router
 
     async def call(
         self,
@@ -51,60 +54,109 @@ class Executor:
         body: bytes,
         send: Send,
         *,
+        order: RouteOrder,
+        timeout_s: float,
         extra_headers: dict[str, str] | None = None,
-    ) -> None:
-        """Forward ``body`` (already rewritten to the upstream name) and relay the reply."""
-        deadline = time.monotonic() + self.default_timeout
+        capture: bool = False,
+    ) -> tuple[bool, bytes] | None:
+        """Forward ``body`` (already rewritten to the upstream name) and relay the reply.
+
+        Candidates come nearest region first; each failed-before-start attempt moves on
+        (next replica, then next region) within one deadline, which every attempt passes
+        to the agent. With ``capture`` the relayed body is returned as (is_sse, bytes).
+        """
+        started = time.monotonic()
+        deadline = started + timeout_s
+        stream = _ClientStream(send, request_id)
         tried: list[str] = []
         last_error: EdgefleetError | None = None
-        for replica in router.candidates(entry, self.region):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried})
-            tried.append(replica.id)
-            try:
-                await self._attempt(replica, entry, request_id, body, send, remaining, extra_headers)
-                return
-            except _NotStarted as exc:
-                last_error = exc.error
-                continue
-            except _MaybeStarted as exc:
-                if entry.idempotent:
+        outcome = "error"
+        replica: Replica | None = None
+        try:
+            for replica in self.router.candidates(entry, order):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried})
+                tried.append(replica.id)
+                route = _route_header(replica, order, len(tried))
+                try:
+                    captured = await self._attempt(replica, entry, body, stream, remaining, extra_headers, route, capture)
+                    outcome = "ok"
+                    return captured
+                except _NotStarted as exc:
                     last_error = exc.error
-                    log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
                     continue
-                raise OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}) from None
-        if last_error is not None:
-            raise AgentUnavailable(
-                f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
-                data={"agent": entry.agent, "replicas_tried": tried},
-            )
-        raise AgentUnavailable(
-            f"No live replica of agent {entry.agent!r} can serve {entry.public_name} right now.", data={"agent": entry.agent}
-        )
+                except _MaybeStarted as exc:
+                    if entry.idempotent:
+                        # Safe to run again; an SSE stream already open to the client simply
+                        # continues with the next replica's messages.
+                        last_error = exc.error
+                        log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
+                        continue
+                    await stream.fail(OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
+                    return None
+            if last_error is not None:
+                await stream.fail(AgentUnavailable(
+                    f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
+                    data={"agent": entry.agent, "replicas_tried": tried},
+                ))
+                return None
+            await stream.fail(AgentUnavailable(
+                f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
+                data={"agent": entry.agent, "regions": list(order.regions)},
+            ))
+            return None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "call %s -> %s region=%s caller=%s caller_region=%s reason=%s attempts=%d %.2f ms %s",
+                    entry.public_name, replica.id if replica else "-", replica.record.region if replica else "-",
+                    order.address, order.caller_region or "-", _reason(replica, order), len(tried),
+                    (time.monotonic() - started) * 1000, outcome,
+                )
 
     async def _attempt(
-        self, replica: Replica, entry: ToolEntry, request_id: Any, body: bytes, send: Send, timeout: float, extra_headers: dict[str, str] | None
-    ) -> None:
+        self,
+        replica: Replica,
+        entry: ToolEntry,
+        body: bytes,
+        stream: _ClientStream,
+        timeout: float,
+        extra_headers: dict[str, str] | None,
+        route: bytes,
+        capture: bool,
+    ) -> tuple[bool, bytes] | None:
         client = replica.client
         headers = client.call_headers("tools/call", entry.upstream_name)
         if extra_headers:
             headers.update(extra_headers)
+        # Deadline propagation: the agent stops working on a call nobody waits for any more.
+        headers[HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
         session = self.fleet.pool.session
+        breaker = replica.breaker
+        breaker.begin()
         replica.inflight += 1
+        verdict = False
+        sent_at = time.perf_counter()
         try:
             try:
                 resp = await session.post(replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout))
             except aiohttp.ConnectionTimeoutError:
+                verdict = True
                 self.fleet.report_failure(replica, "connect timed out", decisive=True)
                 raise _NotStarted(UpstreamError(f"connecting to replica {replica.id} timed out")) from None
             except aiohttp.ClientConnectorError as exc:
+                verdict = True
                 self.fleet.report_failure(replica, f"connect: {exc}", decisive=True)
                 raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")) from None
             except asyncio.TimeoutError:
                 # The deadline of a slow tool is not the replica's fault: no health penalty.
                 raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
             except aiohttp.ClientError as exc:
+                verdict = True
                 self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}")
                 raise _MaybeStarted(UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")) from None
             try:
@@ -113,40 +165,124 @@ class Executor:
                     await client.connect()
                     raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
                 if resp.status in NOT_PROCESSED_STATUSES:
+                    verdict = True
                     self.fleet.report_failure(replica, f"HTTP {resp.status}")
                     raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
                 if resp.status >= 500:
+                    verdict = True
                     self.fleet.report_failure(replica, f"HTTP {resp.status}")
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                replica.observe_latency((time.perf_counter() - sent_at) * 1000)
+                verdict = True
+                self.fleet.report_success(replica)
                 content_type = resp.headers.get("content-type", "")
                 if content_type.startswith("text/event-stream"):
-                    await self._relay_stream(resp, send, request_id)
-                else:
-                    try:
-                        data = await resp.read()
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                        raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
-                    await send({"type": "http.response.start", "status": 200 if resp.status < 400 else resp.status, "headers": JSON_HEADERS})
-                    await send({"type": "http.response.body", "body": data})
-                if replica.failures:
-                    self.fleet.report_success(replica)
+                    return await _relay_stream(replica, resp, stream, route, capture)
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
+                await stream.json(200 if resp.status < 400 else resp.status, data, route)
+                return (False, data) if capture else None
             finally:
                 resp.release()
         finally:
             replica.inflight -= 1
+            if not verdict:
+                breaker.release()
 
-    async def _relay_stream(self, resp: aiohttp.ClientResponse, send: Send, request_id: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        try:
-            async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            # Headers are already out: answer the request inside the stream, then end it,
-            # so the client is never left waiting for a response that cannot come.
-            error = OutcomeUnknown(data={"cause": type(exc).__name__})
-            event = b"event: message\ndata: " + jsonrpc.error_body(request_id, error) + b"\n\n"
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+
+class _ClientStream:
+    """The client's response, started lazily so a failed attempt can still be replaced.
+
+    Once an SSE stream is open, a retry (idempotent tools) keeps writing into it; an
+    error after that point is delivered inside the stream as the call's response.
+    """
+
+    __slots__ = ("send", "request_id", "started", "ended")
+
+    def __init__(self, send: Send, request_id: Any) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.started = False
+        self.ended = False
+
+    async def start_sse(self, route: bytes) -> None:
+        if not self.started:
+            self.started = True
+            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (HEADER_ROUTE_B, route)]})
+
+    async def chunk(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        self.ended = True
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def json(self, status: int, data: bytes, route: bytes) -> None:
+        if self.started:  # a retry answered in JSON into an open SSE stream
+            await self.chunk(b"event: message\ndata: " + data + b"\n\n")
+            await self.end()
+            return
+        self.started = self.ended = True
+        await self.send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (HEADER_ROUTE_B, route)]})
+        await self.send({"type": "http.response.body", "body": data})
+
+    async def fail(self, error: EdgefleetError) -> None:
+        if not self.started:
+            raise error
+        if not self.ended:
+            await self.chunk(b"event: message\ndata: " + jsonrpc.error_body(self.request_id, error) + b"\n\n")
+            await self.end()
+
+
+def _holds_response(chunk: bytes) -> bool:
+    """Does this SSE chunk carry a JSON-RPC response (the call's final message)?"""
+    if b'"id"' not in chunk or (b'"result"' not in chunk and b'"error"' not in chunk):
+        return False
+    for line in chunk.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                message = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return True  # an event split across chunks: assume the worst (it was the answer)
+            if isinstance(message, dict) and "id" in message and "method" not in message:
+                return True
+    return False
+
+
+async def _relay_stream(
+    replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool
+) -> tuple[bool, bytes] | None:
+    """Relay the agent's SSE chunk by chunk; a break before the response is a _MaybeStarted."""
+    chunks: list[bytes] | None = [] if capture else None
+    answered = False
+    try:
+        async for chunk in resp.content.iter_any():
+            await stream.start_sse(route)
+            if chunks is not None:
+                chunks.append(chunk)
+            answered = answered or _holds_response(chunk)
+            await stream.chunk(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        # Only a broken stream is in doubt; a stream the agent ended normally is its answer.
+        if not answered:
+            raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its stream: {type(exc).__name__}")) from None
+    await stream.end()
+    return (True, b"".join(chunks)) if chunks is not None else None
+
+
+def _reason(replica: Replica | None, order: RouteOrder) -> str:
+    if replica is not None and order.regions and replica.record.region != order.regions[0]:
+        return order.reason + "+failover"
+    return order.reason
+
+
+def _route_header(replica: Replica, order: RouteOrder, attempt: int) -> bytes:
+    return (
+        f"region={replica.record.region}; replica={replica.id}; caller-region={order.caller_region or '-'}; "
+        f"reason={_reason(replica, order)}; attempt={attempt}"
+    ).encode()
 
 
 class _NotStarted(Exception):

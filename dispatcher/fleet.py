@@ -1,10 +1,10 @@
 """This dispatcher's live view of the fleet: replicas, their warmth and health, the catalog.
 
 Each dispatcher replica keeps its own view (pools and health are local facts) built from
-the shared Redis registry. A replica becomes routable only once this dispatcher has
-opened warm keep-alive connections to it; it stops being routable when its lease
-expires, when active probes fail ``unhealthy_after`` times in a row, or at once when a
-connection to it is refused.
+the shared Redis registry. A replica enters the catalog only once this dispatcher has
+opened warm keep-alive connections to it, and leaves it when its lease expires. Whether
+it takes calls meanwhile is its circuit breaker's call (``dispatcher.breaker``), fed by
+active probes and by the outcome of every call.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dispatcher.breaker import OPEN, BreakerPolicy, CircuitBreaker
 from dispatcher.catalog import Catalog
 from dispatcher.registry import Registry
 from dispatcher.upstream import ReplicaClient, UpstreamPool
@@ -29,21 +30,36 @@ from shared.settings import DispatcherSettings
 log = logging.getLogger("edgefleet.fleet")
 
 
+# Weight of the newest latency sample in the EWMA (about the last 5 calls dominate).
+EWMA_ALPHA = 0.3
+
+
 @dataclass(eq=False)
 class Replica:
     record: ReplicaRecord
     client: ReplicaClient
+    breaker: CircuitBreaker
     warm: bool = False
-    healthy: bool = True
-    failures: int = 0
     inflight: int = 0
+    latency_ewma_ms: float = 0.0
     last_error: str | None = None
     tool_names: frozenset[str] = field(default_factory=frozenset)
     warm_task: asyncio.Task[None] | None = None
 
+    def admits(self) -> bool:
+        """May a call go here now? (Warm, and the breaker is closed or has a trial free.)"""
+        return self.warm and self.breaker.admits()
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state != OPEN
+
     @property
     def routable(self) -> bool:
         return self.warm and self.healthy
+
+    def observe_latency(self, ms: float) -> None:
+        self.latency_ewma_ms = ms if self.latency_ewma_ms == 0.0 else self.latency_ewma_ms + EWMA_ALPHA * (ms - self.latency_ewma_ms)
 
     @property
     def id(self) -> str:
@@ -67,6 +83,15 @@ class Fleet:
         self.registry = Registry(redis, self.keys, settings.heartbeat_ttl_s)
         self.replicas: dict[str, Replica] = {}
         self.catalog = Catalog.empty()
+        self.regions: frozenset[str] = frozenset()
+        self.breaker_policy = BreakerPolicy(
+            consecutive_failures=settings.unhealthy_after,
+            error_rate=settings.eject_error_rate,
+            min_calls=settings.eject_min_calls,
+            window_s=settings.eject_window_s,
+            base_s=settings.eject_base_s,
+            max_s=settings.eject_max_s,
+        )
         self.synced = asyncio.Event()
         self.registry_ok = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,7 +164,8 @@ class Fleet:
         for replica_id, record in records.items():
             replica = self.replicas.get(replica_id)
             if replica is None:
-                replica = Replica(record=record, client=ReplicaClient(self.pool, record.url, era=_known_era(record)))
+                client = ReplicaClient(self.pool, record.url, era=_known_era(record))
+                replica = Replica(record=record, client=client, breaker=CircuitBreaker(self.breaker_policy))
                 replica.tool_names = frozenset(t["name"] for t in record.tools)
                 self.replicas[replica_id] = replica
                 replica.warm_task = asyncio.create_task(self._warm(replica), name=f"warm-{replica_id}")
@@ -164,8 +190,6 @@ class Fleet:
                     await self._refresh_static_tools(replica)
                 await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
                 replica.warm = True
-                replica.healthy = True
-                replica.failures = 0
                 log.info(
                     "replica %s (%s, %s) warm: %d connections in %.1f ms",
                     replica.id, replica.record.agent, replica.record.region,
@@ -195,33 +219,38 @@ class Fleet:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.probe_interval_s)
-            warm = [r for r in self.replicas.values() if r.warm]
-            if warm:
-                await asyncio.gather(*(self._probe(r) for r in warm))
+            # An open breaker is left alone until its ejection time is over; then the
+            # probe is its half-open trial (so a client call need not be the guinea pig).
+            due = [r for r in self.replicas.values() if r.admits()]
+            if due:
+                await asyncio.gather(*(self._probe(r) for r in due))
 
     async def _probe(self, replica: Replica) -> None:
+        replica.breaker.begin()
         try:
             await replica.client.probe(timeout=self.settings.probe_timeout_s)
+        except asyncio.CancelledError:
+            replica.breaker.release()
+            raise
         except (EdgefleetError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure counts
             self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}")
         else:
             self.report_success(replica)
 
     def report_failure(self, replica: Replica, error: str, *, decisive: bool = False) -> None:
-        """A failed probe or call; ``decisive`` (connection refused) takes it out at once."""
-        replica.failures += 1
+        """A failed probe or call; ``decisive`` (connection refused) opens the breaker at once."""
         replica.last_error = error
-        if replica.healthy and (decisive or replica.failures >= self.settings.unhealthy_after):
-            replica.healthy = False
-            log.warning("replica %s (%s) marked unhealthy: %s", replica.id, replica.record.agent, error)
-            self.rebuild()
+        if replica.breaker.failure(decisive=decisive):
+            snap = replica.breaker.snapshot()
+            log.warning(
+                "replica %s (%s, %s) ejected for %.1f s (ejection %d): %s",
+                replica.id, replica.record.agent, replica.record.region, snap["retry_in_s"], snap["ejections"], error,
+            )
 
     def report_success(self, replica: Replica) -> None:
-        replica.failures = 0
-        if not replica.healthy:
-            replica.healthy = True
-            log.info("replica %s (%s) healthy again", replica.id, replica.record.agent)
-            self.rebuild()
+        if replica.breaker.success():
+            log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
 
     def rebuild(self) -> None:
         self.catalog = Catalog.build(self.replicas.values())
+        self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)

@@ -19,6 +19,7 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,12 +28,16 @@ from dispatcher import __version__, jsonrpc
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
+from dispatcher.result_cache import ResultCache, final_result
+from dispatcher.router import Router
 from dispatcher.sessions import Session, SessionStore
 from shared.constants import (
     HEADER_METHOD,
     HEADER_NAME,
     HEADER_PROTOCOL_VERSION,
+    HEADER_ROUTE,
     HEADER_SESSION_ID,
+    HEADER_TIMEOUT,
     LATEST_LEGACY_VERSION,
     LEGACY_PROTOCOL_VERSIONS,
     META_CLIENT_CAPABILITIES,
@@ -72,24 +77,30 @@ DEFAULT_LEGACY_LOG_LEVEL = "info"
 
 
 class MCPEndpoint:
-    def __init__(self, settings: DispatcherSettings, fleet: Fleet, sessions: SessionStore, executor: Executor) -> None:
+    def __init__(
+        self, settings: DispatcherSettings, fleet: Fleet, sessions: SessionStore, executor: Executor, router: Router, cache: ResultCache
+    ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.sessions = sessions
         self.executor = executor
+        self.router = router
+        self.cache = cache
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
         self.legacy_inflight: dict[tuple[str, Any], asyncio.Task[None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_map(scope)
+        client = scope.get("client")
+        peer = client[0] if client else None
         request_id: Any = None
         tracked = TrackingSend(send)
         try:
             self._check_origin(headers)
             method = scope["method"]
             if method == "POST":
-                await self._post(headers, receive, tracked)
+                await self._post(headers, receive, tracked, peer)
             elif method == "DELETE":
                 await self._delete(headers, tracked)
             else:
@@ -117,7 +128,7 @@ class MCPEndpoint:
                 return
         raise ForbiddenOrigin(f"Origin {origin!r} is not allowed; add it to EDGEFLEET_ALLOWED_ORIGINS if it is yours.")
 
-    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend) -> None:
+    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
             raise UnsupportedMediaType()
@@ -133,9 +144,9 @@ class MCPEndpoint:
         if message.method == "initialize":
             await self._initialize(message, send)
         elif version in (MODERN_PROTOCOL_VERSION,):
-            await self._modern(message, headers, receive, send)
+            await self._modern(message, headers, receive, send, peer)
         elif version in LEGACY_PROTOCOL_VERSIONS or (version is None and HEADER_SESSION_ID in headers):
-            await self._legacy(message, headers, send)
+            await self._legacy(message, headers, send, peer)
         elif version is None:
             raise SessionRequired(
                 "Missing MCP-Protocol-Version header: send '2026-07-28' with per-request _meta, "
@@ -157,7 +168,9 @@ class MCPEndpoint:
         await respond(send, 200, content_type=None)
 
     # -- modern era ------------------------------------------------------------------------
-    async def _modern(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend) -> None:
+    async def _modern(
+        self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None
+    ) -> None:
         if message.kind == "response":
             raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
         meta = message.params.get("_meta")
@@ -191,7 +204,7 @@ class MCPEndpoint:
                     data={"id": message.id},
                 )
             forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
-            await self._call(message, send, modern=True, receive=receive, extra_headers=forwarded or None)
+            await self._call(message, send, headers, peer, modern=True, receive=receive, extra_headers=forwarded or None)
         elif method == "tools/list":
             result = {"resultType": "complete", "tools": self.fleet.catalog.definitions, "ttlMs": 0, "cacheScope": "private"}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
@@ -222,7 +235,7 @@ class MCPEndpoint:
         result = {"protocolVersion": negotiated, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
         await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
 
-    async def _legacy(self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend) -> None:
+    async def _legacy(self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend, peer: str | None) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired(data={"id": message.id})
@@ -238,14 +251,16 @@ class MCPEndpoint:
             await respond(send, 202, content_type=None)
             return
         try:
-            await self._legacy_request(message, session, send)
+            await self._legacy_request(message, session, send, headers, peer)
         except LEGACY_RPC_LEVEL as exc:
             await respond(send, 200, jsonrpc.error_body(message.id, exc))
 
-    async def _legacy_request(self, message: jsonrpc.Message, session: Session, send: TrackingSend) -> None:
+    async def _legacy_request(
+        self, message: jsonrpc.Message, session: Session, send: TrackingSend, headers: dict[str, str], peer: str | None
+    ) -> None:
         method = message.method
         if method == "tools/call":
-            await self._call(message, send, modern=False, session=session)
+            await self._call(message, send, headers, peer, modern=False, session=session)
         elif method == "tools/list":
             await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self.fleet.catalog.definitions}))
         elif method == "ping":
@@ -265,6 +280,8 @@ class MCPEndpoint:
         self,
         message: jsonrpc.Message,
         send: TrackingSend,
+        headers: dict[str, str],
+        peer: str | None,
         *,
         modern: bool,
         receive: Receive | None = None,
@@ -305,13 +322,45 @@ class MCPEndpoint:
             meta.setdefault(META_LOG_LEVEL, session.log_level or DEFAULT_LEGACY_LOG_LEVEL)
             upstream_params["_meta"] = meta
         body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": "tools/call", "params": upstream_params})
+        try:
+            order = self.router.order(peer, headers, self.fleet.regions)
+        except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
+            await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
+            return
+        cache_key = self.cache.key(entry.public_name, arguments) if entry.cache_ttl_s and self.cache.enabled else None
+        if cache_key is not None:
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                answer = b'{"jsonrpc":"2.0","id":' + orjson.dumps(message.id) + b',"result":' + cached + b"}"
+                await respond(send, 200, answer, headers=[(HEADER_ROUTE.encode(), b"cache=hit")])
+                return
+
+        async def invoke() -> None:
+            captured = await self.executor.call(
+                entry, message.id, body, send,
+                order=order, timeout_s=self._timeout(headers), extra_headers=extra_headers, capture=cache_key is not None,
+            )
+            if captured is not None and cache_key is not None:
+                result = final_result(captured[1], sse=captured[0])
+                if result is not None:
+                    self.cache.put(cache_key, entry.cache_ttl_s, result)
+
         if modern and receive is not None:
-            await self._call_cancellable_by_disconnect(entry, message.id, body, send, receive, extra_headers)
+            await self._call_cancellable_by_disconnect(entry, message.id, invoke, send, receive)
         else:
             assert session is not None
-            await self._call_cancellable_by_notification(entry, message.id, body, send, session)
+            await self._call_cancellable_by_notification(message.id, invoke, send, session)
 
-    async def _call_cancellable_by_disconnect(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, receive: Receive, extra_headers: dict[str, str] | None) -> None:
+    def _timeout(self, headers: dict[str, str]) -> float:
+        """The call's deadline: the configured one, or less when the client asks for less."""
+        asked = headers.get(HEADER_TIMEOUT)
+        if asked is not None and asked.isdigit() and int(asked) > 0:
+            return min(int(asked) / 1000, self.settings.call_timeout_s)
+        return self.settings.call_timeout_s
+
+    async def _call_cancellable_by_disconnect(
+        self, entry: Any, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, receive: Receive
+    ) -> None:
         # One watcher per call: when the client closes the stream (2026 cancellation),
         # cancel the forwarding, which closes the upstream connection, which cancels the agent.
         current = asyncio.current_task()
@@ -328,7 +377,7 @@ class MCPEndpoint:
 
         watcher = asyncio.create_task(watch())
         try:
-            await self._run_call(entry, request_id, body, send, extra_headers)
+            await self._run_call(request_id, invoke, send)
         except asyncio.CancelledError:
             if not disconnected:
                 raise
@@ -337,9 +386,11 @@ class MCPEndpoint:
         finally:
             watcher.cancel()
 
-    async def _call_cancellable_by_notification(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, session: Session) -> None:
+    async def _call_cancellable_by_notification(
+        self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, session: Session
+    ) -> None:
         key = (session.id, request_id)
-        task = asyncio.ensure_future(self._run_call(entry, request_id, body, send, None))
+        task = asyncio.ensure_future(self._run_call(request_id, invoke, send))
         self.legacy_inflight[key] = task
         try:
             await asyncio.shield(task)
@@ -355,9 +406,9 @@ class MCPEndpoint:
         finally:
             self.legacy_inflight.pop(key, None)
 
-    async def _run_call(self, entry: Any, request_id: Any, body: bytes, send: TrackingSend, extra_headers: dict[str, str] | None) -> None:
+    async def _run_call(self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend) -> None:
         try:
-            await self.executor.call(entry, request_id, body, send, extra_headers=extra_headers)
+            await invoke()
         except EdgefleetError as exc:
             if send.started:
                 raise

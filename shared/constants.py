@@ -27,11 +27,20 @@ META_EDGE_AGENT = "dev.edgefleet/agent"
 META_EDGE_REPLICA = "dev.edgefleet/replica"
 META_EDGE_REGION = "dev.edgefleet/region"
 META_EDGE_UPSTREAM_NAME = "dev.edgefleet/upstreamName"
+# On a tool definition: results of this read-only tool may be cached for N seconds.
+META_EDGE_CACHE_TTL = "dev.edgefleet/cacheTtlS"
 
 HEADER_PROTOCOL_VERSION = "mcp-protocol-version"
 HEADER_SESSION_ID = "mcp-session-id"
 HEADER_METHOD = "mcp-method"
 HEADER_NAME = "mcp-name"
+# Our own HTTP headers (lowercase: ASGI header maps are lowercase).
+# Client -> dispatcher: preferred regions ("eu-west,us-east" or "eu-west;only").
+HEADER_REGION_HINT = "x-edge-region"
+# Client -> dispatcher (optional, capped) and dispatcher -> agent: milliseconds left.
+HEADER_TIMEOUT = "edgefleet-timeout-ms"
+# Dispatcher -> client: where the call went ("region=eu-west; replica=...; reason=network").
+HEADER_ROUTE = "edgefleet-route"
 
 # --- names --------------------------------------------------------------------------
 # MCP tool names: [A-Za-z0-9_.-]{1,128}. Agent names are stricter (no dot) so that the

@@ -8,10 +8,11 @@ at start-up so a typo (``EDGEFLEET_REDIS_ULR``) fails loudly instead of being ig
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,7 +46,28 @@ class DispatcherSettings(BaseSettings):
     max_connections_per_replica: int = Field(256, ge=1, description="Upper bound of pooled connections per replica.")
     probe_interval_s: float = Field(2.0, gt=0, description="Active health probe interval per replica.")
     probe_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
-    unhealthy_after: int = Field(2, ge=1, description="Consecutive failed probes/calls that take a replica out.")
+    unhealthy_after: int = Field(2, ge=1, description="Consecutive failed probes/calls that open a replica's circuit breaker.")
+    eject_error_rate: float = Field(0.5, gt=0, le=1, description="Error rate over eject_window_s that opens the breaker (with eject_min_calls).")
+    eject_min_calls: int = Field(20, ge=1, description="Calls in the window before the error rate counts.")
+    eject_window_s: float = Field(10.0, gt=0, description="Window of the error-rate check.")
+    eject_base_s: float = Field(5.0, gt=0, description="First ejection time; doubles per repeated ejection, then a half-open trial.")
+    eject_max_s: float = Field(60.0, gt=0, description="Longest ejection time.")
+    replica_policy: Literal["p2c-ewma", "least-outstanding"] = Field(
+        "p2c-ewma", description="Replica choice inside a region: p2c-ewma (latency-aware) or least-outstanding."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For/Forwarded headers are believed (comma-separated)."
+    )
+    geoip_city_db: Path | None = Field(None, description="GeoIP2/GeoLite2 City .mmdb: caller coordinates -> nearest region.")
+    geoip_private_db: Path | None = Field(None, description="Custom .mmdb whose records carry 'region' (private networks).")
+    region_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Static CIDR=region table, e.g. 10.1.0.0/16=eu-west,10.2.0.0/16=us-east."
+    )
+    region_order: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Region order for callers of unknown location (empty: own region, then nearest)."
+    )
+    region_hint: bool = Field(True, description="Honour the X-Edge-Region header (preferred or only regions).")
+    result_cache_entries: int = Field(10000, ge=0, description="Results kept for read-only tools that declare a cache TTL (0: off).")
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a replica.")
     call_timeout_s: float = Field(300.0, gt=0, description="Default deadline of one tool call.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
@@ -65,11 +87,42 @@ class DispatcherSettings(BaseSettings):
             raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
         return value
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR network: {exc}") from None
+        return value
+
+    @field_validator("region_networks")
+    @classmethod
+    def _region_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            cidr, sep, region = item.partition("=")
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}") from None
+            if not sep or not REGION_NAME_RE.match(region.strip()):
+                raise ValueError(f"{item!r} must look like CIDR=region (10.1.0.0/16=eu-west)")
+        return value
+
+    @field_validator("region_order")
+    @classmethod
+    def _region_names(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not REGION_NAME_RE.match(item):
+                raise ValueError(f"{item!r} is not a region name")
         return value
 
 

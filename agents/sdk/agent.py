@@ -22,7 +22,7 @@ from mcp.types import ToolAnnotations
 
 from agents.sdk.asgi import InflightCounter
 from agents.sdk.registration import Registrar
-from shared.constants import AGENT_NAME_RE, RESERVED_AGENT_NAMES
+from shared.constants import AGENT_NAME_RE, META_EDGE_CACHE_TTL, RESERVED_AGENT_NAMES
 from shared.settings import AgentSettings, check_environment
 
 log = logging.getLogger("edgefleet.agent")
@@ -48,6 +48,9 @@ class Agent:
             )
         self.name = name
         self.version = version
+        # Where this replica serves (known once ``serve`` starts; tools may report it).
+        self.region: str | None = None
+        self.url: str | None = None
         self.mcp = MCPServer(name, description=description, instructions=instructions, version=version)
 
     def tool(
@@ -58,8 +61,20 @@ class Agent:
         description: str | None = None,
         annotations: ToolAnnotations | None = None,
         meta: dict[str, Any] | None = None,
+        cache_ttl_s: float | None = None,
     ) -> Callable[[F], F]:
-        """Register a tool. Add a ``ctx: Context`` parameter to report progress or log."""
+        """Register a tool. Add a ``ctx: Context`` parameter to report progress or log.
+
+        ``cache_ttl_s`` lets the dispatcher serve repeated calls with equal arguments from
+        its cache for that long; it requires (and implies) ``readOnlyHint``.
+        """
+        if cache_ttl_s is not None:
+            if cache_ttl_s <= 0:
+                raise ValueError("cache_ttl_s must be positive")
+            if annotations is not None and annotations.readOnlyHint is False:
+                raise ValueError("only read-only tools can be cached (readOnlyHint=False given)")
+            annotations = (annotations or ToolAnnotations()).model_copy(update={"readOnlyHint": True})
+            meta = {**(meta or {}), META_EDGE_CACHE_TTL: cache_ttl_s}
         return self.mcp.tool(name=name, title=title, description=description, annotations=annotations, meta=meta)
 
     def asgi_app(self, settings: AgentSettings) -> InflightCounter:
@@ -75,6 +90,7 @@ class Agent:
         sock.bind((settings.host, settings.port))
         port = sock.getsockname()[1]
         public_url = settings.public_url or f"http://{_url_host(settings.host)}:{port}/mcp"
+        self.region, self.url = settings.region, public_url
         config = uvicorn.Config(
             app,
             log_level="warning",

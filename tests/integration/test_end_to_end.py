@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 
 from tests.integration.fleet import Fleet
 
@@ -73,8 +74,20 @@ async def test_killed_replica_leaves_routing_and_a_restart_brings_it_back(fleet:
     eu.kill9()
     took = fleet.wait_for(lambda: text_replicas() == 0, "killed replica out of routing", timeout=10)
     async with Client(fleet.mcp_url) as client:
-        names = {t.name for t in (await client.list_tools()).tools}
-        assert "text.keywords" not in names and "data.describe" in names
+        # Ejected but still leased: the tool stays listed and a call says why it cannot run.
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("text.stats", {"text": "anyone?"})
+        assert failed.value.error.code == -31001  # agent_unavailable
+
+    async def listed() -> set[str]:
+        async with Client(fleet.mcp_url) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+    # Once its lease runs out the replica leaves the fleet and its tools the catalog.
+    deadline = time.monotonic() + fleet.heartbeat_ttl_s + 5
+    while "text.keywords" in (names := await listed()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert "text.keywords" not in names and "data.describe" in names
     # A new replica joins without restarting the dispatcher.
     fleet.start_agent("agents.text", "eu-west")
     async with Client(fleet.mcp_url) as client:

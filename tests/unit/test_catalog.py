@@ -1,5 +1,6 @@
 from typing import Any
 
+from dispatcher.breaker import BreakerPolicy, CircuitBreaker
 from dispatcher.catalog import Catalog
 from dispatcher.fleet import Replica
 from shared.models import ReplicaRecord
@@ -11,10 +12,11 @@ TOOL = {"name": "keywords", "inputSchema": {"type": "object", "properties": {"te
 def replica(agent: str, version: str, tools: list[dict[str, Any]], *, warm: bool = True, registered_at: float = 0) -> Replica:
     record = ReplicaRecord(replica_id=f"{agent}-{version}-{registered_at}", agent=agent, region="eu-west", url="http://x/mcp",
                            version=version, tools=tools, registered_at=registered_at)
-    return Replica(record=record, client=None, warm=warm, tool_names=frozenset(t["name"] for t in tools))  # type: ignore[arg-type]
+    return Replica(record=record, client=None, breaker=CircuitBreaker(BreakerPolicy()), warm=warm,  # type: ignore[arg-type]
+                   tool_names=frozenset(t["name"] for t in tools))
 
 
-def test_only_routable_replicas_contribute() -> None:
+def test_only_warm_replicas_contribute() -> None:
     catalog = Catalog.build([replica("text", "1", [TOOL], warm=False)])
     assert catalog.entries == {}
 
@@ -47,3 +49,18 @@ def test_schema_with_a_dangling_ref_passes_arguments_through() -> None:
     dangling = {"name": "refs", "inputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}
     entry = Catalog.build([replica("x", "1", [dangling])]).get("x.refs")
     assert entry is not None and entry.validation_error({"a": 1}) is None
+
+
+def test_cache_ttl_only_for_read_only_tools() -> None:
+    cached = {"name": "lookup", "annotations": {"readOnlyHint": True}, "_meta": {"dev.edgefleet/cacheTtlS": 30}}
+    writes = {"name": "store", "annotations": {"readOnlyHint": False}, "_meta": {"dev.edgefleet/cacheTtlS": 30}}
+    catalog = Catalog.build([replica("kv", "1", [cached, writes])])
+    assert catalog.entries["kv.lookup"].cache_ttl_s == 30
+    assert catalog.entries["kv.store"].cache_ttl_s == 0
+
+
+def test_replicas_are_grouped_by_region() -> None:
+    a, b = replica("text", "1", [TOOL]), replica("text", "1", [TOOL], registered_at=1)
+    b.record.region = "us-east"
+    entry = Catalog.build([a, b]).entries["text.keywords"]
+    assert entry.by_region == {"eu-west": [a], "us-east": [b]}

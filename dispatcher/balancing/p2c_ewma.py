@@ -1,0 +1,30 @@
+"""Power of two choices over a latency EWMA (Finagle/Linkerd "peak EWMA" cost).
+
+Cost of a replica = EWMA of its response latency x (calls in flight + 1). Two replicas
+drawn at random, the cheaper one wins: O(1) per call, no herd on one "best" replica
+(as a global argmin would cause between dispatchers), and slow replicas shed load on
+their own. A replica never measured yet costs nothing, so new replicas get tried.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dispatcher.fleet import Replica
+
+
+def cost(replica: Replica) -> float:
+    return replica.latency_ewma_ms * (replica.inflight + 1)
+
+
+def rank(replicas: Sequence[Replica]) -> list[Replica]:
+    n = len(replicas)
+    if n <= 1:
+        return list(replicas)
+    a, b = random.sample(range(n), 2)
+    first = replicas[a] if cost(replicas[a]) <= cost(replicas[b]) else replicas[b]
+    rest = sorted((r for r in replicas if r is not first), key=cost)
+    return [first, *rest]

@@ -250,7 +250,7 @@ async def summarize_tool(
         return summarize(text, sentences, language)
 
 
-@agent.tool("detect_language", annotations=_READ_ONLY)
+@agent.tool("detect_language", annotations=_READ_ONLY, cache_ttl_s=300)  # deterministic: cache it
 async def detect_language_tool(text: Text) -> LanguageResult:
     """Detect the language of a text: English, German, French, Spanish, Italian, Portuguese or Dutch.
 

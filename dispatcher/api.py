@@ -102,6 +102,8 @@ def build_api(fleet: Fleet, token: str, lifespan: Any) -> FastAPI:
                 "healthy": bool(local and local.healthy),
                 "routable": bool(local and local.routable),
                 "inflight": local.inflight if local else 0,
+                "breaker": local.breaker.snapshot() if local else None,
+                "latency_ewma_ms": round(local.latency_ewma_ms, 3) if local else None,
                 "load": record.load,
                 "heartbeat_age_s": round(now - record.heartbeat_at, 2),
                 "last_error": local.last_error if local else None,

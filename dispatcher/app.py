@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dispatcher import static_config
+from dispatcher import static_config, warmup
 from dispatcher.admission import admit
 from dispatcher.api import build_api
 from dispatcher.asgi import Receive, Scope, Send
@@ -88,6 +88,7 @@ class Dispatcher:
             await self.fleet.wait_warm(timeout=10.0)
         except asyncio.TimeoutError:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
+        await warmup.exercise(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
             self.settings.region, len(self.fleet.replicas), len(self.fleet.catalog.entries),

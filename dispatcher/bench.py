@@ -82,6 +82,29 @@ async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result
     return result
 
 
+async def first_call(url: str, tool: str, then: int = 50) -> tuple[float, float]:
+    """The first tools/call after start-up and the p50 of the ``then`` calls after it (ms),
+    on one client connection. The client's own set-up (its session, TCP connect) is done
+    before, with a GET /healthz: it is the client's cost, the same for any server."""
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": tool, "arguments": {"text": "first"}, "_meta": META}})
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+    timings: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        async with session.get(url.rsplit("/mcp", 1)[0] + "/healthz") as probe:
+            await probe.read()
+        for _ in range(1 + then):
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+            timings.append((time.perf_counter() - started) * 1000)
+            if resp.status != 200 or b'"isError":false' not in data:
+                raise RuntimeError(f"bench: call to {url} failed: {resp.status} {data[:200]!r}")
+    rest = sorted(timings[1:])
+    return timings[0], rest[len(rest) // 2]
+
+
 def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +125,8 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with EmbeddedRedis() as redis:
         try:
-            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_LOG_LEVEL": "warning"}
+            # Default log level on purpose: the per-call log line is part of the measured cost.
+            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port)}
             procs.append(subprocess.Popen([sys.executable, "-m", "dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             base = f"http://127.0.0.1:{port}"
@@ -118,6 +142,10 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
                 raise RuntimeError(f"bench: echo agent did not start: {line!r}")
             direct = match.group(1)
             _wait(lambda: any(r["routable"] for a in httpx.get(base + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"] for r in a["replicas"]), 30, "echo agent registration")
+            # Before any load: the first call after start-up (dispatcher first, as a real first
+            # caller would be; the agent's own first-call cost is then shown by "direct").
+            first_via, next_via = asyncio.run(first_call(base + "/mcp", "echo.echo"))
+            first_direct, next_direct = asyncio.run(first_call(direct, "echo"))
             print(f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n")
             print(f"{'path':12} {'conc':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
             for conc in concurrency:
@@ -128,8 +156,12 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
                 for name, res in totals.items():
                     print(f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}")
                 d, v = totals["direct"], totals["dispatcher"]
+
                 print(f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
                       "(throughput via/direct; added p50/p99 ms)\n")
+            print("first call after start-up (one connection; p50 of the 50 calls that follow it):")
+            print(f"  dispatcher {first_via:.2f} ms vs {next_via:.2f} ms = {first_via / next_via:.2f}x   "
+                  f"(direct, after it: {first_direct:.2f} ms vs {next_direct:.2f} ms)")
         finally:
             stop_all(procs)
     return 0

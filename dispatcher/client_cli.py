@@ -183,8 +183,16 @@ def agents(args: argparse.Namespace) -> int:
         for agent in data["agents"]:
             print(f"{agent['name']}  regions={','.join(agent['regions'])}  tools={len(agent['tools'])}")
             for r in agent["replicas"]:
-                state = "routable" if r["routable"] else ("warming" if not r["warm"] else "UNHEALTHY")
+                breaker = r.get("breaker") or {}
+                if r["routable"]:
+                    state = "routable"
+                elif not r["warm"]:
+                    state = "warming"
+                else:
+                    state = f"EJECTED (retry in {breaker.get('retry_in_s', 0):g} s)"
                 print(f"  {r['id']:40} {r['region']:14} {state:9} inflight={r['inflight']:<3} {r['url']}")
+                if r.get("last_error") and not r["routable"]:
+                    print(f"      last error: {r['last_error']}")
         if not data["agents"]:
             print("(no agents registered)")
     else:

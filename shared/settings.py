@@ -187,6 +187,8 @@ def settings_table() -> list[tuple[str, str, str]]:
             var = next((c for c in alias.choices if isinstance(c, str) and c.isupper()), None) if isinstance(alias, AliasChoices) else None
             var = var or prefix + name.upper()
             default = field.get_default(call_default_factory=True)
+            if isinstance(default, list):  # as it is written in the environment
+                default = ",".join(map(str, default))
             if isinstance(default, SecretStr):
                 default = "(required)" if var.endswith("FLEET_TOKEN") else ""
             rows.append((var, "" if default is None else str(default), field.description or ""))

@@ -16,13 +16,24 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import httpx
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
 from agents.sdk.asgi import InflightCounter
 from agents.sdk.registration import Registrar
-from shared.constants import AGENT_NAME_RE, META_EDGE_CACHE_TTL, RESERVED_AGENT_NAMES
+from shared.constants import (
+    AGENT_NAME_RE,
+    HEADER_METHOD,
+    HEADER_NAME,
+    HEADER_PROTOCOL_VERSION,
+    META_CLIENT_CAPABILITIES,
+    META_EDGE_CACHE_TTL,
+    META_PROTOCOL_VERSION,
+    MODERN_PROTOCOL_VERSION,
+    RESERVED_AGENT_NAMES,
+)
 from shared.settings import AgentSettings, check_environment
 
 log = logging.getLogger("edgefleet.agent")
@@ -71,9 +82,9 @@ class Agent:
         if cache_ttl_s is not None:
             if cache_ttl_s <= 0:
                 raise ValueError("cache_ttl_s must be positive")
-            if annotations is not None and annotations.readOnlyHint is False:
+            if annotations is not None and annotations.read_only_hint is False:
                 raise ValueError("only read-only tools can be cached (readOnlyHint=False given)")
-            annotations = (annotations or ToolAnnotations()).model_copy(update={"readOnlyHint": True})
+            annotations = (annotations or ToolAnnotations()).model_copy(update={"read_only_hint": True})
             meta = {**(meta or {}), META_EDGE_CACHE_TTL: cache_ttl_s}
         return self.mcp.tool(name=name, title=title, description=description, annotations=annotations, meta=meta)
 
@@ -110,6 +121,9 @@ class Agent:
                 await serve_task
                 return
             await asyncio.sleep(0.01)
+        # Warm our own request path before anyone can route here, so the first real call
+        # pays no lazy set-up (HTTP parser, MCP session manager, request models).
+        await _warm_up(public_url)
         log.info("agent %s (%s) serving MCP at %s", self.name, settings.region, public_url)
         print(f"EDGEFLEET_AGENT_READY name={self.name} region={settings.region} url={public_url}", flush=True)
         registrar: Registrar | None = None
@@ -170,3 +184,22 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()
     return f"[{host}]" if ":" in host else host
+
+
+async def _warm_up(url: str) -> None:
+    """Exercise the MCP request path with calls that have no effect: ``ping``,
+    ``tools/list`` and a ``tools/call`` of a tool that does not exist."""
+    meta = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
+    headers = {"accept": "application/json, text/event-stream", HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION}
+    requests = [
+        ("ping", None, {"_meta": meta}),
+        ("tools/list", None, {"_meta": meta}),
+        ("tools/call", "edgefleet-warm-up", {"name": "edgefleet-warm-up", "arguments": {}, "_meta": meta}),
+    ]
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            for method, name, params in requests:
+                extra = {HEADER_METHOD: method, **({HEADER_NAME: name} if name else {})}
+                await http.post(url, json={"jsonrpc": "2.0", "id": 0, "method": method, "params": params}, headers={**headers, **extra})
+    except httpx.HTTPError as exc:  # warm-up is an optimisation: never a reason not to start
+        log.warning("warm-up of %s failed: %s", url, exc)

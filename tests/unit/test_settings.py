@@ -29,3 +29,11 @@ def test_every_setting_is_documented() -> None:
     rows = settings_table()
     assert all(description for _, _, description in rows)
     assert ("EDGEFLEET_FLEET_TOKEN", "(required)") in {(v, d) for v, d, _ in rows}
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [var for var, _, _ in settings_table() if f"| `{var}` |" not in readme]
+    assert missing == [], f"README's configuration table lacks {missing}; regenerate it from `edgefleet config`"

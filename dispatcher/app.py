@@ -50,6 +50,7 @@ class Dispatcher:
         self.fleet = Fleet(settings, self.redis, self.pool)
         self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
         self.executor = Executor(self.fleet, self.router)
+        self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
 
@@ -88,7 +89,7 @@ class Dispatcher:
             await self.fleet.wait_warm(timeout=10.0)
         except asyncio.TimeoutError:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
-        await warmup.exercise(self.mcp)
+        await warmup.exercise_endpoint(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
             self.settings.region, len(self.fleet.replicas), len(self.fleet.catalog.entries),

@@ -84,16 +84,21 @@ async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result
 
 async def first_call(url: str, tool: str, then: int = 50) -> tuple[float, float]:
     """The first tools/call after start-up and the p50 of the ``then`` calls after it (ms),
-    on one client connection. The client's own set-up (its session, TCP connect) is done
-    before, with a GET /healthz: it is the client's cost, the same for any server."""
+    on one client connection. The client warms its own side first (session, connection,
+    its POST path) with ``server/discover`` requests, which the server answers without
+    touching any tool: that set-up is the client's cost, the same for any server."""
     body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                          "params": {"name": tool, "arguments": {"text": "first"}, "_meta": META}})
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
                "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+    discover = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}})
+    discover_headers = {**headers, "mcp-method": "server/discover"}
+    del discover_headers["mcp-name"]
     timings: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        async with session.get(url.rsplit("/mcp", 1)[0] + "/healthz") as probe:
-            await probe.read()
+        for _ in range(20):
+            async with session.post(url, data=discover, headers=discover_headers) as resp:
+                await resp.read()
         for _ in range(1 + then):
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as resp:

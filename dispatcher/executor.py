@@ -58,6 +58,7 @@ class Executor:
         timeout_s: float,
         extra_headers: dict[str, str] | None = None,
         capture: bool = False,
+        quiet: bool = False,
     ) -> tuple[bool, bytes] | None:
         """Forward ``body`` (already rewritten to the upstream name) and relay the reply.
 
@@ -110,7 +111,7 @@ class Executor:
             outcome = "cancelled"
             raise
         finally:
-            if log.isEnabledFor(logging.INFO):
+            if not quiet and log.isEnabledFor(logging.INFO):
                 log.info(
                     "call %s -> %s region=%s caller=%s caller_region=%s reason=%s attempts=%d %.2f ms %s",
                     entry.public_name, replica.id if replica else "-", replica.record.region if replica else "-",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -96,6 +97,8 @@ class Fleet:
         self.registry_ok = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        # Runs once a replica's pool is warm, before it enters the catalog (see warmup.py).
+        self.on_warm: Callable[[Replica], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -190,6 +193,11 @@ class Fleet:
                     await self._refresh_static_tools(replica)
                 await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
                 replica.warm = True
+                if self.on_warm is not None:
+                    try:
+                        await self.on_warm(replica)
+                    except Exception:  # noqa: BLE001 - warming our code is an optimisation, never a gate
+                        log.exception("warm-up exercise against %s failed", replica.id)
                 log.info(
                     "replica %s (%s, %s) warm: %d connections in %.1f ms",
                     replica.id, replica.record.agent, replica.record.region,

@@ -1,10 +1,13 @@
 """Warm the dispatcher's own request path before the first caller arrives.
 
 Pools and catalog are warm once replicas are; what is left cold is our code itself
-(first execution of each function, lazily built parser and logging state). Requests
-that cannot have an effect are pushed through the real /mcp endpoint in-process a few
-times: ``server/discover``, ``tools/list`` and a ``tools/call`` of a tool that does not
-exist (it stops before any agent is contacted).
+(first execution of each function, lazily built parser, relay and logging state).
+Requests that cannot have an effect are pushed through it a few times:
+
+- through the real /mcp endpoint, in-process: ``server/discover``, ``tools/list`` and a
+  ``tools/call`` of a tool that does not exist (it stops before any agent is contacted);
+- through the executor to one warm replica: a ``tools/call`` of a tool the replica does
+  not have (every MCP server answers that with an error and does nothing).
 """
 
 from __future__ import annotations
@@ -12,10 +15,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import logging
+
 import orjson
 
+from dispatcher.catalog import ToolEntry
+from dispatcher.executor import Executor
+from dispatcher.fleet import Replica
+from dispatcher.router import RouteOrder
+from shared.errors import EdgefleetError
 from shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 
+log = logging.getLogger("edgefleet.warmup")
+WARM_UP_TOOL = "edgefleet-warm-up"
 ASGIApp = Callable[..., Awaitable[None]]
 ROUNDS = 20
 _META = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
@@ -26,10 +38,32 @@ _REQUESTS = [
 ]
 
 
-async def exercise(app: ASGIApp) -> None:
+async def exercise_endpoint(app: ASGIApp) -> None:
     for _ in range(ROUNDS):
         for method, name, params in _REQUESTS:
             await _request(app, method, name, params)
+
+
+async def exercise_replica(executor: Executor, replica: Replica) -> None:
+    """Run the executor's whole path against a replica that just became warm (before it
+    enters the catalog): the first real call to it then finds nothing left to set up."""
+    if replica.client.era != "modern":
+        return  # a 2025-era server's unknown-tool answer would go through its upstream session
+    entry = ToolEntry(public_name=WARM_UP_TOOL, agent=replica.record.agent, upstream_name=WARM_UP_TOOL,
+                      definition={}, idempotent=True, validator=None, replicas=[replica])
+    order = RouteOrder((replica.record.region,), None, "warm-up", None)
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/call",
+                         "params": {"name": WARM_UP_TOOL, "arguments": {}, "_meta": _META}})
+
+    async def discard(_message: dict[str, Any]) -> None:
+        return None
+
+    for _ in range(ROUNDS):
+        try:
+            await executor.call(entry, 0, body, discard, order=order, timeout_s=2.0, quiet=True)
+        except EdgefleetError as exc:  # an optimisation only: never a reason not to start
+            log.debug("warm-up call to %s failed: %s", replica.id, exc.message)
+            return
 
 
 async def _request(app: ASGIApp, method: str, name: str | None, params: dict[str, Any]) -> None:

@@ -19,6 +19,9 @@ def serve(settings: DispatcherSettings) -> None:
         lifespan="on",
         access_log=False,
         log_config=None,
+        # uvicorn would otherwise rewrite the client address from X-Forwarded-For for
+        # 127.0.0.1 peers on its own; EDGEFLEET_TRUSTED_PROXIES alone decides (dispatcher/caller.py).
+        proxy_headers=False,
         # Longer than the clients' idle pools, so keep-alive races stay on their side.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,

@@ -111,6 +111,7 @@ class Agent:
             timeout_graceful_shutdown=10,
             timeout_keep_alive=75,  # longer than the dispatcher pool's idle timeout (60 s)
             access_log=False,
+            proxy_headers=False,  # the agent has no use for client addresses; skip the middleware
         )
         server = uvicorn.Server(config)
         # We own the signals: stop registering first, then let uvicorn drain.

@@ -29,6 +29,7 @@ OUTCOME_UNKNOWN = -31004
 def geo_fleet(redis_url: str, redis_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
     db = write_private_db(tmp_path / "regions.mmdb", {f"{ip}/32": {"region": region} for region, ip in CALLERS.items()})
     fleet = Fleet(redis_url, redis_prefix, region="eu-west")
+    fleet.private_db = db  # type: ignore[attr-defined]
     try:
         # 127.0.0.1 is a trusted proxy (its X-Forwarded-For counts); the callers are not.
         fleet.start_dispatcher(geoip_private_db=db, trusted_proxies="127.0.0.1/32", eject_base_s=30)
@@ -51,14 +52,14 @@ async def served_region(client: Client, tool: str = "echo.where", arguments: dic
     return str(result.structured_content["region"])
 
 
-def raw_call(fleet: Fleet, address: str, headers: dict[str, str] | None = None) -> httpx.Response:
+def raw_call(fleet: Fleet, address: str, headers: dict[str, str] | None = None, *, url: str | None = None) -> httpx.Response:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "echo.where", "arguments": {},
         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
     base = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
             "mcp-method": "tools/call", "mcp-name": "echo.where"}
     with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as http:
-        return http.post(fleet.mcp_url, json=body, headers={**base, **(headers or {})})
+        return http.post(url or fleet.mcp_url, json=body, headers={**base, **(headers or {})})
 
 
 async def test_each_caller_is_served_by_its_nearest_region(geo_fleet: Fleet) -> None:
@@ -78,6 +79,12 @@ async def test_forwarded_headers_count_only_from_trusted_proxies(geo_fleet: Flee
     # The trusted proxy (127.0.0.1) relays a us-east caller: believed.
     relayed = raw_call(geo_fleet, "127.0.0.1", {"x-forwarded-for": CALLERS["us-east"]})
     assert "region=us-east;" in relayed.headers["edgefleet-route"]
+    # A dispatcher trusting no proxy ignores the header even from loopback (the server
+    # underneath must not rewrite the peer address on its own either).
+    strict = geo_fleet.start_dispatcher(geoip_private_db=geo_fleet.private_db)
+    geo_fleet.wait_for(lambda: sum(r["routable"] for a in geo_fleet.agents_view(strict) for r in a["replicas"]) == 4, "second dispatcher warm")
+    unproxied = raw_call(geo_fleet, "127.0.0.1", {"x-forwarded-for": CALLERS["us-east"]}, url=strict + "/mcp")
+    assert "reason=default" in unproxied.headers["edgefleet-route"] and "region=eu-west;" in unproxied.headers["edgefleet-route"]
     # A region hint orders the choice; a hint naming no region is a clear error.
     hinted = raw_call(geo_fleet, CALLERS["eu-west"], {"x-edge-region": "ap-southeast"})
     assert "region=ap-southeast;" in hinted.headers["edgefleet-route"] and "reason=hint" in hinted.headers["edgefleet-route"]

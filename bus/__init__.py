@@ -1,1 +1,39 @@
-"""The state bus (Redis Streams / Kafka / memory behind one interface) — issue 3."""
+"""The state bus: Redis Streams, Kafka or in-process memory behind one ``Bus`` interface,
+chosen by URL scheme. Stream and topic names come from ``shared.constants.BusNames``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from bus.base import Bus, Delivery
+from shared.errors import ConfigError
+
+SCHEMES = {
+    "redis": "Redis Streams",
+    "rediss": "Redis Streams over TLS",
+    "unix": "Redis Streams over a Unix socket",
+    "kafka": "Kafka (kafka://host:port[,host:port])",
+    "memory": "in-process memory (unit tests only)",
+}
+
+
+def connect(url: str, **options: object) -> Bus:
+    """The backend for ``url``; nothing is contacted until ``start()``."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from bus.redis_streams import RedisStreamsBus
+
+        return RedisStreamsBus(url, **options)  # type: ignore[arg-type]
+    if scheme == "kafka":
+        from bus.kafka import KafkaBus
+
+        return KafkaBus(url, **options)  # type: ignore[arg-type]
+    if scheme == "memory":
+        from bus.memory import MemoryBus
+
+        return MemoryBus(url)
+    accepted = ", ".join(f"{s}:// ({what})" for s, what in SCHEMES.items())
+    raise ConfigError(f"bus URL {url!r}: unsupported scheme {scheme or '(none)'!r}; accepted: {accepted}")
+
+
+__all__ = ["Bus", "Delivery", "connect", "SCHEMES"]

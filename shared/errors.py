@@ -212,6 +212,14 @@ class OutcomeUnknown(UpstreamError):
     )
 
 
+# --- bus ---------------------------------------------------------------------------------
+class BusUnavailable(EdgefleetError):
+    code = "bus_unavailable"
+    jsonrpc_code = -31005
+    http_status = 503
+    hint = "The dispatcher cannot reach its bus (Redis Streams or Kafka); calls on the bus path fail until it is back."
+
+
 def jsonrpc_error_body(request_id: Any, error: EdgefleetError) -> dict[str, Any]:
     body: dict[str, Any] = {"jsonrpc": "2.0", "error": error.to_jsonrpc()}
     if request_id is not None:

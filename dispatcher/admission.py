@@ -56,6 +56,7 @@ async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bo
         url=request.url,
         version=request.version,
         static=request.static,
+        bus=request.bus,
         era="legacy" if era == "legacy" else "modern",
         tools=tools,
         tools_hash=digest,

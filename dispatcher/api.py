@@ -57,6 +57,9 @@ def build_api(fleet: Fleet, token: str, lifespan: Any) -> FastAPI:
             "era": record.era,
             "tools": [public_name(record.agent, t["name"]) for t in record.tools],
             "heartbeat_ttl_s": fleet.settings.heartbeat_ttl_s,
+            # Agents know one URL (ours); where the bus is, they learn here.
+            "bus": {"url": fleet.settings.bus_public_url or fleet.settings.bus_url, "prefix": fleet.settings.redis_prefix}
+            if fleet.settings.bus_url else None,
         }
 
     @api.post("/v1/agents/replicas/{replica_id}/heartbeat", dependencies=authorized)

@@ -4,8 +4,9 @@ closed     calls flow; consecutive failures or the error rate over a window open
            a refused connection (the replica is certainly down) opens it at once.
 open       no calls for ``base_s * 2**(ejections-1)`` (capped at ``max_s``): a replica that
            keeps failing stays out longer, like Envoy's outlier detection.
-half-open  after that time ONE trial at a time (the next call or active probe); success
-           closes the breaker, failure opens it again for longer.
+half-open  after that time ONE trial at a time (the next call or active probe); its
+           success closes the breaker, its failure opens it again for longer. Results of
+           calls that started before the breaker opened do not count as verdicts.
 
 Written here rather than taken from pybreaker/purgatory: those wrap a callable and keep
 their own clocks and listeners, while this state is read on every routing decision
@@ -52,7 +53,7 @@ class CircuitBreaker:
 
     # -- routing -------------------------------------------------------------------------
     def admits(self) -> bool:
-        """May a call be sent now? (Does not reserve the half-open trial; see ``begin``.)"""
+        """Could a call be sent now? (Reserves nothing: ``begin`` decides for real.)"""
         if self.state == CLOSED:
             return True
         if self.state == OPEN:
@@ -62,33 +63,44 @@ class CircuitBreaker:
             self.trial_inflight = False
         return not self.trial_inflight
 
-    def begin(self) -> None:
-        """A call or probe is about to be sent; in half-open it is THE trial."""
+    def begin(self) -> bool | None:
+        """A call or probe is about to be sent: None = refused (breaker open, or the one
+        half-open trial is taken), else whether this attempt IS the trial. Pass that flag
+        back to ``success``/``failure``/``release``."""
+        if not self.admits():
+            return None
         if self.state == HALF_OPEN:
             self.trial_inflight = True
+            return True
+        return False
 
     # -- outcomes ------------------------------------------------------------------------
-    def success(self) -> bool:
-        """Record a success; True when this closed the breaker."""
+    def success(self, trial: bool = False) -> bool:
+        """Record a success; True when this closed the breaker (only the trial can)."""
         self.consecutive = 0
         self._count(failed=False)
-        if self.state == CLOSED:
+        if not (trial and self.state == HALF_OPEN):
+            # A call that started before the breaker opened proves nothing about now.
             return False
         self.ejections = 0
         self.trial_inflight = False
         self._set(CLOSED)
         return True
 
-    def failure(self, *, decisive: bool = False) -> bool:
+    def failure(self, *, decisive: bool = False, trial: bool = False) -> bool:
         """Record a failure; True when this opened the breaker."""
         self.consecutive += 1
         self._count(failed=True)
         if self.state == OPEN:
             return False
+        if self.state == HALF_OPEN:
+            if not trial:
+                return False  # a straggler from before; the trial decides
+            self._open()
+            return True
         policy = self.policy
         if (
-            self.state == HALF_OPEN
-            or decisive
+            decisive
             or self.consecutive >= policy.consecutive_failures
             or (self.window_calls >= policy.min_calls and self.window_failures / self.window_calls >= policy.error_rate)
         ):
@@ -96,9 +108,10 @@ class CircuitBreaker:
             return True
         return False
 
-    def release(self) -> None:
-        """A trial ended without a verdict (e.g. the client cancelled it)."""
-        self.trial_inflight = False
+    def release(self, trial: bool) -> None:
+        """An attempt ended without a verdict (cancelled, or a slow tool's deadline)."""
+        if trial:
+            self.trial_inflight = False
 
     # -- internals -----------------------------------------------------------------------
     def _open(self) -> None:

@@ -48,10 +48,14 @@ def _strip_port(value: str) -> str | None:
         return None  # "unknown", an obfuscated identifier, or garbage
 
 
-def forwarded_hops(headers: dict[str, str]) -> list[str | None]:
-    """Client-to-proxy hops from ``Forwarded`` (RFC 7239), else ``X-Forwarded-For``."""
-    forwarded = headers.get("forwarded")
-    if forwarded:
+def forwarded_hops(headers: dict[str, str], header: str = "x-forwarded-for") -> list[str | None]:
+    """Client-to-proxy hops from the ONE header the trusted proxies write: ``Forwarded``
+    (RFC 7239) or ``X-Forwarded-For``. The other is ignored, because a proxy that appends
+    to one usually passes a client's forged copy of the other through untouched."""
+    if header == "forwarded":
+        forwarded = headers.get("forwarded")
+        if not forwarded:
+            return []
         hops: list[str | None] = []
         for element in forwarded.split(","):
             for pair in element.split(";"):
@@ -68,12 +72,12 @@ def forwarded_hops(headers: dict[str, str]) -> list[str | None]:
     return []
 
 
-def client_address(peer: str | None, headers: dict[str, str], trusted: TrustedProxies) -> str | None:
+def client_address(peer: str | None, headers: dict[str, str], trusted: TrustedProxies, header: str = "x-forwarded-for") -> str | None:
     """The address routing should locate; None when a trusted proxy says it is unknown."""
     if not trusted or peer is None or not trusted.trusts(peer):
         return peer
     current: str | None = peer
-    for hop in reversed(forwarded_hops(headers)):
+    for hop in reversed(forwarded_hops(headers, header)):
         if current is None or not trusted.trusts(current):
             break
         current = hop

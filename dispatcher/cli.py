@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
 
-    sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
+    config = sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
+    config.add_argument("--markdown", action="store_true", help="as the README's configuration table")
     return parser
 
 
@@ -104,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             from shared.settings import settings_table
 
+            if args.markdown:
+                print("| Variable | Default | Meaning |\n|---|---|---|")
+                for var, default, description in settings_table():
+                    print(f"| `{var}` | {f'`{default}`' if default else ''} | {description.replace('|', '&#124;')} |")
+                return 0
             for var, default, description in settings_table():
                 print(f"{var:36} {default!s:28} {description}")
             return 0

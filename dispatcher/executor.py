@@ -77,7 +77,8 @@ class Executor:
             for replica in self.router.candidates(entry, order):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried})
+                    await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+                    return None
                 tried.append(replica.id)
                 route = _route_header(replica, order, len(tried))
                 try:
@@ -88,6 +89,8 @@ class Executor:
                     last_error = exc.error
                     continue
                 except _MaybeStarted as exc:
+                    if time.monotonic() >= deadline:
+                        break  # the deadline, not the replica, ended it: say so below
                     if entry.idempotent:
                         # Safe to run again; an SSE stream already open to the client simply
                         # continues with the next replica's messages.
@@ -96,6 +99,9 @@ class Executor:
                         continue
                     await stream.fail(OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
                     return None
+            if time.monotonic() >= deadline:
+                await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+                return None
             if last_error is not None:
                 await stream.fail(AgentUnavailable(
                     f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
@@ -138,7 +144,9 @@ class Executor:
         headers[HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
         session = self.fleet.pool.session
         breaker = replica.breaker
-        breaker.begin()
+        trial = breaker.begin()
+        if trial is None:  # ejected since the candidates were listed, or its one trial is taken
+            raise _NotStarted(UpstreamError(f"replica {replica.id} is ejected"))
         replica.inflight += 1
         verdict = False
         sent_at = time.perf_counter()
@@ -147,18 +155,20 @@ class Executor:
                 resp = await session.post(replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout))
             except aiohttp.ConnectionTimeoutError:
                 verdict = True
-                self.fleet.report_failure(replica, "connect timed out", decisive=True)
+                self.fleet.report_failure(replica, "connect timed out", decisive=True, trial=trial)
                 raise _NotStarted(UpstreamError(f"connecting to replica {replica.id} timed out")) from None
             except aiohttp.ClientConnectorError as exc:
                 verdict = True
-                self.fleet.report_failure(replica, f"connect: {exc}", decisive=True)
+                self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
                 raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")) from None
             except asyncio.TimeoutError:
-                # The deadline of a slow tool is not the replica's fault: no health penalty.
+                # The deadline of a slow tool is not the replica's fault: no health penalty,
+                # but the time it sat there counts in its latency (a hung replica gets costly).
+                replica.observe_latency((time.perf_counter() - sent_at) * 1000)
                 raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
             except aiohttp.ClientError as exc:
                 verdict = True
-                self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}")
+                self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}", trial=trial)
                 raise _MaybeStarted(UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")) from None
             try:
                 if resp.status == 404 and client.era == "legacy":
@@ -167,15 +177,15 @@ class Executor:
                     raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
                 if resp.status in NOT_PROCESSED_STATUSES:
                     verdict = True
-                    self.fleet.report_failure(replica, f"HTTP {resp.status}")
+                    self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
                     raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
                 if resp.status >= 500:
                     verdict = True
-                    self.fleet.report_failure(replica, f"HTTP {resp.status}")
+                    self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
                 replica.observe_latency((time.perf_counter() - sent_at) * 1000)
                 verdict = True
-                self.fleet.report_success(replica)
+                self.fleet.report_success(replica, trial=trial)
                 content_type = resp.headers.get("content-type", "")
                 if content_type.startswith("text/event-stream"):
                     return await _relay_stream(replica, resp, stream, route, capture)
@@ -190,7 +200,7 @@ class Executor:
         finally:
             replica.inflight -= 1
             if not verdict:
-                breaker.release()
+                breaker.release(trial)
 
 
 class _ClientStream:
@@ -217,12 +227,18 @@ class _ClientStream:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self) -> None:
+        if not self.started:
+            raise AssertionError("end() before any response: callers raise _MaybeStarted instead")
         self.ended = True
         await self.send({"type": "http.response.body", "body": b""})
 
     async def json(self, status: int, data: bytes, route: bytes) -> None:
-        if self.started:  # a retry answered in JSON into an open SSE stream
-            await self.chunk(b"event: message\ndata: " + data + b"\n\n")
+        if self.started:  # a retry answered in JSON into an open SSE stream: one event, one line
+            try:
+                line = orjson.dumps(orjson.loads(data))
+            except orjson.JSONDecodeError:
+                line = jsonrpc.error_body(self.request_id, OutcomeUnknown(data={"cause": "the agent's answer is not JSON"}))
+            await self.chunk(b"event: message\ndata: " + line + b"\n\n")
             await self.end()
             return
         self.started = self.ended = True
@@ -237,16 +253,24 @@ class _ClientStream:
             await self.end()
 
 
-def _holds_response(chunk: bytes) -> bool:
-    """Does this SSE chunk carry a JSON-RPC response (the call's final message)?"""
-    if b'"id"' not in chunk or (b'"result"' not in chunk and b'"error"' not in chunk):
+def _event_boundary(buffer: bytes | bytearray) -> int:
+    """Index just past the last complete SSE event in ``buffer`` (0: none yet)."""
+    lf = buffer.rfind(b"\n\n")
+    crlf = buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _holds_response(events: bytes) -> bool:
+    """Do these complete SSE events include a JSON-RPC response (the call's answer)?"""
+    if b'"id"' not in events:
         return False
-    for line in chunk.splitlines():
-        if line.startswith(b"data:"):
+    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data and b'"id"' in data:
             try:
-                message = orjson.loads(line[5:])
+                message = orjson.loads(data)
             except orjson.JSONDecodeError:
-                return True  # an event split across chunks: assume the worst (it was the answer)
+                continue
             if isinstance(message, dict) and "id" in message and "method" not in message:
                 return True
     return False
@@ -255,20 +279,39 @@ def _holds_response(chunk: bytes) -> bool:
 async def _relay_stream(
     replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool
 ) -> tuple[bool, bytes] | None:
-    """Relay the agent's SSE chunk by chunk; a break before the response is a _MaybeStarted."""
+    """Relay the agent's SSE event by event (never half an event, so a retry after a
+    break starts on a clean line); a stream that breaks or ends before the answer is a
+    _MaybeStarted (retried for idempotent tools, else outcome_unknown)."""
     chunks: list[bytes] | None = [] if capture else None
+    pending = bytearray()
     answered = False
     try:
         async for chunk in resp.content.iter_any():
+            pending += chunk
+            cut = _event_boundary(pending)
+            if not cut:
+                continue
+            complete = bytes(pending[:cut])
+            del pending[:cut]
+            answered = answered or _holds_response(complete)
             await stream.start_sse(route)
             if chunks is not None:
-                chunks.append(chunk)
-            answered = answered or _holds_response(chunk)
-            await stream.chunk(chunk)
+                chunks.append(complete)
+            await stream.chunk(complete)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        # Only a broken stream is in doubt; a stream the agent ended normally is its answer.
         if not answered:
             raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its stream: {type(exc).__name__}")) from None
+    else:
+        if not answered and bytes(pending).strip():  # a last event without its blank line
+            complete = bytes(pending) + b"\n\n"
+            answered = _holds_response(complete)
+            if answered:
+                await stream.start_sse(route)
+                if chunks is not None:
+                    chunks.append(complete)
+                await stream.chunk(complete)
+        if not answered:
+            raise _MaybeStarted(UpstreamError(f"replica {replica.id} ended its stream without an answer"))
     await stream.end()
     return (True, b"".join(chunks)) if chunks is not None else None
 

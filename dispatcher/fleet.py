@@ -234,29 +234,31 @@ class Fleet:
                 await asyncio.gather(*(self._probe(r) for r in due))
 
     async def _probe(self, replica: Replica) -> None:
-        replica.breaker.begin()
+        trial = replica.breaker.begin()
+        if trial is None:
+            return  # a call holds the half-open trial; its outcome decides
         try:
             await replica.client.probe(timeout=self.settings.probe_timeout_s)
         except asyncio.CancelledError:
-            replica.breaker.release()
+            replica.breaker.release(trial)
             raise
         except (EdgefleetError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure counts
-            self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}")
+            self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}", trial=trial)
         else:
-            self.report_success(replica)
+            self.report_success(replica, trial=trial)
 
-    def report_failure(self, replica: Replica, error: str, *, decisive: bool = False) -> None:
+    def report_failure(self, replica: Replica, error: str, *, decisive: bool = False, trial: bool = False) -> None:
         """A failed probe or call; ``decisive`` (connection refused) opens the breaker at once."""
         replica.last_error = error
-        if replica.breaker.failure(decisive=decisive):
+        if replica.breaker.failure(decisive=decisive, trial=trial):
             snap = replica.breaker.snapshot()
             log.warning(
                 "replica %s (%s, %s) ejected for %.1f s (ejection %d): %s",
                 replica.id, replica.record.agent, replica.record.region, snap["retry_in_s"], snap["ejections"], error,
             )
 
-    def report_success(self, replica: Replica) -> None:
-        if replica.breaker.success():
+    def report_success(self, replica: Replica, *, trial: bool = False) -> None:
+        if replica.breaker.success(trial):
             log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
 
     def rebuild(self) -> None:

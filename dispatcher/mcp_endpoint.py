@@ -327,7 +327,9 @@ class MCPEndpoint:
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
-        cache_key = self.cache.key(entry.public_name, arguments) if entry.cache_ttl_s and self.cache.enabled else None
+        # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
+        cacheable = entry.cache_ttl_s and self.cache.enabled and not order.only
+        cache_key = self.cache.key(entry.public_name, arguments) if cacheable else None
         if cache_key is not None:
             cached = self.cache.get(cache_key)
             if cached is not None:

@@ -6,7 +6,8 @@ one way, and real routes are roughly 1.5x the great circle, so RTT ~ 0.015 ms pe
 A measured latency (config file) always wins over the estimate for that pair.
 
 Regions that replicas register with but that the table does not place (no coordinates)
-rank after every placed region, by name, so routing stays deterministic.
+rank after every placed region, by name, so routing stays deterministic (and callers
+located IN such a region get the default order after it: see router.py).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def final_result(body: bytes, sse: bool) -> bytes | None:
     """The serialized ``result`` of a successful JSON-RPC response body, else None."""
     if sse:
         message = None
-        for event in body.split(b"\n\n"):
+        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
             data = b"\n".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
             if data:
                 try:

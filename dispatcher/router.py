@@ -35,12 +35,14 @@ class RouteOrder:
     caller_region: str | None  # where the caller is (or is nearest to); None = unknown
     reason: str  # network | private-db | geoip | hint | default
     address: str | None
+    only: bool = False  # the caller restricted the call to these regions (X-Edge-Region: ...;only)
 
 
 class Router:
     def __init__(self, settings: DispatcherSettings, regions: list[RegionSpec]) -> None:
         self.own_region = settings.region
         self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.forwarded_header = settings.forwarded_header
         self.locator = Locator(
             networks=settings.region_networks, private_db=settings.geoip_private_db, city_db=settings.geoip_city_db
         )
@@ -53,7 +55,7 @@ class Router:
         self.locator.close()
 
     def order(self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str]) -> RouteOrder:
-        address = client_address(peer, headers, self.trusted)
+        address = client_address(peer, headers, self.trusted, self.forwarded_header)
         location = self.locator.locate(address)
         order = self._geo_order(location, fleet_regions)
         hint = headers.get(HEADER_REGION_HINT) if self.allow_hint else None
@@ -63,15 +65,24 @@ class Router:
 
     def _geo_order(self, location: Location, fleet_regions: frozenset[str]) -> RouteOrder:
         if location.region is not None:
-            regions = self.table.order_from_region(location.region, fleet_regions | {location.region})
+            if self.table.knows(location.region):
+                regions = self.table.order_from_region(location.region, fleet_regions | {location.region})
+            else:
+                # A region the table cannot place (no coordinates in the config file): its own
+                # replicas first, then the default order rather than an alphabetical one.
+                rest = self._default_regions(fleet_regions - {location.region})
+                regions = (location.region, *rest)
             return RouteOrder(regions, location.region, location.source, location.address)
         if location.point is not None:
             regions = self.table.order_from_point(*location.point, fleet_regions)
             return RouteOrder(regions, regions[0] if regions else None, location.source, location.address)
+        return RouteOrder(self._default_regions(fleet_regions), None, "default", location.address)
+
+    def _default_regions(self, fleet_regions: frozenset[str]) -> tuple[str, ...]:
         if self.default_order:
             rest = self.table.order_from_region(self.default_order[0], fleet_regions - set(self.default_order))
-            return RouteOrder((*self.default_order, *rest), None, "default", location.address)
-        return RouteOrder(self.table.order_from_region(self.own_region, fleet_regions), None, "default", location.address)
+            return (*self.default_order, *rest)
+        return self.table.order_from_region(self.own_region, fleet_regions)
 
     def _hinted(self, hint: str, order: RouteOrder, fleet_regions: frozenset[str]) -> RouteOrder:
         """``X-Edge-Region: a,b`` puts a then b first; ``a,b;only`` routes to those alone."""
@@ -90,7 +101,7 @@ class Router:
             regions = tuple(dict.fromkeys(wanted))
         else:
             regions = tuple(dict.fromkeys((*wanted, *order.regions)))
-        return RouteOrder(regions, order.caller_region, "hint", order.address)
+        return RouteOrder(regions, order.caller_region, "hint", order.address, only=only)
 
     def candidates(self, entry: ToolEntry, order: RouteOrder) -> list[Replica]:
         """Admitted replicas of ``entry``: nearest region first, ranked by policy inside it."""

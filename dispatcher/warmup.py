@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import logging
+import uuid
 
 import orjson
 
@@ -27,7 +28,8 @@ from shared.errors import EdgefleetError
 from shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 
 log = logging.getLogger("edgefleet.warmup")
-WARM_UP_TOOL = "edgefleet-warm-up"
+# Random per process: no agent can have a tool by this name by accident.
+WARM_UP_TOOL = f"edgefleet-warm-up-{uuid.uuid4().hex[:12]}"
 ASGIApp = Callable[..., Awaitable[None]]
 ROUNDS = 20
 _META = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
@@ -47,7 +49,7 @@ async def exercise_endpoint(app: ASGIApp) -> None:
 async def exercise_replica(executor: Executor, replica: Replica) -> None:
     """Run the executor's whole path against a replica that just became warm (before it
     enters the catalog): the first real call to it then finds nothing left to set up."""
-    if replica.client.era != "modern":
+    if replica.client.era != "modern" or WARM_UP_TOOL in replica.tool_names:
         return  # a 2025-era server's unknown-tool answer would go through its upstream session
     entry = ToolEntry(public_name=WARM_UP_TOOL, agent=replica.record.agent, upstream_name=WARM_UP_TOOL,
                       definition={}, idempotent=True, validator=None, replicas=[replica])

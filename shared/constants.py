@@ -81,5 +81,25 @@ class RedisKeys:
         return f"{self.prefix}:session:{session_id}"
 
 
+@dataclass(frozen=True)
+class BusNames:
+    """Stream (Redis) / topic (Kafka) names of one fleet. Dots, not colons: Kafka topic
+    names allow only [A-Za-z0-9._-]."""
+
+    prefix: str = DEFAULT_REDIS_PREFIX
+
+    def calls(self, agent: str, region: str) -> str:
+        """Work for one agent in one region; its replicas there share it as group ``agent``."""
+        return f"{self.prefix}.calls.{agent}.{region}"
+
+    def replies(self, instance: str) -> str:
+        """Results and progress for one dispatcher instance (the reply address)."""
+        return f"{self.prefix}.replies.{instance}"
+
+    def cancels(self, agent: str) -> str:
+        """Cancel requests for an agent's bus calls; every replica listens."""
+        return f"{self.prefix}.cancels.{agent}"
+
+
 def keys(prefix: str = DEFAULT_REDIS_PREFIX) -> RedisKeys:
     return RedisKeys(prefix)

@@ -22,6 +22,7 @@ class RegisterRequest(BaseModel):
     version: str = Field("", max_length=64)
     replica_id: str | None = Field(None, pattern=REPLICA_ID_PATTERN)
     static: bool = Field(False, description="True for servers that know nothing of edgefleet (no heartbeats).")
+    bus: bool = Field(False, description="True when the replica also consumes its calls from the bus.")
 
     @field_validator("name")
     @classmethod
@@ -65,6 +66,7 @@ class ReplicaRecord(BaseModel):
     version: str = ""
     static: bool = False
     era: Literal["modern", "legacy"] = "modern"
+    bus: bool = False
     tools: list[dict[str, Any]] = Field(default_factory=list)
     tools_hash: str = ""
     registered_at: float = 0.0

@@ -58,6 +58,9 @@ class DispatcherSettings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For/Forwarded headers are believed (comma-separated)."
     )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for", description="The one header trusted proxies write the client address to (the other is ignored)."
+    )
     geoip_city_db: Path | None = Field(None, description="GeoIP2/GeoLite2 City .mmdb: caller coordinates -> nearest region.")
     geoip_private_db: Path | None = Field(None, description="Custom .mmdb whose records carry 'region' (private networks).")
     region_networks: Annotated[list[str], NoDecode] = Field(
@@ -67,6 +70,14 @@ class DispatcherSettings(BaseSettings):
         default_factory=list, description="Region order for callers of unknown location (empty: own region, then nearest)."
     )
     region_hint: bool = Field(True, description="Honour the X-Edge-Region header (preferred or only regions).")
+    bus_url: str | None = Field(
+        None, description="Bus for bus-path calls: redis://, rediss://, unix:// or kafka://host:port (unset: direct path only)."
+    )
+    bus_public_url: str | None = Field(None, description="Bus URL handed to agents at registration when theirs differs (default: bus_url).")
+    bus_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Tools (globs over agent.tool) sent over the bus, e.g. trainer.*,data.describe."
+    )
+    bus_stream_maxlen: int = Field(100_000, ge=100, description="Bound of each Redis stream (approximate MAXLEN).")
     result_cache_entries: int = Field(10000, ge=0, description="Results kept for read-only tools that declare a cache TTL (0: off).")
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a replica.")
     call_timeout_s: float = Field(300.0, gt=0, description="Default deadline of one tool call.")
@@ -87,7 +98,7 @@ class DispatcherSettings(BaseSettings):
             raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
         return value
 
-    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
@@ -146,6 +157,9 @@ class AgentSettings(BaseSettings):
     port: int = Field(0, ge=0, le=65535, description="Port of the agent (0: pick a free one).")
     public_url: str | None = Field(None, description="MCP URL the dispatcher uses to reach this replica.")
     heartbeat_s: float = Field(1.0, gt=0, description="Heartbeat interval.")
+    bus_url: str | None = Field(None, description="Bus URL override (default: the one the dispatcher hands out at registration).")
+    bus_max_inflight: int = Field(16, ge=1, le=4096, description="Bus calls one replica runs at once (backpressure).")
+    bus_visibility_s: float = Field(15.0, gt=0, description="A bus call pending this long on a dead replica goes to another.")
     log_level: str = Field("info", description="debug | info | warning | error.")
 
     @field_validator("region")

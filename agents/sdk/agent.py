@@ -21,10 +21,13 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
+import bus
 from agents.sdk.asgi import InflightCounter
+from agents.sdk.bus_worker import BusWorker
 from agents.sdk.registration import Registrar
 from shared.constants import (
     AGENT_NAME_RE,
+    DEFAULT_REDIS_PREFIX,
     HEADER_METHOD,
     HEADER_NAME,
     HEADER_PROTOCOL_VERSION,
@@ -33,6 +36,7 @@ from shared.constants import (
     META_PROTOCOL_VERSION,
     MODERN_PROTOCOL_VERSION,
     RESERVED_AGENT_NAMES,
+    BusNames,
 )
 from shared.settings import AgentSettings, check_environment
 
@@ -128,6 +132,22 @@ class Agent:
         log.info("agent %s (%s) serving MCP at %s", self.name, settings.region, public_url)
         print(f"EDGEFLEET_AGENT_READY name={self.name} region={settings.region} url={public_url}", flush=True)
         registrar: Registrar | None = None
+        worker: list[BusWorker] = []
+
+        def start_bus_worker(info: dict[str, Any]) -> None:
+            bus_info = info.get("bus") or {}
+            url = settings.bus_url or bus_info.get("url")
+            if worker or not url or registrar is None:
+                return
+            names = BusNames(bus_info.get("prefix") or DEFAULT_REDIS_PREFIX)
+            bus_client = bus.connect(url)
+            worker.append(BusWorker(
+                bus_client, names, agent=self.name, region=settings.region, replica_id=registrar.replica_id, mcp_url=public_url,
+                max_inflight=settings.bus_max_inflight, visibility_s=settings.bus_visibility_s,
+            ))
+            worker[0].start()
+            log.info("agent %s (%s) consuming bus calls from %s", self.name, settings.region, names.calls(self.name, settings.region))
+
         if settings.dispatcher_url:
             registrar = Registrar(
                 agent=self.name,
@@ -138,6 +158,8 @@ class Agent:
                 fleet_token=settings.fleet_token.get_secret_value(),
                 heartbeat_s=settings.heartbeat_s,
                 load=lambda: {"inflight": app.inflight},
+                bus=True,
+                on_registered=start_bus_worker,
             )
             registrar.start()
         if ready is not None:
@@ -157,6 +179,9 @@ class Agent:
             # Leave the fleet first so the dispatcher stops routing here, then drain.
             if registrar is not None:
                 await registrar.aclose()
+            if worker:  # unfinished bus calls stay unacked: another replica takes them over
+                await worker[0].aclose(drain_s=10.0)
+                await worker[0].bus.close()
             server.should_exit = True
             await asyncio.gather(serve_task, return_exceptions=True)
 

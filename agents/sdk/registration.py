@@ -33,8 +33,12 @@ class Registrar:
         fleet_token: str,
         heartbeat_s: float,
         load: Callable[[], dict[str, Any]],
+        bus: bool = False,
+        on_registered: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.agent = agent
+        self.bus = bus
+        self.on_registered = on_registered
         self.region = region
         self.url = url
         self.version = version
@@ -54,11 +58,14 @@ class Registrar:
         self._task = asyncio.create_task(self._run(), name=f"registrar-{self.replica_id}")
 
     async def _register(self) -> bool:
-        body = {"replica_id": self.replica_id, "name": self.agent, "region": self.region, "url": self.url, "version": self.version}
+        body = {"replica_id": self.replica_id, "name": self.agent, "region": self.region, "url": self.url,
+                "version": self.version, "bus": self.bus}
         resp = await self._client.post(f"{self.base}/v1/agents", json=body)
         if resp.status_code in (200, 201):
             info = resp.json()
             log.info("registered %s with %s (%d tools)", self.replica_id, self.base, len(info.get("tools", [])))
+            if self.on_registered is not None:
+                self.on_registered(info)
             self.registered.set()
             return True
         log.error("registration of %s refused: HTTP %s %s", self.replica_id, resp.status_code, resp.text[:500])

@@ -14,7 +14,7 @@ def test_least_outstanding_prefers_idle_and_spreads_ties() -> None:
     assert rank([busy, idle])[0] is idle  # type: ignore[list-item]
     a, b = rep("a"), rep("b")
     firsts = Counter(rank([a, b])[0].id for _ in range(400))  # type: ignore[list-item]
-    assert min(firsts.values()) > 100
+    assert set(firsts) == {"a", "b"} and min(firsts.values()) > 100
 
 
 def test_p2c_ewma_sends_most_calls_to_the_fast_replica_and_keeps_a_failover_order() -> None:
@@ -27,6 +27,14 @@ def test_p2c_ewma_sends_most_calls_to_the_fast_replica_and_keeps_a_failover_orde
         firsts[ranked[0].id] += 1
     # The slowest can never win a pair; the fastest wins every pair it is drawn in (2/3).
     assert firsts["slower"] == 0 and firsts["fast"] > 300
+
+
+def test_p2c_ewma_prices_unmeasured_replicas_at_the_median_not_at_zero() -> None:
+    rank = POLICIES["p2c-ewma"]
+    new_but_swamped = rep("new", inflight=20, ewma=0.0)
+    measured = [rep("m1", ewma=2.0), rep("m2", ewma=3.0)]
+    firsts = Counter(rank([new_but_swamped, *measured])[0].id for _ in range(300))  # type: ignore[list-item]
+    assert firsts["new"] == 0
 
 
 def test_p2c_ewma_weighs_latency_by_load() -> None:

@@ -53,9 +53,10 @@ def test_half_open_allows_one_trial_and_success_closes() -> None:
     assert not b.admits()
     clock.now += 0.2
     assert b.admits() and b.state == HALF_OPEN
-    b.begin()
-    assert not b.admits(), "only one trial at a time"
-    assert b.success() and b.state == CLOSED and b.admits()
+    assert b.begin() is True
+    assert not b.admits() and b.begin() is None, "only one trial at a time"
+    assert not b.success(trial=False), "a straggler's success is no verdict"
+    assert b.success(trial=True) and b.state == CLOSED and b.begin() is False
 
 
 def test_failed_trial_reopens_for_longer_up_to_the_cap() -> None:
@@ -65,9 +66,8 @@ def test_failed_trial_reopens_for_longer_up_to_the_cap() -> None:
     for _ in range(3):
         waits.append(round(b.open_until - clock.now, 3))
         clock.now = b.open_until
-        assert b.admits()
-        b.begin()
-        assert b.failure()
+        assert b.begin() is True
+        assert b.failure(trial=True)
     assert waits == [5, 10, 12]
 
 
@@ -75,7 +75,24 @@ def test_a_trial_without_verdict_frees_the_slot() -> None:
     b, clock = breaker(base_s=1)
     b.failure(decisive=True)
     clock.now += 1
-    assert b.admits()
-    b.begin()
-    b.release()
-    assert b.admits()
+    trial = b.begin()
+    assert trial is True
+    b.release(False)  # another attempt's release must not free the trial
+    assert b.begin() is None
+    b.release(trial)
+    assert b.begin() is True
+
+
+def test_successes_while_open_do_not_close_it() -> None:
+    b, _ = breaker(consecutive_failures=2, base_s=5)
+    b.failure()
+    assert b.failure() and b.state == OPEN
+    assert not b.success() and b.state == OPEN and b.ejections == 1
+
+
+def test_straggler_failure_during_half_open_is_not_the_verdict() -> None:
+    b, clock = breaker(base_s=1)
+    b.failure(decisive=True)
+    clock.now += 1
+    assert b.begin() is True
+    assert not b.failure() and b.state == HALF_OPEN

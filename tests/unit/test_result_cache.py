@@ -27,6 +27,8 @@ def test_final_result_from_json_and_sse_and_errors_are_not_cached() -> None:
     progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
     sse = b"event: message\ndata: " + orjson.dumps(progress) + b"\n\nevent: message\ndata: " + orjson.dumps(ok) + b"\n\n"
     assert orjson.loads(final_result(sse, sse=True) or b"") == ok["result"]
+    crlf = sse.replace(b"\n", b"\r\n")  # the MCP SDK frames events with CRLF
+    assert orjson.loads(final_result(crlf, sse=True) or b"") == ok["result"]
     failed = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": True}}
     assert final_result(orjson.dumps(failed), sse=False) is None
     assert final_result(b"not json", sse=False) is None

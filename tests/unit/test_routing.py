@@ -39,9 +39,18 @@ def test_trusted_chain_is_walked_from_the_right_and_forged_hops_are_not_read() -
 
 def test_rfc7239_forwarded_with_ports_and_ipv6() -> None:
     trusted = TrustedProxies(["10.0.0.0/8", "::1/128"])
-    assert client_address("::1", {"forwarded": 'for="[2001:db8::17]:4711";proto=https'}, trusted) == "2001:db8::17"
-    assert client_address("10.1.1.1", {"forwarded": "for=192.0.2.60:8080, for=10.2.2.2"}, trusted) == "192.0.2.60"
-    assert client_address("10.1.1.1", {"forwarded": "for=unknown"}, trusted) is None
+    fwd = "forwarded"
+    assert client_address("::1", {"forwarded": 'for="[2001:db8::17]:4711";proto=https'}, trusted, fwd) == "2001:db8::17"
+    assert client_address("10.1.1.1", {"forwarded": "for=192.0.2.60:8080, for=10.2.2.2"}, trusted, fwd) == "192.0.2.60"
+    assert client_address("10.1.1.1", {"forwarded": "for=unknown"}, trusted, fwd) is None
+
+
+def test_only_the_configured_header_is_read() -> None:
+    # The proxy appends to X-Forwarded-For and passes the client's own Forwarded through.
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    headers = {"forwarded": "for=13.250.0.1", "x-forwarded-for": "81.2.69.142"}
+    assert client_address("10.0.0.5", headers, trusted) == "81.2.69.142"
+    assert client_address("10.0.0.5", headers, trusted, "forwarded") == "13.250.0.1"
 
 
 def test_ipv4_mapped_peers_match_ipv4_networks() -> None:
@@ -107,6 +116,12 @@ def test_geoip_callers_get_their_nearest_region_first() -> None:
     assert r.order("3.120.0.1", {}, THREE).regions == ("eu-west", "us-east", "ap-southeast")
     order = r.order("52.95.0.1", {}, THREE)
     assert order.regions[0] == "us-east" and order.caller_region == "us-east" and order.reason == "geoip"
+
+
+def test_callers_in_a_region_without_coordinates_get_it_first_then_the_default_order() -> None:
+    r = router(region_networks=["10.5.0.0/16=on-prem-paris"])
+    order = r.order("10.5.1.1", {}, THREE | {"on-prem-paris"})
+    assert order.regions == ("on-prem-paris", "eu-west", "us-east", "ap-southeast")
 
 
 def test_unknown_callers_use_the_default_order() -> None:

@@ -1,0 +1,261 @@
+"""The agent's bus worker: takes calls for (agent, region) from the bus, runs them on the
+agent's own MCP endpoint, and sends progress and the result to the dispatcher waiting.
+
+Running a bus call through the local HTTP endpoint (not by calling the Python function)
+means a bus call behaves exactly like a direct one: same argument validation, progress
+notifications, cancellation and deadline handling - and the same worker can front any
+MCP server.
+
+Delivery is at-least-once: a call is acked only after its result is published, so if
+this process dies mid-call another replica gets it (Redis: reclaimed after
+``visibility_s``, which ``touch`` keeps extending while we work; Kafka: the group
+rebalances). The dispatcher hands the client the first result and drops duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import ValidationError
+
+from bus.base import Bus, Delivery
+from shared.constants import (
+    HEADER_METHOD,
+    HEADER_NAME,
+    HEADER_PROTOCOL_VERSION,
+    HEADER_TIMEOUT,
+    META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION,
+    MODERN_PROTOCOL_VERSION,
+    BusNames,
+)
+from shared.envelope import CallEnvelope, CancelRequest, Reply
+from shared.errors import BusUnavailable
+
+log = logging.getLogger("edgefleet.agent.bus")
+
+DEADLINE_EXCEEDED = {"code": -31003, "message": "The call's deadline passed before it could run.", "data": {"code": "upstream_timeout"}}
+
+
+class BusWorker:
+    def __init__(
+        self,
+        bus: Bus,
+        names: BusNames,
+        *,
+        agent: str,
+        region: str,
+        replica_id: str,
+        mcp_url: str,
+        max_inflight: int = 16,
+        visibility_s: float = 15.0,
+    ) -> None:
+        self.bus = bus
+        self.names = names
+        self.agent = agent
+        self.region = region
+        self.replica_id = replica_id
+        self.mcp_url = mcp_url
+        self.stream = names.calls(agent, region)
+        self.group = agent
+        self.max_inflight = max_inflight
+        self.visibility_s = visibility_s
+        self.running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}  # task id -> work
+        self._slot = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=max_inflight))
+        self.handled = 0
+        self._cancelled: set[str] = set()  # task ids the dispatcher cancelled (acked, never rerun)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._consume_loop(), name="bus-consume"),
+            asyncio.create_task(self._reclaim_loop(), name="bus-reclaim"),
+            asyncio.create_task(self._touch_loop(), name="bus-touch"),
+            asyncio.create_task(self._cancel_loop(), name="bus-cancel"),
+        ]
+
+    async def aclose(self, drain_s: float = 10.0) -> None:
+        """Stop taking work, give running calls ``drain_s`` to finish; unfinished ones are
+        left unacked, so the bus hands them to another replica."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = [task for _, task in self.running.values()]
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=drain_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._http.aclose()
+
+    # -- loops -------------------------------------------------------------------------
+    async def _consume_loop(self) -> None:
+        backoff = 0.2
+        ready = False
+        while True:
+            try:
+                if not ready:
+                    await self.bus.ensure_group(self.stream, self.group)
+                    ready = True
+                free = self.max_inflight - len(self.running)
+                if free <= 0:
+                    self._slot.clear()
+                    await self._slot.wait()
+                    continue
+                for delivery in await self.bus.consume(self.stream, self.group, self.replica_id, count=free, block_ms=1000):
+                    self._spawn(delivery)
+                backoff = 0.2
+            except BusUnavailable as exc:
+                log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.visibility_s / 2)
+            free = self.max_inflight - len(self.running)
+            if free <= 0:
+                continue
+            try:
+                for delivery in await self.bus.reclaim(self.stream, self.group, self.replica_id, idle_ms=int(self.visibility_s * 1000), count=free):
+                    log.info("took over call %s left pending by another replica (delivery %d)", delivery.id, delivery.deliveries)
+                    self._spawn(delivery)
+            except BusUnavailable:
+                continue
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.visibility_s / 3)
+            for delivery, _ in list(self.running.values()):
+                with contextlib.suppress(BusUnavailable):
+                    await self.bus.touch(delivery, self.group, self.replica_id)
+
+    async def _cancel_loop(self) -> None:
+        position: str | None = None
+        stream = self.names.cancels(self.agent)
+        while True:
+            try:
+                found, position = await self.bus.listen(stream, block_ms=1000, after=position)
+            except BusUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+            for delivery in found:
+                try:
+                    cancel = CancelRequest.model_validate_json(delivery.payload)
+                except ValidationError:
+                    continue
+                if cancel.task_id in self.running:
+                    log.info("cancelling bus call %s: %s", cancel.task_id, cancel.reason or "requested")
+                    self.cancel(cancel.task_id)
+
+    # -- one call ----------------------------------------------------------------------
+    def _spawn(self, delivery: Delivery) -> None:
+        try:
+            envelope = CallEnvelope.model_validate_json(delivery.payload)
+        except ValidationError as exc:
+            log.error("dropping malformed bus entry %s: %s", delivery.id, exc.errors()[:1])
+            asyncio.create_task(self._ack(delivery))
+            return
+        if envelope.task_id in self.running:
+            return  # already working on it (a redelivery of our own call)
+        task = asyncio.create_task(self._handle(delivery, envelope), name=f"bus-call-{envelope.task_id}")
+        self.running[envelope.task_id] = (delivery, task)
+
+    async def _handle(self, delivery: Delivery, envelope: CallEnvelope) -> None:
+        started = time.monotonic()
+        try:
+            remaining = envelope.remaining_s()
+            if remaining <= 0:
+                await self._reply(envelope, Reply(task_id=envelope.task_id, kind="error", error=DEADLINE_EXCEEDED))
+            else:
+                outcome = await self._run(envelope, remaining)
+                outcome.replica, outcome.region = self.replica_id, self.region
+                outcome.duration_ms = round((time.monotonic() - started) * 1000, 3)
+                await self._reply(envelope, outcome)
+            await self._ack(delivery)
+            self.handled += 1
+        except asyncio.CancelledError:
+            # Cancelled by the dispatcher: nobody waits for a result; drop the work for good.
+            # Shut down: leave it unacked so another replica runs it.
+            if envelope.task_id in self._cancelled:
+                self._cancelled.discard(envelope.task_id)
+                await self._ack(delivery)
+            raise
+        except BusUnavailable as exc:
+            log.warning("call %s finished but its result could not be published (%s); it will run again elsewhere", envelope.task_id, exc.message)
+        finally:
+            self.running.pop(envelope.task_id, None)
+            self._slot.set()
+
+    async def _run(self, envelope: CallEnvelope, remaining: float) -> Reply:
+        meta = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}, **envelope.meta}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": envelope.tool, "arguments": envelope.arguments, "_meta": meta}}
+        headers = {
+            "accept": "application/json, text/event-stream",
+            HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION,
+            HEADER_METHOD: "tools/call",
+            HEADER_NAME: envelope.tool,
+            HEADER_TIMEOUT: str(max(1, int(remaining * 1000))),
+        }
+        if envelope.traceparent:
+            headers["traceparent"] = envelope.traceparent
+        try:
+            async with asyncio.timeout(remaining):
+                async with self._http.stream("POST", self.mcp_url, json=body, headers=headers) as resp:
+                    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+                        async for message in _sse_messages(resp):
+                            if "method" in message:
+                                await self._reply(envelope, Reply(task_id=envelope.task_id, kind="progress", notification=message))
+                            elif "result" in message or "error" in message:
+                                return _outcome(envelope.task_id, message)
+                        return Reply(task_id=envelope.task_id, kind="error", error={"code": -31002, "message": "the agent ended its stream without a result"})
+                    return _outcome(envelope.task_id, orjson.loads(await resp.aread()))
+        except TimeoutError:
+            return Reply(task_id=envelope.task_id, kind="error", error=DEADLINE_EXCEEDED)
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            return Reply(task_id=envelope.task_id, kind="error", error={"code": -31002, "message": f"the agent failed: {type(exc).__name__}: {exc}"})
+
+    async def _reply(self, envelope: CallEnvelope, reply: Reply) -> None:
+        await self.bus.publish(envelope.reply_to, reply.dumps(), {"task-id": envelope.task_id}, key=envelope.task_id)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        with contextlib.suppress(BusUnavailable):
+            await self.bus.ack(delivery, self.group)
+
+    def cancel(self, task_id: str) -> None:
+        work = self.running.get(task_id)
+        if work is not None:
+            self._cancelled.add(task_id)
+            work[1].cancel()
+
+
+def _outcome(task_id: str, message: Any) -> Reply:
+    if not isinstance(message, dict):
+        return Reply(task_id=task_id, kind="error", error={"code": -31002, "message": "the agent answered something that is not JSON-RPC"})
+    if isinstance(message.get("result"), dict):
+        return Reply(task_id=task_id, kind="result", result=message["result"])
+    error = message.get("error") if isinstance(message.get("error"), dict) else {"code": -31002, "message": "malformed answer"}
+    return Reply(task_id=task_id, kind="error", error=error)
+
+
+async def _sse_messages(resp: httpx.Response) -> Any:
+    data: list[str] = []
+    async for line in resp.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif line == "" and data:
+            try:
+                yield orjson.loads("\n".join(data))
+            except orjson.JSONDecodeError:
+                pass
+            data = []
+    if data:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            yield orjson.loads("\n".join(data))

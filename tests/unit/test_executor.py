@@ -1,0 +1,196 @@
+"""The executor against scripted agents (raw HTTP servers on 127.0.0.1 that answer with
+exactly the bytes a test wants, including broken streams), so failover and SSE relay
+edge cases are pinned down without timing luck."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.breaker import CircuitBreaker
+from dispatcher.catalog import Catalog
+from dispatcher.executor import Executor
+from dispatcher.fleet import Fleet, Replica
+from dispatcher.router import Router
+from dispatcher.upstream import ReplicaClient, UpstreamPool
+from shared.models import ReplicaRecord
+from shared.settings import DispatcherSettings
+
+Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+PROGRESS = b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
+RESULT = b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}\r\n\r\n'
+JSON_RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"from b"}],"isError":false}}'
+
+
+def sse_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+HANDLERS: set[asyncio.Task[None]] = set()
+
+
+async def serve(script: Script) -> tuple[asyncio.AbstractServer, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        HANDLERS.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            await reader.readexactly(length)
+            await script(writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            HANDLERS.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/mcp"
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.settings = DispatcherSettings(fleet_token="t", region="eu-west", connect_timeout_s=1.0)
+        self.pool = UpstreamPool(self.settings)
+        self.fleet = Fleet(self.settings, aioredis.from_url("redis://127.0.0.1:1"), self.pool)
+        self.router = Router(self.settings, [])
+        self.executor = Executor(self.fleet, self.router)
+        self.servers: list[asyncio.AbstractServer] = []
+
+    async def replica(self, script: Script, region: str) -> Replica:
+        server, url = await serve(script)
+        self.servers.append(server)
+        record = ReplicaRecord(replica_id=f"a-{region}", agent="a", region=region, url=url, tools=[{"name": "t"}])
+        return Replica(record=record, client=ReplicaClient(self.pool, url, era="modern"), breaker=CircuitBreaker(self.fleet.breaker_policy),
+                       warm=True, tool_names=frozenset({"t"}))
+
+    async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        for r in replicas:
+            r.record.tools = [{"name": "t", "annotations": {"idempotentHint": idempotent}}]
+        entry = Catalog.build(replicas).get("a.t")
+        assert entry is not None
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        order = self.router.order("127.0.0.1", {}, frozenset(r.record.region for r in replicas))
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}})
+        await self.executor.call(entry, 1, body, send, order=order, timeout_s=timeout_s)
+        return sent
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness()
+    await h.pool.start()
+    yield h
+    await h.pool.aclose()
+    await h.fleet.redis.aclose()
+    for server in h.servers:
+        server.close()
+    for task in list(HANDLERS):
+        task.cancel()
+    await asyncio.gather(*HANDLERS, return_exceptions=True)
+
+
+def body_of(sent: list[dict[str, Any]]) -> bytes:
+    assert sent[0]["type"] == "http.response.start", "a response must start before any body"
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body"), "the response must be ended"
+    return b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def responses(stream: bytes) -> list[dict[str, Any]]:
+    out = []
+    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            message = orjson.loads(data)  # every relayed event must parse: no half events
+            if "id" in message:
+                out.append(message)
+    return out
+
+
+async def test_idempotent_call_broken_mid_event_continues_cleanly_on_the_next_replica(harness: Harness) -> None:
+    async def breaks(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS) + chunk(b'event: message\r\ndata: {"jsonrpc":"2.0","meth'))
+        await writer.drain()
+        writer.transport.abort()
+
+    async def answers_json(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_RESULT) + JSON_RESULT)
+        await writer.drain()
+
+    a, b = await harness.replica(breaks, "eu-west"), await harness.replica(answers_json, "us-east")
+    sent = await harness.call([a, b], idempotent=True)
+    stream = body_of(sent)
+    assert b"notifications/progress" in stream
+    (answer,) = responses(stream)
+    assert answer["result"]["content"][0]["text"] == "from b"
+
+
+async def test_a_response_split_across_chunks_counts_as_answered(harness: Harness) -> None:
+    async def split(writer: asyncio.StreamWriter) -> None:
+        half = len(RESULT) // 2
+        writer.write(sse_head() + chunk(RESULT[:half]))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(RESULT[half:]))
+        await writer.drain()
+        writer.transport.abort()  # broken after the answer: must not be retried
+
+    calls = []
+
+    async def never(writer: asyncio.StreamWriter) -> None:
+        calls.append(1)
+
+    a, b = await harness.replica(split, "eu-west"), await harness.replica(never, "us-east")
+    sent = await harness.call([a, b], idempotent=True)
+    assert len(responses(body_of(sent))) == 1 and calls == []
+
+
+async def test_a_stream_ending_without_an_answer_is_outcome_unknown_for_non_idempotent_tools(harness: Harness) -> None:
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS) + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(silent, "eu-west")
+    sent = await harness.call([a], idempotent=False)
+    (answer,) = responses(body_of(sent))
+    assert answer["error"]["code"] == -31004
+
+
+async def test_an_empty_stream_gives_a_proper_error_response(harness: Harness) -> None:
+    async def empty(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(empty, "eu-west")
+    from shared.errors import OutcomeUnknown
+
+    with pytest.raises(OutcomeUnknown):  # nothing was sent yet: the endpoint answers with a JSON error
+        await harness.call([a], idempotent=False)
+
+
+async def test_deadline_on_a_started_stream_ends_it_with_a_timeout_error(harness: Harness) -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS))
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    a = await harness.replica(slow, "eu-west")
+    sent = await harness.call([a], idempotent=True, timeout_s=0.5)
+    (answer,) = responses(body_of(sent))
+    assert answer["error"]["code"] == -31003

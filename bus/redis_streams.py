@@ -24,14 +24,18 @@ _HEADERS = b"h"
 
 
 class RedisStreamsBus(Bus):
-    def __init__(self, url: str, *, maxlen: int = 100_000, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, maxlen: int = 100_000, timeout_s: float = 5.0, max_connections: int = 128) -> None:
         self.url = url
         self.maxlen = maxlen
         # Blocking reads add their own block time to this socket timeout (see _blocking).
         self.timeout_s = timeout_s
-        self.redis = aioredis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=10, retry_on_timeout=False
+        # A blocking pool: a burst of calls waits for a connection (backpressure) instead of
+        # failing with "Too many connections" (redis-py's default pool caps at 100 and raises).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s,
+            socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=10,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
 
     async def start(self) -> None:
         await self._run(self.redis.ping())
@@ -43,6 +47,7 @@ class RedisStreamsBus(Bus):
         try:
             return await awaitable
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # (BlockingConnectionPool's "no connection available in time" is a ConnectionError too.)
             raise BusUnavailable(f"Redis bus at {_safe(self.url)} unreachable: {exc}") from None
 
     async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:

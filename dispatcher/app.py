@@ -17,6 +17,7 @@ from dispatcher import static_config, warmup
 from dispatcher.admission import admit
 from dispatcher.api import build_api
 from dispatcher.asgi import Receive, Scope, Send
+from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.mcp_endpoint import MCPEndpoint
@@ -45,13 +46,17 @@ class Dispatcher:
         # GeoIP readers and the region table open here, before the first call.
         self.router = Router(settings, config.region_specs())
         self.cache = ResultCache(settings.result_cache_entries)
-        self.redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10)
+        # Blocking pool: bursts wait for a connection instead of failing (redis-py caps at 100).
+        self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=128, timeout=5.0, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
+        ))
         self.pool = UpstreamPool(settings)
         self.fleet = Fleet(settings, self.redis, self.pool)
         self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
         self.executor = Executor(self.fleet, self.router)
+        self.bus_path = BusPath(settings) if settings.bus_url else None
         self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
-        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache)
+        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,6 +80,8 @@ class Dispatcher:
         except (redis.exceptions.RedisError, OSError) as exc:
             log.error("Redis at %s is not reachable (%s); /readyz stays 503 until it is", self.settings.redis_url, exc)
         await self.fleet.start()
+        if self.bus_path is not None:
+            await self.bus_path.start()
         for request in self.static_agents:
             try:
                 record = await admit(request, self.fleet, allow_unreachable=True)
@@ -97,6 +104,8 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         await self.fleet.aclose()
+        if self.bus_path is not None:
+            await self.bus_path.aclose()
         await self.pool.aclose()
         await self.redis.aclose()
         self.router.close()

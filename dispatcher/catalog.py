@@ -11,9 +11,10 @@ than tools flickering in and out of ``tools/list``.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import jsonschema
 from packaging.version import InvalidVersion, Version
 
 from dispatcher.naming import namespace_tools
-from shared.constants import META_EDGE_AGENT, META_EDGE_CACHE_TTL, META_EDGE_UPSTREAM_NAME
+from shared.constants import META_EDGE_AGENT, META_EDGE_CACHE_TTL, META_EDGE_PATH, META_EDGE_UPSTREAM_NAME
 from shared.errors import ToolConflict
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class ToolEntry:
     replicas: list[Replica] = field(default_factory=list)
     # Seconds a result may be served from the dispatcher's cache (read-only tools only).
     cache_ttl_s: float = 0.0
+    # "direct" (HTTP to a replica) or "bus" (envelope on the agent's stream).
+    path: str = "direct"
     by_region: dict[str, list[Replica]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,7 +113,7 @@ class Catalog:
         return self.entries.get(name)
 
     @classmethod
-    def build(cls, replicas: Iterable[Replica]) -> Catalog:
+    def build(cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = ()) -> Catalog:
         by_agent: dict[str, list[Replica]] = defaultdict(list)
         for replica in replicas:
             if replica.warm:
@@ -142,5 +145,6 @@ class Catalog:
                     validator=_compile(tool.get("inputSchema"), public),
                     replicas=[r for r in members if upstream in r.tool_names],
                     cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
+                    path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
                 )
         return cls(entries)

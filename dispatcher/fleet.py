@@ -262,5 +262,5 @@ class Fleet:
             log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
 
     def rebuild(self) -> None:
-        self.catalog = Catalog.build(self.replicas.values())
+        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools)
         self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)

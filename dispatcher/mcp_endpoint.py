@@ -26,6 +26,7 @@ import orjson
 
 from dispatcher import __version__, jsonrpc
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
+from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.result_cache import ResultCache, final_result
@@ -78,7 +79,14 @@ DEFAULT_LEGACY_LOG_LEVEL = "info"
 
 class MCPEndpoint:
     def __init__(
-        self, settings: DispatcherSettings, fleet: Fleet, sessions: SessionStore, executor: Executor, router: Router, cache: ResultCache
+        self,
+        settings: DispatcherSettings,
+        fleet: Fleet,
+        sessions: SessionStore,
+        executor: Executor,
+        router: Router,
+        cache: ResultCache,
+        bus_path: BusPath | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -86,6 +94,7 @@ class MCPEndpoint:
         self.executor = executor
         self.router = router
         self.cache = cache
+        self.bus_path = bus_path
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
         self.legacy_inflight: dict[tuple[str, Any], asyncio.Task[None]] = {}
@@ -326,6 +335,19 @@ class MCPEndpoint:
             order = self.router.order(peer, headers, self.fleet.regions)
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
+            return
+        if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
+            bus_path = self.bus_path
+
+            async def invoke_bus() -> None:
+                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=self._timeout(headers),
+                                    traceparent=headers.get("traceparent"))
+
+            if modern and receive is not None:
+                await self._call_cancellable_by_disconnect(entry, message.id, invoke_bus, send, receive)
+            else:
+                assert session is not None
+                await self._call_cancellable_by_notification(message.id, invoke_bus, send, session)
             return
         # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
         cacheable = entry.cache_ttl_s and self.cache.enabled and not order.only

@@ -29,6 +29,8 @@ META_EDGE_REGION = "dev.edgefleet/region"
 META_EDGE_UPSTREAM_NAME = "dev.edgefleet/upstreamName"
 # On a tool definition: results of this read-only tool may be cached for N seconds.
 META_EDGE_CACHE_TTL = "dev.edgefleet/cacheTtlS"
+# On a tool definition: "bus" to have calls go over the bus instead of direct HTTP.
+META_EDGE_PATH = "dev.edgefleet/path"
 
 HEADER_PROTOCOL_VERSION = "mcp-protocol-version"
 HEADER_SESSION_ID = "mcp-session-id"

@@ -33,6 +33,7 @@ from shared.constants import (
     HEADER_PROTOCOL_VERSION,
     META_CLIENT_CAPABILITIES,
     META_EDGE_CACHE_TTL,
+    META_EDGE_PATH,
     META_PROTOCOL_VERSION,
     MODERN_PROTOCOL_VERSION,
     RESERVED_AGENT_NAMES,
@@ -77,12 +78,19 @@ class Agent:
         annotations: ToolAnnotations | None = None,
         meta: dict[str, Any] | None = None,
         cache_ttl_s: float | None = None,
+        path: str | None = None,
     ) -> Callable[[F], F]:
         """Register a tool. Add a ``ctx: Context`` parameter to report progress or log.
 
         ``cache_ttl_s`` lets the dispatcher serve repeated calls with equal arguments from
-        its cache for that long; it requires (and implies) ``readOnlyHint``.
+        its cache for that long; it requires (and implies) ``readOnlyHint``. ``path="bus"``
+        asks the dispatcher to send calls over the bus (durable, at-least-once) instead of
+        direct HTTP.
         """
+        if path is not None:
+            if path not in ("bus", "direct"):
+                raise ValueError("path is 'bus' or 'direct'")
+            meta = {**(meta or {}), META_EDGE_PATH: path}
         if cache_ttl_s is not None:
             if cache_ttl_s <= 0:
                 raise ValueError("cache_ttl_s must be positive")

@@ -1,0 +1,190 @@
+"""The bus path: a tool call published as an envelope to the owning agent's stream in the
+nearest region that has bus consumers, answered on this dispatcher instance's own reply
+stream.
+
+Exactly-once for the client on top of at-least-once delivery: each call has a fresh
+task id and one waiter; the first result for it completes the call, and anything that
+arrives for a task id nobody waits for any more (a duplicate from a redelivery, or a
+late answer after a timeout) is dropped. Progress replies are relayed to the client as
+progress notifications while the call is open, exactly as on the direct path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+import bus
+from dispatcher import jsonrpc
+from shared.constants import BusNames
+from shared.envelope import CallEnvelope, CancelRequest, Reply
+from shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from dispatcher.catalog import ToolEntry
+    from dispatcher.router import RouteOrder
+    from shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.bus")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+# Reply streams of dispatcher instances that went away disappear after this long unused.
+REPLY_STREAM_TTL_S = 3600
+
+
+class BusPath:
+    def __init__(self, settings: DispatcherSettings) -> None:
+        assert settings.bus_url
+        options: dict[str, Any] = {"maxlen": settings.bus_stream_maxlen} if not settings.bus_url.startswith("kafka") else {}
+        self.bus = bus.connect(settings.bus_url, **options)
+        self.names = BusNames(settings.redis_prefix)
+        self.instance = f"{settings.region}-{uuid.uuid4().hex[:12]}"
+        self.reply_stream = self.names.replies(self.instance)
+        self.waiters: dict[str, asyncio.Queue[Reply]] = {}
+        self.connected = False
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        try:
+            await self.bus.start()
+            self.connected = True
+        except BusUnavailable as exc:
+            log.error("bus not reachable at start-up (%s); bus-path calls fail until it is", exc.message)
+        self._listener = asyncio.create_task(self._listen_loop(), name="bus-replies")
+        # Listening must have begun before the first call is published (Kafka listens from "now").
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self.bus.close()
+
+    async def _listen_loop(self) -> None:
+        position: str | None = None
+        last_expire = 0.0
+        while True:
+            try:
+                found, position = await self.bus.listen(self.reply_stream, block_ms=1000, after=position)
+                self._listening.set()
+                if not self.connected:
+                    log.info("bus reachable again")
+                self.connected = True
+            except BusUnavailable as exc:
+                if self.connected:
+                    log.error("bus unreachable: %s", exc.message)
+                self.connected = False
+                await asyncio.sleep(0.5)
+                continue
+            for delivery in found:
+                try:
+                    reply = Reply.model_validate_json(delivery.payload)
+                except ValidationError:
+                    log.warning("dropping a malformed reply on %s", self.reply_stream)
+                    continue
+                waiter = self.waiters.get(reply.task_id)
+                if waiter is not None:
+                    waiter.put_nowait(reply)
+                # else: a duplicate (redelivered call) or an answer nobody waits for any more
+            if time.monotonic() - last_expire > 60:
+                last_expire = time.monotonic()
+                with contextlib.suppress(BusUnavailable):
+                    await self.bus.expire(self.reply_stream, REPLY_STREAM_TTL_S)
+
+    def region_for(self, entry: ToolEntry, order: RouteOrder) -> str | None:
+        """Nearest region where a healthy replica of the agent consumes the bus."""
+        for region in order.regions:
+            if any(r.record.bus and r.admits() for r in entry.by_region.get(region, ())):
+                return region
+        return None
+
+    def serves(self, entry: ToolEntry) -> bool:
+        return any(r.record.bus for r in entry.replicas)
+
+    async def call(
+        self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, *, order: RouteOrder, timeout_s: float,
+        traceparent: str | None = None,
+    ) -> None:
+        region = self.region_for(entry, order)
+        if region is None:
+            raise AgentUnavailable(
+                f"No healthy replica of agent {entry.agent!r} consumes the bus for {entry.public_name} right now.",
+                data={"agent": entry.agent, "regions": list(order.regions)},
+            )
+        if not self.connected:
+            raise BusUnavailable()
+        task_id = uuid.uuid4().hex
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        envelope = CallEnvelope(
+            task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {},
+            meta=meta, deadline_ms=int((time.time() + timeout_s) * 1000), reply_to=self.reply_stream, traceparent=traceparent,
+        )
+        waiter: asyncio.Queue[Reply] = asyncio.Queue()
+        self.waiters[task_id] = waiter
+        started = False
+        sent_at = time.monotonic()
+        route = f"region={region}; path=bus; task={task_id}".encode()
+        try:
+            headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
+            await self.bus.publish(self.names.calls(entry.agent, region), envelope.dumps(), headers, key=task_id)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    reply = await waiter.get()
+                    if reply.kind == "progress" and reply.notification:
+                        if not started:
+                            started = True
+                            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"edgefleet-route", route)]})
+                        event = {"jsonrpc": "2.0", **reply.notification}
+                        await send({"type": "http.response.body", "body": b"event: message\ndata: " + orjson.dumps(event) + b"\n\n", "more_body": True})
+                        continue
+                    if reply.kind == "result" and reply.result is not None:
+                        answer = jsonrpc.result_body(request_id, reply.result)
+                    else:
+                        answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": reply.error or {"code": -31002, "message": "failed"}})
+                    log.info("bus call %s -> %s (%s) %.2f ms %s", entry.public_name, reply.replica or "-", reply.region or region,
+                             (time.monotonic() - sent_at) * 1000, reply.kind)
+                    await _finish(send, started, answer, route)
+                    return
+        except TimeoutError:
+            await self._cancel(entry.agent, task_id, "deadline")
+            await _fail(send, started, request_id, UpstreamTimeout(data={"tool": entry.public_name, "task": task_id}))
+        except BusUnavailable as exc:
+            await _fail(send, started, request_id, exc)
+        except asyncio.CancelledError:
+            # The client went away: stop the work wherever it runs (best effort).
+            await asyncio.shield(self._cancel(entry.agent, task_id, "client disconnected"))
+            raise
+        finally:
+            self.waiters.pop(task_id, None)
+
+    async def _cancel(self, agent: str, task_id: str, reason: str) -> None:
+        with contextlib.suppress(BusUnavailable, EdgefleetError):
+            await self.bus.publish(self.names.cancels(agent), CancelRequest(task_id=task_id, reason=reason).model_dump_json().encode())
+
+
+async def _finish(send: Send, started: bool, answer: bytes, route: bytes) -> None:
+    if started:
+        await send({"type": "http.response.body", "body": b"event: message\ndata: " + answer + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, (b"edgefleet-route", route)]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+async def _fail(send: Send, started: bool, request_id: Any, error: EdgefleetError) -> None:
+    if not started:
+        raise error
+    await _finish(send, True, jsonrpc.error_body(request_id, error), b"")
+

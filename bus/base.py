@@ -62,6 +62,10 @@ class Bus(ABC):
         backend redelivers by itself, as Kafka does on rebalance)."""
         return []
 
+    async def ready(self, stream: str, group: str, consumer: str) -> bool:
+        """Is ``consumer`` receiving ``stream``'s work yet? (Kafka: partitions assigned.)"""
+        return True
+
     async def touch(self, delivery: Delivery, group: str, consumer: str) -> None:  # noqa: B027 - optional hook
         """Still working on ``delivery``: restart its visibility timeout."""
 

@@ -5,7 +5,12 @@ bound); groups are consumer groups with manual commits. A delivery is "done" whe
 acked, and offsets are committed only up to the first delivery of a partition that is
 not done yet, so work in flight when a consumer dies (or its partitions move in a
 rebalance) is delivered again to the new owner: at-least-once, as on Redis, without any
-reclaim step. Tuned for latency (fetch wait, group timeouts) as measured in INFRA.md.
+reclaim step. Fetch wait is tuned for latency (INFRA.md: the default adds ~250 ms).
+
+Group timeouts keep Kafka's production-safe defaults (brokers reject sessions below
+``group.min.session.timeout.ms``, 6 s by default); a local broker can take faster ones in
+the URL, which every party (dispatcher and agents) then shares:
+``kafka://127.0.0.1:9092?session_timeout_ms=1000&heartbeat_interval_ms=200&rebalance_timeout_ms=1000``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import collections
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aiokafka
 import aiokafka.errors
@@ -28,6 +33,9 @@ from shared.errors import BusUnavailable
 _DOWN = (aiokafka.errors.KafkaConnectionError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.NodeNotReadyError,
          aiokafka.errors.RequestTimedOutError, aiokafka.errors.NoBrokersAvailable, aiokafka.errors.UnknownTopicOrPartitionError,
          asyncio.TimeoutError, OSError)
+
+
+URL_OPTIONS = ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms", "partitions")
 
 
 class _PartitionOffsets:
@@ -86,6 +94,14 @@ class KafkaBus(Bus):
         self.bootstrap = parts.netloc or parts.path
         if not self.bootstrap:
             raise ValueError(f"kafka URL {url!r} names no broker (kafka://host:port[,host:port])")
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - set(URL_OPTIONS)
+        if unknown:
+            raise ValueError(f"kafka URL {url!r}: unknown option(s) {sorted(unknown)}; known: {sorted(URL_OPTIONS)}")
+        session_timeout_ms = int(query.get("session_timeout_ms", session_timeout_ms))
+        heartbeat_interval_ms = int(query.get("heartbeat_interval_ms", heartbeat_interval_ms))
+        rebalance_timeout_ms = int(query.get("rebalance_timeout_ms", rebalance_timeout_ms))
+        partitions = int(query.get("partitions", partitions))
         self.partitions = partitions
         self.retention_ms = retention_ms
         self.timeout_s = timeout_s
@@ -183,6 +199,10 @@ class KafkaBus(Bus):
                 raise
             self.groups[key] = state
             return state
+
+    async def ready(self, stream: str, group: str, consumer: str) -> bool:
+        state = self.groups.get((stream, group, consumer))
+        return state is not None and bool(state.consumer.assignment())
 
     async def consume(self, stream: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
         state = await self._group(stream, group, consumer)

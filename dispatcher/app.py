@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dispatcher import static_config, warmup
+from dispatcher import fanout, static_config, warmup
+from dispatcher.catalog import builtin_entry
+from dispatcher.invoker import Invoker
 from dispatcher.admission import admit
 from dispatcher.api import build_api
 from dispatcher.asgi import Receive, Scope, Send
@@ -56,6 +59,9 @@ class Dispatcher:
         self.executor = Executor(self.fleet, self.router)
         self.bus_path = BusPath(settings) if settings.bus_url else None
         self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
+        self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path)
+        self.fleet.builtins = [builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker))]
+        self.fleet.rebuild()
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
 

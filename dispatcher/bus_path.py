@@ -104,11 +104,16 @@ class BusPath:
                     await self.bus.expire(self.reply_stream, REPLY_STREAM_TTL_S)
 
     def region_for(self, entry: ToolEntry, order: RouteOrder) -> str | None:
-        """Nearest region where a healthy replica of the agent consumes the bus."""
+        """Nearest region where a healthy replica of the agent consumes the bus; failing
+        that, the nearest one where a replica is still joining (the call waits, durable)."""
+        joining = None
         for region in order.regions:
-            if any(r.record.bus and r.admits() for r in entry.by_region.get(region, ())):
-                return region
-        return None
+            for r in entry.by_region.get(region, ()):
+                if r.record.bus and r.admits():
+                    if r.record.load.get("bus_ready"):
+                        return region
+                    joining = joining or region
+        return joining
 
     def serves(self, entry: ToolEntry) -> bool:
         return any(r.record.bus for r in entry.replicas)
@@ -155,6 +160,7 @@ class BusPath:
                         answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": reply.error or {"code": -31002, "message": "failed"}})
                     log.info("bus call %s -> %s (%s) %.2f ms %s", entry.public_name, reply.replica or "-", reply.region or region,
                              (time.monotonic() - sent_at) * 1000, reply.kind)
+                    route = f"region={reply.region or region}; replica={reply.replica or '-'}; path=bus; task={task_id}".encode()
                     await _finish(send, started, answer, route)
                     return
         except TimeoutError:

@@ -14,7 +14,7 @@ import contextlib
 import fnmatch
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,10 @@ class ToolEntry:
     replicas: list[Replica] = field(default_factory=list)
     # Seconds a result may be served from the dispatcher's cache (read-only tools only).
     cache_ttl_s: float = 0.0
-    # "direct" (HTTP to a replica) or "bus" (envelope on the agent's stream).
+    # "direct" (HTTP to a replica), "bus" (envelope on the agent's stream) or "builtin"
+    # (the dispatcher's own tools: fan-out, pipelines; ``handler`` runs them).
     path: str = "direct"
+    handler: Callable[..., Awaitable[dict[str, Any]]] | None = None
     by_region: dict[str, list[Replica]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,12 +115,12 @@ class Catalog:
         return self.entries.get(name)
 
     @classmethod
-    def build(cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = ()) -> Catalog:
+    def build(cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = (), builtins: Sequence[ToolEntry] = ()) -> Catalog:
         by_agent: dict[str, list[Replica]] = defaultdict(list)
         for replica in replicas:
             if replica.warm:
                 by_agent[replica.record.agent].append(replica)
-        entries: dict[str, ToolEntry] = {}
+        entries: dict[str, ToolEntry] = {b.public_name: b for b in builtins}
         for agent in sorted(by_agent):
             members = by_agent[agent]
             # The newest version defines the agent's tools (rolling upgrades); each tool
@@ -148,3 +150,16 @@ class Catalog:
                     path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
                 )
         return cls(entries)
+
+
+def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[dict[str, Any]]]) -> ToolEntry:
+    """A tool the dispatcher itself provides (namespace ``edgefleet.``)."""
+    name = definition["name"]
+    agent = name.split(".", 1)[0]
+    annotations = definition.get("annotations") or {}
+    return ToolEntry(
+        public_name=name, agent=agent, upstream_name=name,
+        definition=public_definition(agent, name, name.split(".", 1)[1], definition),
+        idempotent=bool(annotations.get("idempotentHint")), validator=_compile(definition.get("inputSchema"), name),
+        path="builtin", handler=handler,
+    )

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from dispatcher.breaker import OPEN, BreakerPolicy, CircuitBreaker
-from dispatcher.catalog import Catalog
+from dispatcher.catalog import Catalog, ToolEntry
 from dispatcher.registry import Registry
 from dispatcher.upstream import ReplicaClient, UpstreamPool
 from shared.constants import RedisKeys
@@ -85,6 +85,7 @@ class Fleet:
         self.replicas: dict[str, Replica] = {}
         self.catalog = Catalog.empty()
         self.regions: frozenset[str] = frozenset()
+        self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (set by the app)
         self.breaker_policy = BreakerPolicy(
             consecutive_failures=settings.unhealthy_after,
             error_rate=settings.eject_error_rate,
@@ -262,5 +263,5 @@ class Fleet:
             log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
 
     def rebuild(self) -> None:
-        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools)
+        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)
         self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)

@@ -336,6 +336,22 @@ class MCPEndpoint:
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
+        if entry.handler is not None:
+            handler = entry.handler
+            timeout_s = self._timeout(headers)
+
+            async def invoke_builtin() -> None:
+                result = await handler(arguments, order=order, timeout_s=timeout_s)
+                if modern:
+                    result = {**result, "resultType": "complete"}
+                await respond(send, 200, jsonrpc.result_body(message.id, result))
+
+            if modern and receive is not None:
+                await self._call_cancellable_by_disconnect(entry, message.id, invoke_builtin, send, receive)
+            else:
+                assert session is not None
+                await self._call_cancellable_by_notification(message.id, invoke_builtin, send, session)
+            return
         if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
             bus_path = self.bus_path
 

@@ -98,6 +98,12 @@ class BusNames:
         """Results and progress for one dispatcher instance (the reply address)."""
         return f"{self.prefix}.replies.{instance}"
 
+    def group(self, agent: str, region: str) -> str:
+        """Consumer group of an agent's replicas in one region. One group per (fleet, agent,
+        region): a Kafka group spans topics, so sharing one across regions (or fleets on one
+        cluster) would make every replica's join rebalance all of them."""
+        return f"{self.prefix}.{agent}.{region}"
+
     def cancels(self, agent: str) -> str:
         """Cancel requests for an agent's bus calls; every replica listens."""
         return f"{self.prefix}.cancels.{agent}"

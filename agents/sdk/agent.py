@@ -165,7 +165,7 @@ class Agent:
                 dispatcher_url=settings.dispatcher_url,
                 fleet_token=settings.fleet_token.get_secret_value(),
                 heartbeat_s=settings.heartbeat_s,
-                load=lambda: {"inflight": app.inflight},
+                load=lambda: {"inflight": app.inflight, "bus_ready": bool(worker and worker[0].ready)},
                 bus=True,
                 on_registered=start_bus_worker,
             )

@@ -63,7 +63,7 @@ class BusWorker:
         self.replica_id = replica_id
         self.mcp_url = mcp_url
         self.stream = names.calls(agent, region)
-        self.group = agent
+        self.group = names.group(agent, region)
         self.max_inflight = max_inflight
         self.visibility_s = visibility_s
         self.running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}  # task id -> work
@@ -71,6 +71,7 @@ class BusWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=max_inflight))
         self.handled = 0
+        self.ready = False  # receiving work (reported in heartbeats; the dispatcher prefers ready replicas)
         self._cancelled: set[str] = set()  # task ids the dispatcher cancelled (acked, never rerun)
 
     def start(self) -> None:
@@ -111,6 +112,9 @@ class BusWorker:
                     continue
                 for delivery in await self.bus.consume(self.stream, self.group, self.replica_id, count=free, block_ms=1000):
                     self._spawn(delivery)
+                if not self.ready and await self.bus.ready(self.stream, self.group, self.replica_id):
+                    self.ready = True
+                    log.info("bus consumer for %s ready", self.stream)
                 backoff = 0.2
             except BusUnavailable as exc:
                 log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)

@@ -47,6 +47,7 @@ class Fleet:
         self.region = region
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.dispatchers: list[tuple[str, Proc]] = []
+        self.bus = False
         self.agents: list[Proc] = []
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
         self.base_env.update({"PYTHONUNBUFFERED": "1", "EDGEFLEET_FLEET_TOKEN": self.token})
@@ -75,6 +76,7 @@ class Fleet:
             "EDGEFLEET_LOG_FORMAT": "text",
         }
         env.update({f"EDGEFLEET_{k.upper()}": str(v) for k, v in settings.items()})
+        self.bus = self.bus or "bus_url" in settings
         proc = Proc([sys.executable, "-m", "dispatcher", "serve"], env, f"dispatcher-{port}")
         url = f"http://127.0.0.1:{port}"
         self.dispatchers.append((url, proc))
@@ -104,7 +106,10 @@ class Fleet:
         if not match:
             return False
         url = match.group(3).decode()
-        return any(r["url"] == url and r["routable"] for a in self.agents_view() for r in a["replicas"])
+        # With a bus, also wait until its consumer receives work (first calls are then not
+        # stuck behind a consumer-group join).
+        return any(r["url"] == url and r["routable"] and (not self.bus or r["load"].get("bus_ready"))
+                   for a in self.agents_view() for r in a["replicas"])
 
     def agents_view(self, dispatcher: str | None = None) -> list[dict[str, Any]]:
         resp = httpx.get((dispatcher or self.url) + "/v1/agents", headers=self.auth(), timeout=5)

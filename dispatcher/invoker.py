@@ -1,0 +1,147 @@
+"""Calls the dispatcher makes on its own behalf (fan-out sub-tasks, pipeline steps):
+the same catalog lookup, validation, routing, path choice (direct or bus) and failover
+as a client's call, with the answer captured instead of streamed to a client.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dispatcher.router import RouteOrder
+from shared.constants import HEADER_ROUTE, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
+from shared.errors import EdgefleetError, InvalidParams, UnknownTool
+
+if TYPE_CHECKING:
+    from dispatcher.bus_path import BusPath
+    from dispatcher.executor import Executor
+    from dispatcher.fleet import Fleet
+    from dispatcher.router import Router
+
+_ROUTE = HEADER_ROUTE.encode()
+
+
+@dataclass
+class Outcome:
+    """One internal call's answer: ``result`` (a CallToolResult dict) or ``error``."""
+
+    tool: str
+    status: str  # ok | tool_error | error | timeout | cancelled
+    duration_ms: float = 0.0
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    route: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tool": self.tool, "status": self.status, "duration_ms": round(self.duration_ms, 3)}
+        if self.route.get("region"):
+            out["region"] = self.route["region"]
+        if self.route.get("replica"):
+            out["replica"] = self.route["replica"]
+        if self.result is not None:
+            out["result"] = self.result
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+class _Capture:
+    """An ASGI ``send`` that keeps the response instead of writing it to a socket."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.headers = dict(message.get("headers", ()))
+        else:
+            self.body += message.get("body", b"")
+            if not message.get("more_body"):
+                self.finished = True
+
+    def answer(self) -> dict[str, Any] | None:
+        """The JSON-RPC response in the captured body (JSON or the SSE stream's last answer)."""
+        body = bytes(self.body)
+        if not body.lstrip().startswith(b"{"):
+            found = None
+            for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+                data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+                if data:
+                    try:
+                        message = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(message, dict) and "id" in message and "method" not in message:
+                        found = message
+            return found
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return message if isinstance(message, dict) else None
+
+    def route(self) -> dict[str, str]:
+        raw = self.headers.get(_ROUTE, b"").decode()
+        pairs = (part.strip().partition("=") for part in raw.split(";"))
+        return {k: v for k, _, v in pairs if k}
+
+
+class Invoker:
+    def __init__(self, fleet: Fleet, router: Router, executor: Executor, bus_path: BusPath | None) -> None:
+        self.fleet = fleet
+        self.router = router
+        self.executor = executor
+        self.bus_path = bus_path
+
+    def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
+        """The caller's order, or only ``region`` when a sub-task names one."""
+        if region is None:
+            return base
+        return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
+
+    async def call(self, tool: str, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = await self._call(tool, arguments, order, timeout_s)
+        except EdgefleetError as exc:
+            status = "timeout" if exc.code == "upstream_timeout" else "error"
+            outcome = Outcome(tool, status, error=exc.to_jsonrpc())
+        outcome.duration_ms = (time.monotonic() - started) * 1000
+        return outcome
+
+    async def _call(self, tool: str, arguments: dict[str, Any], order: RouteOrder, timeout_s: float) -> Outcome:
+        entry = self.fleet.catalog.get(tool)
+        if entry is None or entry.path == "builtin":
+            raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
+        problem = entry.validation_error(arguments)
+        if problem is not None:
+            raise InvalidParams(problem, data={"tool": tool})
+        params = {"name": entry.upstream_name, "arguments": arguments,
+                  "_meta": {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}}
+        capture = _Capture()
+        if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
+            await self.bus_path.call(entry, 1, params, capture, order=order, timeout_s=timeout_s)
+        else:
+            body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+            await self.executor.call(entry, 1, body, capture, order=order, timeout_s=timeout_s, quiet=True)
+        answer = capture.answer()
+        route = capture.route()
+        if answer is None:
+            return Outcome(tool, "error", error={"code": -31002, "message": "no answer from the agent"}, route=route)
+        if isinstance(answer.get("error"), dict):
+            error = answer["error"]
+            status = "timeout" if error.get("code") == -31003 else "error"
+            return Outcome(tool, status, error=error, route=route)
+        result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+        return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=route)

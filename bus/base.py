@@ -41,6 +41,14 @@ class Bus(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def reset(self) -> None:  # noqa: B027 - optional hook
+        """Drop client-side consumer state after an outage so it is rebuilt on next use
+        (a broker that lost its data no longer knows our groups or topics)."""
+
+    async def ping(self) -> None:  # noqa: B027 - servers override
+        """Raise ``BusUnavailable`` unless the server answers now (consumers of some
+        backends just see "no new entries" while it is gone)."""
+
     @abstractmethod
     async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:
         """Append ``payload``; returns the entry id. ``key`` keeps related entries in order (Kafka partitioning)."""

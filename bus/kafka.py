@@ -120,10 +120,19 @@ class KafkaBus(Bus):
         try:
             return await asyncio.wait_for(awaitable, self.timeout_s)
         except _DOWN as exc:
+            self.topics.clear()  # a broker that comes back may have lost them: create again
             raise BusUnavailable(f"Kafka bus at {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from None
 
     async def start(self) -> None:
         await self._producer()
+
+    async def ping(self) -> None:
+        producer = await self._producer()
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), self.timeout_s)
+        except (aiokafka.errors.KafkaError, *_DOWN) as exc:
+            self.topics.clear()
+            raise BusUnavailable(f"Kafka bus at {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _producer(self) -> aiokafka.AIOKafkaProducer:
         if self.producer is None:
@@ -134,20 +143,37 @@ class KafkaBus(Bus):
             try:
                 await self._guard(producer.start())
             except BusUnavailable:
-                await producer.stop()
+                await self._stop_quietly(producer)
                 raise
             self.producer = producer
         return self.producer
 
-    async def close(self) -> None:
+    async def reset(self) -> None:
         consumers = [g.consumer for g in self.groups.values()] + list(self.listeners.values())
         self.groups.clear()
         self.listeners.clear()
-        for consumer in consumers:
-            await consumer.stop()
+        self.topics.clear()
+        clients: list[Any] = consumers
         if self.producer is not None:
-            await self.producer.stop()
+            clients.append(self.producer)
             self.producer = None
+        for client in clients:
+            await self._stop_quietly(client)
+
+    async def _stop_quietly(self, client: Any) -> None:
+        """Stop an aiokafka client whose broker may be gone. Its stop() can fail, or leak a
+        CancelledError from its own fetcher tasks: swallowed unless WE are being cancelled."""
+        try:
+            await asyncio.wait_for(client.stop(), self.timeout_s)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception:  # noqa: BLE001 - a dead client failing to leave cleanly is expected here
+            pass
+
+    async def close(self) -> None:
+        await self.reset()
 
     async def _ensure_topic(self, topic: str, partitions: int | None = None) -> None:
         if topic in self.topics:
@@ -195,7 +221,7 @@ class KafkaBus(Bus):
             try:
                 await self._guard(kafka_consumer.start())
             except BusUnavailable:
-                await kafka_consumer.stop()
+                await self._stop_quietly(kafka_consumer)
                 raise
             self.groups[key] = state
             return state
@@ -245,7 +271,7 @@ class KafkaBus(Bus):
             try:
                 await self._guard(consumer.start())
             except BusUnavailable:
-                await consumer.stop()
+                await self._stop_quietly(consumer)
                 raise
             self.listeners[stream] = consumer
         try:

@@ -43,6 +43,9 @@ class RedisStreamsBus(Bus):
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def ping(self) -> None:
+        await self._run(self.redis.ping())
+
     async def _run(self, awaitable: Any) -> Any:
         try:
             return await awaitable

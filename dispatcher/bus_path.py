@@ -74,18 +74,35 @@ class BusPath:
 
     async def _listen_loop(self) -> None:
         position: str | None = None
-        last_expire = 0.0
+        last_expire = last_ping = 0.0
         while True:
             try:
+                if time.monotonic() - last_ping >= 1.0:
+                    # Listening alone does not notice a Kafka broker going away; asking does.
+                    await self.bus.ping()
+                    last_ping = time.monotonic()
                 found, position = await self.bus.listen(self.reply_stream, block_ms=1000, after=position)
                 self._listening.set()
                 if not self.connected:
                     log.info("bus reachable again")
                 self.connected = True
             except BusUnavailable as exc:
-                if self.connected:
+                was_connected, self.connected = self.connected, False
+                if was_connected:
                     log.error("bus unreachable: %s", exc.message)
+                    self._fail_waiters(exc)
+                    position = None
+                    try:
+                        await self.bus.reset()
+                    except Exception:  # noqa: BLE001 - whatever the dead client says, we rebuild it
+                        log.exception("resetting the bus client failed")
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:  # noqa: BLE001 - this loop dying would silently stall every bus call
+                log.exception("reply listener failed; restarting it")
                 self.connected = False
+                self._fail_waiters(BusUnavailable("the reply listener failed"))
+                position = None
                 await asyncio.sleep(0.5)
                 continue
             for delivery in found:
@@ -102,6 +119,15 @@ class BusPath:
                 last_expire = time.monotonic()
                 with contextlib.suppress(BusUnavailable):
                     await self.bus.expire(self.reply_stream, REPLY_STREAM_TTL_S)
+
+    def _fail_waiters(self, cause: BusUnavailable) -> None:
+        """Calls waiting for replies cannot get them while the bus is gone: answer them now
+        (clearly, and without claiming the work did not run) rather than at their deadline."""
+        error = BusUnavailable(
+            f"Lost the bus while waiting for the answer ({cause.message}); the call may or may not have run.",
+        )
+        for waiter in self.waiters.values():
+            waiter.put_nowait(Reply(task_id="", kind="error", error=error.to_jsonrpc()))
 
     def region_for(self, entry: ToolEntry, order: RouteOrder) -> str | None:
         """Nearest region where a healthy replica of the agent consumes the bus; failing

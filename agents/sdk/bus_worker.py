@@ -100,8 +100,12 @@ class BusWorker:
     async def _consume_loop(self) -> None:
         backoff = 0.2
         ready = False
+        last_ping = time.monotonic()
         while True:
             try:
+                if time.monotonic() - last_ping >= 2.0:
+                    await self.bus.ping()  # consuming alone does not notice a Kafka broker going away
+                    last_ping = time.monotonic()
                 if not ready:
                     await self.bus.ensure_group(self.stream, self.group)
                     ready = True
@@ -118,6 +122,9 @@ class BusWorker:
                 backoff = 0.2
             except BusUnavailable as exc:
                 log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)
+                if ready:
+                    ready = self.ready = False
+                    await self.bus.reset()  # rebuilt (group joined again) once the bus is back
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 

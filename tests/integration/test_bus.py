@@ -5,6 +5,7 @@ or duplicated when a replica is killed with -9 mid-work."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,11 +31,13 @@ def bus_fleet(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str)
 
 
 async def call(session: aiohttp.ClientSession, url: str, request_id: int, tool: str, arguments: dict[str, Any],
-               meta: dict[str, Any] | None = None) -> tuple[dict[str, Any], str, bytes]:
+               meta: dict[str, Any] | None = None, timeout_ms: int | None = None) -> tuple[dict[str, Any], str, bytes]:
     body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments, "_meta": {**META, **(meta or {})}}}
     headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
                "mcp-method": "tools/call", "mcp-name": tool}
+    if timeout_ms is not None:
+        headers["edgefleet-timeout-ms"] = str(timeout_ms)
     async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as resp:
         raw = await resp.read()
         route = resp.headers.get("edgefleet-route", "")
@@ -76,3 +79,48 @@ async def test_no_call_lost_or_duplicated_when_a_replica_dies_mid_work(bus_fleet
     failed = [a for a in answers if "error" in a or a["result"].get("isError")]
     assert failed == [], failed[:3]
     assert sorted(a["id"] for a in answers) == list(range(n))
+
+
+@pytest.mark.parametrize("backend", ["redis", "kafka"])
+async def test_bus_outage_gives_clear_errors_and_the_fleet_recovers_by_itself(backend: str, redis_url: str, redis_prefix: str) -> None:
+    from dispatcher.embedded_kafka import EmbeddedKafka
+    from dispatcher.embedded_redis import EmbeddedRedis, free_port
+
+    port = free_port()
+    make = (lambda: EmbeddedRedis(port)) if backend == "redis" else (lambda: EmbeddedKafka(port))
+    server = make().start()
+    bus_url = server.url if backend == "redis" else server.fast_url  # type: ignore[union-attr]
+    fleet = Fleet(redis_url, redis_prefix, region="eu-west")  # the registry stays up: only the bus goes away
+    try:
+        fleet.start_dispatcher(bus_url=bus_url, bus_tools="echo.*")
+        fleet.start_agent("agents.echo", "eu-west", bus_visibility_s=2)
+        async with aiohttp.ClientSession() as session:
+            answer, _, _ = await call(session, fleet.mcp_url, 0, "echo.echo", {"text": "before"})
+            assert answer["result"]["content"][0]["text"] == "before"
+            running = [asyncio.create_task(call(session, fleet.mcp_url, i, "echo.wait", {"seconds": 5})) for i in range(1, 6)]
+            await asyncio.sleep(1.0)
+            assert server.process is not None
+            server.process.kill()  # a crash, not a polite shutdown that lets the calls finish
+            server.process.wait()
+            started = time.monotonic()
+            during = await asyncio.gather(*running)
+            assert time.monotonic() - started < 15, "calls in flight must be answered, not left to hang"
+            for answer, _, _ in during:
+                assert answer.get("error", {}).get("code") == -31005, answer  # bus_unavailable, said plainly
+            answer, _, _ = await call(session, fleet.mcp_url, 6, "echo.echo", {"text": "while down"})
+            assert answer["error"]["code"] == -31005 and "bus" in answer["error"]["message"].lower()
+
+            server = make().start()  # back, on the same address
+            deadline = time.monotonic() + 40
+            recovered = None
+            while time.monotonic() < deadline:
+                answer, _, _ = await call(session, fleet.mcp_url, 7, "echo.echo", {"text": "after"}, timeout_ms=3000)
+                if "result" in answer:
+                    recovered = answer
+                    break
+                await asyncio.sleep(0.5)
+            assert recovered is not None, f"no recovery: {answer}\n" + fleet.agents[0].output()[-3000:] + "\n----\n" + fleet.dispatchers[0][1].output()[-3000:]
+            assert recovered["result"]["content"][0]["text"] == "after"
+    finally:
+        fleet.stop()
+        server.stop()

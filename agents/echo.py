@@ -3,12 +3,13 @@ path (client -> dispatcher -> agent), not the work. ``edgefleet bench`` starts i
 
 ``where`` tells a caller which replica served it (routing demos and tests); ``wait`` is a
 slow, deliberately NOT idempotent tool (a replica dying mid-call must give the caller an
-"outcome unknown" error, never a silent second run).
+"outcome unknown" error, never a silent second run); ``fail`` always reports a tool error
+(pipelines and their compensations are tested with it).
 """
 
 import asyncio
 
-from agents.sdk import Agent, ToolAnnotations
+from agents.sdk import Agent, ToolAnnotations, ToolError
 
 agent = Agent("echo", description="Returns its input; used by `edgefleet bench` and the routing tests.", version="1.0.0")
 
@@ -30,6 +31,12 @@ async def wait(seconds: float) -> dict[str, str]:
     """Sleep ``seconds`` (at most 600), then say where it ran."""
     await asyncio.sleep(min(max(seconds, 0.0), 600.0))
     return {"region": agent.region or "", "url": agent.url or ""}
+
+
+@agent.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
+async def fail(message: str = "failed on purpose") -> str:
+    """Always fail with ``message`` (a tool error the caller can read)."""
+    raise ToolError(message)
 
 
 if __name__ == "__main__":

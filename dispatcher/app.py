@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dispatcher import fanout, static_config, warmup
+from dispatcher import fanout, pipelines, static_config, warmup
 from dispatcher.catalog import builtin_entry
 from dispatcher.invoker import Invoker
 from dispatcher.admission import admit
@@ -61,6 +61,8 @@ class Dispatcher:
         self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
         self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path)
         self.fleet.builtins = [builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker))]
+        for name, spec in config.pipelines.items():
+            self.fleet.builtins.append(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
         self.fleet.rebuild()
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)

@@ -2,7 +2,8 @@
 
 - ``agents``: MCP servers that join unchanged (no SDK, no heartbeats);
 - ``regions``: where regions are (overrides/extends the built-in table of well-known
-  region names) and, optionally, measured round-trip times between them.
+  region names) and, optionally, measured round-trip times between them;
+- ``pipelines``: multi-step tools (see ``dispatcher/pipelines.py`` for the format).
 
 TOML::
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dispatcher.pipelines import PipelineSpec, tool_name
 from dispatcher.regions import RegionSpec
 from shared.constants import REGION_NAME_RE
 
@@ -47,6 +49,16 @@ class StaticConfig(BaseModel):
 
     agents: list[RegisterRequest] = []
     regions: dict[str, RegionConfig] = {}
+    pipelines: dict[str, PipelineSpec] = {}
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, value: dict[str, PipelineSpec]) -> dict[str, PipelineSpec]:
+        for name in value:
+            tool_name(name)  # raises ValueError with the reason
+            if name == "fanout":
+                raise ValueError("'fanout' is the dispatcher's own tool; pick another pipeline name")
+        return value
 
     @field_validator("regions")
     @classmethod

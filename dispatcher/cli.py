@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--agents", default="text@eu-west,text@us-east,text@ap-southeast,data@eu-west,data@us-east,trainer@us-east,trainer@ap-southeast",
                      help="comma-separated NAME@REGION replicas to start")
     dev.add_argument("--region", default="eu-west", help="region of the dev dispatcher (default eu-west)")
+    dev.add_argument("--bus", choices=("redis", "kafka"), default="redis",
+                     help="bus for bus-path tools: the embedded Redis (default) or the bundled Kafka-compatible broker")
+    dev.add_argument("--bus-tools", default="trainer.*", help="tools sent over the bus (globs, default trainer.*)")
 
     serve = sub.add_parser("serve", help="run one dispatcher (settings from EDGEFLEET_* variables)")
     serve.add_argument("--host", help="EDGEFLEET_HOST")
@@ -89,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             from dispatcher.devfleet import run_dev
 
-            return run_dev(port=args.port, redis_url=args.redis_url, agents=args.agents, region=args.region)
+            return run_dev(port=args.port, redis_url=args.redis_url, agents=args.agents, region=args.region,
+                           bus=args.bus, bus_tools=args.bus_tools)
         if args.command == "serve":
             return _serve(args)
         if args.command == "agent":

@@ -23,6 +23,7 @@ from types import FrameType
 import httpx
 
 from dispatcher.client_cli import DEV_STATE
+from dispatcher.embedded_kafka import EmbeddedKafka
 from dispatcher.embedded_redis import EmbeddedRedis
 from dispatcher.processes import die_with_parent, stop_all
 
@@ -58,7 +59,7 @@ def _tail(name: str, lines: int = 15) -> str:
         return ""
 
 
-def run_dev(*, port: int, redis_url: str | None, agents: str, region: str) -> int:
+def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: str = "redis", bus_tools: str = "trainer.*") -> int:
     replicas = [tuple(item.strip().split("@", 1)) for item in agents.split(",") if item.strip()]
     for replica in replicas:
         if len(replica) != 2:
@@ -73,6 +74,7 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str) -> in
     token = secrets.token_urlsafe(24)
     base = f"http://127.0.0.1:{port}"
     redis: EmbeddedRedis | None = None
+    kafka: EmbeddedKafka | None = None
     dispatcher: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
@@ -83,13 +85,21 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str) -> in
             redis = EmbeddedRedis().start()
             redis_url = redis.url
             print(f"  redis       {redis_url} (embedded redis-server)")
+        if bus == "kafka":
+            kafka = EmbeddedKafka().start()
+            bus_url = kafka.fast_url
+            print(f"  kafka       {kafka.url} (bundled Kafka-compatible broker, memory storage)")
+        else:
+            bus_url = redis_url
         env_d = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_REGION": region,
-                 "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"{base}/mcp"}
+                 "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
+                 "EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": bus_tools}
         dispatcher = _spawn([sys.executable, "-m", "dispatcher", "serve"], env_d, "dispatcher")
         if not _wait_ready(base, dispatcher, timeout=30):
             print(f"edgefleet dev: the dispatcher did not become ready; its log ({LOG_DIR}/dispatcher.log) ends with:\n{_tail('dispatcher')}", file=sys.stderr)
             return 1
         print(f"  dispatcher  {base}/mcp (region {region}, log {LOG_DIR}/dispatcher.log)")
+        print(f"  bus         {bus} ({bus_tools or 'no tools'} go over it)")
         env_a = {**env, "EDGEFLEET_DISPATCHER_URL": base}
         for name, agent_region in replicas:
             key = f"{name}@{agent_region}"
@@ -113,6 +123,8 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str) -> in
             stop_all([dispatcher])
         if redis is not None:
             redis.stop()
+        if kafka is not None:
+            kafka.stop()
         try:
             if json.loads(DEV_STATE.read_text()).get("pid") == os.getpid():
                 DEV_STATE.unlink()

@@ -24,7 +24,7 @@ def bus_fleet(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str)
     bus_url = redis_url if request.param == "redis" else request.getfixturevalue("kafka_url")
     fleet = Fleet(redis_url, redis_prefix, region="eu-west")
     try:
-        fleet.start_dispatcher(bus_url=bus_url, bus_tools="echo.*")
+        fleet.start_dispatcher(bus_url=bus_url, bus_tools="echo.*,trainer.*")
         yield fleet
     finally:
         fleet.stop()
@@ -56,12 +56,17 @@ async def call(session: aiohttp.ClientSession, url: str, request_id: int, tool: 
 async def test_bus_calls_return_results_and_progress(bus_fleet: Fleet) -> None:
     bus_fleet.start_agent("agents.echo", "eu-west", bus_visibility_s=2)
     bus_fleet.start_agent("agents.trainer", "eu-west", bus_visibility_s=2)
+    bus_fleet.start_agent("agents.text", "eu-west")
     async with aiohttp.ClientSession() as session:
         answer, route, _ = await call(session, bus_fleet.mcp_url, 1, "echo.echo", {"text": "over the bus"})
         assert answer["result"]["content"][0]["text"] == "over the bus"
         assert "path=bus" in route
-        # A direct-path tool still goes direct on the same dispatcher.
+        # Progress of a bus call reaches the client as on the direct path.
         answer, route, raw = await call(session, bus_fleet.mcp_url, 2, "trainer.train", {"epochs": 3}, {"progressToken": "p1"})
+        assert "path=bus" in route and "error" not in answer and not answer["result"]["isError"]
+        assert raw.count(b"notifications/progress") == 3 and b'"progressToken":"p1"' in raw
+        # Tools not configured for the bus still go direct on the same dispatcher.
+        answer, route, _ = await call(session, bus_fleet.mcp_url, 3, "text.stats", {"text": "one two"})
         assert "path=bus" not in route and "error" not in answer
 
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dispatcher.embedded_redis import free_port
 
 
@@ -26,11 +28,13 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def test_dev_fleet_serves_and_stops_without_orphans(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bus", ["redis", "kafka"])
+def test_dev_fleet_serves_and_stops_without_orphans(tmp_path: Path, bus: str) -> None:
+    """trainer.* goes over the bus in dev: its progress must reach the CLI on both buses."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     dev = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "dev", "--port", str(port), "--agents", "text@eu-west,trainer@us-east"],
+        [sys.executable, "-m", "dispatcher", "dev", "--port", str(port), "--agents", "text@eu-west,trainer@us-east", "--bus", bus],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -44,7 +48,7 @@ def test_dev_fleet_serves_and_stops_without_orphans(tmp_path: Path) -> None:
                 break
         assert any("is up" in line for line in seen), "".join(seen)
         children = _children(dev.pid)
-        assert len(children) >= 4  # redis, dispatcher, two agents
+        assert len(children) >= (5 if bus == "kafka" else 4)  # redis, [kafka,] dispatcher, two agents
         # The CLI finds the dev fleet through .edgefleet/dev.json in the working directory.
         call = subprocess.run([sys.executable, "-m", "dispatcher", "call", "text.stats", "text=one two three. four"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,16", help="comma-separated concurrent sessions (default 1,16)")
     bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
+    bench.add_argument("--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)")
+    bench.add_argument("--paths", default="direct,redis,kafka", help="fan-out bench: direct and/or buses (default direct,redis,kafka)")
 
     config = sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="as the README's configuration table")
@@ -103,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             module.agent.main(args.rest)
             return 0
         if args.command == "bench":
+            if args.fanout:
+                from dispatcher.bench_fanout import run_fanout_bench
+
+                return run_fanout_bench(sizes=[int(n) for n in args.fanout.split(",")], paths=args.paths.split(","),
+                                        rounds=max(1, args.rounds))
             from dispatcher.bench import run_bench
 
             return run_bench(concurrency=[int(c) for c in args.concurrency.split(",")], seconds=args.seconds, rounds=args.rounds)

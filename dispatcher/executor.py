@@ -59,6 +59,7 @@ class Executor:
         extra_headers: dict[str, str] | None = None,
         capture: bool = False,
         quiet: bool = False,
+        replicas: list[Replica] | None = None,
     ) -> tuple[bool, bytes] | None:
         """Forward ``body`` (already rewritten to the upstream name) and relay the reply.
 
@@ -74,7 +75,7 @@ class Executor:
         outcome = "error"
         replica: Replica | None = None
         try:
-            for replica in self.router.candidates(entry, order):
+            for replica in replicas if replicas is not None else self.router.candidates(entry, order):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))

@@ -193,12 +193,14 @@ class Fleet:
                 if replica.record.static and not replica.record.tools:
                     await self._refresh_static_tools(replica)
                 await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
-                replica.warm = True
                 if self.on_warm is not None:
                     try:
                         await self.on_warm(replica)
                     except Exception:  # noqa: BLE001 - warming our code is an optimisation, never a gate
                         log.exception("warm-up exercise against %s failed", replica.id)
+                # Warm and in the catalog in one step (no await between): whoever sees it
+                # routable in /v1/agents can call its tools.
+                replica.warm = True
                 log.info(
                     "replica %s (%s, %s) warm: %d connections in %.1f ms",
                     replica.id, replica.record.agent, replica.record.region,

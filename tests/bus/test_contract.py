@@ -142,8 +142,9 @@ async def test_listen_sees_only_what_comes_after(one: Bus) -> None:
     await one.publish(stream, b"old")
     found, position = await one.listen(stream, block_ms=100)
     assert [d.payload for d in found] == []
-    await one.publish(stream, b"new-1")
-    await one.publish(stream, b"new-2")
+    # Order is kept per key (Kafka: one partition per key), which is what replies rely on.
+    await one.publish(stream, b"new-1", key="task-1")
+    await one.publish(stream, b"new-2", key="task-1")
     seen: list[bytes] = []
     for _ in range(50):
         found, position = await one.listen(stream, block_ms=200, after=position)

@@ -84,3 +84,6 @@ class Bus(ABC):
     @abstractmethod
     async def expire(self, stream: str, seconds: int) -> None:
         """Let a private stream (a reply stream) disappear once unused for ``seconds``."""
+
+    async def drop(self, stream: str) -> None:  # noqa: B027 - optional hook
+        """Delete a private stream now (a dispatcher's reply stream when it stops)."""

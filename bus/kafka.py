@@ -115,6 +115,7 @@ class KafkaBus(Bus):
         self.listeners: dict[str, aiokafka.AIOKafkaConsumer] = {}
         self.topics: set[str] = set()
         self._lock = asyncio.Lock()
+        self._producer_lock = asyncio.Lock()
 
     async def _guard(self, awaitable: Any) -> Any:
         try:
@@ -135,7 +136,11 @@ class KafkaBus(Bus):
             raise BusUnavailable(f"Kafka bus at {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _producer(self) -> aiokafka.AIOKafkaProducer:
-        if self.producer is None:
+        if self.producer is not None:
+            return self.producer
+        async with self._producer_lock:  # concurrent first publishes must share ONE producer
+            if self.producer is not None:
+                return self.producer
             producer = aiokafka.AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, linger_ms=0, acks="all", enable_idempotence=False,
                 request_timeout_ms=int(self.timeout_s * 1000),
@@ -285,6 +290,17 @@ class KafkaBus(Bus):
         return out, out[-1].id if out else (after or "latest")
 
     async def expire(self, stream: str, seconds: int) -> None:
-        # Topics are bounded by retention; deleting a private reply topic is left to the
-        # operator's retention policy (the broker here cannot delete records anyway).
+        # Topics are bounded by retention; a private reply topic is deleted by ``drop`` when
+        # its dispatcher stops (one that dies keeps it until an operator's cleanup).
         return None
+
+    async def drop(self, stream: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
+        try:
+            await self._guard(admin.start())
+            await self._guard(admin.delete_topics([stream]))
+        except (aiokafka.errors.KafkaError, BusUnavailable):
+            pass  # some brokers (the bundled one) cannot delete; retention bounds it anyway
+        finally:
+            await admin.close()
+        self.topics.discard(stream)

@@ -111,6 +111,9 @@ class RedisStreamsBus(Bus):
     async def expire(self, stream: str, seconds: int) -> None:
         await self._run(self.redis.expire(stream, seconds))
 
+    async def drop(self, stream: str) -> None:
+        await self._run(self.redis.delete(stream))
+
 
 def _delivery(stream: str, entry_id: Any, fields: dict[bytes, bytes], *, deliveries: int = 1) -> Delivery:
     entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

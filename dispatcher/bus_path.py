@@ -26,7 +26,7 @@ import bus
 from dispatcher import jsonrpc
 from shared.constants import BusNames
 from shared.envelope import CallEnvelope, CancelRequest, Reply
-from shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, UpstreamTimeout
+from shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from dispatcher.catalog import ToolEntry
@@ -40,6 +40,9 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 JSON_HEADERS = [(b"content-type", b"application/json")]
 # Reply streams of dispatcher instances that went away disappear after this long unused.
 REPLY_STREAM_TTL_S = 3600
+# How long the bus may be unreachable before waiting calls are answered with an error
+# (a blip shorter than this loses nothing: replies wait in the stream).
+OUTAGE_GRACE_S = 2.0
 
 
 class BusPath:
@@ -70,11 +73,14 @@ class BusPath:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.bus.drop(self.reply_stream)
         await self.bus.close()
 
     async def _listen_loop(self) -> None:
         position: str | None = None
         last_expire = last_ping = 0.0
+        down_since: float | None = None
         while True:
             try:
                 if time.monotonic() - last_ping >= 1.0:
@@ -86,23 +92,21 @@ class BusPath:
                 if not self.connected:
                     log.info("bus reachable again")
                 self.connected = True
-            except BusUnavailable as exc:
-                was_connected, self.connected = self.connected, False
-                if was_connected:
-                    log.error("bus unreachable: %s", exc.message)
-                    self._fail_waiters(exc)
-                    position = None
+                down_since = None
+            except Exception as exc:  # noqa: BLE001 - this loop dying would silently stall every bus call
+                cause = exc if isinstance(exc, BusUnavailable) else BusUnavailable(f"the reply listener failed: {exc!r}")
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    log.error("bus unreachable: %s", cause.message, exc_info=not isinstance(exc, BusUnavailable))
+                if self.connected and now - down_since >= OUTAGE_GRACE_S:
+                    # Past a blip: answer the waiting calls, refuse new ones, rebuild the client.
+                    self.connected = False
+                    self._fail_waiters(cause)
                     try:
                         await self.bus.reset()
                     except Exception:  # noqa: BLE001 - whatever the dead client says, we rebuild it
                         log.exception("resetting the bus client failed")
-                await asyncio.sleep(0.5)
-                continue
-            except Exception:  # noqa: BLE001 - this loop dying would silently stall every bus call
-                log.exception("reply listener failed; restarting it")
-                self.connected = False
-                self._fail_waiters(BusUnavailable("the reply listener failed"))
-                position = None
                 await asyncio.sleep(0.5)
                 continue
             for delivery in found:
@@ -169,7 +173,12 @@ class BusPath:
         route = f"region={region}; path=bus; task={task_id}".encode()
         try:
             headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
-            await self.bus.publish(self.names.calls(entry.agent, region), envelope.dumps(), headers, key=task_id)
+            try:
+                await self.bus.publish(self.names.calls(entry.agent, region), envelope.dumps(), headers, key=task_id)
+            except EdgefleetError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker, Redis OOM
+                raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
             async with asyncio.timeout(timeout_s):
                 while True:
                     reply = await waiter.get()

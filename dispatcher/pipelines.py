@@ -14,6 +14,7 @@ JSON type); ``${path}`` inside a longer string is interpolated as text. Paths st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Failures no retry can fix: the call was refused before any agent ran it.
 PERMANENT_CODES = frozenset({-32602, -32601, -31404})
+# Compensations still running for pipelines whose caller went away.
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 class RetryPolicy(BaseModel):
@@ -193,6 +196,16 @@ async def run(
                 first = next(e for e in trace if e["status"] == "failed")
                 failed = {"step": first["name"], "tool": first["tool"], "error": first.get("error")}
                 break
+    except BaseException:
+        # Cancelled (the client went away) or a bug: what completed is still undone, and
+        # nobody can wait for that, so the compensations run on their own (shielded).
+        if completed:
+            undo = asyncio.ensure_future(_compensate(invoker, list(completed), context, order))
+            _BACKGROUND.add(undo)  # keep it alive after we are gone
+            undo.add_done_callback(_BACKGROUND.discard)
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(undo)
+        raise
     finally:
         # Steps never started are part of the trace too, so the picture is complete.
         seen = {t["name"] for t in trace}
@@ -268,7 +281,9 @@ async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str
             item.update(status="failed", error={"message": f"argument mapping: no value at {exc.args[0]}"})
             done.append(item)
             continue
-        outcome = await invoker.call(step.compensate.tool, arguments, order=order, timeout_s=step.compensate.timeout_s)
+        # The undo goes where the step ran (a step pinned to a region is undone there).
+        outcome = await invoker.call(step.compensate.tool, arguments, order=invoker.order_for(order, step.region),
+                                     timeout_s=step.compensate.timeout_s)
         item.update(status="completed" if outcome.ok else "failed", duration_ms=round(outcome.duration_ms, 3))
         if not outcome.ok:
             item["error"] = outcome.error or _tool_error(outcome)

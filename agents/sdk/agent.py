@@ -204,8 +204,14 @@ class Agent:
         check_environment()
         overrides = {k: v for k, v in {"region": args.region, "host": args.host, "port": args.port, "dispatcher_url": args.dispatcher}.items() if v is not None}
         settings = AgentSettings(**overrides)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # force: the MCP SDK's MCPServer already configured the root logger (INFO, bare
+        # messages) when the agent was constructed; without it our level would be ignored.
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
+        for handler in logging.getLogger().handlers:
+            # The dispatcher exercises its path with calls of a nonexistent tool before
+            # routing here (dispatcher/warmup.py); the SDK would log each as a failure.
+            handler.addFilter(lambda record: "edgefleet-warm-up-" not in record.getMessage())
         try:
             import uvloop
 

@@ -73,80 +73,95 @@ class BusWorker:
         self.handled = 0
         self.ready = False  # receiving work (reported in heartbeats; the dispatcher prefers ready replicas)
         self._cancelled: set[str] = set()  # task ids the dispatcher cancelled (acked, never rerun)
+        self._intake: asyncio.Task[None] | None = None
+        self._pending_acks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
+        self._intake = asyncio.create_task(self._intake_loop(), name="bus-intake")
         self._tasks = [
-            asyncio.create_task(self._consume_loop(), name="bus-consume"),
-            asyncio.create_task(self._reclaim_loop(), name="bus-reclaim"),
             asyncio.create_task(self._touch_loop(), name="bus-touch"),
             asyncio.create_task(self._cancel_loop(), name="bus-cancel"),
         ]
 
     async def aclose(self, drain_s: float = 10.0) -> None:
-        """Stop taking work, give running calls ``drain_s`` to finish; unfinished ones are
-        left unacked, so the bus hands them to another replica."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop taking work, give running calls ``drain_s`` to finish (still touched and
+        still cancellable meanwhile); unfinished ones are left unacked, so the bus hands
+        them to another replica."""
+        if self._intake is not None:
+            self._intake.cancel()
+            await asyncio.gather(self._intake, return_exceptions=True)
         running = [task for _, task in self.running.values()]
         if running:
             _done, pending = await asyncio.wait(running, timeout=drain_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._http.aclose()
 
     # -- loops -------------------------------------------------------------------------
-    async def _consume_loop(self) -> None:
+    async def _intake_loop(self) -> None:
+        """New work and work taken over from dead replicas, in ONE loop so the in-flight
+        bound holds (two loops each counting free slots could overshoot it)."""
         backoff = 0.2
-        ready = False
-        last_ping = time.monotonic()
+        joined = False
+        last_ping = last_reclaim = time.monotonic()
         while True:
             try:
-                if time.monotonic() - last_ping >= 2.0:
+                now = time.monotonic()
+                if now - last_ping >= 2.0:
                     await self.bus.ping()  # consuming alone does not notice a Kafka broker going away
-                    last_ping = time.monotonic()
-                if not ready:
+                    last_ping = now
+                if not joined:
                     await self.bus.ensure_group(self.stream, self.group)
-                    ready = True
+                    joined = True
                 free = self.max_inflight - len(self.running)
                 if free <= 0:
                     self._slot.clear()
                     await self._slot.wait()
                     continue
+                if now - last_reclaim >= self.visibility_s / 2:
+                    last_reclaim = now
+                    for delivery in await self.bus.reclaim(
+                        self.stream, self.group, self.replica_id, idle_ms=int(self.visibility_s * 1000), count=free
+                    ):
+                        log.info("took over call %s left pending by another replica (delivery %d)", delivery.id, delivery.deliveries)
+                        self._spawn(delivery)
+                    free = self.max_inflight - len(self.running)
+                    if free <= 0:
+                        continue
                 for delivery in await self.bus.consume(self.stream, self.group, self.replica_id, count=free, block_ms=1000):
                     self._spawn(delivery)
                 if not self.ready and await self.bus.ready(self.stream, self.group, self.replica_id):
                     self.ready = True
                     log.info("bus consumer for %s ready", self.stream)
                 backoff = 0.2
-            except BusUnavailable as exc:
-                log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)
-                if ready:
-                    ready = self.ready = False
-                    await self.bus.reset()  # rebuilt (group joined again) once the bus is back
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this loop dying would silently stop the replica's bus work
+                if isinstance(exc, BusUnavailable):
+                    log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)
+                else:
+                    log.exception("bus intake failed; rejoining in %.1f s", backoff)
+                if joined:
+                    joined = self.ready = False
+                    with contextlib.suppress(Exception):
+                        await self.bus.reset()  # rebuilt (group joined again, NOGROUP healed) when possible
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-
-    async def _reclaim_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.visibility_s / 2)
-            free = self.max_inflight - len(self.running)
-            if free <= 0:
-                continue
-            try:
-                for delivery in await self.bus.reclaim(self.stream, self.group, self.replica_id, idle_ms=int(self.visibility_s * 1000), count=free):
-                    log.info("took over call %s left pending by another replica (delivery %d)", delivery.id, delivery.deliveries)
-                    self._spawn(delivery)
-            except BusUnavailable:
-                continue
 
     async def _touch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.visibility_s / 3)
             for delivery, _ in list(self.running.values()):
-                with contextlib.suppress(BusUnavailable):
+                try:
                     await self.bus.touch(delivery, self.group, self.replica_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. NOGROUP after a Redis restart: keep touching the rest
+                    log.debug("touch of %s failed: %s", delivery.id, exc)
 
     async def _cancel_loop(self) -> None:
         position: str | None = None
@@ -154,7 +169,9 @@ class BusWorker:
         while True:
             try:
                 found, position = await self.bus.listen(stream, block_ms=1000, after=position)
-            except BusUnavailable:
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - bus down or confused: keep listening
                 await asyncio.sleep(1.0)
                 continue
             for delivery in found:
@@ -172,38 +189,61 @@ class BusWorker:
             envelope = CallEnvelope.model_validate_json(delivery.payload)
         except ValidationError as exc:
             log.error("dropping malformed bus entry %s: %s", delivery.id, exc.errors()[:1])
-            asyncio.create_task(self._ack(delivery))
+            self._background(self._ack(delivery))
             return
         if envelope.task_id in self.running:
             return  # already working on it (a redelivery of our own call)
         task = asyncio.create_task(self._handle(delivery, envelope), name=f"bus-call-{envelope.task_id}")
         self.running[envelope.task_id] = (delivery, task)
+        log.debug("bus call %s started (%s)", envelope.task_id, envelope.tool)
+        # Bookkeeping in a done-callback: it runs even if the task is cancelled before it
+        # ever started (a cancel can arrive in the same loop tick as the call).
+        task.add_done_callback(lambda t: self._finished(envelope.task_id, delivery, t))
+
+    def _finished(self, task_id: str, delivery: Delivery, task: asyncio.Task[None]) -> None:
+        self.running.pop(task_id, None)
+        self._slot.set()
+        if task.cancelled() and task_id in self._cancelled:
+            # Cancelled by the dispatcher: nobody waits for it; never run it again.
+            self._cancelled.discard(task_id)
+            self._background(self._ack(delivery))
+        # Cancelled by shutdown: left unacked, another replica takes it over.
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._pending_acks.add(task)
+        task.add_done_callback(self._pending_acks.discard)
 
     async def _handle(self, delivery: Delivery, envelope: CallEnvelope) -> None:
         started = time.monotonic()
-        try:
-            remaining = envelope.remaining_s()
-            if remaining <= 0:
-                await self._reply(envelope, Reply(task_id=envelope.task_id, kind="error", error=DEADLINE_EXCEEDED))
-            else:
-                outcome = await self._run(envelope, remaining)
-                outcome.replica, outcome.region = self.replica_id, self.region
-                outcome.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        remaining = envelope.remaining_s()
+        if remaining <= 0:
+            outcome = Reply(task_id=envelope.task_id, kind="error", error=DEADLINE_EXCEEDED)
+        else:
+            outcome = await self._run(envelope, remaining)
+            outcome.replica, outcome.region = self.replica_id, self.region
+            outcome.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        await self._publish_result(envelope, outcome)
+        # Acked whether or not the result got out: the work is done, and running it again
+        # cannot help a caller the dispatcher has already answered (bus_unavailable or a
+        # timeout). Not acking would leave a hole in a Kafka partition's commits.
+        await self._ack(delivery)
+        self.handled += 1
+        log.debug("bus call %s finished", envelope.task_id)
+
+    async def _publish_result(self, envelope: CallEnvelope, outcome: Reply) -> None:
+        """Publish the result, retrying through short bus outages until the call's deadline."""
+        backoff = 0.1
+        while True:
+            try:
                 await self._reply(envelope, outcome)
-            await self._ack(delivery)
-            self.handled += 1
-        except asyncio.CancelledError:
-            # Cancelled by the dispatcher: nobody waits for a result; drop the work for good.
-            # Shut down: leave it unacked so another replica runs it.
-            if envelope.task_id in self._cancelled:
-                self._cancelled.discard(envelope.task_id)
-                await self._ack(delivery)
-            raise
-        except BusUnavailable as exc:
-            log.warning("call %s finished but its result could not be published (%s); it will run again elsewhere", envelope.task_id, exc.message)
-        finally:
-            self.running.pop(envelope.task_id, None)
-            self._slot.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - BusUnavailable, or a broker refusing the message
+                if envelope.remaining_s() <= 0 or not isinstance(exc, BusUnavailable):
+                    log.warning("result of call %s could not be published: %s", envelope.task_id, exc)
+                    return
+                await asyncio.sleep(min(backoff, max(0.0, envelope.remaining_s())))
+                backoff = min(backoff * 2, 2.0)
 
     async def _run(self, envelope: CallEnvelope, remaining: float) -> Reply:
         meta = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}, **envelope.meta}
@@ -223,7 +263,9 @@ class BusWorker:
                     if resp.headers.get("content-type", "").startswith("text/event-stream"):
                         async for message in _sse_messages(resp):
                             if "method" in message:
-                                await self._reply(envelope, Reply(task_id=envelope.task_id, kind="progress", notification=message))
+                                # Best effort: a lost progress update must not abort the call.
+                                with contextlib.suppress(Exception):
+                                    await self._reply(envelope, Reply(task_id=envelope.task_id, kind="progress", notification=message))
                             elif "result" in message or "error" in message:
                                 return _outcome(envelope.task_id, message)
                         return Reply(task_id=envelope.task_id, kind="error", error={"code": -31002, "message": "the agent ended its stream without a result"})
@@ -237,8 +279,10 @@ class BusWorker:
         await self.bus.publish(envelope.reply_to, reply.dumps(), {"task-id": envelope.task_id}, key=envelope.task_id)
 
     async def _ack(self, delivery: Delivery) -> None:
-        with contextlib.suppress(BusUnavailable):
+        try:
             await self.bus.ack(delivery, self.group)
+        except Exception as exc:  # noqa: BLE001 - an unacked entry is delivered again: harmless, dispatcher dedupes
+            log.debug("ack of %s failed: %s", delivery.id, exc)
 
     def cancel(self, task_id: str) -> None:
         work = self.running.get(task_id)

@@ -5,6 +5,7 @@ or duplicated when a replica is killed with -9 mid-work."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -71,19 +72,31 @@ async def test_bus_calls_return_results_and_progress(bus_fleet: Fleet) -> None:
 
 
 async def test_no_call_lost_or_duplicated_when_a_replica_dies_mid_work(bus_fleet: Fleet) -> None:
-    victim = bus_fleet.start_agent("agents.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32)
+    # The victim logs each bus call it starts and finishes (debug), so we can prove it died
+    # with work in hand - work that must then complete elsewhere, exactly once for the client.
+    victim = bus_fleet.start_agent("agents.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32, log_level="debug")
     bus_fleet.start_agent("agents.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32)
     n = 500
     connector = aiohttp.TCPConnector(limit=n)
     async with aiohttp.ClientSession(connector=connector) as session:
-        calls = [asyncio.create_task(call(session, bus_fleet.mcp_url, i, "echo.wait", {"seconds": 0.2})) for i in range(n)]
-        await asyncio.sleep(1.5)
+        calls = [asyncio.create_task(call(session, bus_fleet.mcp_url, i, "echo.wait", {"seconds": 0.3})) for i in range(n)]
+        deadline = time.monotonic() + 30
+        while victim.output().count("started (wait)") < 40 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         victim.kill9()
+        log = victim.output()
+        started = set(re.findall(r"bus call (\w+) started", log))
+        finished = set(re.findall(r"bus call (\w+) finished", log))
+        in_hand = started - finished
         results = await asyncio.gather(*calls)
+    assert in_hand, "the victim must die with calls in progress for this test to mean anything\n" + log[-1500:]
     answers = [a for a, _, _ in results]
     failed = [a for a in answers if "error" in a or a["result"].get("isError")]
     assert failed == [], failed[:3]
     assert sorted(a["id"] for a in answers) == list(range(n))
+    # Calls the victim had in hand were finished by the survivor.
+    survivors = {a["result"]["structuredContent"]["url"] for a in answers}
+    assert len(survivors) == 2
 
 
 @pytest.mark.parametrize("backend", ["redis", "kafka"])

@@ -157,6 +157,8 @@ class AgentSettings(BaseSettings):
     port: int = Field(0, ge=0, le=65535, description="Port of the agent (0: pick a free one).")
     public_url: str | None = Field(None, description="MCP URL the dispatcher uses to reach this replica.")
     heartbeat_s: float = Field(1.0, gt=0, description="Heartbeat interval.")
+    drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM: keep serving this long after leaving the fleet (routing catches up).")
+    drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM: longest wait for in-flight calls to finish.")
     bus_url: str | None = Field(None, description="Bus URL override (default: the one the dispatcher hands out at registration).")
     bus_max_inflight: int = Field(16, ge=1, le=4096, description="Bus calls one replica runs at once (backpressure).")
     bus_visibility_s: float = Field(15.0, gt=0, description="A bus call pending this long on a dead replica goes to another.")

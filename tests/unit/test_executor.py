@@ -22,6 +22,7 @@ from shared.models import ReplicaRecord
 from shared.settings import DispatcherSettings
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+RECEIVED: list[bytes] = []  # request bodies the scripted servers got
 
 PROGRESS = b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
 RESULT = b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}\r\n\r\n'
@@ -29,7 +30,7 @@ JSON_RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","tex
 
 
 def sse_head() -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:
@@ -47,7 +48,7 @@ async def serve(script: Script) -> tuple[asyncio.AbstractServer, str]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
-            await reader.readexactly(length)
+            RECEIVED.append(await reader.readexactly(length))
             await script(writer)
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -69,11 +70,11 @@ class Harness:
         self.executor = Executor(self.fleet, self.router)
         self.servers: list[asyncio.AbstractServer] = []
 
-    async def replica(self, script: Script, region: str) -> Replica:
+    async def replica(self, script: Script, region: str, era: str = "modern") -> Replica:
         server, url = await serve(script)
         self.servers.append(server)
         record = ReplicaRecord(replica_id=f"a-{region}", agent="a", region=region, url=url, tools=[{"name": "t"}])
-        return Replica(record=record, client=ReplicaClient(self.pool, url, era="modern"), breaker=CircuitBreaker(self.fleet.breaker_policy),
+        return Replica(record=record, client=ReplicaClient(self.pool, url, era=era), breaker=CircuitBreaker(self.fleet.breaker_policy),
                        warm=True, tool_names=frozenset({"t"}))
 
     async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -194,3 +195,25 @@ async def test_deadline_on_a_started_stream_ends_it_with_a_timeout_error(harness
     sent = await harness.call([a], idempotent=True, timeout_s=0.5)
     (answer,) = responses(body_of(sent))
     assert answer["error"]["code"] == -31003
+
+
+async def test_a_shared_legacy_upstream_session_gets_unique_ids_mapped_back(harness: Harness) -> None:
+    """Clients' ids collide on our one session with a 2025-era server: we send our own."""
+
+    async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
+        upstream_id = orjson.loads(RECEIVED[-1])["id"]
+        progress = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
+        result = b'data: ' + orjson.dumps({"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}) + b"\r\n\r\n"
+        writer.write(sse_head() + chunk(progress) + chunk(result) + b"0\r\n\r\n")
+        await writer.drain()
+
+    RECEIVED.clear()
+    legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
+    legacy.client.legacy_session = "s-1"  # as after initialize
+    first = await harness.call([legacy], idempotent=False)
+    second = await harness.call([legacy], idempotent=False)
+    sent_ids = [orjson.loads(body)["id"] for body in RECEIVED]
+    assert len(set(sent_ids)) == 2 and all(str(i).startswith("edgefleet-") for i in sent_ids)
+    for sent in (first, second):
+        (answer,) = responses(body_of(sent))
+        assert answer["id"] == 1 and "result" in answer

@@ -106,7 +106,7 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
     cancelled = sum(1 for r in results if r["status"] == "cancelled")
     satisfied = succeeded >= need
     summary = {
-        "strategy": strategy if strategy != "quorum" else f"quorum:{need}",
+        "strategy": strategy,  # all | first | quorum:k, as asked
         "satisfied": satisfied,
         "succeeded": succeeded,
         "failed": failed,

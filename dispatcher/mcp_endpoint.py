@@ -330,60 +330,50 @@ class MCPEndpoint:
                 meta.setdefault(META_CLIENT_INFO, session.client_info)
             meta.setdefault(META_LOG_LEVEL, session.log_level or DEFAULT_LEGACY_LOG_LEVEL)
             upstream_params["_meta"] = meta
-        body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": "tools/call", "params": upstream_params})
         try:
             order = self.router.order(peer, headers, self.fleet.regions)
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
-        if entry.handler is not None:
+        timeout_s = self._timeout(headers)
+        invoke: Callable[[], Awaitable[None]]
+        if entry.handler is not None:  # the dispatcher's own tools (fan-out, pipelines)
             handler = entry.handler
-            timeout_s = self._timeout(headers)
 
-            async def invoke_builtin() -> None:
+            async def invoke() -> None:
                 result = await handler(arguments, order=order, timeout_s=timeout_s)
                 if modern:
                     result = {**result, "resultType": "complete"}
                 await respond(send, 200, jsonrpc.result_body(message.id, result))
 
-            if modern and receive is not None:
-                await self._call_cancellable_by_disconnect(entry, message.id, invoke_builtin, send, receive)
-            else:
-                assert session is not None
-                await self._call_cancellable_by_notification(message.id, invoke_builtin, send, session)
-            return
-        if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
+        elif entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
             bus_path = self.bus_path
 
-            async def invoke_bus() -> None:
-                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=self._timeout(headers),
+            async def invoke() -> None:
+                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=timeout_s,
                                     traceparent=headers.get("traceparent"))
 
-            if modern and receive is not None:
-                await self._call_cancellable_by_disconnect(entry, message.id, invoke_bus, send, receive)
-            else:
-                assert session is not None
-                await self._call_cancellable_by_notification(message.id, invoke_bus, send, session)
-            return
-        # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
-        cacheable = entry.cache_ttl_s and self.cache.enabled and not order.only
-        cache_key = self.cache.key(entry.public_name, arguments) if cacheable else None
-        if cache_key is not None:
-            cached = self.cache.get(cache_key)
-            if cached is not None:
-                answer = b'{"jsonrpc":"2.0","id":' + orjson.dumps(message.id) + b',"result":' + cached + b"}"
-                await respond(send, 200, answer, headers=[(HEADER_ROUTE.encode(), b"cache=hit")])
-                return
+        else:
+            # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
+            cacheable = entry.cache_ttl_s and self.cache.enabled and not order.only
+            cache_key = self.cache.key(entry.public_name, arguments) if cacheable else None
+            if cache_key is not None:
+                cached = self.cache.get(cache_key)
+                if cached is not None:
+                    answer = b'{"jsonrpc":"2.0","id":' + orjson.dumps(message.id) + b',"result":' + cached + b"}"
+                    await respond(send, 200, answer, headers=[(HEADER_ROUTE.encode(), b"cache=hit")])
+                    return
+            body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": "tools/call", "params": upstream_params})
 
-        async def invoke() -> None:
-            captured = await self.executor.call(
-                entry, message.id, body, send,
-                order=order, timeout_s=self._timeout(headers), extra_headers=extra_headers, capture=cache_key is not None,
-            )
-            if captured is not None and cache_key is not None:
-                result = final_result(captured[1], sse=captured[0])
-                if result is not None:
-                    self.cache.put(cache_key, entry.cache_ttl_s, result)
+            async def invoke() -> None:
+                captured = await self.executor.call(
+                    entry, message.id, body, send,
+                    order=order, timeout_s=timeout_s, extra_headers=extra_headers, capture=cache_key is not None,
+                )
+                if captured is not None and cache_key is not None:
+                    result = final_result(captured[1], sse=captured[0])
+                    if result is not None:
+                        self.cache.put(cache_key, entry.cache_ttl_s, result)
 
         if modern and receive is not None:
             await self._call_cancellable_by_disconnect(entry, message.id, invoke, send, receive)

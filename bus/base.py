@@ -30,6 +30,16 @@ class Delivery:
     deliveries: int = 1  # how many times this entry has been handed out (1 = first time)
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A consumer group's backlog on one stream: ``lag`` entries not yet delivered to any
+    consumer, ``pending`` delivered and not yet acknowledged (None: the backend cannot
+    tell them apart; Kafka's committed offset counts both in ``lag``)."""
+
+    lag: int
+    pending: int | None
+
+
 class Bus(ABC):
     """One connection to a bus server (or the in-process memory bus)."""
 
@@ -84,6 +94,10 @@ class Bus(ABC):
     @abstractmethod
     async def expire(self, stream: str, seconds: int) -> None:
         """Let a private stream (a reply stream) disappear once unused for ``seconds``."""
+
+    async def backlog(self, stream: str, group: str) -> Backlog | None:
+        """The group's backlog on ``stream`` (None: no such stream or group yet)."""
+        return None
 
     async def drop(self, stream: str) -> None:  # noqa: B027 - optional hook
         """Delete a private stream now (a dispatcher's reply stream when it stops)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,7 +27,7 @@ import aiokafka.errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from bus.base import Bus, Delivery
+from bus.base import Backlog, Bus, Delivery
 from shared.errors import BusUnavailable
 
 # Errors that mean "the broker cannot be reached or did not answer".
@@ -114,6 +115,10 @@ class KafkaBus(Bus):
         self.groups: dict[tuple[str, str, str], _Group] = {}
         self.listeners: dict[str, aiokafka.AIOKafkaConsumer] = {}
         self.topics: set[str] = set()
+        # For backlog(): one admin client (committed offsets) and one group-less consumer
+        # (end offsets), opened on first use; sampled every few seconds, never per call.
+        self._admin: AIOKafkaAdminClient | None = None
+        self._offsets: aiokafka.AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._producer_lock = asyncio.Lock()
 
@@ -162,6 +167,13 @@ class KafkaBus(Bus):
         if self.producer is not None:
             clients.append(self.producer)
             self.producer = None
+        if self._offsets is not None:
+            clients.append(self._offsets)
+            self._offsets = None
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+            self._admin = None
         for client in clients:
             await self._stop_quietly(client)
 
@@ -288,6 +300,31 @@ class KafkaBus(Bus):
             for tp, records in batches.items() for r in records
         ]
         return out, out[-1].id if out else (after or "latest")
+
+    async def backlog(self, stream: str, group: str) -> Backlog | None:
+        if self._admin is None or self._offsets is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
+            offsets = aiokafka.AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            try:
+                await self._guard(admin.start())
+                await self._guard(offsets.start())
+            except BusUnavailable:
+                await self._stop_quietly(offsets)
+                await admin.close()
+                raise
+            self._admin, self._offsets = admin, offsets
+        partitions = self._offsets.partitions_for_topic(stream)
+        if not partitions:
+            await self._guard(self._offsets._client.force_metadata_update())  # a topic created since we last looked
+            partitions = self._offsets.partitions_for_topic(stream)
+            if not partitions:
+                return None
+        tps = [TopicPartition(stream, p) for p in partitions]
+        committed = await self._guard(self._admin.list_consumer_group_offsets(group, partitions=tps))
+        ends = await self._guard(self._offsets.end_offsets(tps))
+        # A partition the group never committed on has everything still to do (from the start).
+        lag = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)) for tp in tps)
+        return Backlog(lag=lag, pending=None)
 
     async def expire(self, stream: str, seconds: int) -> None:
         # Topics are bounded by retention; a private reply topic is deleted by ``drop`` when

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bus.base import Bus, Delivery
+from bus.base import Backlog, Bus, Delivery
 
 
 @dataclass
@@ -55,6 +55,13 @@ class MemoryBus(Bus):
 
     async def ensure_group(self, stream: str, group: str) -> None:
         self._stream(stream).groups.setdefault(group, _Group())
+
+    async def backlog(self, stream: str, group: str) -> Backlog | None:
+        s = self.streams.get(stream)
+        g = s.groups.get(group) if s is not None else None
+        if s is None or g is None:
+            return None
+        return Backlog(lag=len(s.entries) - g.next_index, pending=len(g.pending))
 
     async def consume(self, stream: str, group: str, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
         s = self._stream(stream)

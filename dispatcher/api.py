@@ -12,12 +12,13 @@ from fastapi.responses import JSONResponse, Response
 
 from dispatcher.admission import admit
 from dispatcher.fleet import Fleet
+from dispatcher.metrics import CONTENT_TYPE, Metrics
 from dispatcher.naming import public_name
 from shared.errors import EdgefleetError, NotFound, RegistrationError, Unauthorized
 from shared.models import Heartbeat, RegisterRequest
 
 
-def build_api(fleet: Fleet, token: str, lifespan: Any) -> FastAPI:
+def build_api(fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
     @api.exception_handler(EdgefleetError)
@@ -41,6 +42,11 @@ def build_api(fleet: Fleet, token: str, lifespan: Any) -> FastAPI:
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        # Unauthenticated like the probes: scrapers sit on the cluster network (see README).
+        return Response(metrics.exposition() if metrics is not None else b"", media_type=CONTENT_TYPE)
 
     @api.get("/readyz")
     async def readyz() -> Response:

@@ -24,10 +24,12 @@ from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.mcp_endpoint import MCPEndpoint
+from dispatcher.metrics import Metrics
 from dispatcher.result_cache import ResultCache
 from dispatcher.router import Router
 from dispatcher.sessions import SessionStore
 from dispatcher.upstream import UpstreamPool
+from shared import telemetry
 from shared.constants import RedisKeys
 from shared.errors import ConfigError, EdgefleetError
 from shared.settings import DispatcherSettings
@@ -44,6 +46,9 @@ class Dispatcher:
         if not settings.fleet_token.get_secret_value():
             raise ConfigError("EDGEFLEET_FLEET_TOKEN is required: agents present it to register.")
         self.settings = settings
+        # Process-wide and idempotent: `edgefleet serve` has already done it (OTEL_* env).
+        telemetry.configure("edgefleet-dispatcher", deployment_environment=None, cloud_region=settings.region)
+        self.metrics = Metrics()
         config = static_config.load(settings.config_file) if settings.config_file else static_config.StaticConfig()
         self.static_agents = config.static_agents()
         # GeoIP readers and the region table open here, before the first call.
@@ -58,14 +63,18 @@ class Dispatcher:
         self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
         self.executor = Executor(self.fleet, self.router)
         self.bus_path = BusPath(settings) if settings.bus_url else None
+        if self.bus_path is not None:
+            self.bus_path.metrics = self.metrics
+            self.bus_path.streams = lambda: {(r.record.agent, r.record.region) for r in self.fleet.replicas.values() if r.record.bus}
         self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
-        self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path)
+        self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path, self.metrics)
         self.fleet.builtins = [builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker))]
         for name, spec in config.pipelines.items():
             self.fleet.builtins.append(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
         self.fleet.rebuild()
-        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path)
-        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan)
+        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics)
+        self.metrics.watch(self.fleet, self.pool, self.cache)
+        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in MCP_PATHS:
@@ -117,6 +126,7 @@ class Dispatcher:
         await self.pool.aclose()
         await self.redis.aclose()
         self.router.close()
+        telemetry.flush()
 
 
 def create_app(settings: DispatcherSettings | None = None) -> Dispatcher:

@@ -5,6 +5,10 @@ Self-contained by default: it starts an embedded Redis, a dispatcher and one ech
 as separate processes (as `edgefleet dev` does), then drives both paths with raw
 2026-07-28 POSTs over keep-alive connections (an SDK client would measure itself).
 Rounds alternate direct/dispatcher so drift on the machine hits both equally.
+
+Tracing overhead: a second dispatcher on the same Redis (so the same agent) exports every
+span over OTLP/HTTP to a span sink in its own process (``dispatcher.otlp_sink``); the
+"traced" rows are that dispatcher, in the same alternating rounds.
 """
 
 from __future__ import annotations
@@ -122,20 +126,36 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     raise RuntimeError(f"bench: {what} did not come up in {timeout} s")
 
 
-def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
-    token = "bench-" + os.urandom(6).hex()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+def _start_dispatcher(env: dict[str, str], redis_url: str, procs: list[subprocess.Popen[bytes]]) -> str:
     port = free_port()
+    # Default log level on purpose: the per-call log line is part of the measured cost.
+    d_env = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": str(port)}
+    procs.append(subprocess.Popen([sys.executable, "-m", "dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    base = f"http://127.0.0.1:{port}"
+    _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
+    return base
+
+
+def _start_sink(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
+    sink = subprocess.Popen([sys.executable, "-m", "dispatcher.otlp_sink", "--count-only", "--port", str(free_port())], env=env,
+                            preexec_fn=die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    procs.append(sink)
+    assert sink.stdout is not None
+    match = re.search(r"endpoint=(\S+)", sink.stdout.readline().decode())
+    if not match:
+        raise RuntimeError("bench: the OTLP span sink did not start")
+    return match.group(1)
+
+
+def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: bool = True, trace_ratio: float = 1.0) -> int:
+    token = "bench-" + os.urandom(6).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
+    env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
     procs: list[subprocess.Popen[bytes]] = []
     with EmbeddedRedis() as redis:
         try:
-            # Default log level on purpose: the per-call log line is part of the measured cost.
-            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port)}
-            procs.append(subprocess.Popen([sys.executable, "-m", "dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            base = f"http://127.0.0.1:{port}"
-            _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
+            base = _start_dispatcher(env, redis.url, procs)
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_LOG_LEVEL": "warning"}
             agent = subprocess.Popen([sys.executable, "-m", "agents.echo", "--port", "0"], env=a_env, preexec_fn=die_with_parent,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -146,24 +166,45 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int) -> int:
             if not match:
                 raise RuntimeError(f"bench: echo agent did not start: {line!r}")
             direct = match.group(1)
-            _wait(lambda: any(r["routable"] for a in httpx.get(base + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"] for r in a["replicas"]), 30, "echo agent registration")
+            def routable(url: str) -> bool:
+                agents = httpx.get(url + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"]
+                return any(r["routable"] for a in agents for r in a["replicas"])
+
+            _wait(lambda: routable(base), 30, "echo agent registration")
             # Before any load: the first call after start-up (dispatcher first, as a real first
             # caller would be; the agent's own first-call cost is then shown by "direct").
             first_via, next_via = asyncio.run(first_call(base + "/mcp", "echo.echo"))
             first_direct, next_direct = asyncio.run(first_call(direct, "echo"))
+            paths = {"direct": (direct, "echo"), "dispatcher": (base + "/mcp", "echo.echo")}
+            sink = None
+            if tracing:
+                sink = _start_sink(env, procs)
+                traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
+                if trace_ratio < 1.0:
+                    traced_env.update({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(trace_ratio)})
+                traced = _start_dispatcher(traced_env, redis.url, procs)
+                _wait(lambda: routable(traced), 30, "echo agent in the traced dispatcher")
+                paths["traced"] = (traced + "/mcp", "echo.echo")
             print(f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n")
             print(f"{'path':12} {'conc':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
             for conc in concurrency:
-                totals = {"direct": Result(), "dispatcher": Result()}
+                totals = {name: Result() for name in paths}
                 for _ in range(rounds):
-                    totals["direct"].merge(asyncio.run(drive(direct, "echo", conc, seconds)))
-                    totals["dispatcher"].merge(asyncio.run(drive(base + "/mcp", "echo.echo", conc, seconds)))
+                    for name, (url, tool) in paths.items():
+                        totals[name].merge(asyncio.run(drive(url, tool, conc, seconds)))
                 for name, res in totals.items():
                     print(f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}")
                 d, v = totals["direct"], totals["dispatcher"]
-
                 print(f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
-                      "(throughput via/direct; added p50/p99 ms)\n")
+                      "(throughput via/direct; added p50/p99 ms)")
+                if "traced" in totals:
+                    t = totals["traced"]
+                    print(f"{'tracing':12} {conc:>4} {t.rate / v.rate:>9.2f} {t.pct(0.5) - v.pct(0.5):>+8.2f} {t.pct(0.99) - v.pct(0.99):>+8.2f}   "
+                          "(throughput traced/untraced dispatcher; added p50/p99 ms)")
+                print()
+            if sink is not None:
+                time.sleep(1.0)  # the last batch (5 s schedule delay at most; most arrive sooner)
+                print(f"traced dispatcher: sampling {trace_ratio:g} of calls; spans received by the OTLP sink: {httpx.get(sink + '/count').text}")
             print("first call after start-up (one connection; p50 of the 50 calls that follow it):")
             print(f"  dispatcher {first_via:.2f} ms vs {next_via:.2f} ms = {first_via / next_via:.2f}x   "
                   f"(direct, after it: {first_direct:.2f} ms vs {next_direct:.2f} ms)")

@@ -16,24 +16,29 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 import bus
 from dispatcher import jsonrpc
+from shared import telemetry
 from shared.constants import BusNames
 from shared.envelope import CallEnvelope, CancelRequest, Reply
 from shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from dispatcher.catalog import ToolEntry
+    from dispatcher.metrics import Metrics
+    from dispatcher.observe import CallObservation
     from dispatcher.router import RouteOrder
     from shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.bus")
+_tracer = telemetry.tracer("edgefleet.dispatcher")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
@@ -43,6 +48,8 @@ REPLY_STREAM_TTL_S = 3600
 # How long the bus may be unreachable before waiting calls are answered with an error
 # (a blip shorter than this loses nothing: replies wait in the stream).
 OUTAGE_GRACE_S = 2.0
+# How often the backlog of each calls stream is read for /metrics.
+SAMPLE_EVERY_S = 5.0
 
 
 class BusPath:
@@ -50,13 +57,18 @@ class BusPath:
         assert settings.bus_url
         options: dict[str, Any] = {"maxlen": settings.bus_stream_maxlen} if not settings.bus_url.startswith("kafka") else {}
         self.bus = bus.connect(settings.bus_url, **options)
+        self.system = "kafka" if settings.bus_url.startswith("kafka") else "redis" if settings.bus_url.startswith("redis") else "memory"
         self.names = BusNames(settings.redis_prefix)
         self.instance = f"{settings.region}-{uuid.uuid4().hex[:12]}"
         self.reply_stream = self.names.replies(self.instance)
         self.waiters: dict[str, asyncio.Queue[Reply]] = {}
         self.connected = False
         self._listener: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self.metrics: Metrics | None = None
+        # (agent, region) pairs whose calls streams /metrics reports on; set by the app.
+        self.streams: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
 
     async def start(self) -> None:
         try:
@@ -65,14 +77,17 @@ class BusPath:
         except BusUnavailable as exc:
             log.error("bus not reachable at start-up (%s); bus-path calls fail until it is", exc.message)
         self._listener = asyncio.create_task(self._listen_loop(), name="bus-replies")
+        if self.metrics is not None:
+            self._sampler = asyncio.create_task(self._sample_loop(self.metrics), name="bus-backlog")
         # Listening must have begun before the first call is published (Kafka listens from "now").
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._listening.wait(), 10)
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for task in (self._listener, self._sampler):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.bus.drop(self.reply_stream)
         await self.bus.close()
@@ -119,10 +134,38 @@ class BusPath:
                 if waiter is not None:
                     waiter.put_nowait(reply)
                 # else: a duplicate (redelivered call) or an answer nobody waits for any more
+                if self.metrics is not None:
+                    self.metrics.bus_replies.labels(reply.kind if waiter is not None else "duplicate").inc()
             if time.monotonic() - last_expire > 60:
                 last_expire = time.monotonic()
                 with contextlib.suppress(BusUnavailable):
                     await self.bus.expire(self.reply_stream, REPLY_STREAM_TTL_S)
+
+    async def _sample_loop(self, metrics: Metrics, every_s: float = SAMPLE_EVERY_S) -> None:
+        """Backlog of every calls stream with consumers, for /metrics (sampled, never per call)."""
+        reported: set[str] = set()
+        while True:
+            await asyncio.sleep(every_s)
+            seen: set[str] = set()
+            for agent, region in set(self.streams()):
+                stream = self.names.calls(agent, region)
+                try:
+                    backlog = await self.bus.backlog(stream, self.names.group(agent, region))
+                except Exception as exc:  # noqa: BLE001 - a metric must never take the path down
+                    log.debug("backlog of %s not sampled: %s", stream, exc)
+                    continue
+                if backlog is None:
+                    continue
+                seen.add(stream)
+                metrics.bus_lag.labels(stream).set(backlog.lag)
+                if backlog.pending is not None:
+                    metrics.bus_pending.labels(stream).set(backlog.pending)
+            for gone in reported - seen:  # streams nobody consumes any more leave /metrics
+                with contextlib.suppress(KeyError):
+                    metrics.bus_lag.remove(gone)
+                with contextlib.suppress(KeyError):
+                    metrics.bus_pending.remove(gone)
+            reported = seen
 
     def _fail_waiters(self, cause: BusUnavailable) -> None:
         """Calls waiting for replies cannot get them while the bus is gone: answer them now
@@ -150,7 +193,18 @@ class BusPath:
 
     async def call(
         self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, *, order: RouteOrder, timeout_s: float,
-        traceparent: str | None = None,
+        obs: CallObservation | None = None,
+    ) -> None:
+        try:
+            await self._call(entry, request_id, params, send, order, timeout_s, obs)
+        except EdgefleetError as exc:
+            if obs is not None:
+                obs.failed(exc)
+            raise
+
+    async def _call(
+        self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, order: RouteOrder, timeout_s: float,
+        obs: CallObservation | None,
     ) -> None:
         region = self.region_for(entry, order)
         if region is None:
@@ -162,23 +216,33 @@ class BusPath:
             raise BusUnavailable()
         task_id = uuid.uuid4().hex
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        envelope = CallEnvelope(
-            task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {},
-            meta=meta, deadline_ms=int((time.time() + timeout_s) * 1000), reply_to=self.reply_stream, traceparent=traceparent,
-        )
+        stream = self.names.calls(entry.agent, region)
         waiter: asyncio.Queue[Reply] = asyncio.Queue()
         self.waiters[task_id] = waiter
         started = False
         sent_at = time.monotonic()
         route = f"region={region}; path=bus; task={task_id}".encode()
         try:
-            headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
-            try:
-                await self.bus.publish(self.names.calls(entry.agent, region), envelope.dumps(), headers, key=task_id)
-            except EdgefleetError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker, Redis OOM
-                raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
+            # PRODUCER span per publish; the agent's consume span is its child (the context
+            # rides in the envelope, and in the message headers for other consumers).
+            with _tracer.start_as_current_span(f"publish {stream}", kind=SpanKind.PRODUCER, attributes={
+                "messaging.system": self.system, "messaging.operation.type": "publish",
+                "messaging.destination.name": stream, "messaging.message.id": task_id, "gen_ai.tool.name": entry.upstream_name,
+            } if telemetry.recording() else None):
+                traceparent = telemetry.current_traceparent()
+                envelope = CallEnvelope(
+                    task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {},
+                    meta=meta, deadline_ms=int((time.time() + timeout_s) * 1000), reply_to=self.reply_stream, traceparent=traceparent,
+                )
+                headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
+                try:
+                    await self.bus.publish(stream, envelope.dumps(), headers, key=task_id)
+                except EdgefleetError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker, Redis OOM
+                    raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
+            if obs is not None:
+                obs.region = region
             async with asyncio.timeout(timeout_s):
                 while True:
                     reply = await waiter.get()
@@ -191,18 +255,26 @@ class BusPath:
                         continue
                     if reply.kind == "result" and reply.result is not None:
                         answer = jsonrpc.result_body(request_id, reply.result)
+                        if obs is not None and reply.result.get("isError"):
+                            obs.outcome = "tool_error"
                     else:
-                        answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": reply.error or {"code": -31002, "message": "failed"}})
-                    log.info("bus call %s -> %s (%s) %.2f ms %s", entry.public_name, reply.replica or "-", reply.region or region,
-                             (time.monotonic() - sent_at) * 1000, reply.kind)
+                        error = reply.error or {"code": -31002, "message": "failed"}
+                        answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+                        if obs is not None:
+                            obs.outcome, obs.code = "error", str(error.get("code"))
+                    if obs is not None:
+                        obs.attempt(entry.agent, reply.replica or "-", reply.region or region)
+                        if obs.span.is_recording():
+                            obs.span.add_event("bus.reply", {"messaging.message.id": task_id, "edgefleet.replica": reply.replica or "-",
+                                                             "edgefleet.bus.wait_ms": round((time.monotonic() - sent_at) * 1000, 3)})
                     route = f"region={reply.region or region}; replica={reply.replica or '-'}; path=bus; task={task_id}".encode()
                     await _finish(send, started, answer, route)
                     return
         except TimeoutError:
             await self._cancel(entry.agent, task_id, "deadline")
-            await _fail(send, started, request_id, UpstreamTimeout(data={"tool": entry.public_name, "task": task_id}))
+            await _fail(send, started, request_id, UpstreamTimeout(data={"tool": entry.public_name, "task": task_id}), obs)
         except BusUnavailable as exc:
-            await _fail(send, started, request_id, exc)
+            await _fail(send, started, request_id, exc, obs)
         except asyncio.CancelledError:
             # The client went away: stop the work wherever it runs (best effort).
             await asyncio.shield(self._cancel(entry.agent, task_id, "client disconnected"))
@@ -224,7 +296,9 @@ async def _finish(send: Send, started: bool, answer: bytes, route: bytes) -> Non
         await send({"type": "http.response.body", "body": answer})
 
 
-async def _fail(send: Send, started: bool, request_id: Any, error: EdgefleetError) -> None:
+async def _fail(send: Send, started: bool, request_id: Any, error: EdgefleetError, obs: CallObservation | None) -> None:
+    if obs is not None:
+        obs.failed(error)
     if not started:
         raise error
     await _finish(send, True, jsonrpc.error_body(request_id, error), b"")

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,16", help="comma-separated concurrent sessions (default 1,16)")
     bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
+    bench.add_argument("--no-tracing", action="store_true", help="skip the third path: a dispatcher exporting its spans over OTLP")
+    bench.add_argument("--trace-ratio", type=float, default=1.0, help="share of calls the traced dispatcher samples (default 1 = all)")
     bench.add_argument("--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)")
     bench.add_argument("--paths", default="direct,redis,kafka", help="fan-out bench: direct and/or buses (default direct,redis,kafka)")
 
@@ -112,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         rounds=max(1, args.rounds))
             from dispatcher.bench import run_bench
 
-            return run_bench(concurrency=[int(c) for c in args.concurrency.split(",")], seconds=args.seconds, rounds=args.rounds)
+            return run_bench(concurrency=[int(c) for c in args.concurrency.split(",")], seconds=args.seconds, rounds=args.rounds,
+                             tracing=not args.no_tracing, trace_ratio=args.trace_ratio)
         if args.command == "config":
             from shared.settings import settings_table
 

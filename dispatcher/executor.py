@@ -19,16 +19,23 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from opentelemetry.trace import SpanKind, StatusCode
+
 from dispatcher import jsonrpc
+from shared import telemetry
 from shared.constants import HEADER_ROUTE, HEADER_TIMEOUT
 from shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from dispatcher.catalog import ToolEntry
     from dispatcher.fleet import Fleet, Replica
+    from dispatcher.observe import CallObservation
     from dispatcher.router import Router, RouteOrder
 
 log = logging.getLogger("edgefleet.executor")
+_tracer = telemetry.tracer("edgefleet.dispatcher")
+# Agents serialize results compactly (pydantic, orjson); a tool error carries this.
+_TOOL_ERROR = b'"isError":true'
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -59,8 +66,8 @@ class Executor:
         timeout_s: float,
         extra_headers: dict[str, str] | None = None,
         capture: bool = False,
-        quiet: bool = False,
         replicas: list[Replica] | None = None,
+        obs: CallObservation | None = None,
     ) -> tuple[bool, bytes] | None:
         """Forward ``body`` (already rewritten to the upstream name) and relay the reply.
 
@@ -68,64 +75,81 @@ class Executor:
         (next replica, then next region) within one deadline, which every attempt passes
         to the agent. With ``capture`` the relayed body is returned as (is_sse, bytes).
         """
-        started = time.monotonic()
-        deadline = started + timeout_s
-        stream = _ClientStream(send, request_id)
+        deadline = time.monotonic() + timeout_s
+        stream = _ClientStream(send, request_id, obs)
         tried: list[str] = []
         last_error: EdgefleetError | None = None
-        outcome = "error"
-        replica: Replica | None = None
-        try:
-            for replica in replicas if replicas is not None else self.router.candidates(entry, order):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
-                    return None
-                tried.append(replica.id)
-                route = _route_header(replica, order, len(tried))
-                try:
-                    captured = await self._attempt(replica, entry, body, stream, remaining, extra_headers, route, capture)
-                    outcome = "ok"
-                    return captured
-                except _NotStarted as exc:
-                    last_error = exc.error
-                    continue
-                except _MaybeStarted as exc:
-                    if time.monotonic() >= deadline:
-                        break  # the deadline, not the replica, ended it: say so below
-                    if entry.idempotent:
-                        # Safe to run again; an SSE stream already open to the client simply
-                        # continues with the next replica's messages.
-                        last_error = exc.error
-                        log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
-                        continue
-                    await stream.fail(OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
-                    return None
-            if time.monotonic() >= deadline:
+        # Tracing on: one CLIENT span per attempt, and the agent's parent in _meta and in
+        # the traceparent header is that attempt span instead of our server span.
+        parent_tp = telemetry.current_traceparent() if telemetry.recording() else None
+        for replica in replicas if replicas is not None else self.router.candidates(entry, order):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
                 return None
-            if last_error is not None:
-                await stream.fail(AgentUnavailable(
-                    f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
-                    data={"agent": entry.agent, "replicas_tried": tried},
-                ))
+            tried.append(replica.id)
+            if obs is not None:
+                obs.attempt(entry.agent, replica.id, replica.record.region)
+            route = _route_header(replica, order, len(tried), obs)
+            try:
+                if parent_tp is None:
+                    return await self._attempt(replica, entry, body, stream, remaining, extra_headers, route, capture, obs)
+                return await self._traced_attempt(replica, entry, body, parent_tp, stream, remaining, extra_headers, route, capture, obs, len(tried))
+            except _NotStarted as exc:
+                last_error = exc.error
+                continue
+            except _MaybeStarted as exc:
+                if time.monotonic() >= deadline:
+                    break  # the deadline, not the replica, ended it: say so below
+                if entry.idempotent:
+                    # Safe to run again; an SSE stream already open to the client simply
+                    # continues with the next replica's messages.
+                    last_error = exc.error
+                    log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
+                    continue
+                await stream.fail(OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
                 return None
+        if time.monotonic() >= deadline:
+            await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+            return None
+        if last_error is not None:
             await stream.fail(AgentUnavailable(
-                f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
-                data={"agent": entry.agent, "regions": list(order.regions)},
+                f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
+                data={"agent": entry.agent, "replicas_tried": tried},
             ))
             return None
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            if not quiet and log.isEnabledFor(logging.INFO):
-                log.info(
-                    "call %s -> %s region=%s caller=%s caller_region=%s reason=%s attempts=%d %.2f ms %s",
-                    entry.public_name, replica.id if replica else "-", replica.record.region if replica else "-",
-                    order.address, order.caller_region or "-", _reason(replica, order), len(tried),
-                    (time.monotonic() - started) * 1000, outcome,
-                )
+        await stream.fail(AgentUnavailable(
+            f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
+            data={"agent": entry.agent, "regions": list(order.regions)},
+        ))
+        return None
+
+    async def _traced_attempt(
+        self,
+        replica: Replica,
+        entry: ToolEntry,
+        body: bytes,
+        parent_tp: str,
+        stream: _ClientStream,
+        timeout: float,
+        extra_headers: dict[str, str] | None,
+        route: bytes,
+        capture: bool,
+        obs: CallObservation | None,
+        attempt: int,
+    ) -> tuple[bool, bytes] | None:
+        attributes = {"server.address": replica.record.url, "edgefleet.replica": replica.id, "edgefleet.attempt": attempt}
+        with _tracer.start_as_current_span(f"tools/call {entry.upstream_name}", kind=SpanKind.CLIENT, attributes=attributes,
+                                           record_exception=False, set_status_on_exception=False) as span:
+            traceparent = telemetry.current_traceparent() or parent_tp
+            body = body.replace(parent_tp.encode(), traceparent.encode(), 1)
+            headers = {**(extra_headers or {}), "traceparent": traceparent}
+            try:
+                return await self._attempt(replica, entry, body, stream, timeout, headers, route, capture, obs)
+            except (_NotStarted, _MaybeStarted) as exc:
+                span.set_attribute("error.type", exc.error.code)
+                span.set_status(StatusCode.ERROR, exc.error.message)
+                raise
 
     async def _attempt(
         self,
@@ -137,6 +161,7 @@ class Executor:
         extra_headers: dict[str, str] | None,
         route: bytes,
         capture: bool,
+        obs: CallObservation | None = None,
     ) -> tuple[bool, bytes] | None:
         client = replica.client
         headers = client.call_headers("tools/call", entry.upstream_name)
@@ -158,18 +183,22 @@ class Executor:
         replica.inflight += 1
         verdict = False
         sent_at = time.perf_counter()
+        upstream = "error"
         try:
             try:
                 resp = await session.post(replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout))
             except aiohttp.ConnectionTimeoutError:
+                upstream = "connect_error"
                 verdict = True
                 self.fleet.report_failure(replica, "connect timed out", decisive=True, trial=trial)
                 raise _NotStarted(UpstreamError(f"connecting to replica {replica.id} timed out")) from None
             except aiohttp.ClientConnectorError as exc:
+                upstream = "connect_error"
                 verdict = True
                 self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
                 raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")) from None
             except asyncio.TimeoutError:
+                upstream = "timeout"
                 # The deadline of a slow tool is not the replica's fault: no health penalty,
                 # but the time it sat there counts in its latency (a hung replica gets costly).
                 replica.observe_latency((time.perf_counter() - sent_at) * 1000)
@@ -191,7 +220,11 @@ class Executor:
                     verdict = True
                     self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
-                replica.observe_latency((time.perf_counter() - sent_at) * 1000)
+                latency = time.perf_counter() - sent_at
+                replica.observe_latency(latency * 1000)
+                upstream = "ok"
+                if obs is not None and obs.metrics is not None:
+                    obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(latency)
                 verdict = True
                 self.fleet.report_success(replica, trial=trial)
                 content_type = resp.headers.get("content-type", "")
@@ -203,6 +236,8 @@ class Executor:
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
                 if rename is not None:
                     data = rename.incoming(data)
+                if obs is not None and _TOOL_ERROR in data:
+                    obs.outcome = "tool_error"
                 await stream.json(200 if resp.status < 400 else resp.status, data, route)
                 return (False, data) if capture else None
             finally:
@@ -211,6 +246,8 @@ class Executor:
             replica.inflight -= 1
             if not verdict:
                 breaker.release(trial)
+            if obs is not None and obs.metrics is not None:
+                obs.metrics.upstream.labels(entry.agent, replica.record.region, replica.id, upstream).inc()
 
 
 class _ClientStream:
@@ -220,13 +257,14 @@ class _ClientStream:
     error after that point is delivered inside the stream as the call's response.
     """
 
-    __slots__ = ("send", "request_id", "started", "ended")
+    __slots__ = ("send", "request_id", "started", "ended", "obs")
 
-    def __init__(self, send: Send, request_id: Any) -> None:
+    def __init__(self, send: Send, request_id: Any, obs: CallObservation | None = None) -> None:
         self.send = send
         self.request_id = request_id
         self.started = False
         self.ended = False
+        self.obs = obs
 
     async def start_sse(self, route: bytes) -> None:
         if not self.started:
@@ -256,6 +294,8 @@ class _ClientStream:
         await self.send({"type": "http.response.body", "body": data})
 
     async def fail(self, error: EdgefleetError) -> None:
+        if self.obs is not None:
+            self.obs.failed(error)
         if not self.started:
             raise error
         if not self.ended:
@@ -342,7 +382,10 @@ async def _relay_stream(
             del pending[:cut]
             if rename is not None:
                 complete = rename.incoming(complete)
-            answered = answered or _holds_response(complete)
+            if not answered and _holds_response(complete):
+                answered = True
+                if stream.obs is not None and _TOOL_ERROR in complete:
+                    stream.obs.outcome = "tool_error"
             await stream.start_sse(route)
             if chunks is not None:
                 chunks.append(complete)
@@ -373,10 +416,13 @@ def _reason(replica: Replica | None, order: RouteOrder) -> str:
     return order.reason
 
 
-def _route_header(replica: Replica, order: RouteOrder, attempt: int) -> bytes:
+def _route_header(replica: Replica, order: RouteOrder, attempt: int, obs: CallObservation | None) -> bytes:
+    reason = _reason(replica, order)
+    if obs is not None:
+        obs.reason = reason
     return (
         f"region={replica.record.region}; replica={replica.id}; caller-region={order.caller_region or '-'}; "
-        f"reason={_reason(replica, order)}; attempt={attempt}"
+        f"reason={reason}; attempt={attempt}"
     ).encode()
 
 

@@ -16,13 +16,17 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind, StatusCode
+
 from dispatcher.invoker import Invoker, Outcome
+from shared import telemetry
 from shared.errors import InvalidParams
 
 if TYPE_CHECKING:
     from dispatcher.router import RouteOrder
 
 NAME = "edgefleet.fanout"
+_tracer = telemetry.tracer("edgefleet.dispatcher")
 MAX_SUBTASKS = 1000
 STRATEGY_RE = re.compile(r"^(all|first|quorum:([1-9][0-9]*))$")
 
@@ -80,9 +84,21 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
 
     async def sub(index: int, call: dict[str, Any]) -> None:
         remaining = max(0.001, deadline - time.monotonic())
-        outcomes[index] = await invoker.call(
-            call["tool"], call.get("arguments") or {}, order=invoker.order_for(order, call.get("region")), timeout_s=remaining
-        )
+        with _tracer.start_as_current_span(f"fanout.subtask {call['tool']}", kind=SpanKind.INTERNAL, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            try:
+                outcomes[index] = outcome = await invoker.call(
+                    call["tool"], call.get("arguments") or {}, order=invoker.order_for(order, call.get("region")), timeout_s=remaining
+                )
+            except asyncio.CancelledError:
+                if span.is_recording():
+                    span.set_attributes({"edgefleet.subtask.index": index, "edgefleet.subtask.status": "cancelled"})
+                raise
+            if span.is_recording():
+                span.set_attributes({"edgefleet.subtask.index": index, "gen_ai.tool.name": call["tool"],
+                                     "edgefleet.subtask.status": outcome.status, "edgefleet.region": outcome.route.get("region", "-")})
+                if not outcome.ok:
+                    span.set_status(StatusCode.ERROR, outcome.status)
 
     tasks = [asyncio.create_task(sub(i, c)) for i, c in enumerate(calls)]
     succeeded = failed = 0
@@ -103,6 +119,8 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
     for index, (call, outcome) in enumerate(zip(calls, outcomes, strict=True)):
         item = outcome.to_json() if outcome is not None else {"tool": call["tool"], "status": "cancelled"}
         results.append({"index": index, **item})
+        if invoker.metrics is not None:
+            invoker.metrics.subtasks.labels(item["status"]).inc()
     cancelled = sum(1 for r in results if r["status"] == "cancelled")
     satisfied = succeeded >= need
     summary = {

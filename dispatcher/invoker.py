@@ -5,11 +5,17 @@ as a client's call, with the answer captured instead of streamed to a client.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from opentelemetry.trace import SpanKind
+
+from dispatcher.observe import CallObservation
+from shared import telemetry
 
 from dispatcher.router import RouteOrder
 from shared.constants import HEADER_ROUTE, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
@@ -19,9 +25,11 @@ if TYPE_CHECKING:
     from dispatcher.bus_path import BusPath
     from dispatcher.executor import Executor
     from dispatcher.fleet import Fleet
+    from dispatcher.metrics import Metrics
     from dispatcher.router import Router
 
 _ROUTE = HEADER_ROUTE.encode()
+_tracer = telemetry.tracer("edgefleet.dispatcher")
 
 
 @dataclass
@@ -98,11 +106,12 @@ class _Capture:
 
 
 class Invoker:
-    def __init__(self, fleet: Fleet, router: Router, executor: Executor, bus_path: BusPath | None) -> None:
+    def __init__(self, fleet: Fleet, router: Router, executor: Executor, bus_path: BusPath | None, metrics: Metrics | None = None) -> None:
         self.fleet = fleet
         self.router = router
         self.executor = executor
         self.bus_path = bus_path
+        self.metrics = metrics
 
     def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
         """The caller's order, or only ``region`` when a sub-task names one."""
@@ -111,30 +120,51 @@ class Invoker:
         return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> Outcome:
+        """One internal call: its own span (a child of the fan-out's or pipeline step's),
+        metrics and a debug-level log line (the client's call has the info line)."""
         started = time.monotonic()
-        try:
-            outcome = await self._call(tool, arguments, order, timeout_s)
-        except EdgefleetError as exc:
-            status = "timeout" if exc.code == "upstream_timeout" else "error"
-            outcome = Outcome(tool, status, error=exc.to_jsonrpc())
+        entry = self.fleet.catalog.get(tool)
+        label = tool if entry is not None else "unknown"
+        with _tracer.start_as_current_span(f"tools/call {label}", kind=SpanKind.INTERNAL, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes({"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "edgefleet.internal": True})
+            obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
+            obs.routed(order)
+            try:
+                outcome = await self._call(tool, arguments, order, timeout_s, obs)
+            except EdgefleetError as exc:
+                obs.failed(exc)
+                status = "timeout" if exc.code == "upstream_timeout" else "error"
+                outcome = Outcome(tool, status, error=exc.to_jsonrpc())
+            except asyncio.CancelledError:
+                obs.finish(cancelled=True)
+                raise
+            if outcome.status == "tool_error":
+                obs.outcome = "tool_error"
+            elif outcome.status in ("error", "timeout") and obs.outcome == "ok":
+                obs.outcome, obs.code = outcome.status, str((outcome.error or {}).get("code", ""))
+            obs.finish()
         outcome.duration_ms = (time.monotonic() - started) * 1000
         return outcome
 
-    async def _call(self, tool: str, arguments: dict[str, Any], order: RouteOrder, timeout_s: float) -> Outcome:
+    async def _call(self, tool: str, arguments: dict[str, Any], order: RouteOrder, timeout_s: float, obs: CallObservation) -> Outcome:
         entry = self.fleet.catalog.get(tool)
         if entry is None or entry.path == "builtin":
             raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
         problem = entry.validation_error(arguments)
         if problem is not None:
             raise InvalidParams(problem, data={"tool": tool})
-        params = {"name": entry.upstream_name, "arguments": arguments,
-                  "_meta": {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}}
+        meta: dict[str, Any] = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
+        telemetry.inject_into(meta)  # the agent's parent: this call's span (or the attempt's)
+        params = {"name": entry.upstream_name, "arguments": arguments, "_meta": meta}
         capture = _Capture()
         if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
-            await self.bus_path.call(entry, 1, params, capture, order=order, timeout_s=timeout_s)
+            obs.path = "bus"
+            await self.bus_path.call(entry, 1, params, capture, order=order, timeout_s=timeout_s, obs=obs)
         else:
             body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
-            await self.executor.call(entry, 1, body, capture, order=order, timeout_s=timeout_s, quiet=True)
+            await self.executor.call(entry, 1, body, capture, order=order, timeout_s=timeout_s, obs=obs)
         answer = capture.answer()
         route = capture.route()
         if answer is None:

@@ -23,12 +23,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from opentelemetry.trace import SpanKind
 
 from dispatcher import __version__, jsonrpc
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
+from dispatcher.metrics import Metrics
+from dispatcher.observe import CallObservation
 from dispatcher.result_cache import ResultCache, final_result
 from dispatcher.router import Router
 from dispatcher.sessions import Session, SessionStore
@@ -63,9 +66,11 @@ from shared.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
+from shared import telemetry
 from shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.mcp")
+_tracer = telemetry.tracer("edgefleet.dispatcher")
 
 SERVER_INFO = {"name": "edgefleet", "title": "edgefleet MCP edge dispatcher", "version": __version__}
 INSTRUCTIONS = (
@@ -87,6 +92,7 @@ class MCPEndpoint:
         router: Router,
         cache: ResultCache,
         bus_path: BusPath | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -95,6 +101,7 @@ class MCPEndpoint:
         self.router = router
         self.cache = cache
         self.bus_path = bus_path
+        self.metrics = metrics or Metrics()
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
         self.legacy_inflight: dict[tuple[str, Any], asyncio.Task[None]] = {}
@@ -299,6 +306,51 @@ class MCPEndpoint:
     ) -> None:
         params = message.params
         name = params.get("name")
+        meta = params.get("_meta")
+        # The caller's trace context: _meta.traceparent (MCP), else the HTTP header.
+        parent = None
+        if "traceparent" in headers or (isinstance(meta, dict) and "traceparent" in meta):
+            parent = telemetry.context_from(meta if isinstance(meta, dict) else None, headers)
+        label = name if isinstance(name, str) and self.fleet.catalog.get(name) is not None else "unknown"
+        attributes = None
+        if telemetry.tracing():
+            # Few attributes on purpose: each costs ~1.5 µs to set and ~3 µs to encode (measured).
+            attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": str(name)}
+            if session is not None:
+                attributes["mcp.session.id"] = session.id
+        with _tracer.start_as_current_span(f"tools/call {label}", context=parent, kind=SpanKind.SERVER, attributes=attributes,
+                                           record_exception=False, set_status_on_exception=False) as span:
+            obs = CallObservation(self.metrics, span, label, "direct", self.settings.region)
+            self.metrics.inflight.inc()
+            cancelled = False
+            try:
+                await self._call_observed(message, send, headers, peer, obs, modern=modern, receive=receive,
+                                          session=session, extra_headers=extra_headers)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except EdgefleetError as exc:
+                obs.failed(exc)
+                raise
+            finally:
+                self.metrics.inflight.dec()
+                obs.finish(cancelled=cancelled or obs.outcome == "cancelled")
+
+    async def _call_observed(
+        self,
+        message: jsonrpc.Message,
+        send: TrackingSend,
+        headers: dict[str, str],
+        peer: str | None,
+        obs: CallObservation,
+        *,
+        modern: bool,
+        receive: Receive | None,
+        session: Session | None,
+        extra_headers: dict[str, str] | None,
+    ) -> None:
+        params = message.params
+        name = params.get("name")
         if not isinstance(name, str):
             raise InvalidParams('tools/call needs params.name (a string).', data={"id": message.id})
         arguments = params.get("arguments", {})
@@ -309,11 +361,13 @@ class MCPEndpoint:
         entry = self.fleet.catalog.get(name)
         if entry is None:
             error = UnknownTool(f"Unknown tool: {name}", data={"tool": name})
+            obs.failed(error)
             await respond(send, 200, jsonrpc.error_body(message.id, error))
             return
         problem = entry.validation_error(arguments)
         if problem is not None:
             # Spec: input validation failures are tool execution errors the model can fix.
+            obs.outcome, obs.code = "tool_error", "invalid_arguments"
             result: dict[str, Any] = {"content": [{"type": "text", "text": problem}], "isError": True}
             if modern:
                 result["resultType"] = "complete"
@@ -330,28 +384,39 @@ class MCPEndpoint:
                 meta.setdefault(META_CLIENT_INFO, session.client_info)
             meta.setdefault(META_LOG_LEVEL, session.log_level or DEFAULT_LEGACY_LOG_LEVEL)
             upstream_params["_meta"] = meta
+        if obs.span.get_span_context().is_valid:
+            # The next hop's parent is our span (or, tracing off, the caller's own context).
+            meta = dict(upstream_params["_meta"]) if isinstance(upstream_params.get("_meta"), dict) else {}
+            meta.pop("tracestate", None)
+            telemetry.inject_into(meta)
+            upstream_params["_meta"] = meta
         try:
             order = self.router.order(peer, headers, self.fleet.regions)
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
+            obs.failed(exc)
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
+        obs.routed(order)
         timeout_s = self._timeout(headers)
         invoke: Callable[[], Awaitable[None]]
         if entry.handler is not None:  # the dispatcher's own tools (fan-out, pipelines)
             handler = entry.handler
+            obs.path = "builtin"
 
             async def invoke() -> None:
                 result = await handler(arguments, order=order, timeout_s=timeout_s)
+                if result.get("isError"):
+                    obs.outcome = "tool_error"
                 if modern:
                     result = {**result, "resultType": "complete"}
                 await respond(send, 200, jsonrpc.result_body(message.id, result))
 
         elif entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
             bus_path = self.bus_path
+            obs.path = "bus"
 
             async def invoke() -> None:
-                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=timeout_s,
-                                    traceparent=headers.get("traceparent"))
+                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=timeout_s, obs=obs)
 
         else:
             # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
@@ -360,6 +425,7 @@ class MCPEndpoint:
             if cache_key is not None:
                 cached = self.cache.get(cache_key)
                 if cached is not None:
+                    obs.path = "cache"
                     answer = b'{"jsonrpc":"2.0","id":' + orjson.dumps(message.id) + b',"result":' + cached + b"}"
                     await respond(send, 200, answer, headers=[(HEADER_ROUTE.encode(), b"cache=hit")])
                     return
@@ -368,7 +434,7 @@ class MCPEndpoint:
             async def invoke() -> None:
                 captured = await self.executor.call(
                     entry, message.id, body, send,
-                    order=order, timeout_s=timeout_s, extra_headers=extra_headers, capture=cache_key is not None,
+                    order=order, timeout_s=timeout_s, extra_headers=extra_headers, capture=cache_key is not None, obs=obs,
                 )
                 if captured is not None and cache_key is not None:
                     result = final_result(captured[1], sse=captured[0])
@@ -376,10 +442,10 @@ class MCPEndpoint:
                         self.cache.put(cache_key, entry.cache_ttl_s, result)
 
         if modern and receive is not None:
-            await self._call_cancellable_by_disconnect(entry, message.id, invoke, send, receive)
+            await self._call_cancellable_by_disconnect(entry, message.id, invoke, send, receive, obs)
         else:
             assert session is not None
-            await self._call_cancellable_by_notification(message.id, invoke, send, session)
+            await self._call_cancellable_by_notification(message.id, invoke, send, session, obs)
 
     def _timeout(self, headers: dict[str, str]) -> float:
         """The call's deadline: the configured one, or less when the client asks for less."""
@@ -389,7 +455,8 @@ class MCPEndpoint:
         return self.settings.call_timeout_s
 
     async def _call_cancellable_by_disconnect(
-        self, entry: Any, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, receive: Receive
+        self, entry: Any, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, receive: Receive,
+        obs: CallObservation,
     ) -> None:
         # One watcher per call: when the client closes the stream (2026 cancellation),
         # cancel the forwarding, which closes the upstream connection, which cancels the agent.
@@ -407,20 +474,22 @@ class MCPEndpoint:
 
         watcher = asyncio.create_task(watch())
         try:
-            await self._run_call(request_id, invoke, send)
+            await self._run_call(request_id, invoke, send, obs)
         except asyncio.CancelledError:
             if not disconnected:
                 raise
+            obs.outcome = "cancelled"
             current.uncancel()  # we consumed our own cancel; a later one (shutdown) must still land
             log.info("client closed the stream of %s: call cancelled", entry.public_name)
         finally:
             watcher.cancel()
 
     async def _call_cancellable_by_notification(
-        self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, session: Session
+        self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, session: Session,
+        obs: CallObservation,
     ) -> None:
         key = (session.id, request_id)
-        task = asyncio.ensure_future(self._run_call(request_id, invoke, send))
+        task = asyncio.ensure_future(self._run_call(request_id, invoke, send, obs))
         self.legacy_inflight[key] = task
         try:
             await asyncio.shield(task)
@@ -428,6 +497,7 @@ class MCPEndpoint:
             if not task.cancelled():
                 task.cancel()  # the HTTP request itself went away with the server shutting down
                 raise
+            obs.outcome = "cancelled"
             # notifications/cancelled: the spec says no response follows; close the stream cleanly.
             if not send.started:
                 await respond(send, 200, b"", content_type=None, headers=[(b"content-type", b"text/event-stream")])
@@ -436,10 +506,11 @@ class MCPEndpoint:
         finally:
             self.legacy_inflight.pop(key, None)
 
-    async def _run_call(self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend) -> None:
+    async def _run_call(self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, obs: CallObservation) -> None:
         try:
             await invoke()
         except EdgefleetError as exc:
+            obs.failed(exc)
             if send.started:
                 raise
             await respond(send, 200, jsonrpc.error_body(request_id, exc))

@@ -20,9 +20,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import tenacity
+from opentelemetry import trace as trace_api
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dispatcher.invoker import Invoker, Outcome
+from shared import telemetry
 from shared.constants import TOOL_NAME_RE
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 PERMANENT_CODES = frozenset({-32602, -32601, -31404})
 # Compensations still running for pipelines whose caller went away.
 _BACKGROUND: set[asyncio.Future[Any]] = set()
+_tracer = telemetry.tracer("edgefleet.dispatcher")
 
 
 class RetryPolicy(BaseModel):
@@ -162,9 +166,23 @@ async def run(
     failed: dict[str, Any] | None = None
 
     async def run_step(step: Step) -> None:
-        nonlocal failed
         entry: dict[str, Any] = {"name": step.name, "tool": step.tool, "status": "running", "attempts": 0}
         trace.append(entry)
+        # One span per step; each attempt is a call span under it.
+        with _tracer.start_as_current_span(f"pipeline.step {step.name}", kind=SpanKind.INTERNAL, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            try:
+                await _run_step(step, entry)
+            finally:
+                if invoker.metrics is not None:
+                    invoker.metrics.steps.labels(pipeline, entry["status"]).inc()
+                if span.is_recording():
+                    span.set_attributes({"edgefleet.pipeline": pipeline, "edgefleet.step": step.name, "gen_ai.tool.name": step.tool,
+                                         "edgefleet.step.status": entry["status"], "edgefleet.step.attempts": entry["attempts"]})
+                    if entry["status"] == "failed":
+                        span.set_status(StatusCode.ERROR, str((entry.get("error") or {}).get("message", "failed")))
+
+    async def _run_step(step: Step, entry: dict[str, Any]) -> None:
         step_started = time.monotonic()
         try:
             arguments = render(step.arguments, context)
@@ -212,6 +230,9 @@ async def run(
         trace.extend({"name": s.name, "tool": s.tool, "status": "skipped", "attempts": 0} for g in spec.groups() for s in g if s.name not in seen)
 
     compensations = await _compensate(invoker, completed, context, order) if failed else []
+    if invoker.metrics is not None:
+        for item in compensations:
+            invoker.metrics.compensations.labels(pipeline, item["status"]).inc()
     last_group = spec.groups()[-1]
     output = context["steps"].get(last_group[-1].name) if not failed else None
     summary: dict[str, Any] = {
@@ -248,6 +269,8 @@ async def _with_retries(
     async for attempt in retrying:
         with attempt:
             entry["attempts"] += 1
+            if entry["attempts"] > 1:
+                trace_api.get_current_span().add_event("retry", {"attempt": entry["attempts"]})
             remaining = max(0.001, min(step.timeout_s, deadline - time.monotonic()))
             outcome = await invoker.call(step.tool, arguments, order=invoker.order_for(order, step.region), timeout_s=remaining)
         if attempt.retry_state.outcome is not None and not attempt.retry_state.outcome.failed:
@@ -282,8 +305,10 @@ async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str
             done.append(item)
             continue
         # The undo goes where the step ran (a step pinned to a region is undone there).
-        outcome = await invoker.call(step.compensate.tool, arguments, order=invoker.order_for(order, step.region),
-                                     timeout_s=step.compensate.timeout_s)
+        with _tracer.start_as_current_span(f"pipeline.compensate {step.name}", kind=SpanKind.INTERNAL,
+                                           attributes={"edgefleet.step": step.name, "gen_ai.tool.name": step.compensate.tool}):
+            outcome = await invoker.call(step.compensate.tool, arguments, order=invoker.order_for(order, step.region),
+                                         timeout_s=step.compensate.timeout_s)
         item.update(status="completed" if outcome.ok else "failed", duration_ms=round(outcome.duration_ms, 3))
         if not outcome.ok:
             item["error"] = outcome.error or _tool_error(outcome)

@@ -85,6 +85,15 @@ class UpstreamPool:
             raise RuntimeError("UpstreamPool.start() was not awaited")
         return self._control
 
+    def connection_counts(self) -> tuple[int, int]:
+        """(idle, active) connections of the call pool, for /metrics."""
+        connector = self._session.connector if self._session is not None else None
+        if connector is None:
+            return 0, 0
+        # aiohttp keeps no public gauge; these two attributes have been stable since 3.0.
+        idle = sum(len(conns) for conns in getattr(connector, "_conns", {}).values())
+        return idle, len(getattr(connector, "_acquired", ()))
+
     async def aclose(self) -> None:
         for session in (self._session, self._control):
             if session is not None:

@@ -63,7 +63,7 @@ async def exercise_replica(executor: Executor, replica: Replica) -> None:
     for _ in range(ROUNDS):
         try:
             # The replica is not routable yet (it is being warmed): address it directly.
-            await executor.call(entry, 0, body, discard, order=order, timeout_s=2.0, quiet=True, replicas=[replica])
+            await executor.call(entry, 0, body, discard, order=order, timeout_s=2.0, replicas=[replica])
         except EdgefleetError as exc:  # an optimisation only: never a reason not to start
             log.debug("warm-up call to %s failed: %s", replica.id, exc.message)
             return

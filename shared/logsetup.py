@@ -8,7 +8,31 @@ import time
 
 import orjson
 
+from shared import telemetry
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class TraceContextFilter(logging.Filter):
+    """Stamps each record with the trace and span ids current where it was logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = telemetry.ids()
+        if found is not None:
+            record.trace_id, record.span_id = found
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """For humans (``edgefleet dev``): time, level, logger, message, and the trace id."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        return f"{line}  trace={trace_id}" if trace_id else line
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +54,8 @@ def configure(level: str = "info", fmt: str = "json", *, stream=None) -> None:  
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TextFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -163,6 +163,7 @@ class AgentSettings(BaseSettings):
     bus_max_inflight: int = Field(16, ge=1, le=4096, description="Bus calls one replica runs at once (backpressure).")
     bus_visibility_s: float = Field(15.0, gt=0, description="A bus call pending this long on a dead replica goes to another.")
     log_level: str = Field("info", description="debug | info | warning | error.")
+    log_format: str = Field("text", description="text (for humans) or json (one object per line, with trace ids).")
 
     @field_validator("region")
     @classmethod

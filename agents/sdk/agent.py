@@ -39,6 +39,7 @@ from shared.constants import (
     RESERVED_AGENT_NAMES,
     BusNames,
 )
+from shared import logsetup, telemetry
 from shared.settings import AgentSettings, check_environment
 
 log = logging.getLogger("edgefleet.agent")
@@ -207,10 +208,10 @@ class Agent:
         check_environment()
         overrides = {k: v for k, v in {"region": args.region, "host": args.host, "port": args.port, "dispatcher_url": args.dispatcher}.items() if v is not None}
         settings = AgentSettings(**overrides)
-        # force: the MCP SDK's MCPServer already configured the root logger (INFO, bare
-        # messages) when the agent was constructed; without it our level would be ignored.
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+        # Replaces the root handler the MCP SDK's MCPServer installed when the agent was built.
+        logsetup.configure(settings.log_level, settings.log_format)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
+        telemetry.configure(f"edgefleet-agent-{self.name}", cloud_region=settings.region, service_version=self.version)
         for handler in logging.getLogger().handlers:
             # Warm-up calls of a nonexistent tool (ours in _warm_up, the dispatcher's in
             # dispatcher/warmup.py) are expected failures; the SDK would log each one.

@@ -24,7 +24,10 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
+from opentelemetry.trace import SpanKind, StatusCode
+
 from bus.base import Bus, Delivery
+from shared import telemetry
 from shared.constants import (
     HEADER_METHOD,
     HEADER_NAME,
@@ -39,6 +42,7 @@ from shared.envelope import CallEnvelope, CancelRequest, Reply
 from shared.errors import BusUnavailable
 
 log = logging.getLogger("edgefleet.agent.bus")
+_tracer = telemetry.tracer("edgefleet.agent")
 
 DEADLINE_EXCEEDED = {"code": -31003, "message": "The call's deadline passed before it could run.", "data": {"code": "upstream_timeout"}}
 
@@ -63,6 +67,7 @@ class BusWorker:
         self.replica_id = replica_id
         self.mcp_url = mcp_url
         self.stream = names.calls(agent, region)
+        self.system = bus.url.split(":", 1)[0]
         self.group = names.group(agent, region)
         self.max_inflight = max_inflight
         self.visibility_s = visibility_s
@@ -215,6 +220,21 @@ class BusWorker:
         task.add_done_callback(self._pending_acks.discard)
 
     async def _handle(self, delivery: Delivery, envelope: CallEnvelope) -> None:
+        # CONSUMER span, child of the dispatcher's publish span; the MCP server span of the
+        # actual execution (the SDK's) becomes its child through _meta.traceparent.
+        parent = telemetry.context_from({"traceparent": envelope.traceparent}) if envelope.traceparent else None
+        with _tracer.start_as_current_span(f"process {self.stream}", context=parent, kind=SpanKind.CONSUMER,
+                                           record_exception=False, set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes({
+                    "messaging.system": self.system, "messaging.operation.type": "process",
+                    "messaging.destination.name": self.stream, "messaging.consumer.group.name": self.group,
+                    "messaging.message.id": envelope.task_id, "messaging.message.delivery_count": delivery.deliveries,
+                    "gen_ai.tool.name": envelope.tool, "edgefleet.replica": self.replica_id,
+                })
+            await self._handle_traced(delivery, envelope, span)
+
+    async def _handle_traced(self, delivery: Delivery, envelope: CallEnvelope, span: Any) -> None:
         started = time.monotonic()
         remaining = envelope.remaining_s()
         if remaining <= 0:
@@ -223,6 +243,8 @@ class BusWorker:
             outcome = await self._run(envelope, remaining)
             outcome.replica, outcome.region = self.replica_id, self.region
             outcome.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        if outcome.kind == "error" and span.is_recording():
+            span.set_status(StatusCode.ERROR, str((outcome.error or {}).get("message", "failed")))
         await self._publish_result(envelope, outcome)
         # Acked whether or not the result got out: the work is done, and running it again
         # cannot help a caller the dispatcher has already answered (bus_unavailable or a
@@ -247,6 +269,8 @@ class BusWorker:
 
     async def _run(self, envelope: CallEnvelope, remaining: float) -> Reply:
         meta = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}, **envelope.meta}
+        meta.pop("tracestate", None)
+        telemetry.inject_into(meta)  # parent of the execution: our process span (or the caller's context)
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": envelope.tool, "arguments": envelope.arguments, "_meta": meta}}
         headers = {
             "accept": "application/json, text/event-stream",
@@ -255,8 +279,8 @@ class BusWorker:
             HEADER_NAME: envelope.tool,
             HEADER_TIMEOUT: str(max(1, int(remaining * 1000))),
         }
-        if envelope.traceparent:
-            headers["traceparent"] = envelope.traceparent
+        if isinstance(meta.get("traceparent"), str):
+            headers["traceparent"] = meta["traceparent"]
         try:
             async with asyncio.timeout(remaining):
                 async with self._http.stream("POST", self.mcp_url, json=body, headers=headers) as resp:

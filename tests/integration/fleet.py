@@ -49,7 +49,8 @@ class Fleet:
         self.dispatchers: list[tuple[str, Proc]] = []
         self.bus = False
         self.agents: list[Proc] = []
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        # The processes see only what the test sets: no EDGEFLEET_* or OTEL_* from the shell.
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
         self.base_env.update({"PYTHONUNBUFFERED": "1", "EDGEFLEET_FLEET_TOKEN": self.token})
 
     @property

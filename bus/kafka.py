@@ -308,9 +308,10 @@ class KafkaBus(Bus):
             try:
                 await self._guard(admin.start())
                 await self._guard(offsets.start())
-            except BusUnavailable:
+            except BaseException:  # any failure, cancellation included: never leak the half-started pair
                 await self._stop_quietly(offsets)
-                await admin.close()
+                with contextlib.suppress(Exception):
+                    await admin.close()
                 raise
             self._admin, self._offsets = admin, offsets
         partitions = self._offsets.partitions_for_topic(stream)
@@ -322,8 +323,9 @@ class KafkaBus(Bus):
         tps = [TopicPartition(stream, p) for p in partitions]
         committed = await self._guard(self._admin.list_consumer_group_offsets(group, partitions=tps))
         ends = await self._guard(self._offsets.end_offsets(tps))
-        # A partition the group never committed on has everything still to do (from the start).
-        lag = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)) for tp in tps)
+        # A partition the group never committed on has everything retained still to do.
+        starts = await self._guard(self._offsets.beginning_offsets(tps))
+        lag = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])) for tp in tps)
         return Backlog(lag=lag, pending=None)
 
     async def expire(self, stream: str, seconds: int) -> None:

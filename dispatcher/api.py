@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from dispatcher.admission import admit
+from dispatcher.auth import protected_resource_metadata, resource_urls
 from dispatcher.fleet import Fleet
 from dispatcher.metrics import CONTENT_TYPE, Metrics
 from dispatcher.naming import public_name
@@ -42,6 +43,14 @@ def build_api(fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None =
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/.well-known/oauth-protected-resource")
+    @api.get("/.well-known/oauth-protected-resource/mcp")
+    async def oauth_protected_resource(request: Request) -> dict[str, Any]:
+        # RFC 9728: MCP clients read this after a 401 to find the authorization server.
+        scope = {"scheme": request.url.scheme}
+        resource, _ = resource_urls(fleet.settings, scope, {"host": request.headers.get("host", "localhost")})
+        return protected_resource_metadata(resource, fleet.settings.oauth_authorization_servers)
 
     @api.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

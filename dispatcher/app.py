@@ -67,11 +67,15 @@ class Dispatcher:
             self.bus_path.metrics = self.metrics
             self.bus_path.streams = lambda: {(r.record.agent, r.record.region) for r in self.fleet.replicas.values() if r.record.bus}
         self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
+        self.fleet.on_leave = lambda replica: self.metrics.forget_replica(replica.record.agent, replica.record.region, replica.id)
         self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path, self.metrics)
         self.fleet.builtins = [builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker))]
         for name, spec in config.pipelines.items():
             self.fleet.builtins.append(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
         self.fleet.rebuild()
+        if settings.auth == "none":
+            log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
+                        "For local development only.", settings.host, settings.port)
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics)
         self.metrics.watch(self.fleet, self.pool, self.cache)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics)

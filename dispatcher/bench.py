@@ -129,7 +129,8 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 def _start_dispatcher(env: dict[str, str], redis_url: str, procs: list[subprocess.Popen[bytes]]) -> str:
     port = free_port()
     # Default log level on purpose: the per-call log line is part of the measured cost.
-    d_env = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": str(port)}
+    # No client auth: the bench measures the forwarding path (an API key adds a SHA-256 per call).
+    d_env = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_AUTH": "none"}
     procs.append(subprocess.Popen([sys.executable, "-m", "dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     base = f"http://127.0.0.1:{port}"

@@ -49,7 +49,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
             env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
             env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
             port = free_port()
-            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port)}
+            d_env = {**env, "EDGEFLEET_REDIS_URL": redis.url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_AUTH": "none"}
             if path != "direct":
                 bus_url = redis.url if path == "redis" else stack.enter_context(EmbeddedKafka()).fast_url
                 d_env.update({"EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": "echo.*"})

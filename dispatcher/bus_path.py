@@ -261,7 +261,7 @@ class BusPath:
                         error = reply.error or {"code": -31002, "message": "failed"}
                         answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
                         if obs is not None:
-                            obs.outcome, obs.code = "error", str(error.get("code"))
+                            obs.answered_with_error(error)
                     if obs is not None:
                         obs.attempt(entry.agent, reply.replica or "-", reply.region or region)
                         if obs.span.is_recording():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from shared.errors import ConfigError
@@ -54,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     url_help = "dispatcher base URL (default: the running `edgefleet dev`, else http://127.0.0.1:8700)"
     tools = sub.add_parser("tools", help="list the federated tools (through /mcp, like any MCP client)")
     tools.add_argument("--url", help=url_help)
+    key_help = "API key or bearer token for /mcp (default: EDGEFLEET_API_KEY)"
+    tools.add_argument("--key", help=key_help)
 
     call = sub.add_parser("call", help="call a tool: edgefleet call text.keywords text='hello world' top=3")
     call.add_argument("tool")
     call.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are parsed as JSON when they parse, else strings")
     call.add_argument("--json", dest="json_args", help="all arguments as one JSON object")
     call.add_argument("--url", help=url_help)
+    call.add_argument("--key", help=key_help)
     call.add_argument("--legacy", action="store_true", help="use the 2025-11-25 session protocol instead of 2026-07-28")
 
     agents = sub.add_parser("agents", help="inspect or change the registry")
@@ -85,9 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)")
     bench.add_argument("--paths", default="direct,redis,kafka", help="fan-out bench: direct and/or buses (default direct,redis,kafka)")
 
+    keys = sub.add_parser("keys", help="client API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k_create = keys_sub.add_parser("create", help="make a key: prints it ONCE and adds its hash to the keys file")
+    k_create.add_argument("identity", help="who holds the key (shown in logs and the audit trail)")
+    k_create.add_argument("--file", required=True, help="the EDGEFLEET_API_KEYS_FILE to add it to (created if missing)")
+    k_create.add_argument("--tools", default="", help="comma-separated globs of tools it may call (default: all)")
+    k_create.add_argument("--regions", default="", help="comma-separated regions it may be served in (default: all)")
+    k_create.add_argument("--scopes", default="", help="comma-separated scopes, e.g. admin")
+
     config = sub.add_parser("config", help="print every EDGEFLEET_* setting with its default and meaning")
     config.add_argument("--markdown", action="store_true", help="as the README's configuration table")
     return parser
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,9 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dispatcher import client_cli
 
         if args.command == "tools":
-            return client_cli.tools(args.url)
+            return client_cli.tools(args.url, args.key)
         if args.command == "call":
-            return client_cli.call(args.url, args.tool, args.args, args.json_args, legacy=args.legacy)
+            return client_cli.call(args.url, args.tool, args.args, args.json_args, legacy=args.legacy, key=args.key)
+        if args.command == "keys":
+            return client_cli.create_key(Path(args.file), args.identity, tools=_csv(args.tools), regions=_csv(args.regions),
+                                         scopes=_csv(args.scopes))
         if args.command == "agents":
             return client_cli.agents(args)
     except ConfigError as exc:

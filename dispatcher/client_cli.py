@@ -92,13 +92,48 @@ class ProgressBar:
             self.stream.flush()
 
 
-def tools(url: str | None) -> int:
+def _mcp_client(base: str, key: str | None, **options: Any) -> Any:
+    """An official MCP client, with ``Authorization: Bearer`` when a key or token is given
+    (``--key``, else EDGEFLEET_API_KEY)."""
     from mcp import Client
 
+    credential = key or os.environ.get("EDGEFLEET_API_KEY")
+    if not credential:
+        return Client(f"{base}/mcp", **options)
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {credential}"}, timeout=httpx2.Timeout(30, read=300))
+    return Client(streamable_http_client(f"{base}/mcp", http_client=http), **options)
+
+
+def _auth_problem(base: str, key: str | None) -> str | None:
+    """When the dispatcher refused our credentials, its own words and what to do (the MCP
+    SDK reports a 401 only as "an error response")."""
+    credential = key or os.environ.get("EDGEFLEET_API_KEY")
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
+               "mcp-method": "server/discover", **({"authorization": f"Bearer {credential}"} if credential else {})}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
+    try:
+        resp = httpx.post(f"{base}/mcp", json=body, headers=headers, timeout=10)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 401:
+        return None
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = "authentication required"
+    hint = "check the key or token" if credential else "pass --key KEY or set EDGEFLEET_API_KEY"
+    return f"the dispatcher refused the request (HTTP 401): {message} ({hint})"
+
+
+def tools(url: str | None, key: str | None = None) -> int:
     base = resolve_url(url)
 
     async def run() -> int:
-        async with Client(f"{base}/mcp") as client:
+        async with _mcp_client(base, key) as client:
             listed = await client.list_tools()
         for tool in listed.tools:
             first_line = (tool.description or "").strip().splitlines()[0:1]
@@ -112,12 +147,12 @@ def tools(url: str | None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported as a clear message, not a traceback
         if _is_connect_error(exc):
             return _unreachable(base, exc)
-        print(f"edgefleet: {_root_cause(exc)}", file=sys.stderr)
+        print(f"edgefleet: {_auth_problem(base, key) or _root_cause(exc)}", file=sys.stderr)
         return 1
 
 
-def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *, legacy: bool = False) -> int:
-    from mcp import Client, MCPError
+def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *, legacy: bool = False, key: str | None = None) -> int:
+    from mcp import MCPError
 
     base = resolve_url(url)
     arguments = parse_arguments(pairs, json_args)
@@ -129,7 +164,7 @@ def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *,
         print(f"[{params.level}] {params.data}", file=sys.stderr)
 
     async def run() -> int:
-        async with Client(f"{base}/mcp", mode="legacy" if legacy else "auto", logging_callback=on_log, log_level="info") as client:
+        async with _mcp_client(base, key, mode="legacy" if legacy else "auto", logging_callback=on_log, log_level="info") as client:
             result = await client.call_tool(tool, arguments, progress_callback=bar)
         bar.close()
         if result.structured_content is not None:
@@ -144,13 +179,13 @@ def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *,
     except MCPError as exc:
         bar.close()
         hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in str(exc) else ""
-        print(f"edgefleet: {exc}{hint}", file=sys.stderr)
+        print(f"edgefleet: {_auth_problem(base, key) or exc}{hint}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001
         bar.close()
         if _is_connect_error(exc):
             return _unreachable(base, exc)
-        cause = _root_cause(exc)
+        cause = _auth_problem(base, key) or _root_cause(exc)
         hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in cause else ""
         print(f"edgefleet: {cause}{hint}", file=sys.stderr)
         return 1
@@ -197,4 +232,21 @@ def agents(args: argparse.Namespace) -> int:
             print("(no agents registered)")
     else:
         print(json.dumps(data, indent=2))
+    return 0
+
+
+def create_key(path: Path, identity: str, *, tools: list[str], regions: list[str], scopes: list[str]) -> int:
+    """Append a new key's hash to the keys file and print the key (shown only now)."""
+    import yaml
+
+    from dispatcher.auth import ApiKeyEntry, ApiKeysFile, hash_key, new_key
+
+    current = ApiKeysFile.model_validate(yaml.safe_load(path.read_text()) or {}) if path.exists() else ApiKeysFile()
+    key = new_key()
+    current.keys.append(ApiKeyEntry(identity=identity, sha256=hash_key(key), scopes=scopes, tools=tools, regions=regions))
+    path.write_text(yaml.safe_dump(current.model_dump(), sort_keys=False))
+    path.chmod(0o600)
+    print(key)
+    print(f"edgefleet: added {identity!r} to {path}; the key above is not stored anywhere; dispatchers read the file at start-up.",
+          file=sys.stderr)
     return 0

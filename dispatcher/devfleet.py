@@ -94,12 +94,19 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: 
         env_d = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_REGION": region,
                  "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
                  "EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": bus_tools}
+        # Dev runs without client auth unless you configured credentials yourself.
+        own_auth = {k: v for k, v in os.environ.items() if k.startswith(("EDGEFLEET_API_KEYS_FILE", "EDGEFLEET_JWT_", "EDGEFLEET_OAUTH_")) and v}
+        env_d.update(own_auth)
+        env_d["EDGEFLEET_AUTH"] = "required" if own_auth else "none"
         dispatcher = _spawn([sys.executable, "-m", "dispatcher", "serve"], env_d, "dispatcher")
         if not _wait_ready(base, dispatcher, timeout=30):
             print(f"edgefleet dev: the dispatcher did not become ready; its log ({LOG_DIR}/dispatcher.log) ends with:\n{_tail('dispatcher')}", file=sys.stderr)
             return 1
         print(f"  dispatcher  {base}/mcp (region {region}, log {LOG_DIR}/dispatcher.log)")
         print(f"  bus         {bus} ({bus_tools or 'no tools'} go over it)")
+        if env_d["EDGEFLEET_AUTH"] == "none":
+            print("  auth        OFF: anyone who can reach this port can call every tool (local development only;")
+            print("              set EDGEFLEET_API_KEYS_FILE or EDGEFLEET_JWT_* to try authentication)")
         env_a = {**env, "EDGEFLEET_DISPATCHER_URL": base}
         for name, agent_region in replicas:
             key = f"{name}@{agent_region}"

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgefleet.executor")
 _tracer = telemetry.tracer("edgefleet.dispatcher")
-# Agents serialize results compactly (pydantic, orjson); a tool error carries this.
-_TOOL_ERROR = b'"isError":true'
+# Answers are parsed for the metrics only when they may be errors (a byte check first).
+_ERROR_MARKERS = (b'"error"', b'"isError"')
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -236,8 +236,10 @@ class Executor:
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
                 if rename is not None:
                     data = rename.incoming(data)
-                if obs is not None and _TOOL_ERROR in data:
-                    obs.outcome = "tool_error"
+                if obs is not None:
+                    if resp.status >= 400:
+                        obs.outcome, obs.code = "error", "agent_error"
+                    _classify(obs, data, sse=False)
                 await stream.json(200 if resp.status < 400 else resp.status, data, route)
                 return (False, data) if capture else None
             finally:
@@ -308,6 +310,34 @@ def _event_boundary(buffer: bytes | bytearray) -> int:
     lf = buffer.rfind(b"\n\n")
     crlf = buffer.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _classify(obs: CallObservation, payload: bytes, *, sse: bool) -> None:
+    """Set the call's outcome from the agent's JSON-RPC answer: an ``error`` object, or a
+    result with ``isError: true`` (a tool error). Cheap for the common case: no marker, no parse."""
+    if not any(marker in payload for marker in _ERROR_MARKERS):
+        return
+    messages: list[Any] = []
+    if sse:
+        for event in payload.replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+            if data:
+                try:
+                    messages.append(orjson.loads(data))
+                except orjson.JSONDecodeError:
+                    continue
+    else:
+        try:
+            messages.append(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            return
+    for message in messages:
+        if not isinstance(message, dict) or "id" not in message or "method" in message:
+            continue  # notifications (progress, logs) say nothing about the outcome
+        if "error" in message:
+            obs.answered_with_error(message["error"])
+        elif isinstance(message.get("result"), dict) and message["result"].get("isError") is True:
+            obs.outcome = "tool_error"
 
 
 def _holds_response(events: bytes) -> bool:
@@ -384,8 +414,8 @@ async def _relay_stream(
                 complete = rename.incoming(complete)
             if not answered and _holds_response(complete):
                 answered = True
-                if stream.obs is not None and _TOOL_ERROR in complete:
-                    stream.obs.outcome = "tool_error"
+                if stream.obs is not None:
+                    _classify(stream.obs, complete, sse=True)
             await stream.start_sse(route)
             if chunks is not None:
                 chunks.append(complete)

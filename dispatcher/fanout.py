@@ -74,9 +74,11 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
         raise InvalidParams(f"quorum:{need} needs at least {need} calls, got {len(calls)}")
     if "deadline_ms" in arguments:
         timeout_s = min(timeout_s, arguments["deadline_ms"] / 1000)
+    orders = []
     for call in calls:
         if call["tool"] == NAME:
             raise InvalidParams("edgefleet.fanout cannot fan out to itself")
+        orders.append(invoker.order_for(order, call.get("region")))  # an unknown region refuses the whole fan-out
 
     started = time.monotonic()
     deadline = started + timeout_s
@@ -84,11 +86,11 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
 
     async def sub(index: int, call: dict[str, Any]) -> None:
         remaining = max(0.001, deadline - time.monotonic())
-        with _tracer.start_as_current_span(f"fanout.subtask {call['tool']}", kind=SpanKind.INTERNAL, record_exception=False,
+        with _tracer.start_as_current_span("fanout.subtask", kind=SpanKind.INTERNAL, record_exception=False,
                                            set_status_on_exception=False) as span:
             try:
                 outcomes[index] = outcome = await invoker.call(
-                    call["tool"], call.get("arguments") or {}, order=invoker.order_for(order, call.get("region")), timeout_s=remaining
+                    call["tool"], call.get("arguments") or {}, order=orders[index], timeout_s=remaining
                 )
             except asyncio.CancelledError:
                 if span.is_recording():

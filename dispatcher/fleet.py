@@ -100,6 +100,8 @@ class Fleet:
         self._wake = asyncio.Event()
         # Runs once a replica's pool is warm, before it enters the catalog (see warmup.py).
         self.on_warm: Callable[[Replica], Awaitable[None]] | None = None
+        # Called when a replica leaves the fleet (its per-replica metric series are dropped).
+        self.on_leave: Callable[[Replica], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +165,8 @@ class Fleet:
                 replica = self.replicas.pop(replica_id)
                 if replica.warm_task:
                     replica.warm_task.cancel()
+                if self.on_leave is not None:
+                    self.on_leave(replica)
                 log.info("replica %s (%s, %s) left the fleet", replica_id, replica.record.agent, replica.record.region)
                 changed = True
         for replica_id, record in records.items():

@@ -114,9 +114,12 @@ class Invoker:
         self.metrics = metrics
 
     def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
-        """The caller's order, or only ``region`` when a sub-task names one."""
+        """The caller's order, or only ``region`` when a sub-task names one (a region the
+        fleet or the region table knows: it becomes a metric label)."""
         if region is None:
             return base
+        if region not in self.fleet.regions and not self.router.table.knows(region):
+            raise InvalidParams(f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region})
         return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> Outcome:
@@ -143,7 +146,7 @@ class Invoker:
             if outcome.status == "tool_error":
                 obs.outcome = "tool_error"
             elif outcome.status in ("error", "timeout") and obs.outcome == "ok":
-                obs.outcome, obs.code = outcome.status, str((outcome.error or {}).get("code", ""))
+                obs.answered_with_error(outcome.error or {})
             obs.finish()
         outcome.duration_ms = (time.monotonic() - started) * 1000
         return outcome

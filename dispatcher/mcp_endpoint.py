@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,7 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from dispatcher import __version__, jsonrpc
+from dispatcher.auth import SCOPE_IDENTITY, Authenticator, Identity, challenge, resource_urls
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
@@ -62,6 +64,8 @@ from shared.errors import (
     NotAcceptable,
     SessionNotFound,
     SessionRequired,
+    ToolForbidden,
+    Unauthorized,
     UnknownTool,
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
@@ -93,6 +97,7 @@ class MCPEndpoint:
         cache: ResultCache,
         bus_path: BusPath | None = None,
         metrics: Metrics | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -102,6 +107,8 @@ class MCPEndpoint:
         self.cache = cache
         self.bus_path = bus_path
         self.metrics = metrics or Metrics()
+        self.auth = auth or Authenticator.from_settings(settings)
+        self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
         self.legacy_inflight: dict[tuple[str, Any], asyncio.Task[None]] = {}
@@ -114,16 +121,22 @@ class MCPEndpoint:
         tracked = TrackingSend(send)
         try:
             self._check_origin(headers)
+            identity = scope.get(SCOPE_IDENTITY) or self.auth.authenticate(headers.get("authorization"))
             method = scope["method"]
             if method == "POST":
-                await self._post(headers, receive, tracked, peer)
+                await self._post(headers, receive, tracked, peer, identity)
             elif method == "DELETE":
-                await self._delete(headers, tracked)
+                await self._delete(headers, tracked, identity)
             else:
                 # No standalone GET stream: the spec lets a server answer 405 instead.
                 await respond(tracked, 405, headers=[(b"allow", b"POST, DELETE")], content_type=None)
         except ClientDisconnected:
             return
+        except Unauthorized as exc:
+            # RFC 9728: tell the client where to learn how to get a token.
+            error = exc.data.pop("auth_error", None)
+            header = challenge(resource_urls(self.settings, scope, headers)[1], error)
+            await respond(tracked, 401, jsonrpc.error_body(None, exc), headers=[(b"www-authenticate", header.encode())])
         except EdgefleetError as exc:
             if not tracked.started:
                 request_id = exc.data.pop("id", None) if "id" in exc.data else None
@@ -144,7 +157,7 @@ class MCPEndpoint:
                 return
         raise ForbiddenOrigin(f"Origin {origin!r} is not allowed; add it to EDGEFLEET_ALLOWED_ORIGINS if it is yours.")
 
-    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None) -> None:
+    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None, identity: Identity) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
             raise UnsupportedMediaType()
@@ -158,11 +171,11 @@ class MCPEndpoint:
         message = jsonrpc.parse(body)
         version = headers.get(HEADER_PROTOCOL_VERSION)
         if message.method == "initialize":
-            await self._initialize(message, send)
+            await self._initialize(message, send, identity)
         elif version in (MODERN_PROTOCOL_VERSION,):
-            await self._modern(message, headers, receive, send, peer)
+            await self._modern(message, headers, receive, send, peer, identity)
         elif version in LEGACY_PROTOCOL_VERSIONS or (version is None and HEADER_SESSION_ID in headers):
-            await self._legacy(message, headers, send, peer)
+            await self._legacy(message, headers, send, peer, identity)
         elif version is None:
             raise SessionRequired(
                 "Missing MCP-Protocol-Version header: send '2026-07-28' with per-request _meta, "
@@ -175,17 +188,19 @@ class MCPEndpoint:
                 data={"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": version, "id": message.id},
             )
 
-    async def _delete(self, headers: dict[str, str], send: Send) -> None:
+    async def _delete(self, headers: dict[str, str], send: Send, identity: Identity) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired("DELETE ends a 2025-era session: send its Mcp-Session-Id.")
-        if not await self.sessions.delete(session_id):
+        session = await self.sessions.get(session_id)
+        if session is None or session.owner != identity.name or not await self.sessions.delete(session_id):
             raise SessionNotFound()
         await respond(send, 200, content_type=None)
 
     # -- modern era ------------------------------------------------------------------------
     async def _modern(
-        self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None
+        self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None,
+        identity: Identity,
     ) -> None:
         if message.kind == "response":
             raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
@@ -220,9 +235,9 @@ class MCPEndpoint:
                     data={"id": message.id},
                 )
             forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
-            await self._call(message, send, headers, peer, modern=True, receive=receive, extra_headers=forwarded or None)
+            await self._call(message, send, headers, peer, identity, modern=True, receive=receive, extra_headers=forwarded or None)
         elif method == "tools/list":
-            result = {"resultType": "complete", "tools": self.fleet.catalog.definitions, "ttlMs": 0, "cacheScope": "private"}
+            result = {"resultType": "complete", "tools": self._tools_for(identity), "ttlMs": 0, "cacheScope": "private"}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method == "server/discover":
             result = {
@@ -239,7 +254,7 @@ class MCPEndpoint:
             raise MethodNotFound(f"Method not found: {method}", data={"id": message.id})
 
     # -- legacy era ------------------------------------------------------------------------
-    async def _initialize(self, message: jsonrpc.Message, send: Send) -> None:
+    async def _initialize(self, message: jsonrpc.Message, send: Send, identity: Identity) -> None:
         if message.kind != "request":
             raise InvalidRequest("initialize must be a request (with an id).")
         params = message.params
@@ -247,16 +262,19 @@ class MCPEndpoint:
         negotiated = requested if requested in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
         capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
-        session = await self.sessions.create(negotiated, client_info, capabilities)
+        session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
         result = {"protocolVersion": negotiated, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
         await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
 
-    async def _legacy(self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend, peer: str | None) -> None:
+    async def _legacy(
+        self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend, peer: str | None, identity: Identity
+    ) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired(data={"id": message.id})
         session = await self.sessions.get(session_id)
-        if session is None:
+        # A session belongs to the identity that opened it; to anyone else it does not exist.
+        if session is None or session.owner != identity.name:
             raise SessionNotFound(data={"id": message.id})
         if message.kind != "request":
             request_id = message.params.get("requestId")
@@ -267,18 +285,19 @@ class MCPEndpoint:
             await respond(send, 202, content_type=None)
             return
         try:
-            await self._legacy_request(message, session, send, headers, peer)
+            await self._legacy_request(message, session, send, headers, peer, identity)
         except LEGACY_RPC_LEVEL as exc:
             await respond(send, 200, jsonrpc.error_body(message.id, exc))
 
     async def _legacy_request(
-        self, message: jsonrpc.Message, session: Session, send: TrackingSend, headers: dict[str, str], peer: str | None
+        self, message: jsonrpc.Message, session: Session, send: TrackingSend, headers: dict[str, str], peer: str | None,
+        identity: Identity,
     ) -> None:
         method = message.method
         if method == "tools/call":
-            await self._call(message, send, headers, peer, modern=False, session=session)
+            await self._call(message, send, headers, peer, identity, modern=False, session=session)
         elif method == "tools/list":
-            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self.fleet.catalog.definitions}))
+            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self._tools_for(identity)}))
         elif method == "ping":
             await respond(send, 200, jsonrpc.result_body(message.id, {}))
         elif method == "logging/setLevel":
@@ -298,6 +317,7 @@ class MCPEndpoint:
         send: TrackingSend,
         headers: dict[str, str],
         peer: str | None,
+        identity: Identity,
         *,
         modern: bool,
         receive: Receive | None = None,
@@ -324,7 +344,7 @@ class MCPEndpoint:
             self.metrics.inflight.inc()
             cancelled = False
             try:
-                await self._call_observed(message, send, headers, peer, obs, modern=modern, receive=receive,
+                await self._call_observed(message, send, headers, peer, obs, identity, modern=modern, receive=receive,
                                           session=session, extra_headers=extra_headers)
             except asyncio.CancelledError:
                 cancelled = True
@@ -343,6 +363,7 @@ class MCPEndpoint:
         headers: dict[str, str],
         peer: str | None,
         obs: CallObservation,
+        identity: Identity,
         *,
         modern: bool,
         receive: Receive | None,
@@ -360,7 +381,12 @@ class MCPEndpoint:
             raise InvalidParams("tools/call params.arguments must be an object.", data={"id": message.id})
         entry = self.fleet.catalog.get(name)
         if entry is None:
-            error = UnknownTool(f"Unknown tool: {name}", data={"tool": name})
+            error: EdgefleetError = UnknownTool(f"Unknown tool: {name}", data={"tool": name})
+            obs.failed(error)
+            await respond(send, 200, jsonrpc.error_body(message.id, error))
+            return
+        if not identity.may_call(entry.public_name):
+            error = ToolForbidden(f"{identity.name!r} may not call {entry.public_name}.", data={"tool": entry.public_name})
             obs.failed(error)
             await respond(send, 200, jsonrpc.error_body(message.id, error))
             return
@@ -396,6 +422,9 @@ class MCPEndpoint:
             obs.failed(exc)
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
+        if identity.regions:  # an identity bound to regions is served only there
+            allowed = tuple(r for r in order.regions if r in identity.regions) or tuple(identity.regions)
+            order = dataclasses.replace(order, regions=allowed, only=True)
         obs.routed(order)
         timeout_s = self._timeout(headers)
         invoke: Callable[[], Awaitable[None]]
@@ -446,6 +475,19 @@ class MCPEndpoint:
         else:
             assert session is not None
             await self._call_cancellable_by_notification(message.id, invoke, send, session, obs)
+
+    def _tools_for(self, identity: Identity) -> list[dict[str, Any]]:
+        """The catalog as this identity may see it (only the tools it may call)."""
+        definitions = self.fleet.catalog.definitions
+        if not identity.tools:
+            return definitions
+        key = (id(definitions), identity.tools)
+        found = self._visible.get(key)
+        if found is None:
+            if len(self._visible) > 1024:
+                self._visible.clear()
+            found = self._visible[key] = [d for d in definitions if identity.may_call(d["name"])]
+        return found
 
     def _timeout(self, headers: dict[str, str]) -> float:
         """The call's deadline: the configured one, or less when the client asks for less."""

@@ -11,6 +11,7 @@ or argument values.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; tool calls span a millisecond echo to minutes of work.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+UPSTREAM_OUTCOMES = ("ok", "connect_error", "timeout", "error")
 
 
 class Metrics:
@@ -90,6 +92,14 @@ class Metrics:
 
     def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache) -> None:
         self.registry.register(_StateCollector(fleet, pool, cache))
+
+    def forget_replica(self, agent: str, region: str, replica: str) -> None:
+        """Drop a departed replica's series (ids are new on every restart: they would pile up)."""
+        for outcome in UPSTREAM_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.upstream.remove(agent, region, replica, outcome)
+        with contextlib.suppress(KeyError):
+            self.upstream_duration.remove(agent, region, replica)
 
     def call(self, tool: str, region: str, path: str, outcome: str, code: str, seconds: float) -> None:
         key = (tool, region, path, outcome, code)

@@ -13,13 +13,28 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, StatusCode
 
-from shared.errors import EdgefleetError
+from shared.errors import EdgefleetError, UpstreamTimeout, stable_codes
+
+STABLE_CODES = stable_codes()
 
 if TYPE_CHECKING:
     from dispatcher.metrics import Metrics
     from dispatcher.router import RouteOrder
 
 log = logging.getLogger("edgefleet.calls")
+
+
+def error_label(error: object) -> tuple[str, str]:
+    """(outcome, code) for a JSON-RPC error object from elsewhere: our stable string code
+    when it carries one (data.code), else ``agent_error``; never the agent's own free text
+    or numbers (metric labels must stay a small, known set)."""
+    data = error.get("data") if isinstance(error, dict) else None
+    code = data.get("code") if isinstance(data, dict) else None
+    if code in STABLE_CODES:
+        return ("timeout" if code == "upstream_timeout" else "error"), code
+    if isinstance(error, dict) and error.get("code") == UpstreamTimeout.jsonrpc_code:
+        return "timeout", "upstream_timeout"
+    return "error", "agent_error"
 
 
 class CallObservation:
@@ -69,6 +84,10 @@ class CallObservation:
     def failed(self, error: EdgefleetError) -> None:
         self.outcome = "timeout" if error.code == "upstream_timeout" else "error"
         self.code = error.code
+
+    def answered_with_error(self, error: object) -> None:
+        """The agent (or the bus worker) answered with a JSON-RPC error object."""
+        self.outcome, self.code = error_label(error)
 
     def finish(self, *, cancelled: bool = False) -> None:
         seconds = time.perf_counter() - self.started

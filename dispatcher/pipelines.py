@@ -173,6 +173,9 @@ async def run(
                                            set_status_on_exception=False) as span:
             try:
                 await _run_step(step, entry)
+            except asyncio.CancelledError:
+                entry["status"] = "cancelled"
+                raise
             finally:
                 if invoker.metrics is not None:
                     invoker.metrics.steps.labels(pipeline, entry["status"]).inc()

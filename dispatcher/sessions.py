@@ -24,11 +24,12 @@ class Session:
     capabilities: dict[str, Any] = field(default_factory=dict)
     log_level: str | None = None
     touched: float = 0.0
+    owner: str = "anonymous"  # the identity that opened it; nobody else may use it
 
     def to_json(self) -> bytes:
         return orjson.dumps(
             {"protocol_version": self.protocol_version, "client_info": self.client_info,
-             "capabilities": self.capabilities, "log_level": self.log_level}
+             "capabilities": self.capabilities, "log_level": self.log_level, "owner": self.owner}
         )
 
 
@@ -43,8 +44,10 @@ class SessionStore:
         self.cache: dict[str, Session] = {}
         self.cache_size = cache_size
 
-    async def create(self, protocol_version: str, client_info: dict[str, Any], capabilities: dict[str, Any]) -> Session:
-        session = Session(secrets.token_urlsafe(24), protocol_version, client_info, capabilities, touched=time.monotonic())
+    async def create(
+        self, protocol_version: str, client_info: dict[str, Any], capabilities: dict[str, Any], *, owner: str = "anonymous"
+    ) -> Session:
+        session = Session(secrets.token_urlsafe(24), protocol_version, client_info, capabilities, touched=time.monotonic(), owner=owner)
         await self.redis.set(self.keys.session(session.id), session.to_json(), px=self.ttl_ms)
         self._remember(session)
         return session
@@ -66,7 +69,7 @@ class SessionStore:
             return None
         data = orjson.loads(raw)
         session = Session(session_id, data["protocol_version"], data.get("client_info") or {},
-                          data.get("capabilities") or {}, data.get("log_level"), touched=now)
+                          data.get("capabilities") or {}, data.get("log_level"), touched=now, owner=data.get("owner", "anonymous"))
         await self.redis.pexpire(self.keys.session(session_id), self.ttl_ms)
         self._remember(session)
         return session

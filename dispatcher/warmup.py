@@ -24,6 +24,7 @@ from dispatcher.catalog import ToolEntry
 from dispatcher.executor import Executor
 from dispatcher.fleet import Replica
 from dispatcher.router import RouteOrder
+from dispatcher.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY
 from shared.errors import EdgefleetError
 from shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 
@@ -81,7 +82,10 @@ async def _request(app: ASGIApp, method: str, name: str | None, params: dict[str
     if name:
         headers.append((b"mcp-name", name.encode()))
     scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": headers, "client": ("127.0.0.1", 0),
-             "query_string": b"", "http_version": "1.1", "scheme": "http"}
+             "query_string": b"", "http_version": "1.1", "scheme": "http",
+             # Set in-process only (no client can put keys in an ASGI scope): the warm-up
+             # runs the authenticated path without holding a credential.
+             SCOPE_IDENTITY: WARM_UP_IDENTITY}
     sent = False
 
     async def receive() -> dict[str, Any]:

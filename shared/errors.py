@@ -156,6 +156,13 @@ class Unauthorized(EdgefleetError):
     hint = "Missing or wrong credentials: send 'Authorization: Bearer <fleet token>'."
 
 
+class ToolForbidden(EdgefleetError):
+    code = "tool_forbidden"
+    jsonrpc_code = -31403
+    http_status = 200  # a JSON-RPC error like unknown_tool: the transport worked
+    hint = "This identity may not call that tool (its API key or token does not allow it)."
+
+
 class RegistrationError(EdgefleetError):
     code = "invalid_registration"
     jsonrpc_code = -31422
@@ -225,3 +232,14 @@ def jsonrpc_error_body(request_id: Any, error: EdgefleetError) -> dict[str, Any]
     if request_id is not None:
         body["id"] = request_id
     return body
+
+
+def stable_codes() -> frozenset[str]:
+    """Every ``code`` an edgefleet error can carry (metric labels use only these)."""
+    found: set[str] = set()
+    pending: list[type[EdgefleetError]] = [EdgefleetError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return frozenset(found)

@@ -23,6 +23,8 @@ from shared.errors import ConfigError
 ENV_PREFIX = "EDGEFLEET_"
 # Variables read by the test fixtures, not by a service.
 _TEST_PREFIX = "EDGEFLEET_TEST_"
+# Read by the command-line client (`edgefleet tools|call`), not by a service.
+_CLIENT_VARIABLES = frozenset({"EDGEFLEET_API_KEY"})
 
 
 class DispatcherSettings(BaseSettings):
@@ -90,6 +92,18 @@ class DispatcherSettings(BaseSettings):
     session_ttl_s: float = Field(3600.0, gt=0, description="Idle lifetime of a 2025-era MCP session.")
     log_level: str = Field("info", description="debug | info | warning | error.")
     log_format: str = Field("json", description="json (one object per line) or text (for humans).")
+    auth: Literal["required", "none"] = Field(
+        "required", description="Client authentication on /mcp: required (API keys and/or JWT must be configured) or none (dev only).",
+    )
+    api_keys_file: Path | None = Field(None, description="YAML file of API keys (hashed), each with identity, scopes, tools, regions.")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret for JWT bearer tokens.")
+    jwt_jwks: str | None = Field(None, description="JWKS file path or https URL with the keys of RS256/ES256 tokens.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs (unset: not checked).")
+    jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, usually this server's /mcp URL (unset: not checked).")
+    jwt_leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf.")
+    oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
+    )
 
     @field_validator("region")
     @classmethod
@@ -98,7 +112,8 @@ class DispatcherSettings(BaseSettings):
             raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
         return value
 
-    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools",
+                     "oauth_authorization_servers", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
@@ -189,7 +204,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     known = _known_names()
     for name in environ:
-        if name.startswith(ENV_PREFIX) and not name.startswith(_TEST_PREFIX) and name not in known:
+        if name.startswith(ENV_PREFIX) and not name.startswith(_TEST_PREFIX) and name not in known and name not in _CLIENT_VARIABLES:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             raise ConfigError(f"Unknown setting {name}.{hint} The README's configuration table lists every setting.")

@@ -137,9 +137,12 @@ def context_from(meta: Mapping[str, Any] | None, headers: Mapping[str, str] | No
     then the HTTP ``traceparent`` header; None when neither holds a valid one."""
     for carrier in (meta, headers):
         if carrier and isinstance(carrier.get("traceparent"), str):
+            # Only the two W3C fields, and only strings: _meta is client input, and the
+            # propagators assume well-typed carriers (a numeric "baggage" raised in them).
+            clean = {k: carrier[k] for k in ("traceparent", "tracestate") if isinstance(carrier.get(k), str)}
             try:
-                ctx = extract(carrier)
-            except (TypeError, ValueError):
+                ctx = extract(clean)
+            except Exception:  # noqa: BLE001 - a malformed header is no context, never an error
                 continue
             if trace.get_current_span(ctx).get_span_context().is_valid:
                 return ctx

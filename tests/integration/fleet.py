@@ -52,6 +52,8 @@ class Fleet:
         # The processes see only what the test sets: no EDGEFLEET_* or OTEL_* from the shell.
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
         self.base_env.update({"PYTHONUNBUFFERED": "1", "EDGEFLEET_FLEET_TOKEN": self.token})
+        # Client auth has its own tests (test_auth.py); the others call /mcp without credentials.
+        self.default_auth = "none"
 
     @property
     def url(self) -> str:
@@ -75,6 +77,7 @@ class Fleet:
             "EDGEFLEET_HEARTBEAT_TTL_S": str(self.heartbeat_ttl_s),
             "EDGEFLEET_PROBE_INTERVAL_S": "0.5",
             "EDGEFLEET_LOG_FORMAT": "text",
+            "EDGEFLEET_AUTH": self.default_auth,
         }
         env.update({f"EDGEFLEET_{k.upper()}": str(v) for k, v in settings.items()})
         self.bus = self.bus or "bus_url" in settings

@@ -70,3 +70,34 @@ def test_every_dashboard_query_uses_metrics_the_dispatcher_exports() -> None:
     # The job name the panels filter on is the one Prometheus scrapes.
     assert all('job="edgefleet-dispatcher"' in e for e in exprs if "job=" in e)
     assert "job_name: edgefleet-dispatcher" in PROMETHEUS.read_text()
+
+
+def test_agent_errors_get_bounded_labels() -> None:
+    from dispatcher.executor import _classify
+    from dispatcher.observe import CallObservation, error_label
+    from opentelemetry.trace import INVALID_SPAN
+
+    assert error_label({"code": -32602, "message": "bad", "data": {"code": "whatever-the-agent-says"}}) == ("error", "agent_error")
+    assert error_label({"code": -31003, "message": "late", "data": {"code": "upstream_timeout"}}) == ("timeout", "upstream_timeout")
+    assert error_label({"code": -31003, "message": "late"}) == ("timeout", "upstream_timeout")
+    assert error_label("nonsense") == ("error", "agent_error")
+
+    obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
+    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError": true}}', sse=False)
+    assert obs.outcome == "tool_error"
+    obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
+    sse = (b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"error":1}}\n\n'
+           b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}\n\n')
+    _classify(obs, sse, sse=True)
+    assert (obs.outcome, obs.code) == ("error", "agent_error")
+    obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
+    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"error":"a field named error"},"isError":false}}', sse=False)
+    assert obs.outcome == "ok"
+
+
+def test_a_departed_replica_leaves_no_series() -> None:
+    metrics = _metrics()
+    metrics.upstream.labels("echo", "eu-west", "r1", "ok").inc()
+    metrics.upstream_duration.labels("echo", "eu-west", "r1").observe(0.01)
+    metrics.forget_replica("echo", "eu-west", "r1")
+    assert b"r1" not in metrics.exposition()

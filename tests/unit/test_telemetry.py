@@ -95,3 +95,8 @@ def test_log_lines_carry_the_trace_id(root_logger: None) -> None:
     finally:
         otel_context.detach(token)
     assert stream.getvalue().splitlines()[-1].endswith(f"trace={TRACE_ID}")
+
+
+def test_hostile_meta_is_no_context_not_an_error() -> None:
+    assert telemetry.context_from({"traceparent": PARENT, "baggage": 5, "tracestate": [[1]]}) is not None
+    assert telemetry.context_from({"traceparent": "00-" + "z" * 32 + "-" + "0" * 16 + "-01"}) is None

@@ -77,7 +77,7 @@ class Dispatcher:
             log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
                         "For local development only.", settings.host, settings.port)
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics)
-        self.metrics.watch(self.fleet, self.pool, self.cache)
+        self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

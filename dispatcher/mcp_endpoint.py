@@ -34,6 +34,7 @@ from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet
 from dispatcher.metrics import Metrics
 from dispatcher.observe import CallObservation
+from dispatcher.rate_limits import RateLimits
 from dispatcher.result_cache import ResultCache, final_result
 from dispatcher.router import Router
 from dispatcher.sessions import Session, SessionStore
@@ -63,6 +64,7 @@ from shared.errors import (
     MethodNotFound,
     NotAcceptable,
     SessionNotFound,
+    RateLimited,
     SessionRequired,
     ToolForbidden,
     Unauthorized,
@@ -98,6 +100,7 @@ class MCPEndpoint:
         bus_path: BusPath | None = None,
         metrics: Metrics | None = None,
         auth: Authenticator | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -108,6 +111,7 @@ class MCPEndpoint:
         self.bus_path = bus_path
         self.metrics = metrics or Metrics()
         self.auth = auth or Authenticator.from_settings(settings)
+        self.limits = limits or RateLimits(settings)
         self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
@@ -140,7 +144,8 @@ class MCPEndpoint:
         except EdgefleetError as exc:
             if not tracked.started:
                 request_id = exc.data.pop("id", None) if "id" in exc.data else None
-                await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc))
+                extra = [(b"retry-after", str(exc.data["retry_after_s"]).encode())] if isinstance(exc, RateLimited) else []
+                await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc), headers=extra)
         except Exception:  # a bug must not take the dispatcher down or leak a traceback
             log.exception("unhandled error on /mcp")
             if not tracked.started:
@@ -344,13 +349,15 @@ class MCPEndpoint:
             self.metrics.inflight.inc()
             cancelled = False
             try:
-                await self._call_observed(message, send, headers, peer, obs, identity, modern=modern, receive=receive,
-                                          session=session, extra_headers=extra_headers)
+                with self.limits.slot(identity.name):
+                    await self._call_observed(message, send, headers, peer, obs, identity, modern=modern, receive=receive,
+                                              session=session, extra_headers=extra_headers)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
             except EdgefleetError as exc:
                 obs.failed(exc)
+                exc.data.setdefault("id", message.id)
                 raise
             finally:
                 self.metrics.inflight.dec()
@@ -390,6 +397,7 @@ class MCPEndpoint:
             obs.failed(error)
             await respond(send, 200, jsonrpc.error_body(message.id, error))
             return
+        await self.limits.admit(identity.name, entry.public_name)  # RateLimited -> HTTP 429 + Retry-After
         problem = entry.validation_error(arguments)
         if problem is not None:
             # Spec: input validation failures are tool execution errors the model can fix.

@@ -24,6 +24,7 @@ from dispatcher.breaker import CLOSED, HALF_OPEN, OPEN
 
 if TYPE_CHECKING:
     from dispatcher.fleet import Fleet
+    from dispatcher.rate_limits import RateLimits
     from dispatcher.result_cache import ResultCache
     from dispatcher.upstream import UpstreamPool
 
@@ -90,8 +91,8 @@ class Metrics:
         # Children cached by label tuple: .labels() costs a dict lookup plus validation.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
-    def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache) -> None:
-        self.registry.register(_StateCollector(fleet, pool, cache))
+    def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None = None) -> None:
+        self.registry.register(_StateCollector(fleet, pool, cache, limits))
 
     def forget_replica(self, agent: str, region: str, replica: str) -> None:
         """Drop a departed replica's series (ids are new on every restart: they would pile up)."""
@@ -118,10 +119,11 @@ class Metrics:
 class _StateCollector(Collector):
     """Breakers, replica load and latency, pools, cache and catalog, read when scraped."""
 
-    def __init__(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache) -> None:
+    def __init__(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None) -> None:
         self.fleet = fleet
         self.pool = pool
         self.cache = cache
+        self.limits = limits
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["agent", "region", "replica"]
@@ -147,6 +149,10 @@ class _StateCollector(Collector):
         yield lookups
         yield GaugeMetricFamily("edgefleet_cache_entries", "Results held in the result cache.", value=len(self.cache.entries))
         yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=len(self.fleet.catalog.entries))
+        refused = CounterMetricFamily("edgefleet_rate_limited", "Calls refused by a limit (identity | tool | concurrency).", labels=["scope"])
+        for scope in ("identity", "tool", "concurrency"):
+            refused.add_metric([scope], self.limits.refused.get(scope, 0) if self.limits is not None else 0)
+        yield refused
 
 
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"]

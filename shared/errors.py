@@ -163,6 +163,13 @@ class ToolForbidden(EdgefleetError):
     hint = "This identity may not call that tool (its API key or token does not allow it)."
 
 
+class RateLimited(EdgefleetError):
+    code = "rate_limited"
+    jsonrpc_code = -31429
+    http_status = 429
+    hint = "Too many calls: wait for data.retry_after_s seconds (also in the Retry-After header)."
+
+
 class RegistrationError(EdgefleetError):
     code = "invalid_registration"
     jsonrpc_code = -31422

@@ -101,6 +101,11 @@ class DispatcherSettings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs (unset: not checked).")
     jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, usually this server's /mcp URL (unset: not checked).")
     jwt_leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf.")
+    rate_limit: str | None = Field(None, description="Calls per identity across all dispatchers on one Redis, e.g. 600/minute (unset: none).")
+    tool_rate_limits: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
+    )
+    max_concurrent_calls: int = Field(0, ge=0, description="Calls one identity may have in flight on one dispatcher (0: no cap).")
     oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
@@ -113,7 +118,7 @@ class DispatcherSettings(BaseSettings):
         return value
 
     @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools",
-                     "oauth_authorization_servers", mode="before")
+                     "oauth_authorization_servers", "tool_rate_limits", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):

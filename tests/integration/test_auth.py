@@ -188,3 +188,41 @@ def test_the_cli_client_sends_its_key(auth_fleet: Fleet) -> None:
     assert denied.returncode != 0 and "401" in denied.stderr + denied.stdout
     allowed = subprocess.run([*run, "--key", ALICE], capture_output=True, text=True, timeout=60)
     assert allowed.returncode == 0 and allowed.stdout.split()[0] == "echo.echo" and "echo.where" not in allowed.stdout
+
+
+def test_rate_limits_hold_across_two_dispatchers_sharing_redis(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"identity": "carol", "sha256": hash_key(ALICE)},
+                                             {"identity": "dave", "sha256": hash_key(ROOT)}]}))
+    fleet = Fleet(redis_url, redis_prefix, region="eu-west")
+    fleet.default_auth = "required"
+    try:
+        limits = {"api_keys_file": keys, "rate_limit": "6/minute", "tool_rate_limits": "echo.where=2/minute"}
+        first = fleet.start_dispatcher(**limits)
+        second = fleet.start_dispatcher(**limits)
+        fleet.start_agent("agents.echo", "eu-west")
+        fleet.wait_for(lambda: all(any(r["routable"] for a in fleet.agents_view(d) for r in a["replicas"]) for d in (first, second)),
+                       "echo routable in both dispatchers")
+        statuses = []
+        for i in range(10):  # alternate dispatchers: one budget, counted in Redis
+            base = (first, second)[i % 2]
+            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo.echo", "arguments": {"text": "x"}, "_meta": META}}
+            resp = httpx.post(base + "/mcp", json=body, timeout=10,
+                              headers={**MODERN, "mcp-method": "tools/call", "mcp-name": "echo.echo", "authorization": f"Bearer {ALICE}"})
+            statuses.append(resp.status_code)
+            if resp.status_code == 429:
+                error = resp.json()["error"]
+                assert error["code"] == -31429 and error["data"]["code"] == "rate_limited" and resp.json()["id"] == i
+                assert 1 <= int(resp.headers["retry-after"]) <= 60 and error["data"]["retry_after_s"] == int(resp.headers["retry-after"])
+        assert statuses.count(200) == 6 and statuses.count(429) == 4, statuses
+        # Another identity has its own budget; a per-tool limit is tighter than the identity's.
+        where = []
+        for i in range(3):
+            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo.where", "arguments": {}, "_meta": META}}
+            where.append(httpx.post((first, second)[i % 2] + "/mcp", json=body, timeout=10, headers={
+                **MODERN, "mcp-method": "tools/call", "mcp-name": "echo.where", "authorization": f"Bearer {ROOT}"}).status_code)
+        assert where == [200, 200, 429]
+        metrics = httpx.get(first + "/metrics").text + httpx.get(second + "/metrics").text
+        assert 'edgefleet_rate_limited_total{scope="identity"}' in metrics and 'edgefleet_rate_limited_total{scope="tool"}' in metrics
+    finally:
+        fleet.stop()

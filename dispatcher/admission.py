@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from dispatcher.agent_urls import check_agent_url
 from dispatcher.fleet import Fleet
 from dispatcher.naming import namespace_tools
 from dispatcher.registry import tools_hash
@@ -27,6 +28,7 @@ async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bo
     replica_id = request.replica_id or (
         static_replica_id(request.name, request.region, request.url) if request.static else f"{request.name}-{request.region}-{uuid.uuid4().hex[:10]}"
     )
+    await check_agent_url(request.url, fleet.settings.agent_networks)
     client = ReplicaClient(fleet.pool, request.url)
     timeout = fleet.settings.probe_timeout_s * 5
     try:

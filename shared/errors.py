@@ -182,6 +182,12 @@ class ToolConflict(RegistrationError):
     http_status = 409
 
 
+class AgentUrlForbidden(RegistrationError):
+    code = "agent_url_forbidden"
+    jsonrpc_code = -31423
+    http_status = 422
+
+
 class AgentUnreachable(RegistrationError):
     code = "agent_unreachable"
     jsonrpc_code = -31424

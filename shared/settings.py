@@ -101,6 +101,9 @@ class DispatcherSettings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs (unset: not checked).")
     jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, usually this server's /mcp URL (unset: not checked).")
     jwt_leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf.")
+    agent_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs agent URLs must resolve into (comma-separated; unset: any but link-local/metadata).",
+    )
     rate_limit: str | None = Field(None, description="Calls per identity across all dispatchers on one Redis, e.g. 600/minute (unset: none).")
     tool_rate_limits: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
@@ -118,14 +121,14 @@ class DispatcherSettings(BaseSettings):
         return value
 
     @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools",
-                     "oauth_authorization_servers", "tool_rate_limits", mode="before")
+                     "oauth_authorization_servers", "tool_rate_limits", "agent_networks", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "agent_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:

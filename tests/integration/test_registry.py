@@ -31,6 +31,13 @@ def test_invalid_registration_names_the_field(fleet: Fleet) -> None:
     assert {"name", "url"} <= fields
 
 
+def test_an_agent_url_pointing_at_cloud_metadata_is_refused(fleet: Fleet) -> None:
+    body = {"name": "sneaky", "region": "eu-west", "url": "http://169.254.169.254/latest/meta-data/"}
+    resp = httpx.post(fleet.url + "/v1/agents", json=body, headers=fleet.auth(), timeout=30)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "agent_url_forbidden"
+    assert "169.254.169.254" in resp.json()["error"]["message"]
+
+
 def test_unreachable_agent_is_refused_clearly(fleet: Fleet) -> None:
     body = {"name": "ghost", "region": "eu-west", "url": f"http://127.0.0.1:{free_port()}/mcp"}
     resp = httpx.post(fleet.url + "/v1/agents", json=body, headers=fleet.auth(), timeout=30)

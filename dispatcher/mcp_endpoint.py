@@ -27,7 +27,7 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from dispatcher import __version__, jsonrpc
-from dispatcher.auth import SCOPE_IDENTITY, Authenticator, Identity, challenge, resource_urls
+from dispatcher.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY, Authenticator, Identity, challenge, resource_urls
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
@@ -345,7 +345,10 @@ class MCPEndpoint:
                 attributes["mcp.session.id"] = session.id
         with _tracer.start_as_current_span(f"tools/call {label}", context=parent, kind=SpanKind.SERVER, attributes=attributes,
                                            record_exception=False, set_status_on_exception=False) as span:
-            obs = CallObservation(self.metrics, span, label, "direct", self.settings.region)
+            # The start-up exercise of this path is not traffic: no metrics, no info line.
+            warm_up = identity is WARM_UP_IDENTITY
+            obs = CallObservation(None if warm_up else self.metrics, span, label, "direct", self.settings.region,
+                                  level=logging.DEBUG if warm_up else logging.INFO)
             self.metrics.inflight.inc()
             cancelled = False
             try:

@@ -317,43 +317,18 @@ def _classify(obs: CallObservation, payload: bytes, *, sse: bool) -> None:
     result with ``isError: true`` (a tool error). Cheap for the common case: no marker, no parse."""
     if not any(marker in payload for marker in _ERROR_MARKERS):
         return
-    messages: list[Any] = []
-    if sse:
-        for event in payload.replace(b"\r\n", b"\n").split(b"\n\n"):
-            data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
-            if data:
-                try:
-                    messages.append(orjson.loads(data))
-                except orjson.JSONDecodeError:
-                    continue
-    else:
-        try:
-            messages.append(orjson.loads(payload))
-        except orjson.JSONDecodeError:
-            return
-    for message in messages:
-        if not isinstance(message, dict) or "id" not in message or "method" in message:
-            continue  # notifications (progress, logs) say nothing about the outcome
-        if "error" in message:
-            obs.answered_with_error(message["error"])
-        elif isinstance(message.get("result"), dict) and message["result"].get("isError") is True:
-            obs.outcome = "tool_error"
+    message = jsonrpc.last_response(payload, sse=sse)
+    if message is None or not jsonrpc.is_response(message):
+        return  # notifications (progress, logs) say nothing about the outcome
+    if "error" in message:
+        obs.answered_with_error(message["error"])
+    elif isinstance(message.get("result"), dict) and message["result"].get("isError") is True:
+        obs.outcome = "tool_error"
 
 
 def _holds_response(events: bytes) -> bool:
     """Do these complete SSE events include a JSON-RPC response (the call's answer)?"""
-    if b'"id"' not in events:
-        return False
-    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
-        if data and b'"id"' in data:
-            try:
-                message = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(message, dict) and "id" in message and "method" not in message:
-                return True
-    return False
+    return b'"id"' in events and any(jsonrpc.is_response(m) for m in jsonrpc.sse_messages(events))
 
 
 class _IdRename:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from opentelemetry.trace import SpanKind
 
+from dispatcher import jsonrpc
 from dispatcher.observe import CallObservation
 from shared import telemetry
 
@@ -81,23 +82,7 @@ class _Capture:
     def answer(self) -> dict[str, Any] | None:
         """The JSON-RPC response in the captured body (JSON or the SSE stream's last answer)."""
         body = bytes(self.body)
-        if not body.lstrip().startswith(b"{"):
-            found = None
-            for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-                data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
-                if data:
-                    try:
-                        message = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(message, dict) and "id" in message and "method" not in message:
-                        found = message
-            return found
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        return message if isinstance(message, dict) else None
+        return jsonrpc.last_response(body, sse=not body.lstrip().startswith(b"{"))
 
     def route(self) -> dict[str, str]:
         raw = self.headers.get(_ROUTE, b"").decode()

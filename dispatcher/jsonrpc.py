@@ -6,6 +6,7 @@ round trips per call cost the peers milliseconds).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,36 @@ def error_body(request_id: Any, error: EdgefleetError) -> bytes:
         # The spec allows an id-less error when the id could not be read.
         body.pop("id")
     return orjson.dumps(body)
+
+
+def sse_messages(events: bytes) -> Iterator[Any]:
+    """The JSON payload of each complete SSE event in ``events`` (LF or CRLF; events whose
+    data is not JSON are skipped)."""
+    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            try:
+                yield orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+
+
+def is_response(message: Any) -> bool:
+    """A JSON-RPC response (has an id, is not a request or notification)."""
+    return isinstance(message, dict) and "id" in message and "method" not in message
+
+
+def last_response(body: bytes, *, sse: bool) -> dict[str, Any] | None:
+    """The JSON-RPC response in an answer body: the last response among SSE events, or the
+    JSON body itself (None when there is none, or it is not JSON)."""
+    if sse:
+        found = None
+        for message in sse_messages(body):
+            if is_response(message):
+                found = message
+        return found
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from cachetools import TLRUCache
 
+from dispatcher import jsonrpc
+
 # A result larger than this is not worth holding in memory for everyone.
 MAX_CACHED_RESULT_BYTES = 256 * 1024
 
@@ -55,23 +57,8 @@ class ResultCache:
 
 def final_result(body: bytes, sse: bool) -> bytes | None:
     """The serialized ``result`` of a successful JSON-RPC response body, else None."""
-    if sse:
-        message = None
-        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-            data = b"\n".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
-            if data:
-                try:
-                    candidate = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    return None
-                if isinstance(candidate, dict) and "id" in candidate and "method" not in candidate:
-                    message = candidate
-    else:
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-    if not isinstance(message, dict):
+    message = jsonrpc.last_response(body, sse=sse)
+    if message is None:
         return None
     result = message.get("result")
     if not isinstance(result, dict) or result.get("isError") or result.get("resultType", "complete") != "complete":

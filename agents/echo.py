@@ -8,9 +8,12 @@ slow, deliberately NOT idempotent tool (a replica dying mid-call must give the c
 """
 
 import asyncio
+import logging
+import time
 
 from agents.sdk import Agent, ToolAnnotations, ToolError
 
+log = logging.getLogger("edgefleet.agent.echo")
 agent = Agent("echo", description="Returns its input; used by `edgefleet bench` and the routing tests.", version="1.0.0")
 
 
@@ -29,7 +32,13 @@ async def where() -> dict[str, str]:
 @agent.tool(annotations=ToolAnnotations(readOnlyHint=False, idempotentHint=False))
 async def wait(seconds: float) -> dict[str, str]:
     """Sleep ``seconds`` (at most 600), then say where it ran."""
-    await asyncio.sleep(min(max(seconds, 0.0), 600.0))
+    started = time.monotonic()
+    try:
+        await asyncio.sleep(min(max(seconds, 0.0), 600.0))
+    except asyncio.CancelledError:
+        # Says that cancellation reached the handler (the task tests look for this line).
+        log.info("wait cancelled after %.2f s", time.monotonic() - started)
+        raise
     return {"region": agent.region or "", "url": agent.url or ""}
 
 

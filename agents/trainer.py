@@ -200,7 +200,7 @@ agent = Agent(
         destructiveHint=False,
         openWorldHint=False,
     ),
-    meta={"dev.edgefleet/longRunning": True},
+    long_running=True,
 )
 async def train_tool(
     *,

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dispatcher.admission import admit
-from dispatcher.auth import protected_resource_metadata, resource_urls
+from dispatcher.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
+from dispatcher.tasks.methods import TaskMethods
+from dispatcher.tasks.store import BadCursor
 from dispatcher.fleet import Fleet
 from dispatcher.metrics import CONTENT_TYPE, Metrics
 from dispatcher.naming import public_name
-from shared.errors import EdgefleetError, NotFound, RegistrationError, Unauthorized
+from shared.errors import EdgefleetError, InvalidParams, NotFound, RegistrationError, Unauthorized
 from shared.models import Heartbeat, RegisterRequest
 
 
-def build_api(fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None) -> FastAPI:
+def build_api(
+    fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None, *, tasks: TaskMethods | None = None,
+    auth: Authenticator | None = None,
+) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
     @api.exception_handler(EdgefleetError)
@@ -129,4 +137,70 @@ def build_api(fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None =
         items = [{**a, "regions": sorted(a["regions"]), "tools": sorted(a["tools"])} for a in agents.values()]
         return {"agents": sorted(items, key=lambda a: a["name"])}
 
+    if tasks is not None and auth is not None:
+        _task_routes(api, tasks, auth)
     return api
+
+
+def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
+    """Tasks for operators and non-MCP callers, with the same credentials as /mcp: an
+    identity sees and cancels its own tasks; an admin (scope ``admin``) everyone's."""
+
+    def caller(authorization: Annotated[str | None, Header()] = None) -> Identity:
+        return auth.authenticate(authorization)
+
+    who = Depends(caller)
+
+    @api.get("/v1/tasks")
+    async def list_tasks(owner: str | None = None, cursor: str | None = None, limit: int = 50, identity: Identity = who) -> dict[str, Any]:
+        if not identity.admin:
+            owner = identity.name  # everyone else sees only their own
+        try:
+            records, next_cursor = await tasks.store.list(owner, cursor=cursor, limit=limit)
+        except BadCursor:
+            raise InvalidParams("Unknown cursor: pass back the next_cursor of a previous page.") from None
+        return {"tasks": [r.rest(detail=False) for r in records], "next_cursor": next_cursor}
+
+    @api.get("/v1/tasks/{task_id}")
+    async def get_task(task_id: str, identity: Identity = who) -> dict[str, Any]:
+        record = await tasks.find(task_id, identity)
+        return record.rest(history=await tasks.store.history(task_id))
+
+    @api.post("/v1/tasks/{task_id}/cancel")
+    async def cancel_task(task_id: str, identity: Identity = who) -> dict[str, Any]:
+        record = await tasks.find(task_id, identity)
+        await tasks.runner.cancel(record, identity.name)
+        record = await tasks.find(task_id, identity)
+        return record.rest(history=await tasks.store.history(task_id))
+
+    @api.get("/v1/tasks/{task_id}/events")
+    async def task_events(task_id: str, identity: Identity = who) -> StreamingResponse:
+        """Server-sent events: the task (as GET /v1/tasks/{id} shows it) on every change, until it ends."""
+        await tasks.find(task_id, identity)  # 404 before the stream starts
+
+        async def stream() -> Any:
+            async with tasks.store.events.watch(task_id) as changes:
+                last = None
+                while True:
+                    try:
+                        record = await tasks.find(task_id, identity)
+                    except EdgefleetError as exc:  # expired meanwhile
+                        yield _sse("error", exc.to_rest())
+                        return
+                    view = record.rest()
+                    if view != last:
+                        last = view
+                        yield _sse("task", view)
+                    if record.terminal:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changes.get(), 15.0)
+                    while not changes.empty():
+                        changes.get_nowait()
+                    yield b": keep-alive\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

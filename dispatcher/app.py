@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from dispatcher.metrics import Metrics
 from dispatcher.result_cache import ResultCache
 from dispatcher.router import Router
 from dispatcher.sessions import SessionStore
+from dispatcher.tasks.runner import TaskRunner
+from dispatcher.tasks.store import TaskStore
 from dispatcher.upstream import UpstreamPool
 from shared import telemetry
 from shared.constants import RedisKeys
@@ -76,9 +79,15 @@ class Dispatcher:
         if settings.auth == "none":
             log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
                         "For local development only.", settings.host, settings.port)
-        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics)
+        keys = RedisKeys(settings.redis_prefix)
+        self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000))
+        instance = self.bus_path.instance if self.bus_path is not None else f"{settings.region}-{uuid.uuid4().hex[:12]}"
+        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.executor, self.bus_path, self.metrics, instance)
+        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics,
+                               runner=self.tasks)
         self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits)
-        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics)
+        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.mcp.tasks,
+                             auth=self.mcp.auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in MCP_PATHS:
@@ -117,6 +126,7 @@ class Dispatcher:
             await self.fleet.wait_warm(timeout=10.0)
         except asyncio.TimeoutError:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
+        await self.tasks.start()
         await warmup.exercise_endpoint(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
@@ -124,6 +134,7 @@ class Dispatcher:
         )
 
     async def aclose(self) -> None:
+        await self.tasks.aclose()
         await self.fleet.aclose()
         if self.bus_path is not None:
             await self.bus_path.aclose()

@@ -282,6 +282,42 @@ class BusPath:
         finally:
             self.waiters.pop(task_id, None)
 
+    async def submit(self, entry: ToolEntry, task_id: str, params: dict[str, Any], *, order: RouteOrder, deadline_ms: int) -> str:
+        """Publish a call that runs as a task and return the region it went to. The answer
+        goes to the task replies stream every dispatcher consumes, not to this instance:
+        the task completes even if this dispatcher is gone by then."""
+        region = self.region_for(entry, order)
+        if region is None:
+            raise AgentUnavailable(
+                f"No healthy replica of agent {entry.agent!r} consumes the bus for {entry.public_name} right now.",
+                data={"agent": entry.agent, "regions": list(order.regions)},
+            )
+        if not self.connected:
+            raise BusUnavailable()
+        stream = self.names.calls(entry.agent, region)
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        with _tracer.start_as_current_span(f"publish {stream}", kind=SpanKind.PRODUCER, attributes={
+            "messaging.system": self.system, "messaging.operation.type": "publish", "messaging.destination.name": stream,
+            "messaging.message.id": task_id, "gen_ai.tool.name": entry.upstream_name,
+        } if telemetry.recording() else None):
+            traceparent = telemetry.current_traceparent()
+            envelope = CallEnvelope(
+                task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {}, meta=meta,
+                deadline_ms=deadline_ms, reply_to=self.names.task_replies(), traceparent=traceparent,
+            )
+            headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
+            try:
+                await self.bus.publish(stream, envelope.dumps(), headers, key=task_id)
+            except EdgefleetError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker
+                raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
+        return region
+
+    async def cancel(self, agent: str, task_id: str, reason: str) -> None:
+        """Ask the agent's replicas to stop ``task_id`` (whichever one runs it)."""
+        await self._cancel(agent, task_id, reason)
+
     async def _cancel(self, agent: str, task_id: str, reason: str) -> None:
         with contextlib.suppress(BusUnavailable, EdgefleetError):
             await self.bus.publish(self.names.cancels(agent), CancelRequest(task_id=task_id, reason=reason).model_dump_json().encode())

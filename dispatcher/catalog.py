@@ -22,7 +22,14 @@ import jsonschema
 from packaging.version import InvalidVersion, Version
 
 from dispatcher.naming import namespace_tools
-from shared.constants import META_EDGE_AGENT, META_EDGE_CACHE_TTL, META_EDGE_PATH, META_EDGE_UPSTREAM_NAME
+from shared.constants import (
+    META_EDGE_AGENT,
+    META_EDGE_CACHE_TTL,
+    META_EDGE_LONG_RUNNING,
+    META_EDGE_PATH,
+    META_EDGE_TASK_SUPPORT,
+    META_EDGE_UPSTREAM_NAME,
+)
 from shared.errors import ToolConflict
 
 if TYPE_CHECKING:
@@ -47,6 +54,10 @@ class ToolEntry:
     path: str = "direct"
     handler: Callable[..., Awaitable[dict[str, Any]]] | None = None
     by_region: dict[str, list[Replica]] = field(default_factory=dict)
+    # MCP tasks: "optional" (default), "required" or "forbidden" (execution.taskSupport);
+    # ``long_running`` tools get a task at once for 2026-era clients of the tasks extension.
+    task_support: str = "optional"
+    long_running: bool = False
 
     def __post_init__(self) -> None:
         for replica in self.replicas:
@@ -90,6 +101,19 @@ def _compile(schema: Any, tool: str) -> Any | None:
         return None
 
 
+TASK_SUPPORT = ("optional", "required", "forbidden")
+
+
+def task_support(tool: dict[str, Any]) -> str:
+    """The tool's ``execution.taskSupport``, or what its agent put in ``_meta`` (agents on
+    an SDK without the field); tasks are hosted by the dispatcher, so "optional" by default."""
+    execution = tool.get("execution")
+    declared = execution.get("taskSupport") if isinstance(execution, dict) else None
+    if declared is None and isinstance(tool.get("_meta"), dict):
+        declared = tool["_meta"].get(META_EDGE_TASK_SUPPORT)
+    return declared if declared in TASK_SUPPORT else "optional"
+
+
 def public_definition(agent: str, public: str, upstream: str, tool: dict[str, Any]) -> dict[str, Any]:
     definition = dict(tool)
     definition["name"] = public
@@ -99,6 +123,7 @@ def public_definition(agent: str, public: str, upstream: str, tool: dict[str, An
         meta[META_EDGE_UPSTREAM_NAME] = upstream
     definition["_meta"] = meta
     definition.setdefault("inputSchema", {"type": "object"})
+    definition["execution"] = {**(tool.get("execution") if isinstance(tool.get("execution"), dict) else {}), "taskSupport": task_support(tool)}
     return definition
 
 
@@ -148,6 +173,8 @@ class Catalog:
                     replicas=[r for r in members if upstream in r.tool_names],
                     cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
                     path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
+                    task_support=task_support(tool),
+                    long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
                 )
         return cls(entries)
 
@@ -161,5 +188,5 @@ def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[d
         public_name=name, agent=agent, upstream_name=name,
         definition=public_definition(agent, name, name.split(".", 1)[1], definition),
         idempotent=bool(annotations.get("idempotentHint")), validator=_compile(definition.get("inputSchema"), name),
-        path="builtin", handler=handler,
+        path="builtin", handler=handler, task_support=task_support(definition),
     )

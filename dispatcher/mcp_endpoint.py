@@ -38,6 +38,10 @@ from dispatcher.rate_limits import RateLimits
 from dispatcher.result_cache import ResultCache, final_result
 from dispatcher.router import Router
 from dispatcher.sessions import Session, SessionStore
+from dispatcher.tasks.methods import TaskMethods
+from dispatcher.tasks.model import TaskRecord
+from dispatcher.tasks.runner import TaskRunner
+from dispatcher.tasks.sink import TaskSink
 from shared.constants import (
     HEADER_METHOD,
     HEADER_NAME,
@@ -54,6 +58,7 @@ from shared.constants import (
     META_SERVER_INFO,
     MODERN_PROTOCOL_VERSION,
     SUPPORTED_PROTOCOL_VERSIONS,
+    TASKS_EXTENSION,
 )
 from shared.errors import (
     EdgefleetError,
@@ -62,6 +67,7 @@ from shared.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
+    MissingClientCapability,
     NotAcceptable,
     SessionNotFound,
     RateLimited,
@@ -83,6 +89,12 @@ INSTRUCTIONS = (
     "Tools of every agent in the fleet, named 'agent.tool'. Calls are routed to the nearest healthy replica."
 )
 CAPABILITIES = {"tools": {"listChanged": False}, "logging": {}}
+# SEP-1686 tasks exist from 2025-11-25 on; older sessions get no tasks capability.
+TASKS_LEGACY_VERSION = "2025-11-25"
+LEGACY_TASK_CAPABILITIES = {**CAPABILITIES, "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
+# SEP-2663: the tasks extension, declared in server/discover.
+MODERN_CAPABILITIES = {**CAPABILITIES, "extensions": {TASKS_EXTENSION: {}}}
+MISSING_TASKS_EXTENSION = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
 # JSON-RPC-level errors in the legacy era ride an HTTP 200 (the HTTP exchange worked).
 LEGACY_RPC_LEVEL = (MethodNotFound, InvalidParams)
 DEFAULT_LEGACY_LOG_LEVEL = "info"
@@ -101,6 +113,7 @@ class MCPEndpoint:
         metrics: Metrics | None = None,
         auth: Authenticator | None = None,
         limits: RateLimits | None = None,
+        runner: TaskRunner | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -112,6 +125,8 @@ class MCPEndpoint:
         self.metrics = metrics or Metrics()
         self.auth = auth or Authenticator.from_settings(settings)
         self.limits = limits or RateLimits(settings)
+        self.runner = runner
+        self.tasks = TaskMethods(runner.store, runner) if runner is not None else None
         self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.
@@ -180,7 +195,7 @@ class MCPEndpoint:
         elif version in (MODERN_PROTOCOL_VERSION,):
             await self._modern(message, headers, receive, send, peer, identity)
         elif version in LEGACY_PROTOCOL_VERSIONS or (version is None and HEADER_SESSION_ID in headers):
-            await self._legacy(message, headers, send, peer, identity)
+            await self._legacy(message, headers, receive, send, peer, identity)
         elif version is None:
             raise SessionRequired(
                 "Missing MCP-Protocol-Version header: send '2026-07-28' with per-request _meta, "
@@ -244,11 +259,18 @@ class MCPEndpoint:
         elif method == "tools/list":
             result = {"resultType": "complete", "tools": self._tools_for(identity), "ttlMs": 0, "cacheScope": "private"}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method in ("tasks/get", "tasks/update", "tasks/cancel"):
+            try:
+                result = await self._modern_task_method(message, headers, identity)
+            except InvalidParams as exc:  # unknown task, finished task: a JSON-RPC answer, not an HTTP failure
+                await respond(send, 200, jsonrpc.error_body(message.id, exc))
+                return
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method == "server/discover":
             result = {
                 "resultType": "complete",
                 "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
-                "capabilities": CAPABILITIES,
+                "capabilities": MODERN_CAPABILITIES if self.tasks is not None else CAPABILITIES,
                 "instructions": INSTRUCTIONS,
                 "ttlMs": 0,
                 "cacheScope": "public",
@@ -257,6 +279,30 @@ class MCPEndpoint:
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         else:
             raise MethodNotFound(f"Method not found: {method}", data={"id": message.id})
+
+    async def _modern_task_method(self, message: jsonrpc.Message, headers: dict[str, str], identity: Identity) -> dict[str, Any]:
+        if self.tasks is None:
+            raise MethodNotFound(f"Method not found: {message.method} (tasks need the task store)", data={"id": message.id})
+        if not _declares_tasks(message.params.get("_meta")):
+            raise MissingClientCapability(
+                f"{message.method} needs the {TASKS_EXTENSION} extension in the request's client capabilities.",
+                data={"id": message.id, **MISSING_TASKS_EXTENSION},
+            )
+        header_name = _decode_header(headers.get(HEADER_NAME))
+        if header_name is not None and header_name != message.params.get("taskId"):
+            raise HeaderMismatch(
+                f"Header mismatch: Mcp-Name header {header_name!r} does not match body taskId {message.params.get('taskId')!r}",
+                data={"id": message.id},
+            )
+        try:
+            if message.method == "tasks/get":
+                return await self.tasks.modern_get(message.params, identity)
+            if message.method == "tasks/cancel":
+                return await self.tasks.modern_cancel(message.params, identity)
+            return await self.tasks.modern_update(message.params, identity)
+        except EdgefleetError as exc:
+            exc.data.setdefault("id", message.id)
+            raise
 
     # -- legacy era ------------------------------------------------------------------------
     async def _initialize(self, message: jsonrpc.Message, send: Send, identity: Identity) -> None:
@@ -268,11 +314,13 @@ class MCPEndpoint:
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
         capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
         session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
-        result = {"protocolVersion": negotiated, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
+        offered = LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
+        result = {"protocolVersion": negotiated, "capabilities": offered, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
         await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
 
     async def _legacy(
-        self, message: jsonrpc.Message, headers: dict[str, str], send: TrackingSend, peer: str | None, identity: Identity
+        self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None,
+        identity: Identity,
     ) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
@@ -290,17 +338,19 @@ class MCPEndpoint:
             await respond(send, 202, content_type=None)
             return
         try:
-            await self._legacy_request(message, session, send, headers, peer, identity)
+            await self._legacy_request(message, session, receive, send, headers, peer, identity)
         except LEGACY_RPC_LEVEL as exc:
             await respond(send, 200, jsonrpc.error_body(message.id, exc))
 
     async def _legacy_request(
-        self, message: jsonrpc.Message, session: Session, send: TrackingSend, headers: dict[str, str], peer: str | None,
-        identity: Identity,
+        self, message: jsonrpc.Message, session: Session, receive: Receive, send: TrackingSend, headers: dict[str, str],
+        peer: str | None, identity: Identity,
     ) -> None:
         method = message.method
         if method == "tools/call":
-            await self._call(message, send, headers, peer, identity, modern=False, session=session)
+            await self._call(message, send, headers, peer, identity, modern=False, receive=receive, session=session)
+        elif method.startswith("tasks/") and self.tasks is not None and session.protocol_version == TASKS_LEGACY_VERSION:
+            await self._legacy_task_method(message, identity, headers, send)
         elif method == "tools/list":
             await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self._tools_for(identity)}))
         elif method == "ping":
@@ -314,6 +364,22 @@ class MCPEndpoint:
             await respond(send, 200, jsonrpc.result_body(message.id, {}))
         else:
             raise MethodNotFound(f"Method not found: {method}")
+
+    async def _legacy_task_method(self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend) -> None:
+        assert self.tasks is not None
+        method, params = message.method, message.params
+        if method == "tasks/get":
+            result = await self.tasks.legacy_get(params, identity)
+        elif method == "tasks/list":
+            result = await self.tasks.legacy_list(params, identity)
+        elif method == "tasks/cancel":
+            result = await self.tasks.legacy_cancel(params, identity)
+        elif method == "tasks/result":
+            await self.tasks.legacy_result(message.id, params, identity, send, sse="text/event-stream" in headers.get("accept", ""))
+            return
+        else:
+            raise MethodNotFound(f"Method not found: {method}")
+        await respond(send, 200, jsonrpc.result_body(message.id, result))
 
     # -- tools/call, both eras -------------------------------------------------------------
     async def _call(
@@ -401,12 +467,19 @@ class MCPEndpoint:
             await respond(send, 200, jsonrpc.error_body(message.id, error))
             return
         await self.limits.admit(identity.name, entry.public_name)  # RateLimited -> HTTP 429 + Retry-After
+        mode = self._task_mode(message, entry, modern=modern, session=session)
         problem = entry.validation_error(arguments)
         if problem is not None:
             # Spec: input validation failures are tool execution errors the model can fix.
             obs.outcome, obs.code = "tool_error", "invalid_arguments"
             result: dict[str, Any] = {"content": [{"type": "text", "text": problem}], "isError": True}
-            if modern:
+            if mode == "create" and self.runner is not None:
+                # Asked for a task: the task is created, and completed with that same answer.
+                record = self.runner.new_record(owner=identity.name, entry=entry, params=params, era="modern" if modern else "legacy",
+                                                origin="requested", ttl_ms=_asked_ttl(params))
+                await self.runner.record_answered(record, result)
+                result = {"resultType": "task", **record.modern()} if modern else {"task": record.legacy()}
+            elif modern:
                 result["resultType"] = "complete"
             await respond(send, 200, jsonrpc.result_body(message.id, result))
             return
@@ -437,26 +510,42 @@ class MCPEndpoint:
             allowed = tuple(r for r in order.regions if r in identity.regions) or tuple(identity.regions)
             order = dataclasses.replace(order, regions=allowed, only=True)
         obs.routed(order)
+        upstream_params.pop("task", None)  # agents do not host tasks: the dispatcher does
+        era = "modern" if modern else "legacy"
+        runner = self.runner
+
+        def make_record(origin: str, ttl_ms: int | None = None) -> TaskRecord:
+            assert runner is not None
+            return runner.new_record(owner=identity.name, entry=entry, params=upstream_params, era=era, origin=origin, ttl_ms=ttl_ms)
+
+        if mode == "create":
+            assert runner is not None
+            record = make_record("requested", _asked_ttl(params))
+            await runner.start_task(record, entry, upstream_params, order)
+            obs.path = "task"
+            result: dict[str, Any] = {"resultType": "task", **record.modern()} if modern else {"task": record.legacy()}
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+            return
         timeout_s = self._timeout(headers)
-        invoke: Callable[[], Awaitable[None]]
+        invoke: Callable[[Send], Awaitable[None]]
         if entry.handler is not None:  # the dispatcher's own tools (fan-out, pipelines)
             handler = entry.handler
             obs.path = "builtin"
 
-            async def invoke() -> None:
+            async def invoke(out: Send) -> None:
                 result = await handler(arguments, order=order, timeout_s=timeout_s)
                 if result.get("isError"):
                     obs.outcome = "tool_error"
                 if modern:
                     result = {**result, "resultType": "complete"}
-                await respond(send, 200, jsonrpc.result_body(message.id, result))
+                await respond(out, 200, jsonrpc.result_body(message.id, result))
 
         elif entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
             bus_path = self.bus_path
             obs.path = "bus"
 
-            async def invoke() -> None:
-                await bus_path.call(entry, message.id, upstream_params, send, order=order, timeout_s=timeout_s, obs=obs)
+            async def invoke(out: Send) -> None:
+                await bus_path.call(entry, message.id, upstream_params, out, order=order, timeout_s=timeout_s, obs=obs)
 
         else:
             # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
@@ -471,9 +560,9 @@ class MCPEndpoint:
                     return
             body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": "tools/call", "params": upstream_params})
 
-            async def invoke() -> None:
+            async def invoke(out: Send) -> None:
                 captured = await self.executor.call(
-                    entry, message.id, body, send,
+                    entry, message.id, body, out,
                     order=order, timeout_s=timeout_s, extra_headers=extra_headers, capture=cache_key is not None, obs=obs,
                 )
                 if captured is not None and cache_key is not None:
@@ -481,11 +570,47 @@ class MCPEndpoint:
                     if result is not None:
                         self.cache.put(cache_key, entry.cache_ttl_s, result)
 
-        if modern and receive is not None:
-            await self._call_cancellable_by_disconnect(entry, message.id, invoke, send, receive, obs)
+        if mode == "promote":
+            assert receive is not None
+            await self._call_promotable(entry, message.id, invoke, send, receive, obs, make_record)
+        elif modern and receive is not None:
+            await self._call_cancellable_by_disconnect(entry, message.id, lambda: invoke(send), send, receive, obs)
         else:
             assert session is not None
-            await self._call_cancellable_by_notification(message.id, invoke, send, session, obs)
+            await self._call_cancellable_by_notification(message.id, invoke, send, session, obs, receive,
+                                                         make_record if runner is not None else None)
+
+    def _task_mode(self, message: jsonrpc.Message, entry: Any, *, modern: bool, session: Session | None) -> str | None:
+        """How this call meets tasks: "create" (answer a task now), "promote" (answer a task
+        if it runs long) or None (an ordinary call)."""
+        if self.runner is None:
+            return None
+        if modern:
+            declared = _declares_tasks(message.params.get("_meta"))
+            if not declared:
+                if entry.task_support == "required":
+                    raise MissingClientCapability(
+                        f"{entry.public_name} runs only as a task: declare the {TASKS_EXTENSION} extension.",
+                        data={"id": message.id, **MISSING_TASKS_EXTENSION},
+                    )
+                return None
+            if entry.task_support == "required" or entry.long_running:
+                return "create"
+            return "promote" if self.settings.task_after_ms > 0 and entry.task_support != "forbidden" else None
+        if session is None or session.protocol_version != TASKS_LEGACY_VERSION:
+            return None  # no tasks capability was offered: params.task is ignored (SEP-1686)
+        task = message.params.get("task")
+        if task is None:
+            if entry.task_support == "required":
+                raise MethodNotFound(f"{entry.public_name} must be called as a task (execution.taskSupport is required).",
+                                     data={"id": message.id, "tool": entry.public_name})
+            return None
+        if not isinstance(task, dict):
+            raise InvalidParams("params.task must be an object (optionally with ttl in milliseconds).", data={"id": message.id})
+        if entry.task_support == "forbidden":
+            raise MethodNotFound(f"{entry.public_name} cannot be called as a task (execution.taskSupport is forbidden).",
+                                 data={"id": message.id, "tool": entry.public_name})
+        return "create"
 
     def _tools_for(self, identity: Identity) -> list[dict[str, Any]]:
         """The catalog as this identity may see it (only the tools it may call)."""
@@ -538,13 +663,26 @@ class MCPEndpoint:
             watcher.cancel()
 
     async def _call_cancellable_by_notification(
-        self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, session: Session,
-        obs: CallObservation,
+        self, request_id: Any, invoke: Callable[[Send], Awaitable[None]], send: TrackingSend, session: Session,
+        obs: CallObservation, receive: Receive | None, make_record: Callable[[str], TaskRecord] | None,
     ) -> None:
+        """2025 era: ``notifications/cancelled`` cancels; a dropped connection does not
+        (the spec: disconnection is not cancellation). A call whose client went away keeps
+        running as a task of the same owner, found again with tasks/list or /v1/tasks."""
         key = (session.id, request_id)
-        task = asyncio.ensure_future(self._run_call(request_id, invoke, send, obs))
+        sink = TaskSink(forward=send)
+        task = asyncio.ensure_future(self._run_call(request_id, lambda: invoke(sink), sink, obs))
         self.legacy_inflight[key] = task
+        watcher = asyncio.create_task(_disconnected(receive)) if receive is not None and make_record is not None else None
         try:
+            await asyncio.wait({task} if watcher is None else {task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and make_record is not None and await sink.take_over() is not None:
+                record = make_record("detached")
+                assert self.runner is not None
+                await self.runner.adopt(record, sink, task)
+                obs.outcome = "detached"
+                log.info("the client of %s went away: the call goes on as task %s", record.tool, record.id)
+                return
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.cancelled():
@@ -558,8 +696,51 @@ class MCPEndpoint:
                 await send({"type": "http.response.body", "body": b""})
         finally:
             self.legacy_inflight.pop(key, None)
+            if watcher is not None:
+                watcher.cancel()
 
-    async def _run_call(self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: TrackingSend, obs: CallObservation) -> None:
+    async def _call_promotable(
+        self, entry: Any, request_id: Any, invoke: Callable[[Send], Awaitable[None]], send: TrackingSend, receive: Receive,
+        obs: CallObservation, make_record: Callable[[str], TaskRecord],
+    ) -> None:
+        """2026 era, client declared the tasks extension: an ordinary call, relayed as it
+        runs, unless it is still running after ``task_after_ms`` - then its answer is a task
+        (``resultType: "task"``) and the work goes on. Before that, closing the stream
+        cancels, as the 2026 transport says."""
+        sink = TaskSink(forward=send)
+        work = asyncio.ensure_future(self._run_call(request_id, lambda: invoke(sink), sink, obs))
+        watcher = asyncio.create_task(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({work, watcher}, timeout=self.settings.task_after_ms / 1000,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                obs.outcome = "cancelled"
+                log.info("client closed the stream of %s: call cancelled", entry.public_name)
+                return
+            if not work.done():
+                forward = await sink.take_over()
+                if forward is not None:
+                    record = make_record("promoted")
+                    assert self.runner is not None
+                    await self.runner.adopt(record, sink, work)
+                    obs.outcome = "task"
+                    answer = jsonrpc.result_body(request_id, {"resultType": "task", **record.modern()})
+                    if sink.started:  # an SSE stream is open: the task is its last event
+                        await forward({"type": "http.response.body", "body": b"event: message\ndata: " + answer + b"\n\n", "more_body": True})
+                        await forward({"type": "http.response.body", "body": b""})
+                    else:
+                        await respond(forward, 200, answer)
+                    return
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _run_call(self, request_id: Any, invoke: Callable[[], Awaitable[None]], send: Any, obs: CallObservation) -> None:
         try:
             await invoke()
         except EdgefleetError as exc:
@@ -567,6 +748,28 @@ class MCPEndpoint:
             if send.started:
                 raise
             await respond(send, 200, jsonrpc.error_body(request_id, exc))
+
+
+def _asked_ttl(params: dict[str, Any]) -> int | None:
+    """The retention a 2025-era client asked for in ``params.task.ttl`` (milliseconds)."""
+    task = params.get("task")
+    ttl = task.get("ttl") if isinstance(task, dict) else None
+    return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has closed the connection."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _declares_tasks(meta: Any) -> bool:
+    """Did this 2026-era request declare the tasks extension in its client capabilities?"""
+    if not isinstance(meta, dict):
+        return False
+    capabilities = meta.get(META_CLIENT_CAPABILITIES)
+    extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+    return isinstance(extensions, dict) and isinstance(extensions.get(TASKS_EXTENSION), dict)
 
 
 def _decode_header(value: str | None) -> str | None:

@@ -54,6 +54,11 @@ class Metrics:
             ["tool", "region", "path"], buckets=DURATION_BUCKETS, registry=r,
         )
         self.inflight = Gauge("edgefleet_calls_inflight", "Tool calls in progress.", registry=r)
+        self.task_transitions = Counter(
+            "edgefleet_task_transitions", "Tasks entering a status (working = created) through this dispatcher.",
+            ["status"], registry=r,
+        )
+        self.tasks_running = Gauge("edgefleet_tasks_running", "Tasks whose work runs inside this dispatcher process.", registry=r)
         self.upstream = Counter(
             "edgefleet_upstream_requests", "Direct-path attempts to replicas (ok | connect_error | timeout | error).",
             ["agent", "region", "replica", "outcome"], registry=r,

@@ -31,6 +31,15 @@ META_EDGE_UPSTREAM_NAME = "dev.edgefleet/upstreamName"
 META_EDGE_CACHE_TTL = "dev.edgefleet/cacheTtlS"
 # On a tool definition: "bus" to have calls go over the bus instead of direct HTTP.
 META_EDGE_PATH = "dev.edgefleet/path"
+# A tool's task support when its agent cannot say it in ``execution.taskSupport`` (the SDK's
+# tool decorator has no such field): "required" | "optional" | "forbidden".
+META_EDGE_TASK_SUPPORT = "dev.edgefleet/taskSupport"
+# An agent's hint that a tool runs for long (minutes): 2026-era clients that declare the
+# tasks extension get a task for it at once instead of a held-open stream.
+META_EDGE_LONG_RUNNING = "dev.edgefleet/longRunning"
+META_RELATED_TASK = "io.modelcontextprotocol/related-task"
+META_MODEL_IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 
 HEADER_PROTOCOL_VERSION = "mcp-protocol-version"
 HEADER_SESSION_ID = "mcp-session-id"
@@ -82,6 +91,39 @@ class RedisKeys:
         """A 2025-era MCP session (so any dispatcher replica can serve it)."""
         return f"{self.prefix}:session:{session_id}"
 
+    def task(self, task_id: str) -> str:
+        """HASH: one task's record (status, times, owner, request, result or error)."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def task_history(self, task_id: str) -> str:
+        """LIST: one task's status changes, oldest first (JSON entries)."""
+        return f"{self.prefix}:task:{task_id}:history"
+
+    def tasks_of(self, owner: str) -> str:
+        """ZSET task id -> created (ms): one identity's tasks (tasks/list pages through it)."""
+        return f"{self.prefix}:tasks:owner:{owner}"
+
+    @property
+    def tasks_all(self) -> str:
+        """ZSET task id -> created (ms): every task (admin listing)."""
+        return f"{self.prefix}:tasks:all"
+
+    @property
+    def task_deadlines(self) -> str:
+        """ZSET task id -> deadline (ms) of every unfinished task: past it the task fails."""
+        return f"{self.prefix}:tasks:deadlines"
+
+    @property
+    def task_leases(self) -> str:
+        """ZSET task id -> lease expiry (ms) of tasks run inside a dispatcher process: a lease
+        nobody renews means that process is gone and another one recovers the task."""
+        return f"{self.prefix}:tasks:leases"
+
+    @property
+    def task_events(self) -> str:
+        """Pub/sub channel: a task changed (status, progress, cancel); waiters wake up."""
+        return f"{self.prefix}:tasks:events"
+
 
 @dataclass(frozen=True)
 class BusNames:
@@ -103,6 +145,16 @@ class BusNames:
         region): a Kafka group spans topics, so sharing one across regions (or fleets on one
         cluster) would make every replica's join rebalance all of them."""
         return f"{self.prefix}.{agent}.{region}"
+
+    def task_replies(self) -> str:
+        """Replies of bus calls run as tasks: shared by every dispatcher (group
+        ``dispatchers``), so a task's result lands in the store even when the dispatcher
+        that published the call is gone."""
+        return f"{self.prefix}.task-replies"
+
+    def dispatchers(self) -> str:
+        """Consumer group of the dispatchers on the task replies stream."""
+        return f"{self.prefix}.dispatchers"
 
     def cancels(self, agent: str) -> str:
         """Cancel requests for an agent's bus calls; every replica listens."""

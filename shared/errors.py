@@ -10,6 +10,9 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── MethodNotFound              method_not_found      -32601  404
     │   ├── InvalidParams               invalid_params        -32602  400
     │   ├── UnknownTool                 unknown_tool          -32602  200
+    │   ├── TaskNotFound                task_not_found        -32602  404
+    │   ├── TaskFinished                task_finished         -32602  409
+    │   ├── MissingClientCapability     missing_client_capability -32021 400
     │   ├── HeaderMismatch              header_mismatch       -32020  400
     │   ├── UnsupportedProtocolVersion  unsupported_protocol_version -32022 400
     │   ├── SessionRequired             session_required      -32600  400
@@ -23,6 +26,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
+    ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
     └── UpstreamError                   upstream_error        -31002  200 / 502
         ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
@@ -98,6 +102,40 @@ class InvalidParams(ProtocolError):
 class UnknownTool(InvalidParams):
     code = "unknown_tool"
     http_status = 200
+
+
+class TaskNotFound(InvalidParams):
+    """No such task, or not one the caller may see (the two are indistinguishable on
+    purpose: another identity's task ids must not be probeable). MCP asks for -32602."""
+
+    code = "task_not_found"
+    http_status = 404
+    hint = "Failed to retrieve task: Task not found (it may have expired, or belong to someone else)."
+
+
+class TaskFinished(InvalidParams):
+    """Cancelling a task that already reached a terminal status (MCP: -32602)."""
+
+    code = "task_finished"
+    http_status = 409
+    hint = "The task already finished; only working tasks can be cancelled."
+
+
+class TaskCancelled(EdgefleetError):
+    """What ``tasks/result`` of a cancelled task answers (the call did not finish)."""
+
+    code = "task_cancelled"
+    jsonrpc_code = -31499
+    http_status = 409
+    hint = "The task was cancelled before it finished."
+
+
+class MissingClientCapability(ProtocolError):
+    """2026-07-28: the request needs a capability (here: the tasks extension) the client did not declare."""
+
+    code = "missing_client_capability"
+    jsonrpc_code = -32021
+    hint = "Missing required client capability: declare the io.modelcontextprotocol/tasks extension."
 
 
 class HeaderMismatch(ProtocolError):

@@ -90,6 +90,15 @@ class DispatcherSettings(BaseSettings):
         description="Browser Origins allowed on /mcp (scheme://host, any port); others get 403.",
     )
     session_ttl_s: float = Field(3600.0, gt=0, description="Idle lifetime of a 2025-era MCP session.")
+    task_ttl_s: float = Field(86400.0, gt=0, description="How long a task and its result are kept from creation when the client asks for no ttl.")
+    task_max_ttl_s: float = Field(7 * 86400.0, gt=0, description="Longest task retention a client may ask for (longer asks are cut to this).")
+    task_timeout_s: float = Field(3600.0, gt=0, description="Deadline of the work of one task (a task past it fails with upstream_timeout).")
+    task_poll_interval_ms: int = Field(1000, ge=50, description="pollInterval suggested to clients polling tasks/get.")
+    task_after_ms: int = Field(
+        10_000, ge=0,
+        description="2026-era clients that declare the tasks extension: a call still running after this long is answered with a task (0: never).",
+    )
+    task_lease_s: float = Field(10.0, gt=0, description="A task run inside a dispatcher that stops renewing its lease this long is recovered by another dispatcher.")
     log_level: str = Field("info", description="debug | info | warning | error.")
     log_format: str = Field("json", description="json (one object per line) or text (for humans).")
     auth: Literal["required", "none"] = Field(

@@ -33,7 +33,9 @@ from shared.constants import (
     HEADER_PROTOCOL_VERSION,
     META_CLIENT_CAPABILITIES,
     META_EDGE_CACHE_TTL,
+    META_EDGE_LONG_RUNNING,
     META_EDGE_PATH,
+    META_EDGE_TASK_SUPPORT,
     META_PROTOCOL_VERSION,
     MODERN_PROTOCOL_VERSION,
     RESERVED_AGENT_NAMES,
@@ -80,6 +82,8 @@ class Agent:
         meta: dict[str, Any] | None = None,
         cache_ttl_s: float | None = None,
         path: str | None = None,
+        task_support: str | None = None,
+        long_running: bool = False,
     ) -> Callable[[F], F]:
         """Register a tool. Add a ``ctx: Context`` parameter to report progress or log.
 
@@ -87,7 +91,17 @@ class Agent:
         its cache for that long; it requires (and implies) ``readOnlyHint``. ``path="bus"``
         asks the dispatcher to send calls over the bus (durable, at-least-once) instead of
         direct HTTP.
+
+        The dispatcher runs any tool as an MCP task. ``task_support="required"`` makes
+        clients call it only as a task ("forbidden": never); ``long_running`` tells the
+        dispatcher to answer 2026-era clients that accept tasks with one right away.
         """
+        if task_support is not None:
+            if task_support not in ("required", "optional", "forbidden"):
+                raise ValueError("task_support is 'required', 'optional' or 'forbidden'")
+            meta = {**(meta or {}), META_EDGE_TASK_SUPPORT: task_support}
+        if long_running:
+            meta = {**(meta or {}), META_EDGE_LONG_RUNNING: True}
         if path is not None:
             if path not in ("bus", "direct"):
                 raise ValueError("path is 'bus' or 'direct'")

@@ -1,0 +1,140 @@
+"""The ``tasks/*`` methods of both protocol eras, over the store and the runner.
+
+2025-11-25 (SEP-1686): ``tasks/get``, ``tasks/result`` (blocks until the task is terminal
+and answers exactly what the call would have), ``tasks/list`` (the caller's own, paged),
+``tasks/cancel`` (answers the cancelled task). 2026-07-28 extension (SEP-2663):
+``tasks/get`` (result or error inline), ``tasks/update``, ``tasks/cancel`` (ack only).
+
+A task is visible to the identity that created it, and to admins; to anyone else it does
+not exist (the same ``task_not_found`` as an unknown id, so ids cannot be probed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dispatcher.tasks.model import TaskRecord
+from dispatcher.tasks.store import BadCursor, TaskStore
+from shared.constants import META_RELATED_TASK
+from shared.errors import InvalidParams, TaskNotFound
+
+if TYPE_CHECKING:
+    from dispatcher.auth import Identity
+    from dispatcher.tasks.runner import TaskRunner
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+# tasks/result re-reads the record at least this often even without an event (a lost
+# pub/sub message must not hang a waiter).
+RECHECK_S = 5.0
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
+
+
+def task_id_of(params: dict[str, Any]) -> str:
+    task_id = params.get("taskId")
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidParams("params.taskId (a string) is required.")
+    return task_id
+
+
+class TaskMethods:
+    def __init__(self, store: TaskStore, runner: TaskRunner) -> None:
+        self.store = store
+        self.runner = runner
+
+    async def find(self, task_id: str, identity: Identity) -> TaskRecord:
+        record = await self.store.get(task_id)
+        if record is None or not (record.owner == identity.name or identity.admin):
+            raise TaskNotFound(data={"taskId": task_id})
+        return record
+
+    # -- 2025-11-25 ----------------------------------------------------------------------
+    async def legacy_get(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        return (await self.find(task_id_of(params), identity)).legacy()
+
+    async def legacy_list(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        cursor = params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidParams("params.cursor must be a string from a previous tasks/list.")
+        try:
+            records, next_cursor = await self.store.list(identity.name, cursor=cursor)
+        except BadCursor:
+            raise InvalidParams("Unknown cursor: pass back the nextCursor of a previous tasks/list.") from None
+        result: dict[str, Any] = {"tasks": [r.legacy() for r in records]}
+        if next_cursor:
+            result["nextCursor"] = next_cursor
+        return result
+
+    async def legacy_cancel(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        record = await self.find(task_id_of(params), identity)
+        await self.runner.cancel(record, identity.name)
+        return (await self.find(record.id, identity)).legacy()
+
+    async def legacy_result(self, request_id: Any, params: dict[str, Any], identity: Identity, send: Send, *, sse: bool) -> None:
+        """Block until the task is terminal, then answer what the call would have answered.
+
+        With an SSE-capable client the wait is a stream: progress the agent reports is
+        relayed as ``notifications/progress`` (the call's own progressToken, tagged with the
+        related task), so a client waiting here sees the work move."""
+        task_id = task_id_of(params)
+        record = await self.find(task_id, identity)
+        token = (record.request.get("_meta") or {}).get("progressToken") if isinstance(record.request.get("_meta"), dict) else None
+        related = {META_RELATED_TASK: {"taskId": task_id}}
+        started = False
+        last_progress: Any = None
+        async with self.store.events.watch(task_id) as events:
+            while True:
+                if sse and token is not None and record.progress and record.progress != last_progress:
+                    last_progress = record.progress
+                    if not started:
+                        started = True
+                        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    note = {"jsonrpc": "2.0", "method": "notifications/progress",
+                            "params": {"progressToken": token, **record.progress, "_meta": related}}
+                    await send({"type": "http.response.body", "body": _event(note), "more_body": True})
+                if record.terminal:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(events.get(), RECHECK_S)
+                while not events.empty():
+                    events.get_nowait()
+                record = await self.find(task_id, identity)
+        outcome = record.outcome()
+        if "result" in outcome:
+            result = dict(outcome["result"])
+            result["_meta"] = {**(result.get("_meta") or {}), **related}
+            answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        else:
+            answer = {"jsonrpc": "2.0", "id": request_id, "error": outcome["error"]}
+        if started:
+            await send({"type": "http.response.body", "body": _event(answer), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+
+    # -- 2026-07-28 extension --------------------------------------------------------------
+    async def modern_get(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        return {"resultType": "complete", **(await self.find(task_id_of(params), identity)).modern()}
+
+    async def modern_cancel(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        record = await self.find(task_id_of(params), identity)
+        await self.runner.cancel(record, identity.name)
+        return {"resultType": "complete"}
+
+    async def modern_update(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        record = await self.find(task_id_of(params), identity)
+        responses = params.get("inputResponses")
+        if not isinstance(responses, dict):
+            raise InvalidParams("params.inputResponses must be an object keyed by inputRequests keys.", data={"taskId": record.id})
+        # Tasks hosted here never ask for input (no inputRequests are outstanding), and the
+        # spec says responses to keys that are not outstanding are ignored: acknowledge.
+        return {"resultType": "complete"}
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"

@@ -1,0 +1,431 @@
+"""Running tool calls as tasks, and keeping every task moving to a terminal status.
+
+Where the work runs decides how a task survives failures:
+
+- **bus** (the agent consumes the bus): the call is published with the fleet's task
+  replies stream as its reply address. The agent's replicas hand it over among themselves
+  when one dies (visibility timeout), and whichever dispatcher reads the reply writes the
+  result: the task survives this dispatcher being killed.
+- **in-process** (direct HTTP to a replica, or the dispatcher's own tools): this process
+  runs it and renews a lease on it. When the lease lapses (the process died), another
+  dispatcher claims the task: an idempotent tool runs again, any other fails with
+  ``outcome_unknown`` - never stuck in ``working``.
+
+Calls the dispatcher turned into tasks (a 2025-era client dropped its connection, a
+2026-era call ran long) are adopted: they keep running where they are, in-process.
+Every unfinished task has a deadline; past it the task fails with ``upstream_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis.exceptions
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from dispatcher.observe import CallObservation
+from dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
+from dispatcher.tasks.sink import TaskSink
+from dispatcher.tasks.store import TaskStore, now_ms
+from shared import telemetry
+from shared.envelope import Reply
+from shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, TaskCancelled, TaskFinished, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from dispatcher.bus_path import BusPath
+    from dispatcher.catalog import ToolEntry
+    from dispatcher.executor import Executor
+    from dispatcher.fleet import Fleet
+    from dispatcher.metrics import Metrics
+    from dispatcher.router import RouteOrder, Router
+    from shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.tasks")
+_tracer = telemetry.tracer("edgefleet.dispatcher")
+
+SWEEP_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.2  # progress reaches the store at most this often per task (the last one always)
+RECLAIM_IDLE_MS = 30_000  # task replies read by a dispatcher that died are taken over after this
+
+
+def new_task_id() -> str:
+    """Unguessable (SEP-2663: ids may act as bearer handles): 128 random bits."""
+    return secrets.token_hex(16)
+
+
+def _with_progress_token(params: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """Agents report progress only against a token; a task wants it even when the client gave none."""
+    meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
+    if "progressToken" in meta:
+        return params
+    meta["progressToken"] = task_id
+    return {**params, "_meta": meta}
+
+
+class ProgressWriter:
+    """Throttled progress updates of one task (an agent may report thousands per second)."""
+
+    def __init__(self, store: TaskStore, task_id: str) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.latest: dict[str, Any] | None = None
+        self.written_at = 0.0
+        self._pending: asyncio.Task[None] | None = None
+
+    def report(self, params: dict[str, Any]) -> None:
+        self.latest = {k: params[k] for k in ("progress", "total", "message") if k in params}
+        if self._pending is None or self._pending.done():
+            delay = max(0.0, PROGRESS_EVERY_S - (time.monotonic() - self.written_at))
+            self._pending = asyncio.create_task(self._write_after(delay))
+
+    async def _write_after(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        latest, self.latest = self.latest, None
+        if latest is None:
+            return
+        self.written_at = time.monotonic()
+        message = latest.get("message") if isinstance(latest.get("message"), str) else None
+        try:
+            await self.store.progress(self.task_id, latest, message)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("task %s: progress not stored (%s)", self.task_id, exc)
+
+    async def close(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+        await self.flush()
+
+
+class TaskRunner:
+    def __init__(
+        self, settings: DispatcherSettings, store: TaskStore, fleet: Fleet, router: Router, executor: Executor,
+        bus_path: BusPath | None, metrics: Metrics, instance: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.fleet = fleet
+        self.router = router
+        self.executor = executor
+        self.bus_path = bus_path
+        self.metrics = metrics
+        self.instance = instance
+        self.lease_ms = int(settings.task_lease_s * 1000)
+        # Tasks whose work runs in this process: id -> the asyncio task doing it.
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: set[str] = set()  # local work stopped because its task was cancelled
+        self._loops: list[asyncio.Task[None]] = []
+        metrics.tasks_running.set_function(lambda: len(self.running))
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        self.store.events.on_event.append(self._on_event)
+        await self.store.events.start()
+        self._loops.append(asyncio.create_task(self._lease_loop(), name="task-leases"))
+        self._loops.append(asyncio.create_task(self._sweep_loop(), name="task-sweeper"))
+        if self.bus_path is not None:
+            self._loops.append(asyncio.create_task(self._replies_loop(self.bus_path), name="task-replies"))
+
+    async def aclose(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        work = list(self.running.values())
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
+        # Unfinished in-process tasks stay "working": hand them to the next dispatcher now
+        # rather than when their lease runs out.
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await self.store.release(self.running)
+        await self.store.events.aclose()
+
+    # -- creating tasks ----------------------------------------------------------------
+    def new_record(self, *, owner: str, entry: ToolEntry, params: dict[str, Any], era: str, origin: str,
+                   ttl_ms: int | None = None) -> TaskRecord:
+        now = now_ms()
+        max_ttl = int(self.settings.task_max_ttl_s * 1000)
+        ttl = min(ttl_ms, max_ttl) if isinstance(ttl_ms, int) and ttl_ms > 0 else int(self.settings.task_ttl_s * 1000)
+        # The work may not outlive its record.
+        deadline = now + min(int(self.settings.task_timeout_s * 1000), ttl)
+        request = {k: params[k] for k in ("arguments", "_meta") if k in params}
+        request["name"] = entry.public_name
+        return TaskRecord(
+            id=new_task_id(), owner=owner, tool=entry.public_name, status=WORKING, created_ms=now, updated_ms=now, ttl_ms=ttl,
+            poll_ms=self.settings.task_poll_interval_ms, deadline_ms=deadline, origin=origin, era=era, request=request,
+            message="The operation is now in progress.",
+        )
+
+    async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
+        """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
+        params = _with_progress_token(params, record.id)
+        if entry.handler is None and self.bus_path is not None and self.bus_path.serves(entry):
+            record.path = "bus"
+            await self.store.create(record)
+            self._count(WORKING)
+            try:
+                region = await self.bus_path.submit(entry, record.id, params, order=order, deadline_ms=record.deadline_ms)
+            except EdgefleetError as exc:
+                await self.finish(record.id, None, exc.to_jsonrpc())
+                return
+            await self.store.note_route(record.id, region=region, replica=None)
+            return
+        record.path = "builtin" if entry.handler is not None else "direct"
+        record.runner = self.instance
+        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms)
+        self._count(WORKING)
+        self._spawn(record, entry, params, order)
+
+    async def record_answered(self, record: TaskRecord, result: dict[str, Any]) -> None:
+        """A task whose answer is known before any work (e.g. invalid arguments): created, then completed."""
+        record.path = "builtin" if record.path == "direct" else record.path
+        await self.store.create(record)
+        self._count(WORKING)
+        await self.finish(record.id, result, None)
+        record.status, record.result = COMPLETED, result
+
+    async def adopt(self, record: TaskRecord, sink: TaskSink, work: asyncio.Task[Any]) -> None:
+        """Make a call already running in this process (``work``, answering into ``sink``) a task."""
+        record.runner = self.instance
+        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms)
+        self._count(WORKING)
+        writer = ProgressWriter(self.store, record.id)
+        sink.on_progress = writer.report
+        if sink.progress is not None:
+            writer.report(sink.progress)
+        self.running[record.id] = work
+
+        async def settle() -> None:
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if work.cancelled() and record.id not in self._cancelled:
+                    return  # this dispatcher is stopping: the lease lapses, another one recovers it
+            except Exception as exc:  # noqa: BLE001 - the call's own handler logs; the task must still end
+                log.warning("task %s: the adopted call raised %r", record.id, exc)
+            finally:
+                self.running.pop(record.id, None)
+                self._cancelled.discard(record.id)
+            await writer.close()
+            result, error = sink.outcome()
+            await self.finish(record.id, result, error, route=sink.route)
+
+        asyncio.create_task(settle(), name=f"task-settle-{record.id[:8]}")
+
+    # -- cancelling ----------------------------------------------------------------------
+    async def cancel(self, record: TaskRecord, by: str) -> None:
+        """``cancelled`` in the store before this returns; then the work is stopped wherever it runs."""
+        outcome = await self.store.transition(record.id, CANCELLED, message=f"Cancelled by {by}.", error=TaskCancelled().to_jsonrpc())
+        if outcome != "ok":
+            raise TaskFinished(f"Task {record.id} is already {outcome}; only working tasks can be cancelled.",
+                               data={"taskId": record.id, "status": outcome})
+        self._count(CANCELLED)
+        if record.path == "bus" and self.bus_path is not None:
+            entry = self.fleet.catalog.get(record.tool)
+            await self.bus_path.cancel(entry.agent if entry else record.tool.split(".", 1)[0], record.id, f"task cancelled by {by}")
+        self._stop_local(record.id)  # other dispatchers hear the store's event
+
+    def _on_event(self, task_id: str, kind: str) -> None:
+        if kind in (CANCELLED, FAILED) and task_id in self.running:
+            self._stop_local(task_id)
+
+    def _stop_local(self, task_id: str) -> None:
+        work = self.running.get(task_id)
+        if work is not None and not work.done():
+            self._cancelled.add(task_id)
+            work.cancel()
+
+    # -- finishing -----------------------------------------------------------------------
+    async def finish(self, task_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
+                     *, route: dict[str, str] | None = None) -> str:
+        """Record the call's answer: ``completed`` with its result (even a tool error:
+        isError is a result), or ``failed`` with its JSON-RPC error. A task cancelled
+        meanwhile stays cancelled (the store refuses the move)."""
+        route = route or {}
+        if result is not None:
+            message = "The tool reported an error." if result.get("isError") else "Completed."
+            outcome = await self.store.transition(task_id, COMPLETED, message=message, result=result,
+                                                  region=route.get("region"), replica=route.get("replica"))
+            status = COMPLETED
+        else:
+            error = error or {"code": -32603, "message": "no answer"}
+            outcome = await self.store.transition(task_id, FAILED, message=str(error.get("message", "failed"))[:500], error=error,
+                                                  region=route.get("region"), replica=route.get("replica"))
+            status = FAILED
+        if outcome == "ok":
+            self._count(status)
+        return outcome
+
+    # -- in-process work -----------------------------------------------------------------
+    def _spawn(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
+        work = asyncio.create_task(self._run_local(record, entry, params, order), name=f"task-{record.id[:8]}")
+        self.running[record.id] = work
+        work.add_done_callback(lambda _: (self.running.pop(record.id, None), self._cancelled.discard(record.id)))
+
+    async def _run_local(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
+        writer = ProgressWriter(self.store, record.id)
+        sink = TaskSink(on_progress=writer.report)
+        remaining = max(0.001, record.deadline_ms / 1000 - time.time())
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        with _tracer.start_as_current_span(f"task {entry.public_name}", kind=SpanKind.INTERNAL, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes({"gen_ai.tool.name": entry.public_name, "mcp.task.id": record.id})
+            obs = CallObservation(self.metrics, span, entry.public_name, record.path, self.settings.region)
+            obs.routed(order)
+            try:
+                async with asyncio.timeout(remaining):
+                    if entry.handler is not None:
+                        result = await entry.handler(params.get("arguments") or {}, order=order, timeout_s=remaining)
+                    else:
+                        meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
+                        telemetry.inject_into(meta)
+                        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {**params, "_meta": meta}})
+                        await self.executor.call(entry, 1, body, sink, order=order, timeout_s=remaining, obs=obs)
+                        result, error = sink.outcome()
+            except EdgefleetError as exc:
+                obs.failed(exc)
+                error = exc.to_jsonrpc()
+            except TimeoutError:
+                error = UpstreamTimeout(f"The task did not finish within its deadline ({remaining:.0f} s).",
+                                        data={"tool": entry.public_name}).to_jsonrpc()
+                obs.answered_with_error(error)
+            except asyncio.CancelledError:
+                obs.finish(cancelled=True)
+                await writer.close()
+                if record.id in self._cancelled:
+                    return  # its task was cancelled: the store already says so
+                raise  # this dispatcher is stopping: the lease lapses, another one recovers it
+            if result is not None and result.get("isError"):
+                obs.outcome = "tool_error"
+            elif error is not None and obs.outcome == "ok":
+                obs.answered_with_error(error)
+            obs.finish()
+        await writer.close()
+        await self.finish(record.id, result, error, route=sink.route)
+
+    # -- background loops ----------------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            if not self.running:
+                continue
+            try:
+                await self.store.renew(self.instance, list(self.running), now_ms() + self.lease_ms)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("task leases not renewed (%s)", exc)
+
+    async def _sweep_loop(self) -> None:
+        # Recovering needs the catalog: wait (bounded) until this dispatcher knows the fleet.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await self.fleet.wait_warm(timeout=10.0)
+        while True:
+            try:
+                await self.sweep()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("task sweep failed (%s)", exc)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a bug in one task's record
+                log.exception("task sweep failed")
+            await asyncio.sleep(SWEEP_EVERY_S * random.uniform(0.8, 1.2))
+
+    async def sweep(self) -> None:
+        """Fail tasks past their deadline; take over tasks whose dispatcher died."""
+        for task_id in await self.store.past_deadline():
+            record = await self.store.get(task_id)
+            if record is None:
+                await self.store.forget(task_id)
+                continue
+            error = UpstreamTimeout(f"The task did not finish within its deadline ({self.settings.task_timeout_s:.0f} s).",
+                                    data={"tool": record.tool, "taskId": task_id})
+            if await self.finish(task_id, None, error.to_jsonrpc()) == "ok":
+                log.warning("task %s (%s) failed: past its deadline", task_id, record.tool)
+                if record.path == "bus" and self.bus_path is not None:
+                    await self.bus_path.cancel(record.tool.split(".", 1)[0], task_id, "task deadline")
+        for task_id in await self.store.expired_leases():
+            if task_id in self.running or not await self.store.claim(task_id, self.instance, now_ms() + self.lease_ms):
+                continue
+            record = await self.store.get(task_id)
+            if record is not None:
+                await self._recover(record)
+
+    async def _recover(self, record: TaskRecord) -> None:
+        entry = self.fleet.catalog.get(record.tool)
+        previous = record.runner or "another dispatcher"
+        if entry is not None and entry.idempotent:
+            log.warning("task %s (%s): %s stopped while running it; running it again (idempotent tool)", record.id, record.tool, previous)
+            params = _with_progress_token({k: v for k, v in record.request.items() if k in ("arguments", "_meta")}, record.id)
+            params["name"] = entry.upstream_name
+            order = self.router.order(None, {}, self.fleet.regions)
+            self._spawn(record, entry, params, order)
+            return
+        if entry is None:
+            error: EdgefleetError = AgentUnavailable(
+                f"The dispatcher running this task ({previous}) stopped, and {record.tool} is no longer in the fleet.",
+                data={"tool": record.tool, "taskId": record.id})
+        else:
+            error = OutcomeUnknown(
+                f"The dispatcher running this task ({previous}) stopped before it finished; {record.tool} is not "
+                "idempotent, so it was not run again and may or may not have taken effect.",
+                data={"tool": record.tool, "taskId": record.id})
+        log.warning("task %s (%s) failed: %s", record.id, record.tool, error.message)
+        await self.finish(record.id, None, error.to_jsonrpc())
+
+    async def _replies_loop(self, bus_path: BusPath) -> None:
+        """Apply the replies of bus-run tasks to the store (every dispatcher shares the work)."""
+        stream, group = bus_path.names.task_replies(), bus_path.names.dispatchers()
+        consumer = self.instance
+        ensured = False
+        last_reclaim = 0.0
+        while True:
+            try:
+                if not ensured:
+                    await bus_path.bus.ensure_group(stream, group)
+                    ensured = True
+                found = await bus_path.bus.consume(stream, group, consumer, count=64, block_ms=1000)
+                if time.monotonic() - last_reclaim > RECLAIM_IDLE_MS / 3000:
+                    last_reclaim = time.monotonic()
+                    found += await bus_path.bus.reclaim(stream, group, consumer, idle_ms=RECLAIM_IDLE_MS, count=64)
+                for delivery in found:
+                    await self._apply_reply(delivery.payload)
+                    await bus_path.bus.ack(delivery, group)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this loop dying would leave bus tasks working forever
+                log.warning("task replies: %r; retrying", exc)
+                ensured = False
+                await asyncio.sleep(1.0)
+
+    async def _apply_reply(self, payload: bytes) -> None:
+        try:
+            reply = Reply.model_validate_json(payload)
+        except ValidationError:
+            log.warning("dropping a malformed task reply")
+            return
+        route = {"region": reply.region, "replica": reply.replica}
+        if reply.kind == "progress":
+            notification = reply.notification or {}
+            params = notification.get("params")
+            if notification.get("method") == "notifications/progress" and isinstance(params, dict):
+                progress = {k: params[k] for k in ("progress", "total", "message") if k in params}
+                message = params.get("message") if isinstance(params.get("message"), str) else None
+                await self.store.progress(reply.task_id, progress, message)
+            return
+        if reply.kind == "result" and reply.result is not None:
+            await self.finish(reply.task_id, reply.result, None, route=route)
+        else:
+            await self.finish(reply.task_id, None, reply.error or {"code": -31002, "message": "failed"}, route=route)
+
+    def _count(self, status: str) -> None:
+        self.metrics.task_transitions.labels(status).inc()

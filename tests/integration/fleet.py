@@ -66,8 +66,10 @@ class Fleet:
     def auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"}
 
-    def start_dispatcher(self, **settings: Any) -> str:
-        port = free_port()
+    def start_dispatcher(self, *, port: int | None = None, **settings: Any) -> str:
+        """Start a dispatcher process (``port``: reuse one, e.g. to restart a killed dispatcher
+        where its agents and clients expect it)."""
+        port = port or free_port()
         env = {
             **self.base_env,
             "EDGEFLEET_PORT": str(port),

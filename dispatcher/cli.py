@@ -5,6 +5,7 @@
     edgefleet agent NAME                one example agent replica (text, data, trainer)
     edgefleet tools                     list the federated tools through /mcp
     edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
+    edgefleet tasks list|get|watch|cancel  durable MCP tasks (REST /v1/tasks)
     edgefleet agents list|add|remove    the registry
     edgefleet bench                     through the dispatcher vs direct, one run
     edgefleet config                    every EDGEFLEET_* setting with its default
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--url", help=url_help)
     call.add_argument("--key", help=key_help)
     call.add_argument("--legacy", action="store_true", help="use the 2025-11-25 session protocol instead of 2026-07-28")
+
+    from dispatcher.tasks_cli import add_parser as add_tasks_parser
+
+    add_tasks_parser(sub, url_help=url_help)
 
     agents = sub.add_parser("agents", help="inspect or change the registry")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
@@ -150,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return client_cli.tools(args.url, args.key)
         if args.command == "call":
             return client_cli.call(args.url, args.tool, args.args, args.json_args, legacy=args.legacy, key=args.key)
+        if args.command == "tasks":
+            from dispatcher import tasks_cli
+
+            return tasks_cli.run(args)
         if args.command == "keys":
             return client_cli.create_key(Path(args.file), args.identity, tools=_csv(args.tools), regions=_csv(args.regions),
                                          scopes=_csv(args.scopes))

@@ -34,6 +34,7 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 
 ALICE = new_key()  # may call echo.echo only
 ROOT = new_key()  # no tool restriction
+BOB = new_key()  # no tool restriction, not admin
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -49,6 +50,7 @@ def auth_fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
     keys.write_text(yaml.safe_dump({"keys": [
         {"identity": "alice", "sha256": hash_key(ALICE), "tools": ["echo.echo"]},
         {"identity": "root", "sha256": hash_key(ROOT), "scopes": ["admin"]},
+        {"identity": "bob", "sha256": hash_key(BOB)},
     ]}))
     jwks = tmp / "jwks.json"
     jwks.write_text(json.dumps(_jwks()))
@@ -68,9 +70,9 @@ def _token(*, key: Any = SECRET, alg: str = "HS256", headers: dict[str, Any] | N
     return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers=headers)
 
 
-def _client(fleet: Fleet, credential: str) -> Client:
+def _client(fleet: Fleet, credential: str, **options: Any) -> Client:
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {credential}"}, timeout=30)
-    return Client(streamable_http_client(fleet.mcp_url, http_client=http))
+    return Client(streamable_http_client(fleet.mcp_url, http_client=http), **options)
 
 
 def _post(fleet: Fleet, authorization: str | None, method: str = "tools/list", params: dict | None = None) -> httpx.Response:
@@ -158,6 +160,45 @@ async def test_a_legacy_session_belongs_to_the_identity_that_opened_it(auth_flee
     gone = httpx.delete(auth_fleet.mcp_url, headers={**legacy, "authorization": f"Bearer {ROOT}"})
     assert gone.status_code == 404
     assert httpx.post(auth_fleet.mcp_url, json=listing, headers={**legacy, "authorization": f"Bearer {ALICE}"}).status_code == 200
+
+
+async def test_only_the_owner_or_an_admin_sees_and_cancels_a_task(auth_fleet: Fleet) -> None:
+    import mcp_types as types
+    from mcp import MCPError
+
+    from dispatcher.tasks.client import TasksExtension, cancel_task, get_task
+    from tests.integration.test_tasks import create_task, legacy_get
+
+    async with _client(auth_fleet, ALICE, mode="legacy") as alice:
+        task = await create_task(alice, "echo.echo", {"text": "mine"})
+        assert (await legacy_get(alice, task.task_id)).task_id == task.task_id
+    async with _client(auth_fleet, BOB, mode="legacy") as bob:
+        with pytest.raises(MCPError) as hidden:
+            await legacy_get(bob, task.task_id)
+        assert hidden.value.code == -32602 and "not found" in hidden.value.message.lower()
+        listed = await bob.session.send_request(types.ListTasksRequest(), types.ListTasksResult)
+        assert task.task_id not in [t.task_id for t in listed.tasks]
+        with pytest.raises(MCPError) as refused:
+            await bob.session.send_request(types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)),
+                                           types.CancelTaskResult)
+        assert refused.value.code == -32602
+    async with _client(auth_fleet, BOB, extensions=[TasksExtension()]) as bob_modern:
+        for attempt in (get_task, cancel_task):
+            with pytest.raises(MCPError) as modern:
+                await attempt(bob_modern.session, task.task_id)
+            assert modern.value.code == -32602
+    rest = f"{auth_fleet.url}/v1/tasks"
+    as_bob = {"authorization": f"Bearer {BOB}"}
+    assert httpx.get(f"{rest}/{task.task_id}", headers=as_bob, timeout=10).status_code == 404
+    assert httpx.post(f"{rest}/{task.task_id}/cancel", headers=as_bob, timeout=10).status_code == 404
+    assert task.task_id not in [t["id"] for t in httpx.get(rest, headers=as_bob, timeout=10).json()["tasks"]]
+    assert task.task_id not in [t["id"] for t in httpx.get(rest, headers=as_bob, params={"owner": "alice"}, timeout=10).json()["tasks"]]
+    assert httpx.get(rest, timeout=10).status_code == 401
+    # An admin sees everyone's tasks, and can reach this one (finished, so cancel says so).
+    as_root = {"authorization": f"Bearer {ROOT}"}
+    assert httpx.get(f"{rest}/{task.task_id}", headers=as_root, timeout=10).json()["owner"] == "alice"
+    assert task.task_id in [t["id"] for t in httpx.get(rest, headers=as_root, params={"owner": "alice"}, timeout=10).json()["tasks"]]
+    assert httpx.post(f"{rest}/{task.task_id}/cancel", headers=as_root, timeout=10).status_code == 409
 
 
 def test_no_credential_appears_in_the_logs(auth_fleet: Fleet) -> None:

@@ -350,7 +350,17 @@ class MCPEndpoint:
         if method == "tools/call":
             await self._call(message, send, headers, peer, identity, modern=False, receive=receive, session=session)
         elif method.startswith("tasks/") and self.tasks is not None and session.protocol_version == TASKS_LEGACY_VERSION:
-            await self._legacy_task_method(message, identity, headers, send)
+            # tasks/result may block for long: stop waiting when the client goes away.
+            work = asyncio.ensure_future(self._legacy_task_method(message, identity, headers, send))
+            gone = asyncio.create_task(_disconnected(receive))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not work.done():
+                    work.cancel()
+            if not work.cancelled():
+                work.result()
         elif method == "tools/list":
             await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self._tools_for(identity)}))
         elif method == "ping":
@@ -676,10 +686,18 @@ class MCPEndpoint:
         watcher = asyncio.create_task(_disconnected(receive)) if receive is not None and make_record is not None else None
         try:
             await asyncio.wait({task} if watcher is None else {task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and make_record is not None and await sink.take_over() is not None:
+            forward = await sink.take_over() if not task.done() and make_record is not None else None
+            if forward is not None:
+                assert make_record is not None and self.runner is not None
+                self.legacy_inflight.pop(key, None)  # from now on it is cancelled as a task (tasks/cancel)
                 record = make_record("detached")
-                assert self.runner is not None
-                await self.runner.adopt(record, sink, task)
+                try:
+                    await self.runner.adopt(record, sink, task)
+                except Exception:  # noqa: BLE001 - e.g. Redis down: no task, the call just runs to its end
+                    log.exception("the call of %s could not become a task", record.tool)
+                    sink.give_back(forward)
+                    await asyncio.shield(task)
+                    return
                 obs.outcome = "detached"
                 log.info("the client of %s went away: the call goes on as task %s", record.tool, record.id)
                 return
@@ -724,7 +742,13 @@ class MCPEndpoint:
                 if forward is not None:
                     record = make_record("promoted")
                     assert self.runner is not None
-                    await self.runner.adopt(record, sink, work)
+                    try:
+                        await self.runner.adopt(record, sink, work)
+                    except Exception:  # noqa: BLE001 - e.g. Redis down: the client keeps its ordinary answer
+                        log.exception("the call of %s could not become a task", entry.public_name)
+                        sink.give_back(forward)
+                        await asyncio.shield(work)
+                        return
                     obs.outcome = "task"
                     answer = jsonrpc.result_body(request_id, {"resultType": "task", **record.modern()})
                     if sink.started:  # an SSE stream is open: the task is its last event

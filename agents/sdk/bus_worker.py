@@ -78,6 +78,7 @@ class BusWorker:
         self.handled = 0
         self.ready = False  # receiving work (reported in heartbeats; the dispatcher prefers ready replicas)
         self._cancelled: set[str] = set()  # task ids the dispatcher cancelled (acked, never rerun)
+        self._cancelled_elsewhere: dict[str, float] = {}  # cancelled before they reached this replica
         self._intake: asyncio.Task[None] | None = None
         self._pending_acks: set[asyncio.Task[None]] = set()
 
@@ -187,6 +188,12 @@ class BusWorker:
                 if cancel.task_id in self.running:
                     log.info("cancelling bus call %s: %s", cancel.task_id, cancel.reason or "requested")
                     self.cancel(cancel.task_id)
+                else:
+                    # Not here (yet): queued, or on its way over from a dead replica. Remember
+                    # it so the call is acked and skipped if it reaches us.
+                    self._cancelled_elsewhere[cancel.task_id] = time.monotonic()
+                    if len(self._cancelled_elsewhere) > 10_000:
+                        self._cancelled_elsewhere.pop(next(iter(self._cancelled_elsewhere)))
 
     # -- one call ----------------------------------------------------------------------
     def _spawn(self, delivery: Delivery) -> None:
@@ -198,6 +205,10 @@ class BusWorker:
             return
         if envelope.task_id in self.running:
             return  # already working on it (a redelivery of our own call)
+        if self._cancelled_elsewhere.pop(envelope.task_id, None) is not None:
+            log.info("skipping bus call %s: cancelled before it started", envelope.task_id)
+            self._background(self._ack(delivery))
+            return
         task = asyncio.create_task(self._handle(delivery, envelope), name=f"bus-call-{envelope.task_id}")
         self.running[envelope.task_id] = (delivery, task)
         log.debug("bus call %s started (%s)", envelope.task_id, envelope.tool)

@@ -21,7 +21,7 @@ import orjson
 from dispatcher.tasks.model import TaskRecord
 from dispatcher.tasks.store import BadCursor, TaskStore
 from shared.constants import META_RELATED_TASK
-from shared.errors import InvalidParams, TaskNotFound
+from shared.errors import InvalidParams, TaskFinished, TaskNotFound
 
 if TYPE_CHECKING:
     from dispatcher.auth import Identity
@@ -61,7 +61,8 @@ class TaskMethods:
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("params.cursor must be a string from a previous tasks/list.")
         try:
-            records, next_cursor = await self.store.list(identity.name, cursor=cursor)
+            # What tasks/get would show must be listable: an admin's list is everyone's.
+            records, next_cursor = await self.store.list(None if identity.admin else identity.name, cursor=cursor)
         except BadCursor:
             raise InvalidParams("Unknown cursor: pass back the nextCursor of a previous tasks/list.") from None
         result: dict[str, Any] = {"tasks": [r.legacy() for r in records]}
@@ -85,8 +86,10 @@ class TaskMethods:
         token = (record.request.get("_meta") or {}).get("progressToken") if isinstance(record.request.get("_meta"), dict) else None
         related = {META_RELATED_TASK: {"taskId": task_id}}
         started = False
-        last_progress: Any = None
+        # Progress is relayed only to a client that waits for it (not after the fact).
+        last_progress: Any = record.progress if record.terminal else None
         async with self.store.events.watch(task_id) as events:
+            record = await self.find(task_id, identity)  # again, now that no change can be missed
             while True:
                 if sse and token is not None and record.progress and record.progress != last_progress:
                     last_progress = record.progress
@@ -102,14 +105,24 @@ class TaskMethods:
                     await asyncio.wait_for(events.get(), RECHECK_S)
                 while not events.empty():
                     events.get_nowait()
-                record = await self.find(task_id, identity)
+                try:
+                    record = await self.find(task_id, identity)
+                except TaskNotFound as exc:  # expired while we waited
+                    if not started:
+                        raise
+                    answer = {"jsonrpc": "2.0", "id": request_id, "error": exc.to_jsonrpc()}
+                    await send({"type": "http.response.body", "body": _event(answer), "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+                    return
         outcome = record.outcome()
         if "result" in outcome:
             result = dict(outcome["result"])
             result["_meta"] = {**(result.get("_meta") or {}), **related}
             answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
         else:
-            answer = {"jsonrpc": "2.0", "id": request_id, "error": outcome["error"]}
+            error = dict(outcome["error"])
+            error["data"] = {**(error.get("data") if isinstance(error.get("data"), dict) else {}), "_meta": related}
+            answer = {"jsonrpc": "2.0", "id": request_id, "error": error}
         if started:
             await send({"type": "http.response.body", "body": _event(answer), "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -123,7 +136,9 @@ class TaskMethods:
 
     async def modern_cancel(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
         record = await self.find(task_id_of(params), identity)
-        await self.runner.cancel(record, identity.name)
+        # SEP-2663: an ack, even when the task finished first (it then stays as it ended).
+        with contextlib.suppress(TaskFinished):
+            await self.runner.cancel(record, identity.name)
         return {"resultType": "complete"}
 
     async def modern_update(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:

@@ -139,6 +139,8 @@ class TaskRecord:
             task["result"] = self.result
         elif self.status == FAILED and self.error is not None:
             task["error"] = self.error
+        elif self.status == FAILED and self.result is not None:
+            task["result"] = self.result
         return task
 
     def rest(self, *, history: list[dict[str, Any]] | None = None, detail: bool = True) -> dict[str, Any]:
@@ -165,8 +167,8 @@ class TaskRecord:
     def outcome(self) -> dict[str, Any]:
         """What ``tasks/result`` answers: exactly what the call would have returned - its
         result, or (failed, cancelled) its JSON-RPC error - as {"result": ...} or {"error": ...}."""
-        if self.status == COMPLETED and self.result is not None:
-            return {"result": self.result}
+        if self.status in (COMPLETED, FAILED) and self.result is not None:
+            return {"result": self.result}  # FAILED with a result: a 2025-era tool error (isError)
         if self.error is not None:
             return {"error": self.error}
         return {"error": {"code": -32603, "message": f"Task {self.status} without a recorded result."}}

@@ -52,6 +52,7 @@ log = logging.getLogger("edgefleet.tasks")
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 
 SWEEP_EVERY_S = 1.0
+MIN_TTL_MS = 10_000  # shorter asks are raised to this (the spec lets the receiver choose)
 PROGRESS_EVERY_S = 0.2  # progress reaches the store at most this often per task (the last one always)
 RECLAIM_IDLE_MS = 30_000  # task replies read by a dispatcher that died are taken over after this
 
@@ -59,6 +60,11 @@ RECLAIM_IDLE_MS = 30_000  # task replies read by a dispatcher that died are take
 def new_task_id() -> str:
     """Unguessable (SEP-2663: ids may act as bearer handles): 128 random bits."""
     return secrets.token_hex(16)
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task work crashed", exc_info=task.exception())
 
 
 def _with_progress_token(params: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -126,6 +132,9 @@ class TaskRunner:
         self.running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()  # local work stopped because its task was cancelled
         self._loops: list[asyncio.Task[None]] = []
+        self._bus_progress: dict[str, ProgressWriter] = {}  # bus-run tasks' progress, throttled
+        self._settling: set[asyncio.Task[None]] = set()
+        self._closing = False
         metrics.tasks_running.set_function(lambda: len(self.running))
 
     # -- life cycle --------------------------------------------------------------------
@@ -138,17 +147,19 @@ class TaskRunner:
             self._loops.append(asyncio.create_task(self._replies_loop(self.bus_path), name="task-replies"))
 
     async def aclose(self) -> None:
+        self._closing = True
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        unfinished = list(self.running)  # before the work's done-callbacks empty the map
         work = list(self.running.values())
         for task in work:
             task.cancel()
-        await asyncio.gather(*work, return_exceptions=True)
+        await asyncio.gather(*work, *self._settling, return_exceptions=True)
         # Unfinished in-process tasks stay "working": hand them to the next dispatcher now
         # rather than when their lease runs out.
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
-            await self.store.release(self.running)
+            await self.store.release(unfinished)
         await self.store.events.aclose()
 
     # -- creating tasks ----------------------------------------------------------------
@@ -156,9 +167,10 @@ class TaskRunner:
                    ttl_ms: int | None = None) -> TaskRecord:
         now = now_ms()
         max_ttl = int(self.settings.task_max_ttl_s * 1000)
-        ttl = min(ttl_ms, max_ttl) if isinstance(ttl_ms, int) and ttl_ms > 0 else int(self.settings.task_ttl_s * 1000)
-        # The work may not outlive its record.
-        deadline = now + min(int(self.settings.task_timeout_s * 1000), ttl)
+        ttl = min(max(ttl_ms, MIN_TTL_MS), max_ttl) if isinstance(ttl_ms, int) and ttl_ms > 0 else int(self.settings.task_ttl_s * 1000)
+        # The work may not outlive its record, and its failure at the deadline must stay
+        # readable for a while before the record expires.
+        deadline = now + min(int(self.settings.task_timeout_s * 1000), max(ttl // 2, ttl - 60_000))
         request = {k: params[k] for k in ("arguments", "_meta") if k in params}
         request["name"] = entry.public_name
         return TaskRecord(
@@ -210,8 +222,12 @@ class TaskRunner:
             try:
                 await asyncio.shield(work)
             except asyncio.CancelledError:
+                if self._closing:
+                    return  # this dispatcher is stopping: the lease is released, another one recovers it
                 if work.cancelled() and record.id not in self._cancelled:
-                    return  # this dispatcher is stopping: the lease lapses, another one recovers it
+                    # Cancelled by its client (a notifications/cancelled racing the take-over).
+                    await self._finish_safely(record.id, CANCELLED)
+                    return
             except Exception as exc:  # noqa: BLE001 - the call's own handler logs; the task must still end
                 log.warning("task %s: the adopted call raised %r", record.id, exc)
             finally:
@@ -219,9 +235,29 @@ class TaskRunner:
                 self._cancelled.discard(record.id)
             await writer.close()
             result, error = sink.outcome()
-            await self.finish(record.id, result, error, route=sink.route)
+            await self._finish_safely(record.id, result, error, route=sink.route)
 
-        asyncio.create_task(settle(), name=f"task-settle-{record.id[:8]}")
+        self._track(asyncio.create_task(settle(), name=f"task-settle-{record.id[:8]}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _finish_safely(self, task_id: str, result: Any, error: dict[str, Any] | None = None,
+                             *, route: dict[str, str] | None = None) -> None:
+        """``finish`` that survives a Redis blip (the work is done: its answer must not be lost)."""
+        for attempt in range(6):
+            try:
+                if result == CANCELLED:
+                    await self.store.transition(task_id, CANCELLED, message="Cancelled by its client.",
+                                                error=TaskCancelled().to_jsonrpc())
+                else:
+                    await self.finish(task_id, result, error, route=route)
+                return
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("task %s: answer not stored yet (%s); retrying", task_id, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("task %s: its answer could not be stored; the deadline sweep will fail it", task_id)
 
     # -- cancelling ----------------------------------------------------------------------
     async def cancel(self, record: TaskRecord, by: str) -> None:
@@ -237,8 +273,8 @@ class TaskRunner:
         self._stop_local(record.id)  # other dispatchers hear the store's event
 
     def _on_event(self, task_id: str, kind: str) -> None:
-        if kind in (CANCELLED, FAILED) and task_id in self.running:
-            self._stop_local(task_id)
+        if kind in (CANCELLED, FAILED, COMPLETED) and task_id in self.running:
+            self._stop_local(task_id)  # ended elsewhere (cancel, deadline, another runner): stop ours
 
     def _stop_local(self, task_id: str) -> None:
         work = self.running.get(task_id)
@@ -270,6 +306,7 @@ class TaskRunner:
     # -- in-process work -----------------------------------------------------------------
     def _spawn(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
         work = asyncio.create_task(self._run_local(record, entry, params, order), name=f"task-{record.id[:8]}")
+        work.add_done_callback(_log_crash)
         self.running[record.id] = work
         work.add_done_callback(lambda _: (self.running.pop(record.id, None), self._cancelled.discard(record.id)))
 
@@ -307,14 +344,19 @@ class TaskRunner:
                 await writer.close()
                 if record.id in self._cancelled:
                     return  # its task was cancelled: the store already says so
-                raise  # this dispatcher is stopping: the lease lapses, another one recovers it
+                raise  # this dispatcher is stopping: the lease is released, another one recovers it
+            except Exception as exc:  # noqa: BLE001 - a bug must end the task, not leave it to be re-run forever
+                log.exception("task %s (%s): the call raised", record.id, entry.public_name)
+                error = {"code": -32603, "message": f"Internal error running the task: {type(exc).__name__}",
+                         "data": {"code": "internal"}}
+                obs.answered_with_error(error)
             if result is not None and result.get("isError"):
                 obs.outcome = "tool_error"
             elif error is not None and obs.outcome == "ok":
                 obs.answered_with_error(error)
             obs.finish()
         await writer.close()
-        await self.finish(record.id, result, error, route=sink.route)
+        await self._finish_safely(record.id, result, error, route=sink.route)
 
     # -- background loops ----------------------------------------------------------------
     async def _lease_loop(self) -> None:
@@ -323,9 +365,15 @@ class TaskRunner:
             if not self.running:
                 continue
             try:
-                await self.store.renew(self.instance, list(self.running), now_ms() + self.lease_ms)
+                lost = await self.store.renew(self.instance, list(self.running), now_ms() + self.lease_ms)
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("task leases not renewed (%s)", exc)
+                continue
+            for task_id in lost:
+                # Finished or taken over meanwhile (an event we missed, a pause longer than
+                # the lease): this process must not go on with it.
+                log.warning("task %s: no longer ours to run; stopping the local work", task_id)
+                self._stop_local(task_id)
 
     async def _sweep_loop(self) -> None:
         # Recovering needs the catalog: wait (bounded) until this dispatcher knows the fleet.
@@ -342,6 +390,9 @@ class TaskRunner:
 
     async def sweep(self) -> None:
         """Fail tasks past their deadline; take over tasks whose dispatcher died."""
+        stale = time.monotonic() - 60
+        for task_id in [t for t, w in self._bus_progress.items() if w.written_at < stale and w.latest is None]:
+            del self._bus_progress[task_id]  # its result went to another dispatcher
         for task_id in await self.store.past_deadline():
             record = await self.store.get(task_id)
             if record is None:
@@ -418,10 +469,14 @@ class TaskRunner:
             notification = reply.notification or {}
             params = notification.get("params")
             if notification.get("method") == "notifications/progress" and isinstance(params, dict):
-                progress = {k: params[k] for k in ("progress", "total", "message") if k in params}
-                message = params.get("message") if isinstance(params.get("message"), str) else None
-                await self.store.progress(reply.task_id, progress, message)
+                writer = self._bus_progress.get(reply.task_id)
+                if writer is None:
+                    writer = self._bus_progress[reply.task_id] = ProgressWriter(self.store, reply.task_id)
+                writer.report(params)  # throttled, the last report always written
             return
+        writer = self._bus_progress.pop(reply.task_id, None)
+        if writer is not None:
+            await writer.close()
         if reply.kind == "result" and reply.result is not None:
             await self.finish(reply.task_id, reply.result, None, route=route)
         else:

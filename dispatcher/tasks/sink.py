@@ -50,11 +50,9 @@ class TaskSink:
             if self.sse:
                 self._events(chunk)
             else:
-                self.body += chunk
+                self.body += chunk  # parsed only if the answer is needed (outcome())
             if not message.get("more_body", False):
                 self.finished = True
-                if not self.sse:
-                    self.answer = jsonrpc.last_response(bytes(self.body), sse=False)
         async with self.lock:
             if self.forward is not None:
                 await self.forward(message)
@@ -68,10 +66,24 @@ class TaskSink:
         detached). The executor relays whole SSE events, so the client's stream ends at an
         event boundary and the caller may append its own final event to it."""
         async with self.lock:
+            if self.finished or (self.started and not self.sse):
+                return None  # the answer is (being) delivered: nothing to take over
             forward, self.forward = self.forward, None
             return forward
 
+    def give_back(self, forward: Send) -> None:
+        """Taking over failed: the client gets the answer after all."""
+        self.forward = forward
+
     def _events(self, chunk: bytes) -> None:
+        if self.forward is not None and self.on_progress is None and b"notifications/progress" not in chunk:
+            # An ordinary call, relayed as it comes: only event boundaries matter (for a
+            # take-over), not the JSON inside.
+            if chunk.endswith((b"\n\n", b"\r\n\r\n")):
+                self.tail = b""
+            else:
+                self.tail += chunk
+            return
         data = self.tail + chunk
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
         cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)

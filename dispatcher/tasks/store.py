@@ -32,7 +32,7 @@ from shared.constants import RedisKeys
 log = logging.getLogger("edgefleet.tasks")
 
 # KEYS: task, history, deadlines, leases, events channel
-# ARGV: id, to, now ms, message ('' = keep), result json, error json, history entry json, region, replica
+# ARGV: id, to, now ms, message ('' = keep), result json, error json, history entry json, region, replica, is_error (1/0)
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -42,19 +42,33 @@ local allowed = {
 }
 local from = allowed[status]
 if not from or not from[ARGV[2]] then return status end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated', ARGV[3])
+local to = ARGV[2]
+-- 2025-11-25: a tool result with isError makes the task "failed" (the result is kept and is
+-- what tasks/result answers); the 2026 extension calls it "completed".
+if to == 'completed' and ARGV[10] == '1' and redis.call('HGET', KEYS[1], 'era') == 'legacy' then to = 'failed' end
+redis.call('HSET', KEYS[1], 'status', to, 'updated', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'region', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'replica', ARGV[9]) end
-redis.call('RPUSH', KEYS[2], ARGV[7])
-if ARGV[2] == 'completed' or ARGV[2] == 'failed' or ARGV[2] == 'cancelled' then
+local entry = string.gsub(ARGV[7], '"status":"completed"', '"status":"' .. to .. '"', 1)
+redis.call('RPUSH', KEYS[2], entry)
+if to == 'completed' or to == 'failed' or to == 'cancelled' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[1], 'request')  -- the arguments are not needed once it is over
 end
-redis.call('PUBLISH', KEYS[5], ARGV[1] .. ' ' .. ARGV[2])
+redis.call('PUBLISH', KEYS[5], ARGV[1] .. ' ' .. to)
 return 'ok'
+"""
+
+# Route of a task that still exists (a plain HSET would recreate an expired one without a TTL).
+_NOTE_ROUTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'region', ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'replica', ARGV[2]) end
+return 1
 """
 
 # KEYS: task, events ; ARGV: id, progress json, now ms, message ('' = keep)
@@ -83,16 +97,21 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return 1
 """
 
-# Renew the leases this runner still holds. KEYS: leases ; ARGV: runner, until ms, prefix, ids...
+# Renew the leases this runner still holds; returns the ids it no longer holds (finished,
+# expired, or claimed by another dispatcher), whose local work must stop.
+# KEYS: leases ; ARGV: runner, until ms, prefix, ids...
 _RENEW = """
-local renewed = 0
+local lost = {}
 for i = 4, #ARGV do
-  if redis.call('HGET', ARGV[3] .. ARGV[i], 'runner') == ARGV[1] then
+  local key = ARGV[3] .. ARGV[i]
+  local status = redis.call('HGET', key, 'status')
+  if redis.call('HGET', key, 'runner') == ARGV[1] and (status == 'working' or status == 'input_required') then
     redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
-    renewed = renewed + 1
+  else
+    table.insert(lost, ARGV[i])
   end
 end
-return renewed
+return lost
 """
 
 MAX_PAGE = 200
@@ -139,6 +158,7 @@ class TaskStore:
         self._progress = redis.register_script(_PROGRESS)
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
+        self._note_route = redis.register_script(_NOTE_ROUTE)
         self.events = TaskEvents(redis, keys.task_events)
 
     # -- writes ------------------------------------------------------------------------
@@ -173,7 +193,8 @@ class TaskStore:
         outcome = await self._transition(
             keys=[k.task(task_id), k.task_history(task_id), k.task_deadlines, k.task_leases, k.task_events],
             args=[task_id, to, at, message or "", orjson.dumps(result) if result is not None else "",
-                  orjson.dumps(error) if error is not None else "", _entry(to, at, message), region or "", replica or ""],
+                  orjson.dumps(error) if error is not None else "", _entry(to, at, message), region or "", replica or "",
+                  "1" if result is not None and result.get("isError") else "0"],
         )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
@@ -183,17 +204,18 @@ class TaskStore:
         return bool(done)
 
     async def note_route(self, task_id: str, *, region: str | None, replica: str | None) -> None:
-        fields = {k: v for k, v in (("region", region), ("replica", replica)) if v}
-        if fields:
-            await self.redis.hset(self.keys.task(task_id), mapping=fields)  # type: ignore[arg-type]
+        if region or replica:
+            await self._note_route(keys=[self.keys.task(task_id)], args=[region or "", replica or ""])
 
     # -- leases (tasks run inside a dispatcher process) ---------------------------------
-    async def renew(self, runner: str, task_ids: Iterable[str], until_ms: int) -> int:
+    async def renew(self, runner: str, task_ids: Iterable[str], until_ms: int) -> list[str]:
+        """Extend ``runner``'s leases; returns the ids it does not hold any more."""
         ids = list(task_ids)
         if not ids:
-            return 0
+            return []
         prefix = self.keys.task("")
-        return int(await self._renew(keys=[self.keys.task_leases], args=[runner, until_ms, prefix, *ids]))
+        lost = await self._renew(keys=[self.keys.task_leases], args=[runner, until_ms, prefix, *ids])
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in lost]
 
     async def release(self, task_ids: Iterable[str]) -> None:
         """This dispatcher is stopping: let another one recover these tasks right away."""

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 KEY = new_key()
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+CAPS, TASKS = "io.modelcontextprotocol/clientCapabilities", "io.modelcontextprotocol/tasks"
 FUZZ = settings(max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 json_leaf = st.one_of(
@@ -32,14 +33,17 @@ json_leaf = st.one_of(
 json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
                           max_leaves=25)
 methods = st.sampled_from(["tools/call", "tools/list", "initialize", "ping", "server/discover", "notifications/cancelled",
-                           "logging/setLevel", "resources/list", "", "tools/call\x00"])
+                           "logging/setLevel", "resources/list", "", "tools/call\x00",
+                           "tasks/get", "tasks/result", "tasks/list", "tasks/cancel", "tasks/update"])
 envelope = st.fixed_dictionaries(
     {"jsonrpc": st.one_of(st.just("2.0"), json_value), "method": st.one_of(methods, json_value)},
     optional={"id": json_value, "params": st.one_of(
         json_value,
         st.fixed_dictionaries({"name": st.one_of(st.sampled_from(["echo.echo", "echo.where", "nope", "edgefleet.fanout"]), json_value)},
                               optional={"arguments": json_value, "_meta": st.one_of(st.just(META), json_value,
-                                                                                     st.just({**META, "traceparent": 5, "baggage": [1]}))}),
+                                                                                     st.just({**META, "traceparent": 5, "baggage": [1]}),
+                                                                                     json_value.map(lambda v: {**META, CAPS: {"extensions": {TASKS: v}}})),
+                                        "task": json_value, "taskId": json_value, "cursor": json_value, "inputResponses": json_value}),
     )},
 )
 # (values an HTTP client can send: h11 refuses leading/trailing whitespace)
@@ -98,6 +102,8 @@ def test_hostile_mcp_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Cli
 
 def test_hostile_rest_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Client) -> None:
     paths = st.sampled_from(["/v1/agents", "/v1/agents/replicas/x/heartbeat", "/v1/agents/ghost", "/readyz", "/metrics",
+                             "/v1/tasks", "/v1/tasks?cursor=%ff%fe&limit=-5", "/v1/tasks?limit=99999999999999999999", "/v1/tasks/x",
+                             "/v1/tasks/" + "a" * 300, "/v1/tasks/x/cancel", "/v1/tasks/x/events", "/v1/tasks?owner=%00",
                              "/.well-known/oauth-protected-resource", "/v1/agents/replicas/%00/heartbeat", "/mcp/../v1/agents"])
 
     @FUZZ

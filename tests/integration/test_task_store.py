@@ -68,6 +68,19 @@ async def test_transitions_follow_the_spec_and_terminal_is_final(store: TaskStor
     assert (await store.get(cancelled.id)).status == CANCELLED  # type: ignore[union-attr]
 
 
+async def test_a_2025_tool_error_fails_the_task_and_keeps_its_result(store: TaskStore) -> None:
+    legacy, modern = record(), record()
+    modern.era = "modern"
+    for r in (legacy, modern):
+        await store.create(r)
+        assert await store.transition(r.id, COMPLETED, result={"content": [], "isError": True}) == "ok"
+    got_legacy, got_modern = await store.get(legacy.id), await store.get(modern.id)
+    assert got_legacy is not None and got_legacy.status == FAILED and got_legacy.outcome() == {"result": {"content": [], "isError": True}}
+    assert got_modern is not None and got_modern.status == COMPLETED
+    assert [h["status"] for h in await store.history(legacy.id)] == [WORKING, FAILED]
+    assert got_legacy.request == {}  # the arguments go once the task is over
+
+
 async def test_progress_only_while_unfinished(store: TaskStore) -> None:
     r = record()
     await store.create(r)
@@ -121,13 +134,14 @@ async def test_an_expired_lease_is_claimed_once(store: TaskStore) -> None:
     r.runner = "dispatcher-a"
     await store.create(r, lease_until_ms=now_ms() - 1)
     assert r.id in await store.expired_leases()
-    assert await store.renew("dispatcher-b", [r.id], now_ms() + 10_000) == 0  # not b's to renew
+    assert await store.renew("dispatcher-b", [r.id], now_ms() + 10_000) == [r.id]  # not b's: b must not run it
     assert await store.claim(r.id, "dispatcher-b", now_ms() + 10_000)
     assert not await store.claim(r.id, "dispatcher-c", now_ms() + 10_000)  # b holds it now
     got = await store.get(r.id)
     assert got is not None and got.runner == "dispatcher-b" and got.attempts == 2
-    assert await store.renew("dispatcher-b", [r.id], now_ms() + 10_000) == 1
+    assert await store.renew("dispatcher-b", [r.id], now_ms() + 10_000) == []
     await store.transition(r.id, COMPLETED, result={"content": []})
+    assert await store.renew("dispatcher-b", [r.id], now_ms() + 10_000) == [r.id]  # finished: stop
     assert r.id not in await store.expired_leases() and r.id not in await store.past_deadline()
 
 

@@ -1,0 +1,74 @@
+"""TaskSink: the answer of a call run as a task, and taking over a live response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dispatcher.tasks.sink import TaskSink
+
+SSE = [(b"content-type", b"text/event-stream"), (b"edgefleet-route", b"region=eu-west; replica=r1; path=direct")]
+
+
+def event(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+
+
+PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 3, "total": 10, "message": "3/10"}}
+ANSWER = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "done"}], "isError": False}}
+
+
+async def test_sse_progress_and_answer_split_across_chunks() -> None:
+    seen: list[dict[str, Any]] = []
+    sink = TaskSink(on_progress=seen.append)
+    await sink({"type": "http.response.start", "status": 200, "headers": SSE})
+    stream = event(PROGRESS) + event(ANSWER)
+    for i in range(0, len(stream), 7):  # events cut anywhere, CR-free
+        await sink({"type": "http.response.body", "body": stream[i:i + 7], "more_body": True})
+    await sink({"type": "http.response.body", "body": b""})
+    assert seen == [PROGRESS["params"]]
+    assert sink.outcome() == (ANSWER["result"], None)
+    assert sink.route["region"] == "eu-west" and sink.route["replica"] == "r1"
+
+
+async def test_json_answer_and_errors() -> None:
+    sink = TaskSink()
+    await sink({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await sink({"type": "http.response.body", "body": orjson.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": -31004, "message": "x"}})})
+    assert sink.outcome() == (None, {"code": -31004, "message": "x"})
+    empty = TaskSink()
+    result, error = empty.outcome()
+    assert result is None and error is not None and error["data"]["code"] == "upstream_error"
+
+
+async def test_take_over_a_live_sse_stream_between_events() -> None:
+    delivered: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        delivered.append(message)
+
+    sink = TaskSink(forward=client)
+    await sink({"type": "http.response.start", "status": 200, "headers": SSE})
+    await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
+    forward = await sink.take_over()
+    assert forward is client and len(delivered) == 2
+    await sink({"type": "http.response.body", "body": event(ANSWER), "more_body": True})
+    await sink({"type": "http.response.body", "body": b""})
+    assert len(delivered) == 2  # the rest is kept, not sent
+    assert sink.outcome() == (ANSWER["result"], None)
+    assert sink.progress == PROGRESS["params"]
+
+
+async def test_no_take_over_once_the_answer_is_on_its_way() -> None:
+    async def client(message: dict[str, Any]) -> None:
+        pass
+
+    json_started = TaskSink(forward=client)
+    await json_started({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    assert await json_started.take_over() is None  # its body may not be split
+    finished = TaskSink(forward=client)
+    await finished({"type": "http.response.start", "status": 200, "headers": SSE})
+    await finished({"type": "http.response.body", "body": event(ANSWER)})
+    assert await finished.take_over() is None
+    assert finished.forward is client

@@ -206,41 +206,15 @@ class BusPath:
         self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, order: RouteOrder, timeout_s: float,
         obs: CallObservation | None,
     ) -> None:
-        region = self.region_for(entry, order)
-        if region is None:
-            raise AgentUnavailable(
-                f"No healthy replica of agent {entry.agent!r} consumes the bus for {entry.public_name} right now.",
-                data={"agent": entry.agent, "regions": list(order.regions)},
-            )
-        if not self.connected:
-            raise BusUnavailable()
+        region = self._region_or_fail(entry, order)
         task_id = uuid.uuid4().hex
-        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        stream = self.names.calls(entry.agent, region)
         waiter: asyncio.Queue[Reply] = asyncio.Queue()
         self.waiters[task_id] = waiter
         started = False
         sent_at = time.monotonic()
         route = f"region={region}; path=bus; task={task_id}".encode()
         try:
-            # PRODUCER span per publish; the agent's consume span is its child (the context
-            # rides in the envelope, and in the message headers for other consumers).
-            with _tracer.start_as_current_span(f"publish {stream}", kind=SpanKind.PRODUCER, attributes={
-                "messaging.system": self.system, "messaging.operation.type": "publish",
-                "messaging.destination.name": stream, "messaging.message.id": task_id, "gen_ai.tool.name": entry.upstream_name,
-            } if telemetry.recording() else None):
-                traceparent = telemetry.current_traceparent()
-                envelope = CallEnvelope(
-                    task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {},
-                    meta=meta, deadline_ms=int((time.time() + timeout_s) * 1000), reply_to=self.reply_stream, traceparent=traceparent,
-                )
-                headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
-                try:
-                    await self.bus.publish(stream, envelope.dumps(), headers, key=task_id)
-                except EdgefleetError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker, Redis OOM
-                    raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
+            await self._publish(entry, region, task_id, params, int((time.time() + timeout_s) * 1000), self.reply_stream)
             if obs is not None:
                 obs.region = region
             async with asyncio.timeout(timeout_s):
@@ -286,6 +260,11 @@ class BusPath:
         """Publish a call that runs as a task and return the region it went to. The answer
         goes to the task replies stream every dispatcher consumes, not to this instance:
         the task completes even if this dispatcher is gone by then."""
+        region = self._region_or_fail(entry, order)
+        await self._publish(entry, region, task_id, params, deadline_ms, self.names.task_replies())
+        return region
+
+    def _region_or_fail(self, entry: ToolEntry, order: RouteOrder) -> str:
         region = self.region_for(entry, order)
         if region is None:
             raise AgentUnavailable(
@@ -294,6 +273,12 @@ class BusPath:
             )
         if not self.connected:
             raise BusUnavailable()
+        return region
+
+    async def _publish(self, entry: ToolEntry, region: str, task_id: str, params: dict[str, Any], deadline_ms: int, reply_to: str) -> None:
+        """One envelope on the agent's stream in ``region``, under a PRODUCER span (the
+        agent's consume span is its child: the context rides in the envelope and in the
+        message headers for other consumers)."""
         stream = self.names.calls(entry.agent, region)
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
         with _tracer.start_as_current_span(f"publish {stream}", kind=SpanKind.PRODUCER, attributes={
@@ -303,16 +288,15 @@ class BusPath:
             traceparent = telemetry.current_traceparent()
             envelope = CallEnvelope(
                 task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {}, meta=meta,
-                deadline_ms=deadline_ms, reply_to=self.names.task_replies(), traceparent=traceparent,
+                deadline_ms=deadline_ms, reply_to=reply_to, traceparent=traceparent,
             )
             headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
             try:
                 await self.bus.publish(stream, envelope.dumps(), headers, key=task_id)
             except EdgefleetError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker
+            except Exception as exc:  # noqa: BLE001 - e.g. a message too large for the broker, Redis OOM
                 raise UpstreamError(f"the bus refused the call: {type(exc).__name__}: {exc}") from None
-        return region
 
     async def cancel(self, agent: str, task_id: str, reason: str) -> None:
         """Ask the agent's replicas to stop ``task_id`` (whichever one runs it)."""

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import httpx2
-import mcp_types as types
 import pytest
 import yaml
 from mcp import Client
@@ -25,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from dispatcher.auth import hash_key, new_key
 from dispatcher.embedded_redis import free_port
 from tests.integration.fleet import ROOT, Fleet
+from tests.integration.test_tasks import create_task
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +55,6 @@ def task_fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
 def _client(fleet: Fleet, key: str) -> Client:
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30)
     return Client(streamable_http_client(fleet.mcp_url, http_client=http), mode="legacy")
-
-
-async def create_task(client: Client, name: str, arguments: dict[str, Any], *, ttl: int | None = 60_000) -> types.Task:
-    """A task-augmented tools/call (as in test_tasks.py): the SDK validates every tools/call
-    answer as a CallToolResult, so the request goes through the session's raw send."""
-    params = types.CallToolRequestParams(name=name, arguments=arguments, task=types.TaskMetadata(ttl=ttl))
-    data = {"method": "tools/call", "params": params.model_dump(by_alias=True, mode="json", exclude_none=True)}
-    opts: dict[str, Any] = {}
-    session: Any = client.session
-    session._stamp(data, opts)
-    raw = await session._dispatcher.send_raw_request("tools/call", data["params"], opts)
-    return types.CreateTaskResult.model_validate(raw, by_name=False).task
 
 
 async def alice_task(fleet: Fleet, name: str, arguments: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ async def where() -> dict[str, str]:
 async def wait(seconds: float) -> dict[str, str]:
     """Sleep ``seconds`` (at most 600), then say where it ran."""
     started = time.monotonic()
+    log.info("wait started (%.1f s)", seconds)  # the task tests wait for this before they kill or cancel
     try:
         await asyncio.sleep(min(max(seconds, 0.0), 600.0))
     except asyncio.CancelledError:

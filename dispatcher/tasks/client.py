@@ -24,20 +24,6 @@ from shared.constants import TASKS_EXTENSION
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class TaskHandle(Result):
-    """``CreateTaskResult`` of the extension: a Task with ``resultType: "task"``."""
-
-    model_config = ConfigDict(extra="allow")
-    result_type: Literal["task"] = "task"
-    task_id: str
-    status: str
-    status_message: str | None = None
-    created_at: str | None = None
-    last_updated_at: str | None = None
-    ttl_ms: int | None = None
-    poll_interval_ms: int | None = None
-
-
 class DetailedTask(Result):
     """``tasks/get`` answer: the task, with its result or error once it has one."""
 
@@ -51,6 +37,12 @@ class DetailedTask(Result):
     poll_interval_ms: int | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+
+class TaskHandle(DetailedTask):
+    """``CreateTaskResult`` of the extension: a Task with ``resultType: "task"``."""
+
+    result_type: Literal["task"] = "task"
 
 
 class TaskIdParams(RequestParams):

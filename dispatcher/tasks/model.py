@@ -113,28 +113,24 @@ class TaskRecord:
         return fields
 
     # -- wire forms --------------------------------------------------------------------
-    def legacy(self) -> dict[str, Any]:
-        """SEP-1686 ``Task`` (2025-11-25): tasks/get, tasks/list, tasks/cancel, CreateTaskResult."""
+    def _task(self, ttl_key: str, poll_key: str) -> dict[str, Any]:
         task: dict[str, Any] = {
             "taskId": self.id, "status": self.status, "createdAt": iso(self.created_ms),
-            "lastUpdatedAt": iso(self.updated_ms), "ttl": self.ttl_ms,
+            "lastUpdatedAt": iso(self.updated_ms), ttl_key: self.ttl_ms,
         }
         if self.message:
             task["statusMessage"] = self.message
         if not self.terminal:
-            task["pollInterval"] = self.poll_ms
+            task[poll_key] = self.poll_ms
         return task
+
+    def legacy(self) -> dict[str, Any]:
+        """SEP-1686 ``Task`` (2025-11-25): tasks/get, tasks/list, tasks/cancel, CreateTaskResult."""
+        return self._task("ttl", "pollInterval")
 
     def modern(self) -> dict[str, Any]:
         """SEP-2663 ``DetailedTask`` (2026-07-28 extension): the result or error inline."""
-        task: dict[str, Any] = {
-            "taskId": self.id, "status": self.status, "createdAt": iso(self.created_ms),
-            "lastUpdatedAt": iso(self.updated_ms), "ttlMs": self.ttl_ms,
-        }
-        if self.message:
-            task["statusMessage"] = self.message
-        if not self.terminal:
-            task["pollIntervalMs"] = self.poll_ms
+        task = self._task("ttlMs", "pollIntervalMs")
         if self.status == COMPLETED and self.result is not None:
             task["result"] = self.result
         elif self.status == FAILED and self.error is not None:

@@ -24,6 +24,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -226,7 +227,8 @@ class TaskRunner:
                     return  # this dispatcher is stopping: the lease is released, another one recovers it
                 if work.cancelled() and record.id not in self._cancelled:
                     # Cancelled by its client (a notifications/cancelled racing the take-over).
-                    await self._finish_safely(record.id, CANCELLED)
+                    await self._stored(record.id, lambda: self.store.transition(
+                        record.id, CANCELLED, message="Cancelled by its client.", error=TaskCancelled().to_jsonrpc()))
                     return
             except Exception as exc:  # noqa: BLE001 - the call's own handler logs; the task must still end
                 log.warning("task %s: the adopted call raised %r", record.id, exc)
@@ -235,7 +237,7 @@ class TaskRunner:
                 self._cancelled.discard(record.id)
             await writer.close()
             result, error = sink.outcome()
-            await self._finish_safely(record.id, result, error, route=sink.route)
+            await self._stored(record.id, lambda: self.finish(record.id, result, error, route=sink.route))
 
         self._track(asyncio.create_task(settle(), name=f"task-settle-{record.id[:8]}"))
 
@@ -243,16 +245,11 @@ class TaskRunner:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _finish_safely(self, task_id: str, result: Any, error: dict[str, Any] | None = None,
-                             *, route: dict[str, str] | None = None) -> None:
-        """``finish`` that survives a Redis blip (the work is done: its answer must not be lost)."""
+    async def _stored(self, task_id: str, write: Callable[[], Awaitable[Any]]) -> None:
+        """Write a task's answer, surviving a Redis blip (the work is done: its answer must not be lost)."""
         for attempt in range(6):
             try:
-                if result == CANCELLED:
-                    await self.store.transition(task_id, CANCELLED, message="Cancelled by its client.",
-                                                error=TaskCancelled().to_jsonrpc())
-                else:
-                    await self.finish(task_id, result, error, route=route)
+                await write()
                 return
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("task %s: answer not stored yet (%s); retrying", task_id, exc)
@@ -356,7 +353,7 @@ class TaskRunner:
                 obs.answered_with_error(error)
             obs.finish()
         await writer.close()
-        await self._finish_safely(record.id, result, error, route=sink.route)
+        await self._stored(record.id, lambda: self.finish(record.id, result, error, route=sink.route))
 
     # -- background loops ----------------------------------------------------------------
     async def _lease_loop(self) -> None:

@@ -120,7 +120,8 @@ async def test_2025_progress_updates_the_task(task_fleet: Fleet) -> None:
 async def test_2025_cancel_is_acknowledged_fast_and_stops_the_agent(task_fleet: Fleet) -> None:
     async with Client(task_fleet.mcp_url, mode="legacy") as client:
         task = await create_task(client, "echo.wait", {"seconds": 30})
-        await asyncio.sleep(0.5)  # the agent is in the handler
+        echo = next(a for a in task_fleet.agents if "echo" in a.name)
+        task_fleet.wait_for(lambda: "wait started" in echo.output(), "the agent to be in the handler", timeout=10)
         started = time.monotonic()
         cancelled = await client.session.send_request(
             types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)), types.CancelTaskResult)
@@ -130,7 +131,6 @@ async def test_2025_cancel_is_acknowledged_fast_and_stops_the_agent(task_fleet: 
         with pytest.raises(MCPError) as outcome:
             await legacy_result(client, task.task_id)
         assert outcome.value.code == -31499
-    echo = next(a for a in task_fleet.agents if "echo" in a.name)
     task_fleet.wait_for(lambda: "wait cancelled after" in echo.output(), "the agent's handler to stop", timeout=5)
 
 

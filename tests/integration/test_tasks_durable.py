@@ -4,7 +4,6 @@ status the client can read."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Any
@@ -47,13 +46,13 @@ async def test_a_60_second_task_survives_client_disconnect_and_dispatcher_kill9(
     try:
         settings = {"bus_url": redis_url, "task_poll_interval_ms": 500}
         fleet.start_dispatcher(**settings)
-        fleet.start_agent("agents.echo", "eu-west")
+        agent = fleet.start_agent("agents.echo", "eu-west")
         started = time.monotonic()
         async with Client(fleet.mcp_url, mode="legacy") as client:
             task = await create_task(client, "echo.wait", {"seconds": 60}, ttl=600_000)
         # The client is gone. The work runs on the agent, fed by the bus.
         assert view(fleet, task.task_id)["path"] == "bus"
-        await asyncio.sleep(3)
+        fleet.wait_for(lambda: "wait started" in agent.output(), "the agent to start the work", timeout=10)
         kill_and_restart_dispatcher(fleet, **settings)
         assert view(fleet, task.task_id)["status"] == "working"
         async with Client(fleet.mcp_url, mode="legacy") as client:  # a new connection to the new process
@@ -90,7 +89,7 @@ async def test_direct_task_of_a_killed_replica_fails_clearly(fleet: Fleet) -> No
     async with Client(fleet.mcp_url, mode="legacy") as client:
         task = await create_task(client, "echo.wait", {"seconds": 30})
         assert view(fleet, task.task_id)["path"] == "direct"
-        await asyncio.sleep(0.5)
+        fleet.wait_for(lambda: "wait started" in agent.output(), "the agent to start the work", timeout=10)
         agent.kill9()
         done = wait_terminal(fleet, task.task_id, timeout=15)
         assert done["status"] == "failed" and done["error"]["code"] == -31004, done
@@ -107,12 +106,13 @@ async def test_in_process_tasks_of_a_killed_dispatcher_are_recovered(redis_url: 
     try:
         settings = {"task_lease_s": 1.5}
         fleet.start_dispatcher(**settings)
-        fleet.start_agent("agents.echo", "eu-west")
+        echo = fleet.start_agent("agents.echo", "eu-west")
         fleet.start_agent("agents.trainer", "eu-west")
         async with Client(fleet.mcp_url, mode="legacy") as client:
             idempotent = await create_task(client, "trainer.train", {"epochs": 60}, ttl=600_000)
             once_only = await create_task(client, "echo.wait", {"seconds": 60}, ttl=600_000)
-        await asyncio.sleep(1.0)
+        fleet.wait_for(lambda: "wait started" in echo.output() and (view(fleet, idempotent.task_id).get("progress") or {}).get("progress"),
+                       "both tasks to be under way", timeout=30)
         kill_and_restart_dispatcher(fleet, **settings)
         rerun = wait_terminal(fleet, idempotent.task_id, timeout=60)
         assert rerun["status"] == "completed" and rerun["attempts"] == 2, rerun
@@ -145,7 +145,7 @@ async def test_bus_tasks_complete_and_cancel_on_each_backend(backend: str, reque
 
         async with Client(fleet.mcp_url, mode="legacy") as client:
             task = await create_task(client, "echo.wait", {"seconds": 30}, ttl=600_000)
-        await asyncio.sleep(1.0)  # time for the agent to take the call; the log line below proves it ran and stopped
+        fleet.wait_for(lambda: "wait started" in echo.output(), "the agent to take the call", timeout=10)
         async with Client(fleet.mcp_url, extensions=[TasksExtension()]) as client:
             started = time.monotonic()
             await cancel_task(client.session, task.task_id)

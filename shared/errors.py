@@ -22,15 +22,23 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── PayloadTooLarge             payload_too_large     -32600  413
     │   └── ForbiddenOrigin             forbidden_origin      -32600  403
     ├── Unauthorized                    unauthorized          -31401  401
+    ├── Forbidden                       forbidden             -31402  403
+    ├── ToolForbidden                   tool_forbidden        -31403  200
+    ├── RateLimited                     rate_limited          -31429  429
+    │   └── TooManyTasks                too_many_tasks        -31430  429
     ├── RegistrationError               invalid_registration  -31422  422
     │   ├── ToolConflict                tool_conflict         -31409  409
+    │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
+    │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
     ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
     └── UpstreamError                   upstream_error        -31002  200 / 502
         ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
-        └── OutcomeUnknown              outcome_unknown       -31004  200 / 502
+        ├── OutcomeUnknown              outcome_unknown       -31004  200 / 502
+        ├── ResultTooLarge              result_too_large      -31006  200 / 502
+        └── InvalidToolResult           invalid_tool_result   -31007  200 / 502
 
 JSON-RPC codes of our own live outside the range -32768..-32000 that JSON-RPC and MCP
 reserve. Errors about one tool call travel as a JSON-RPC error inside an HTTP 200 (the
@@ -194,6 +202,13 @@ class Unauthorized(EdgefleetError):
     hint = "Missing or wrong credentials: send 'Authorization: Bearer <fleet token>'."
 
 
+class Forbidden(EdgefleetError):
+    code = "forbidden"
+    jsonrpc_code = -31402
+    http_status = 403
+    hint = "These credentials are valid but not allowed to do this (an operator route needs the fleet token or the admin scope)."
+
+
 class ToolForbidden(EdgefleetError):
     code = "tool_forbidden"
     jsonrpc_code = -31403
@@ -206,6 +221,12 @@ class RateLimited(EdgefleetError):
     jsonrpc_code = -31429
     http_status = 429
     hint = "Too many calls: wait for data.retry_after_s seconds (also in the Retry-After header)."
+
+
+class TooManyTasks(RateLimited):
+    code = "too_many_tasks"
+    jsonrpc_code = -31430
+    hint = "This identity already has as many unfinished tasks as it may (EDGEFLEET_MAX_OPEN_TASKS); wait for one to end or cancel one."
 
 
 class RegistrationError(EdgefleetError):
@@ -224,6 +245,13 @@ class AgentUrlForbidden(RegistrationError):
     code = "agent_url_forbidden"
     jsonrpc_code = -31423
     http_status = 422
+
+
+class NamespaceForbidden(RegistrationError):
+    code = "namespace_forbidden"
+    jsonrpc_code = -31425
+    http_status = 403
+    hint = "This agent credential is bound to another agent name: an agent registers tools only in its own namespace."
 
 
 class AgentUnreachable(RegistrationError):
@@ -268,6 +296,18 @@ class OutcomeUnknown(UpstreamError):
         "The connection to the agent broke after the call was sent; the tool may or may not have run. "
         "It was not retried because the tool does not declare idempotentHint."
     )
+
+
+class ResultTooLarge(UpstreamError):
+    code = "result_too_large"
+    jsonrpc_code = -31006
+    hint = "The agent's answer is larger than EDGEFLEET_MAX_RESULT_BYTES; it was not relayed."
+
+
+class InvalidToolResult(UpstreamError):
+    code = "invalid_tool_result"
+    jsonrpc_code = -31007
+    hint = "The agent's structuredContent does not match the tool's outputSchema; it was not relayed."
 
 
 # --- bus ---------------------------------------------------------------------------------

@@ -118,6 +118,14 @@ class DispatcherSettings(BaseSettings):
         default_factory=list, description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
     )
     max_concurrent_calls: int = Field(0, ge=0, description="Calls one identity may have in flight on one dispatcher (0: no cap).")
+    task_rate_limit: str | None = Field(None, description="tasks/* requests and /v1/tasks reads per identity across all dispatchers, e.g. 20/second (unset: none).")
+    max_open_tasks: int = Field(100, ge=0, description="Unfinished tasks one identity may have across the fleet (0: no cap).")
+    max_result_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest tool answer relayed to a client (result_too_large above).")
+    validate_results: bool = Field(True, description="Check structuredContent against the tool's outputSchema (invalid_tool_result when it does not match).")
+    agent_keys_file: Path | None = Field(None, description="YAML file of per-agent credentials (hashed), each bound to one agent name.")
+    audit: bool = Field(True, description="Write the audit stream (Redis stream <prefix>:audit): registrations, calls, tasks, auth failures, limit hits.")
+    audit_arguments: bool = Field(False, description="Include tool argument values in the audit stream's call events (off: names only).")
+    audit_maxlen: int = Field(1_000_000, ge=1000, description="Events kept in the audit stream (approximate MAXLEN; older ones are trimmed).")
     oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
@@ -183,6 +191,11 @@ class AgentSettings(BaseSettings):
         SecretStr(""),
         validation_alias=AliasChoices("EDGEFLEET_FLEET_TOKEN", "fleet_token"),
         description="Shared secret for registration and heartbeats.",
+    )
+    agent_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("EDGEFLEET_AGENT_KEY", "agent_key"),
+        description="This agent's own credential (bound to its name on the dispatcher); used instead of the fleet token when set.",
     )
     region: str = Field("local", description="Region this replica serves.")
     host: str = Field("127.0.0.1", description="Interface the agent's MCP server listens on.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dispatcher.admission import admit
+from dispatcher.agent_auth import AgentAuthenticator, AgentCredential, load_agent_keys
 from dispatcher.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
 from dispatcher.tasks.methods import TaskMethods
 from dispatcher.tasks.store import BadCursor
@@ -41,12 +41,25 @@ def build_api(
         error = RegistrationError("The request body is invalid.", data={"problems": problems})
         return JSONResponse(error.to_rest(), status_code=422)
 
-    def fleet_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, presented = (authorization or "").partition(" ")
-        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
-            raise Unauthorized()
+    agent_keys = load_agent_keys(fleet.settings.agent_keys_file) if fleet.settings.agent_keys_file else {}
+    registry_auth = AgentAuthenticator(token, agent_keys, auth)
 
-    authorized = [Depends(fleet_token)]
+    def registrant(authorization: Annotated[str | None, Header()] = None) -> AgentCredential:
+        return registry_auth.authenticate(authorization)
+
+    def operator(authorization: Annotated[str | None, Header()] = None) -> AgentCredential:
+        credential = registry_auth.authenticate(authorization)
+        registry_auth.check_operator(credential)
+        return credential
+
+    who_registers = Depends(registrant)
+    authorized = [Depends(operator)]
+
+    async def replica_agent(replica_id: str) -> str:
+        record = await fleet.registry.get(replica_id)
+        if record is None:
+            raise NotFound(f"Replica {replica_id} is not registered (lease expired?); register again.")
+        return record.agent
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -72,8 +85,9 @@ def build_api(
         warming = [r.id for r in fleet.replicas.values() if not r.warm]
         return JSONResponse({"status": "ready", "replicas": len(fleet.replicas), "warming": warming, "tools": len(fleet.catalog.entries)})
 
-    @api.post("/v1/agents", status_code=201, dependencies=authorized)
-    async def register(body: RegisterRequest) -> dict[str, Any]:
+    @api.post("/v1/agents", status_code=201)
+    async def register(body: RegisterRequest, credential: AgentCredential = who_registers) -> dict[str, Any]:
+        registry_auth.check_register(credential, body.name, body.region)
         record = await admit(body, fleet)
         return {
             "replica_id": record.replica_id,
@@ -85,14 +99,17 @@ def build_api(
             if fleet.settings.bus_url else None,
         }
 
-    @api.post("/v1/agents/replicas/{replica_id}/heartbeat", dependencies=authorized)
-    async def heartbeat(replica_id: str, body: Heartbeat) -> dict[str, Any]:
+    @api.post("/v1/agents/replicas/{replica_id}/heartbeat")
+    async def heartbeat(replica_id: str, body: Heartbeat, credential: AgentCredential = who_registers) -> dict[str, Any]:
+        if registry_auth.agent_keys:  # names are bound to keys: a heartbeat only for your own replicas
+            registry_auth.check_replica(credential, await replica_agent(replica_id))
         if not await fleet.registry.heartbeat(replica_id, body.model_dump()):
             raise NotFound(f"Replica {replica_id} is not registered (lease expired?); register again.")
         return {"ok": True}
 
-    @api.delete("/v1/agents/replicas/{replica_id}", status_code=204, dependencies=authorized)
-    async def deregister(replica_id: str) -> Response:
+    @api.delete("/v1/agents/replicas/{replica_id}", status_code=204)
+    async def deregister(replica_id: str, credential: AgentCredential = who_registers) -> Response:
+        registry_auth.check_replica(credential, await replica_agent(replica_id), operator_ok=True)
         if not await fleet.registry.remove(replica_id):
             raise NotFound(f"Replica {replica_id} is not registered.")
         fleet.wake()

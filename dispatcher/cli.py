@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="client API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k_create = keys_sub.add_parser("create", help="make a key: prints it ONCE and adds its hash to the keys file")
-    k_create.add_argument("identity", help="who holds the key (shown in logs and the audit trail)")
-    k_create.add_argument("--file", required=True, help="the EDGEFLEET_API_KEYS_FILE to add it to (created if missing)")
+    k_create.add_argument("identity", help="who holds the key (shown in logs and the audit trail); with --agent, the agent name")
+    k_create.add_argument("--file", required=True, help="the EDGEFLEET_API_KEYS_FILE (or, with --agent, EDGEFLEET_AGENT_KEYS_FILE) to add it to")
+    k_create.add_argument("--agent", action="store_true", help="an agent key: bound to the agent name IDENTITY (its tool namespace)")
     k_create.add_argument("--tools", default="", help="comma-separated globs of tools it may call (default: all)")
     k_create.add_argument("--regions", default="", help="comma-separated regions it may be served in (default: all)")
     k_create.add_argument("--scopes", default="", help="comma-separated scopes, e.g. admin")
@@ -159,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dispatcher import tasks_cli
 
             return tasks_cli.run(args)
+        if args.command == "keys" and args.agent:
+            return client_cli.create_agent_key(Path(args.file), args.identity, regions=_csv(args.regions))
         if args.command == "keys":
             return client_cli.create_key(Path(args.file), args.identity, tools=_csv(args.tools), regions=_csv(args.regions),
                                          scopes=_csv(args.scopes))

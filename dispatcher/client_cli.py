@@ -250,3 +250,26 @@ def create_key(path: Path, identity: str, *, tools: list[str], regions: list[str
     print(f"edgefleet: added {identity!r} to {path}; the key above is not stored anywhere; dispatchers read the file at start-up.",
           file=sys.stderr)
     return 0
+
+
+def create_agent_key(path: Path, agent: str, *, regions: list[str]) -> int:
+    """Append a new agent key's hash (bound to ``agent``) to the agent keys file and print the key."""
+    import yaml
+    from pydantic import ValidationError
+
+    from dispatcher.agent_auth import AgentKeyEntry, AgentKeysFile, new_agent_key
+    from dispatcher.auth import hash_key
+
+    current = AgentKeysFile.model_validate(yaml.safe_load(path.read_text()) or {}) if path.exists() else AgentKeysFile()
+    key = new_agent_key()
+    try:
+        current.agents.append(AgentKeyEntry(agent=agent, sha256=hash_key(key), regions=regions))
+    except ValidationError:
+        print(f"edgefleet: {agent!r} is not an agent name (lowercase letters, digits and '-', starting with a letter)", file=sys.stderr)
+        return 2
+    path.write_text(yaml.safe_dump(current.model_dump(), sort_keys=False))
+    path.chmod(0o600)
+    print(key)
+    print(f"edgefleet: added a key for agent {agent!r} to {path}; give it to the agent as EDGEFLEET_AGENT_KEY "
+          "(it is not stored anywhere); dispatchers read the file at start-up.", file=sys.stderr)
+    return 0

@@ -178,7 +178,8 @@ class Agent:
                 region=settings.region,
                 url=public_url,
                 dispatcher_url=settings.dispatcher_url,
-                fleet_token=settings.fleet_token.get_secret_value(),
+                # Its own key (bound to its name on the dispatcher) when it has one.
+                fleet_token=settings.agent_key.get_secret_value() or settings.fleet_token.get_secret_value(),
                 heartbeat_s=settings.heartbeat_s,
                 load=lambda: {"inflight": app.inflight, "bus_ready": bool(worker and worker[0].ready)},
                 bus=True,

@@ -98,8 +98,9 @@ class Fleet:
             time.sleep(0.05)
         raise RuntimeError(f"dispatcher not ready:\n{proc.output()}")
 
-    def start_agent(self, module: str, region: str, *, dispatcher: str | None = None, wait: bool = True, **settings: Any) -> Proc:
-        env = {**self.base_env, "EDGEFLEET_DISPATCHER_URL": dispatcher or self.url, "EDGEFLEET_AGENT_HEARTBEAT_S": "0.5"}
+    def start_agent(self, module: str, region: str, *, dispatcher: str | None = None, wait: bool = True, env: dict[str, str] | None = None,
+                    **settings: Any) -> Proc:
+        env = {**self.base_env, "EDGEFLEET_DISPATCHER_URL": dispatcher or self.url, "EDGEFLEET_AGENT_HEARTBEAT_S": "0.5", **(env or {})}
         env.update({f"EDGEFLEET_AGENT_{k.upper()}": str(v) for k, v in settings.items()})
         proc = Proc([sys.executable, "-m", module, "--region", region, "--port", "0"], env, f"{module}-{region}")
         self.agents.append(proc)

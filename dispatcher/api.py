@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import Annotated, Any
 
@@ -14,26 +15,48 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dispatcher.admission import admit
 from dispatcher.agent_auth import AgentAuthenticator, AgentCredential, load_agent_keys
+from dispatcher.audit import AuditLog, AuditReader, bearer, fingerprint
 from dispatcher.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
 from dispatcher.tasks.methods import TaskMethods
 from dispatcher.tasks.store import BadCursor
 from dispatcher.fleet import Fleet
 from dispatcher.metrics import CONTENT_TYPE, Metrics
 from dispatcher.naming import public_name
-from shared.errors import EdgefleetError, InvalidParams, NotFound, RegistrationError, Unauthorized
+from shared.errors import EdgefleetError, Forbidden, InvalidParams, NotFound, RateLimited, RegistrationError, Unauthorized
 from shared.models import Heartbeat, RegisterRequest
 
 
 def build_api(
     fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None, *, tasks: TaskMethods | None = None,
-    auth: Authenticator | None = None,
+    auth: Authenticator | None = None, audit: AuditLog | None = None,
 ) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
     @api.exception_handler(EdgefleetError)
     async def _edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:
         headers = {"www-authenticate": 'Bearer realm="edgefleet"'} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, RateLimited):
+            headers = {"retry-after": str(exc.data.get("retry_after_s", 1))}
+        _audit_refusal(request, exc)
         return JSONResponse(exc.to_rest(), status_code=exc.http_status, headers=headers)
+
+    def _audit_refusal(request: Request, exc: EdgefleetError) -> None:
+        if audit is None or not audit.enabled:
+            return
+        if isinstance(exc, Unauthorized):
+            event = "auth.failure"
+        elif isinstance(exc, RateLimited):
+            event = "limit.hit"
+        elif isinstance(exc, RegistrationError) and request.url.path == "/v1/agents":
+            event = "agent.refused"
+        elif isinstance(exc, (Forbidden, RegistrationError)):
+            event = "access.denied"
+        else:
+            return
+        audit.record(event, code=exc.code, reason=exc.message, path=request.url.path, method=request.method,
+                     caller=request.client.host if request.client else None,
+                     credential=fingerprint(bearer(request.headers.get("authorization"))),
+                     agent=exc.data.get("agent"), scope=exc.data.get("scope"))
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,6 +112,9 @@ def build_api(
     async def register(body: RegisterRequest, credential: AgentCredential = who_registers) -> dict[str, Any]:
         registry_auth.check_register(credential, body.name, body.region)
         record = await admit(body, fleet)
+        if audit is not None:
+            audit.record("agent.register", by=credential.name, credential_kind=credential.kind, agent=record.agent, region=record.region,
+                         replica=record.replica_id, url=record.url, version=record.version or None, tools=len(record.tools))
         return {
             "replica_id": record.replica_id,
             "era": record.era,
@@ -109,20 +135,25 @@ def build_api(
 
     @api.delete("/v1/agents/replicas/{replica_id}", status_code=204)
     async def deregister(replica_id: str, credential: AgentCredential = who_registers) -> Response:
-        registry_auth.check_replica(credential, await replica_agent(replica_id), operator_ok=True)
+        agent = await replica_agent(replica_id)
+        registry_auth.check_replica(credential, agent, operator_ok=True)
         if not await fleet.registry.remove(replica_id):
             raise NotFound(f"Replica {replica_id} is not registered.")
+        if audit is not None:
+            audit.record("agent.deregister", by=credential.name, credential_kind=credential.kind, agent=agent, replica=replica_id)
         fleet.wake()
         return Response(status_code=204)
 
-    @api.delete("/v1/agents/{name}", dependencies=authorized)
-    async def remove_agent(name: str) -> dict[str, Any]:
+    @api.delete("/v1/agents/{name}")
+    async def remove_agent(name: str, credential: AgentCredential = Depends(operator)) -> dict[str, Any]:
         removed = [r.replica_id for r in await fleet.registry.live() if r.agent == name]
         if not removed:
             raise NotFound(f"No agent named {name!r} is registered.")
         for replica_id in removed:
             await fleet.registry.remove(replica_id)
         fleet.wake()
+        if audit is not None:
+            audit.record("agent.remove", by=credential.name, credential_kind=credential.kind, agent=name, replicas=removed)
         return {"removed": removed}
 
     @api.get("/v1/agents", dependencies=authorized)
@@ -153,6 +184,25 @@ def build_api(
             })
         items = [{**a, "regions": sorted(a["regions"]), "tools": sorted(a["tools"])} for a in agents.values()]
         return {"agents": sorted(items, key=lambda a: a["name"])}
+
+    if audit is not None and audit.redis is not None:
+        reader = AuditReader(audit.redis, audit.key)
+
+        @api.get("/v1/audit", dependencies=authorized)
+        async def audit_events(after: str | None = None, last: int = 20, limit: int = 100, wait: float = 0.0) -> dict[str, Any]:
+            """The audit stream for operators: the ``last`` events, or those ``after`` a stream
+            id (waiting up to ``wait`` s for one); ``next`` is the id to pass back."""
+            if after is not None and not _STREAM_ID.match(after):
+                raise InvalidParams("after must be a stream id like 1732270000000-0 (the 'next' of a previous answer).")
+            if not 0 < limit <= 1000 or not 0 <= last <= 10_000 or not 0 <= wait <= 60:
+                raise InvalidParams("limit must be 1..1000, last 0..10000 and wait 0..60 seconds.")
+            if after is None:
+                events = await reader.last(last)
+                cursor = events[-1]["id"] if events else (await reader.newest_id())
+            else:
+                events = await reader.after(after, limit, wait)
+                cursor = events[-1]["id"] if events else after
+            return {"events": events, "next": cursor}
 
     if tasks is not None and auth is not None:
         _task_routes(api, tasks, auth)
@@ -217,6 +267,9 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
                     yield b": keep-alive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+_STREAM_ID = re.compile(r"^(0|\d{1,20}(-\d{1,20})?)$")
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

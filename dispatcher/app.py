@@ -19,6 +19,7 @@ from dispatcher import fanout, pipelines, static_config, warmup
 from dispatcher.catalog import builtin_entry
 from dispatcher.invoker import Invoker
 from dispatcher.admission import admit
+from dispatcher.audit import AuditLog
 from dispatcher.api import build_api
 from dispatcher.asgi import Receive, Scope, Send
 from dispatcher.bus_path import BusPath
@@ -83,11 +84,13 @@ class Dispatcher:
         self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000))
         instance = self.bus_path.instance if self.bus_path is not None else f"{settings.region}-{uuid.uuid4().hex[:12]}"
         self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.executor, self.bus_path, self.metrics, instance)
+        self.audit = AuditLog(self.redis if settings.audit else None, keys.audit, maxlen=settings.audit_maxlen,
+                              arguments=settings.audit_arguments, source=instance)
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics,
-                               runner=self.tasks)
+                               runner=self.tasks, audit=self.audit)
         self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.mcp.tasks,
-                             auth=self.mcp.auth)
+                             auth=self.mcp.auth, audit=self.audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in MCP_PATHS:
@@ -104,6 +107,7 @@ class Dispatcher:
             await self.aclose()
 
     async def start(self) -> None:
+        await self.audit.start()
         await self.pool.start()
         try:
             await self.redis.ping()
@@ -115,6 +119,8 @@ class Dispatcher:
         for request in self.static_agents:
             try:
                 record = await admit(request, self.fleet, allow_unreachable=True)
+                self.audit.record("agent.register", by="config-file", credential_kind="static-config", agent=record.agent,
+                                  region=record.region, replica=record.replica_id, url=record.url, tools=len(record.tools))
                 log.info("static agent %s (%s) at %s: %d tools", record.agent, record.region, record.url, len(record.tools))
             except EdgefleetError as exc:
                 log.error("static agent %s from %s refused: %s", request.name, self.settings.config_file, exc.message)
@@ -139,6 +145,7 @@ class Dispatcher:
         if self.bus_path is not None:
             await self.bus_path.aclose()
         await self.pool.aclose()
+        await self.audit.aclose()
         await self.redis.aclose()
         self.router.close()
         telemetry.flush()

@@ -7,6 +7,8 @@
     edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
     edgefleet tasks list|get|watch|cancel  durable MCP tasks (REST /v1/tasks)
     edgefleet agents list|add|remove    the registry
+    edgefleet audit tail [-f]           the audit stream: who did what
+    edgefleet keys create [--agent]     a client API key, or an agent's own key
     edgefleet bench                     through the dispatcher vs direct, one run
     edgefleet config                    every EDGEFLEET_* setting with its default
 """
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dispatcher.tasks_cli import add_parser as add_tasks_parser
 
     add_tasks_parser(sub, url_help=url_help)
+
+    from dispatcher.audit_cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub, url_help=url_help)
 
     agents = sub.add_parser("agents", help="inspect or change the registry")
     agents_sub = agents.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
@@ -160,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dispatcher import tasks_cli
 
             return tasks_cli.run(args)
+        if args.command == "audit":
+            from dispatcher import audit_cli
+
+            return audit_cli.run(args)
         if args.command == "keys" and args.agent:
             return client_cli.create_agent_key(Path(args.file), args.identity, regions=_csv(args.regions))
         if args.command == "keys":

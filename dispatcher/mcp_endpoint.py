@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind
 
 from dispatcher import __version__, jsonrpc
 from dispatcher.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY, Authenticator, Identity, challenge, resource_urls
+from dispatcher.audit import AuditLog, bearer, fingerprint
 from dispatcher.asgi import ClientDisconnected, Receive, body_too_large, Scope, Send, TrackingSend, header_map, read_body, respond
 from dispatcher.bus_path import BusPath
 from dispatcher.executor import Executor
@@ -114,6 +115,7 @@ class MCPEndpoint:
         auth: Authenticator | None = None,
         limits: RateLimits | None = None,
         runner: TaskRunner | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -126,6 +128,7 @@ class MCPEndpoint:
         self.auth = auth or Authenticator.from_settings(settings)
         self.limits = limits or RateLimits(settings)
         self.runner = runner
+        self.audit = audit
         self.tasks = TaskMethods(runner.store, runner) if runner is not None else None
         self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
@@ -138,6 +141,7 @@ class MCPEndpoint:
         peer = client[0] if client else None
         request_id: Any = None
         tracked = TrackingSend(send)
+        identity: Identity | None = None
         try:
             self._check_origin(headers)
             identity = scope.get(SCOPE_IDENTITY) or self.auth.authenticate(headers.get("authorization"))
@@ -152,11 +156,14 @@ class MCPEndpoint:
         except ClientDisconnected:
             return
         except Unauthorized as exc:
+            self._audit_refusal("auth.failure", exc, None, peer, headers)
             # RFC 9728: tell the client where to learn how to get a token.
             error = exc.data.pop("auth_error", None)
             header = challenge(resource_urls(self.settings, scope, headers)[1], error)
             await respond(tracked, 401, jsonrpc.error_body(None, exc), headers=[(b"www-authenticate", header.encode())])
         except EdgefleetError as exc:
+            if isinstance(exc, (RateLimited, ForbiddenOrigin)):
+                self._audit_refusal("limit.hit" if isinstance(exc, RateLimited) else "access.denied", exc, identity, peer, headers)
             if not tracked.started:
                 request_id = exc.data.pop("id", None) if "id" in exc.data else None
                 extra = [(b"retry-after", str(exc.data["retry_after_s"]).encode())] if isinstance(exc, RateLimited) else []
@@ -165,6 +172,17 @@ class MCPEndpoint:
             log.exception("unhandled error on /mcp")
             if not tracked.started:
                 await respond(tracked, 500, jsonrpc.error_body(None, EdgefleetError()))
+
+    def _audit_refusal(self, event: str, exc: EdgefleetError, identity: Identity | None, peer: str | None, headers: dict[str, str]) -> None:
+        if self.audit is None or not self.audit.enabled:
+            return
+        data = exc.data
+        self.audit.record(
+            event, code=exc.code, reason=exc.message, identity=identity.name if identity else None, caller=peer, path="/mcp",
+            credential=fingerprint(bearer(headers.get("authorization"))) if identity is None else None,
+            scope=data.get("scope"), limit=str(data["limit"]) if "limit" in data else None, tool=data.get("tool"),
+            origin=headers.get("origin") if isinstance(exc, ForbiddenOrigin) else None,
+        )
 
     # -- transport checks ------------------------------------------------------------------
     def _check_origin(self, headers: dict[str, str]) -> None:
@@ -424,7 +442,9 @@ class MCPEndpoint:
             # The start-up exercise of this path is not traffic: no metrics, no info line.
             warm_up = identity is WARM_UP_IDENTITY
             obs = CallObservation(None if warm_up else self.metrics, span, label, "direct", self.settings.region,
-                                  level=logging.DEBUG if warm_up else logging.INFO)
+                                  level=logging.DEBUG if warm_up else logging.INFO, audit=None if warm_up else self.audit,
+                                  identity=identity, requested=name, arguments=params.get("arguments"))
+            obs.address = peer or "-"
             self.metrics.inflight.inc()
             cancelled = False
             try:
@@ -437,6 +457,8 @@ class MCPEndpoint:
             except EdgefleetError as exc:
                 obs.failed(exc)
                 exc.data.setdefault("id", message.id)
+                if isinstance(exc, RateLimited):
+                    exc.data.setdefault("tool", label)
                 raise
             finally:
                 self.metrics.inflight.dec()

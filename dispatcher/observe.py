@@ -18,6 +18,8 @@ from shared.errors import EdgefleetError, UpstreamTimeout, stable_codes
 STABLE_CODES = stable_codes()
 
 if TYPE_CHECKING:
+    from dispatcher.audit import AuditLog
+    from dispatcher.auth import Identity
     from dispatcher.metrics import Metrics
     from dispatcher.router import RouteOrder
 
@@ -40,10 +42,12 @@ def error_label(error: object) -> tuple[str, str]:
 class CallObservation:
     __slots__ = (
         "metrics", "span", "tool", "path", "region", "replica", "attempts", "reason", "caller_region", "address",
-        "outcome", "code", "started", "level", "regions",
+        "outcome", "code", "started", "level", "regions", "audit", "identity", "requested", "arguments",
     )
 
-    def __init__(self, metrics: Metrics | None, span: Span, tool: str, path: str, region: str, *, level: int = logging.INFO) -> None:
+    def __init__(self, metrics: Metrics | None, span: Span, tool: str, path: str, region: str, *, level: int = logging.INFO,
+                 audit: AuditLog | None = None, identity: Identity | None = None, requested: object = None,
+                 arguments: object = None) -> None:
         self.metrics = metrics
         self.span = span
         self.tool = tool
@@ -59,6 +63,11 @@ class CallObservation:
         self.started = time.perf_counter()
         self.level = level
         self.regions: tuple[str, ...] = ()
+        # For the audit stream: who asked, for what (the name as asked, even when unknown).
+        self.audit = audit
+        self.identity = identity
+        self.requested = requested
+        self.arguments = arguments
 
     def routed(self, order: RouteOrder) -> None:
         self.reason = order.reason
@@ -114,6 +123,8 @@ class CallObservation:
             elif self.outcome == "tool_error":
                 span.set_attribute("error.type", "tool_error")
                 span.set_status(StatusCode.ERROR)
+        if self.audit is not None and self.audit.enabled:
+            self._audit(seconds)
         if log.isEnabledFor(self.level):
             log.log(
                 self.level, "call %s -> %s region=%s caller=%s caller_region=%s reason=%s path=%s attempts=%d %.2f ms %s%s",
@@ -123,3 +134,15 @@ class CallObservation:
                        "outcome": self.outcome, "code": self.code or None, "duration_ms": round(seconds * 1000, 3),
                        "attempts": self.attempts, "caller_region": self.caller_region, "reason": self.reason},
             )
+
+    def _audit(self, seconds: float) -> None:
+        assert self.audit is not None
+        context = self.span.get_span_context()
+        requested = self.requested if isinstance(self.requested, str) else repr(self.requested)
+        self.audit.record(
+            "call", identity=self.identity.name if self.identity else None, auth=self.identity.method if self.identity else None,
+            tool=requested[:200], outcome=self.outcome, code=self.code or None, path=self.path, region=self.region,
+            replica=self.replica, attempts=self.attempts, duration_ms=round(seconds * 1000, 3), caller=self.address,
+            caller_region=self.caller_region, trace_id=format(context.trace_id, "032x") if context.is_valid else None,
+            **self.audit.call_arguments(self.arguments),
+        )

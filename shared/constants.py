@@ -87,6 +87,11 @@ class RedisKeys:
         """Pub/sub channel: a registration or removal happened; dispatchers resync."""
         return f"{self.prefix}:fleet:changed"
 
+    @property
+    def audit(self) -> str:
+        """STREAM: the audit events of every dispatcher of the fleet (dispatcher/audit.py)."""
+        return f"{self.prefix}:audit"
+
     def session(self, session_id: str) -> str:
         """A 2025-era MCP session (so any dispatcher replica can serve it)."""
         return f"{self.prefix}:session:{session_id}"

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from dispatcher.admission import admit
-from dispatcher.agent_auth import AgentAuthenticator, AgentCredential, load_agent_keys
+from dispatcher.agent_auth import AgentAuthenticator, AgentCredential
 from dispatcher.audit import AuditLog, AuditReader, bearer, fingerprint
 from dispatcher.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
 from dispatcher.tasks.methods import TaskMethods
@@ -28,7 +28,7 @@ from shared.models import Heartbeat, RegisterRequest
 
 def build_api(
     fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None, *, tasks: TaskMethods | None = None,
-    auth: Authenticator | None = None, audit: AuditLog | None = None,
+    auth: Authenticator | None = None, audit: AuditLog | None = None, registry_auth: AgentAuthenticator | None = None,
 ) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
@@ -64,8 +64,7 @@ def build_api(
         error = RegistrationError("The request body is invalid.", data={"problems": problems})
         return JSONResponse(error.to_rest(), status_code=422)
 
-    agent_keys = load_agent_keys(fleet.settings.agent_keys_file) if fleet.settings.agent_keys_file else {}
-    registry_auth = AgentAuthenticator(token, agent_keys, auth)
+    registry_auth = registry_auth or AgentAuthenticator(token, {}, auth)
 
     def registrant(authorization: Annotated[str | None, Header()] = None) -> AgentCredential:
         return registry_auth.authenticate(authorization)

@@ -19,6 +19,7 @@ from dispatcher import fanout, pipelines, static_config, warmup
 from dispatcher.catalog import builtin_entry
 from dispatcher.invoker import Invoker
 from dispatcher.admission import admit
+from dispatcher.agent_auth import AgentAuthenticator, load_agent_keys
 from dispatcher.audit import AuditLog
 from dispatcher.api import build_api
 from dispatcher.asgi import Receive, Scope, Send
@@ -89,8 +90,10 @@ class Dispatcher:
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics,
                                runner=self.tasks, audit=self.audit)
         self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits)
+        agent_keys = load_agent_keys(settings.agent_keys_file) if settings.agent_keys_file else {}
+        self.registry_auth = AgentAuthenticator(settings.fleet_token.get_secret_value(), agent_keys, self.mcp.auth)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.mcp.tasks,
-                             auth=self.mcp.auth, audit=self.audit)
+                             auth=self.mcp.auth, audit=self.audit, registry_auth=self.registry_auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in MCP_PATHS:

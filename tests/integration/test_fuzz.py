@@ -104,11 +104,13 @@ def test_hostile_rest_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Cl
     paths = st.sampled_from(["/v1/agents", "/v1/agents/replicas/x/heartbeat", "/v1/agents/ghost", "/readyz", "/metrics",
                              "/v1/tasks", "/v1/tasks?cursor=%ff%fe&limit=-5", "/v1/tasks?limit=99999999999999999999", "/v1/tasks/x",
                              "/v1/tasks/" + "a" * 300, "/v1/tasks/x/cancel", "/v1/tasks/x/events", "/v1/tasks?owner=%00",
-                             "/.well-known/oauth-protected-resource", "/v1/agents/replicas/%00/heartbeat", "/mcp/../v1/agents"])
+                             "/.well-known/oauth-protected-resource", "/v1/agents/replicas/%00/heartbeat", "/mcp/../v1/agents",
+                             "/v1/audit", "/v1/audit?after=%ff&wait=1e9", "/v1/audit?last=-1", "/v1/audit?after=0&limit=0",
+                             "/v1/audit?after=99999999999999999999999-1", "/v1/audit?after=1-1&wait=0.01&limit=1000"])
 
     @FUZZ
     @given(path=paths, method=st.sampled_from(["GET", "POST", "DELETE", "PUT"]), body=st.one_of(json_value.map(lambda v: json.dumps(v).encode()), st.binary(max_size=100)),
-           token=st.sampled_from([None, "nope", fuzz_fleet.token]))
+           token=st.sampled_from([None, "nope", "efa_" + "x" * 43, fuzz_fleet.token]))
     def one(path: str, method: str, body: bytes, token: str | None) -> None:
         sent = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
         _check(http.request(method, fuzz_fleet.url + path, content=body, headers=sent), (method, path, body[:100]))

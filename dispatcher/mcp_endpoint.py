@@ -129,7 +129,7 @@ class MCPEndpoint:
         self.limits = limits or RateLimits(settings)
         self.runner = runner
         self.audit = audit
-        self.tasks = TaskMethods(runner.store, runner) if runner is not None else None
+        self.tasks = TaskMethods(runner.store, runner, limits=self.limits) if runner is not None else None
         self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
         # (session id, request id) -> task running that call, for notifications/cancelled.

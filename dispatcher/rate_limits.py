@@ -1,5 +1,6 @@
-"""Per-identity and per-tool rate limits shared by every dispatcher replica (Redis), and a
-per-identity concurrency cap (per dispatcher process).
+"""Per-identity and per-tool rate limits shared by every dispatcher replica (Redis), a
+per-identity limit on the task methods (``tasks/*``, ``/v1/tasks``), and a per-identity
+concurrency cap (per dispatcher process).
 
 The ``limits`` library's moving-window limiter (an atomic Lua script on Redis) does the
 counting, so two dispatchers on one Redis enforce one budget. Limits are written like
@@ -25,6 +26,9 @@ from shared.errors import ConfigError, RateLimited
 from shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.limits")
+# The task-method limit counts in its own keys: polling tasks/get must not spend the
+# identity's budget for tool calls, nor the other way round.
+TASK_NAMESPACE = "TASKS"
 
 
 def _parse(spec: str, setting: str) -> RateLimitItem:
@@ -43,10 +47,14 @@ class RateLimits:
             if not sep:
                 raise ConfigError(f"EDGEFLEET_TOOL_RATE_LIMITS: {item!r} must look like 'text.*=10/second'")
             self.per_tool.append((pattern.strip(), _parse(spec.strip(), "EDGEFLEET_TOOL_RATE_LIMITS")))
+        self.per_task_method: RateLimitItem | None = None
+        if settings.task_rate_limit:
+            item = _parse(settings.task_rate_limit, "EDGEFLEET_TASK_RATE_LIMIT")
+            self.per_task_method = type(item)(item.amount, item.multiples, namespace=TASK_NAMESPACE)
         self.max_concurrent = settings.max_concurrent_calls
         self.inflight: dict[str, int] = defaultdict(int)
         self.limiter: MovingWindowRateLimiter | None = None
-        if self.per_identity is not None or self.per_tool:
+        if self.per_identity is not None or self.per_tool or self.per_task_method is not None:
             storage = RedisStorage("async+" + settings.redis_url, implementation="redispy",
                                    key_prefix=f"{settings.redis_prefix}:ratelimit", wrap_exceptions=True)
             self.limiter = MovingWindowRateLimiter(storage)
@@ -60,23 +68,32 @@ class RateLimits:
         """Count one call; raise RateLimited (with the seconds to wait) when over a limit."""
         if self.limiter is None:
             return
-        checks = [("identity", self.per_identity, (identity,))] if self.per_identity is not None else []
-        checks += [("tool", item, (identity, pattern)) for pattern, item in self.per_tool if fnmatch.fnmatchcase(tool, pattern)]
-        for kind, item, keys in checks:
-            assert item is not None
-            try:
-                allowed = await self.limiter.hit(item, *keys)
-                if allowed:
-                    continue
-                stats = await self.limiter.get_window_stats(item, *keys)
-            except Exception as exc:  # noqa: BLE001 - fail open: see the module docstring
-                log.warning("rate limit not checked (Redis: %s); call let through", exc)
+        if self.per_identity is not None and not await self._hit("identity", self.per_identity, (identity,), f"{identity!r}"):
+            return
+        for pattern, item in self.per_tool:
+            if fnmatch.fnmatchcase(tool, pattern) and not await self._hit("tool", item, (identity, pattern), f"{identity!r} on {tool}"):
                 return
-            self.refused[kind] += 1
-            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-            what = f"{identity!r}" if kind == "identity" else f"{identity!r} on {tool}"
-            raise RateLimited(f"Rate limit {item} exceeded for {what}; retry in {retry_after} s.",
-                              data={"retry_after_s": retry_after, "limit": str(item), "scope": kind})
+
+    async def admit_task_method(self, identity: str) -> None:
+        """Count one task request (``tasks/*`` of either era, a ``/v1/tasks`` route)."""
+        if self.limiter is not None and self.per_task_method is not None:
+            await self._hit("task", self.per_task_method, (identity,), f"{identity!r} on task requests")
+
+    async def _hit(self, kind: str, item: RateLimitItem, keys: tuple[str, ...], what: str) -> bool:
+        """Count one hit: True if within the limit, False if Redis could not be asked (let
+        through), RateLimited if over it."""
+        assert self.limiter is not None
+        try:
+            if await self.limiter.hit(item, *keys):
+                return True
+            stats = await self.limiter.get_window_stats(item, *keys)
+        except Exception as exc:  # noqa: BLE001 - fail open: see the module docstring
+            log.warning("rate limit not checked (Redis: %s); %s let through", exc, "task request" if kind == "task" else "call")
+            return False
+        self.refused[kind] += 1
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(f"Rate limit {item} exceeded for {what}; retry in {retry_after} s.",
+                          data={"retry_after_s": retry_after, "limit": str(item), "scope": kind})
 
     @contextmanager
     def slot(self, identity: str) -> Iterator[None]:

@@ -7,6 +7,11 @@ and answers exactly what the call would have), ``tasks/list`` (the caller's own,
 
 A task is visible to the identity that created it, and to admins; to anyone else it does
 not exist (the same ``task_not_found`` as an unknown id, so ids cannot be probed).
+
+Every request of a client, MCP or REST, is counted once against the identity's task-method
+rate limit (``EDGEFLEET_TASK_RATE_LIMIT``, across the fleet) before anything is read: the
+public methods call ``admit``; ``find`` is the plain lookup they (and re-reads while a
+request waits) use, and counts nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from shared.errors import InvalidParams, TaskFinished, TaskNotFound
 
 if TYPE_CHECKING:
     from dispatcher.auth import Identity
+    from dispatcher.rate_limits import RateLimits
     from dispatcher.tasks.runner import TaskRunner
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -42,9 +48,15 @@ def task_id_of(params: dict[str, Any]) -> str:
 
 
 class TaskMethods:
-    def __init__(self, store: TaskStore, runner: TaskRunner) -> None:
+    def __init__(self, store: TaskStore, runner: TaskRunner, *, limits: RateLimits | None = None) -> None:
         self.store = store
         self.runner = runner
+        self.limits = limits
+
+    async def admit(self, identity: Identity) -> None:
+        """Count one request of ``identity``; RateLimited (with retry_after_s) when over the limit."""
+        if self.limits is not None:
+            await self.limits.admit_task_method(identity.name)
 
     async def find(self, task_id: str, identity: Identity) -> TaskRecord:
         record = await self.store.get(task_id)
@@ -52,25 +64,47 @@ class TaskMethods:
             raise TaskNotFound(data={"taskId": task_id})
         return record
 
+    async def lookup(self, task_id: str, identity: Identity) -> TaskRecord:
+        """``find`` for a new request (REST get, cancel, event stream): counted."""
+        await self.admit(identity)
+        return await self.find(task_id, identity)
+
+    async def _page(self, owner: str | None, cursor: str | None, limit: int, bad_cursor: str) -> tuple[list[TaskRecord], str | None]:
+        try:
+            return await self.store.list(owner, cursor=cursor, limit=limit)
+        except BadCursor:
+            raise InvalidParams(bad_cursor) from None
+
+    # -- REST (operators, non-MCP callers) -------------------------------------------------
+    async def rest_list(self, identity: Identity, *, owner: str | None = None, cursor: str | None = None,
+                        limit: int = 50) -> dict[str, Any]:
+        """GET /v1/tasks: the caller's tasks, newest first; an admin's are everyone's, or ``owner``'s."""
+        await self.admit(identity)
+        if not identity.admin:
+            owner = identity.name  # everyone else sees only their own
+        records, next_cursor = await self._page(owner, cursor, limit, "Unknown cursor: pass back the next_cursor of a previous page.")
+        return {"tasks": [r.rest(detail=False) for r in records], "next_cursor": next_cursor}
+
     # -- 2025-11-25 ----------------------------------------------------------------------
     async def legacy_get(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         return (await self.find(task_id_of(params), identity)).legacy()
 
     async def legacy_list(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         cursor = params.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("params.cursor must be a string from a previous tasks/list.")
-        try:
-            # What tasks/get would show must be listable: an admin's list is everyone's.
-            records, next_cursor = await self.store.list(None if identity.admin else identity.name, cursor=cursor)
-        except BadCursor:
-            raise InvalidParams("Unknown cursor: pass back the nextCursor of a previous tasks/list.") from None
+        # What tasks/get would show must be listable: an admin's list is everyone's.
+        records, next_cursor = await self._page(None if identity.admin else identity.name, cursor, 50,
+                                                "Unknown cursor: pass back the nextCursor of a previous tasks/list.")
         result: dict[str, Any] = {"tasks": [r.legacy() for r in records]}
         if next_cursor:
             result["nextCursor"] = next_cursor
         return result
 
     async def legacy_cancel(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         record = await self.find(task_id_of(params), identity)
         await self.runner.cancel(record, identity.name)
         return (await self.find(record.id, identity)).legacy()
@@ -81,6 +115,7 @@ class TaskMethods:
         With an SSE-capable client the wait is a stream: progress the agent reports is
         relayed as ``notifications/progress`` (the call's own progressToken, tagged with the
         related task), so a client waiting here sees the work move."""
+        await self.admit(identity)
         task_id = task_id_of(params)
         record = await self.find(task_id, identity)
         token = (record.request.get("_meta") or {}).get("progressToken") if isinstance(record.request.get("_meta"), dict) else None
@@ -132,9 +167,11 @@ class TaskMethods:
 
     # -- 2026-07-28 extension --------------------------------------------------------------
     async def modern_get(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         return {"resultType": "complete", **(await self.find(task_id_of(params), identity)).modern()}
 
     async def modern_cancel(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         record = await self.find(task_id_of(params), identity)
         # SEP-2663: an ack, even when the task finished first (it then stays as it ended).
         with contextlib.suppress(TaskFinished):
@@ -142,6 +179,7 @@ class TaskMethods:
         return {"resultType": "complete"}
 
     async def modern_update(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
+        await self.admit(identity)
         record = await self.find(task_id_of(params), identity)
         responses = params.get("inputResponses")
         if not isinstance(responses, dict):

@@ -14,6 +14,9 @@ Where the work runs decides how a task survives failures:
 Calls the dispatcher turned into tasks (a 2025-era client dropped its connection, a
 2026-era call ran long) are adopted: they keep running where they are, in-process.
 Every unfinished task has a deadline; past it the task fails with ``upstream_timeout``.
+An owner has at most ``max_open_tasks`` unfinished tasks (the store decides, fleet-wide):
+a task asked for beyond that is refused with ``too_many_tasks``; a call that would have
+been adopted stays an ordinary call.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ class TaskRunner:
         params = _with_progress_token(params, record.id)
         if entry.handler is None and self.bus_path is not None and self.bus_path.serves(entry):
             record.path = "bus"
-            await self.store.create(record)
+            await self.store.create(record, max_open=self.settings.max_open_tasks)
             self._count(WORKING)
             try:
                 region = await self.bus_path.submit(entry, record.id, params, order=order, deadline_ms=record.deadline_ms)
@@ -196,22 +199,25 @@ class TaskRunner:
             return
         record.path = "builtin" if entry.handler is not None else "direct"
         record.runner = self.instance
-        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms)
+        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms, max_open=self.settings.max_open_tasks)
         self._count(WORKING)
         self._spawn(record, entry, params, order)
 
     async def record_answered(self, record: TaskRecord, result: dict[str, Any]) -> None:
         """A task whose answer is known before any work (e.g. invalid arguments): created, then completed."""
         record.path = "builtin" if record.path == "direct" else record.path
-        await self.store.create(record)
+        await self.store.create(record, max_open=self.settings.max_open_tasks)
         self._count(WORKING)
         await self.finish(record.id, result, None)
         record.status, record.result = COMPLETED, result
 
     async def adopt(self, record: TaskRecord, sink: TaskSink, work: asyncio.Task[Any]) -> None:
-        """Make a call already running in this process (``work``, answering into ``sink``) a task."""
+        """Make a call already running in this process (``work``, answering into ``sink``) a task.
+
+        Raises TooManyTasks when its owner is at the open-task cap (nothing is adopted: the
+        caller gives the answer back to the client), like any failure to create it."""
         record.runner = self.instance
-        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms)
+        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms, max_open=self.settings.max_open_tasks)
         self._count(WORKING)
         writer = ProgressWriter(self.store, record.id)
         sink.on_progress = writer.report

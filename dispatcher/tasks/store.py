@@ -1,13 +1,15 @@
 """The task store, in Redis: a task's state is never only in a dispatcher's memory.
 
 Per task a HASH (the record) and a LIST (status history), both expiring at creation +
-ttl. Indexes: the owner's ZSET and a fleet-wide one (listing, newest first), a ZSET of
-deadlines of unfinished tasks, and a ZSET of leases of tasks run inside a dispatcher
-process. Every status change goes through one Lua script that enforces the spec's
-transition rules atomically, so two dispatchers racing (a result arriving while a cancel
-lands) can never move a task out of a terminal status. Each change is published on one
-pub/sub channel so waiters (``tasks/result``, the SSE stream, the runner's cancel
-listener) wake at once instead of polling.
+ttl. Indexes: the owner's ZSET and a fleet-wide one (listing, newest first), the owner's
+ZSET of unfinished tasks (the open-task cap counts it), a ZSET of deadlines of unfinished
+tasks, and a ZSET of leases of tasks run inside a dispatcher process. Creating a task is
+one Lua script, so the cap holds when dispatchers race for an owner's last slot. Every
+status change goes through one Lua script that enforces the spec's transition rules
+atomically, so two dispatchers racing (a result arriving while a cancel lands) can never
+move a task out of a terminal status; the move to a terminal status frees the task's
+slot. Each change is published on one pub/sub channel so waiters (``tasks/result``, the
+SSE stream, the runner's cancel listener) wake at once instead of polling.
 """
 
 from __future__ import annotations
@@ -28,11 +30,64 @@ import redis.exceptions
 
 from dispatcher.tasks.model import TERMINAL, TaskRecord, iso
 from shared.constants import RedisKeys
+from shared.errors import TooManyTasks
 
 log = logging.getLogger("edgefleet.tasks")
 
+# Retry-After of a create refused by the open-task cap: a slot frees when a task ends, which
+# this cannot predict; a few seconds keeps a retrying client from hammering.
+OPEN_TASKS_RETRY_S = 5
+
+# KEYS: task, history, owner index, all index, deadlines, leases, owner's open tasks, events
+# ARGV: id, cap (0 = none), now ms, expire at ms, history entry, index member, oldest index
+#       member kept, indexes expire at ms, deadline ms, lease until ms ('' = none), status,
+#       task key prefix, then the record's field, value pairs
+# Returns 0 (created) or, refused, the owner's number of unfinished tasks.
+_CREATE = """
+local open = KEYS[7]
+local unfinished = ARGV[11] == 'working' or ARGV[11] == 'input_required'
+if unfinished and tonumber(ARGV[2]) > 0 then
+  local cap = tonumber(ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', open, '-inf', ARGV[3])  -- expired, and their records with them
+  local count = redis.call('ZCARD', open)
+  if count >= cap then
+    -- At the cap, make sure every slot is really taken: a record can vanish without its
+    -- terminal transition (deleted, evicted), and a dispatcher of an older version ends
+    -- tasks without freeing their slots.
+    for _, id in ipairs(redis.call('ZRANGE', open, 0, -1)) do
+      local status = redis.call('HGET', ARGV[12] .. id, 'status')
+      if status ~= 'working' and status ~= 'input_required' then
+        redis.call('ZREM', open, id)
+        count = count - 1
+      end
+    end
+    if count >= cap then return count end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+redis.call('RPUSH', KEYS[2], ARGV[5])
+redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+for i = 3, 4 do
+  redis.call('ZADD', KEYS[i], 0, ARGV[6])
+  -- Index entries of tasks that can no longer exist (past the longest ttl).
+  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', '(' .. ARGV[7])
+  redis.call('PEXPIREAT', KEYS[i], ARGV[8])
+end
+redis.call('ZADD', KEYS[5], ARGV[9], ARGV[1])
+if ARGV[10] ~= '' then redis.call('ZADD', KEYS[6], ARGV[10], ARGV[1]) end
+if unfinished then
+  -- Scored by the record's expiry: past it the slot is free even if nothing ended the task.
+  redis.call('ZADD', open, ARGV[4], ARGV[1])
+  if redis.call('PTTL', open) < tonumber(ARGV[8]) - tonumber(ARGV[3]) then redis.call('PEXPIREAT', open, ARGV[8]) end
+end
+redis.call('PUBLISH', KEYS[8], ARGV[1] .. ' ' .. ARGV[11])
+return 0
+"""
+
 # KEYS: task, history, deadlines, leases, events channel
-# ARGV: id, to, now ms, message ('' = keep), result json, error json, history entry json, region, replica, is_error (1/0)
+# ARGV: id, to, now ms, message ('' = keep), result json, error json, history entry json, region, replica, is_error (1/0),
+#       key prefix of the owners' open-task sets
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -57,6 +112,8 @@ redis.call('RPUSH', KEYS[2], entry)
 if to == 'completed' or to == 'failed' or to == 'cancelled' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('ZREM', ARGV[11] .. owner, ARGV[1]) end  -- its open-task slot
   redis.call('HDEL', KEYS[1], 'request')  -- the arguments are not needed once it is over
 end
 redis.call('PUBLISH', KEYS[5], ARGV[1] .. ' ' .. to)
@@ -154,6 +211,9 @@ class TaskStore:
         self.redis = redis
         self.keys = keys
         self.max_ttl_ms = max_ttl_ms
+        # Not a RedisKeys name (yet): the transition script builds it from the record's owner.
+        self._open_prefix = f"{keys.prefix}:tasks:open:"
+        self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._progress = redis.register_script(_PROGRESS)
         self._claim = redis.register_script(_CLAIM)
@@ -162,25 +222,34 @@ class TaskStore:
         self.events = TaskEvents(redis, keys.task_events)
 
     # -- writes ------------------------------------------------------------------------
-    async def create(self, record: TaskRecord, *, lease_until_ms: int | None = None) -> None:
-        """Durably create ``record`` (returns once a tasks/get would find it)."""
-        key, history = self.keys.task(record.id), self.keys.task_history(record.id)
+    def open_tasks_key(self, owner: str) -> str:
+        """ZSET task id -> record expiry (ms): ``owner``'s unfinished tasks."""
+        return self._open_prefix + owner
+
+    async def create(self, record: TaskRecord, *, lease_until_ms: int | None = None, max_open: int = 0) -> None:
+        """Durably create ``record`` (returns once a tasks/get would find it).
+
+        ``max_open`` > 0: refused with TooManyTasks if the owner already has that many
+        unfinished tasks, decided atomically with the creation, fleet-wide."""
+        k = self.keys
         expire_at = record.created_ms + record.ttl_ms
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=record.to_hash())  # type: ignore[arg-type]
-            pipe.pexpireat(key, expire_at)
-            pipe.rpush(history, _entry(record.status, record.created_ms, record.message))
-            pipe.pexpireat(history, expire_at)
-            for index in (self.keys.tasks_of(record.owner), self.keys.tasks_all):
-                pipe.zadd(index, {index_member(record.created_ms, record.id): 0})
-                # Index entries of tasks that can no longer exist (past the longest ttl).
-                pipe.zremrangebylex(index, "-", "(" + index_member(max(0, record.created_ms - self.max_ttl_ms), ""))
-                pipe.pexpireat(index, record.created_ms + self.max_ttl_ms)
-            pipe.zadd(self.keys.task_deadlines, {record.id: record.deadline_ms})
-            if lease_until_ms is not None:
-                pipe.zadd(self.keys.task_leases, {record.id: lease_until_ms})
-            pipe.publish(self.keys.task_events, f"{record.id} {record.status}")
-            await pipe.execute()
+        fields: list[str | bytes | int] = []
+        for name, value in record.to_hash().items():
+            fields += [name, value]
+        refused = await self._create(
+            keys=[k.task(record.id), k.task_history(record.id), k.tasks_of(record.owner), k.tasks_all, k.task_deadlines,
+                  k.task_leases, self.open_tasks_key(record.owner), k.task_events],
+            args=[record.id, max_open, now_ms(), expire_at, _entry(record.status, record.created_ms, record.message),
+                  index_member(record.created_ms, record.id), index_member(max(0, record.created_ms - self.max_ttl_ms), ""),
+                  max(expire_at, record.created_ms + self.max_ttl_ms), record.deadline_ms,
+                  "" if lease_until_ms is None else lease_until_ms, record.status, k.task(""), *fields],
+        )
+        if refused:
+            raise TooManyTasks(
+                f"{record.owner!r} already has {refused} unfinished tasks, the most one identity may have; "
+                "retry when one ends, or cancel one.",
+                data={"retry_after_s": OPEN_TASKS_RETRY_S, "limit": max_open, "open": int(refused), "scope": "open_tasks"},
+            )
 
     async def transition(
         self, task_id: str, to: str, *, message: str | None = None, result: dict[str, Any] | None = None,
@@ -194,7 +263,7 @@ class TaskStore:
             keys=[k.task(task_id), k.task_history(task_id), k.task_deadlines, k.task_leases, k.task_events],
             args=[task_id, to, at, message or "", orjson.dumps(result) if result is not None else "",
                   orjson.dumps(error) if error is not None else "", _entry(to, at, message), region or "", replica or "",
-                  "1" if result is not None and result.get("isError") else "0"],
+                  "1" if result is not None and result.get("isError") else "0", self._open_prefix],
         )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 

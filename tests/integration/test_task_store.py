@@ -1,5 +1,5 @@
 """The task store against a real Redis: records, the spec's transition rules, per-owner
-paging, leases, expiry and change events."""
+paging, leases, expiry, change events, and the per-owner cap on unfinished tasks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from dispatcher.metrics import Metrics
 from dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, TaskRecord
-from dispatcher.tasks.runner import new_task_id
+from dispatcher.tasks.runner import TaskRunner, new_task_id
 from dispatcher.tasks.store import BadCursor, TaskStore, now_ms
 from shared.constants import RedisKeys
+from shared.errors import TooManyTasks
+from shared.settings import DispatcherSettings
 
 
 @pytest.fixture
@@ -153,3 +156,103 @@ async def test_watchers_hear_every_change(store: TaskStore) -> None:
         await store.transition(r.id, CANCELLED)
         heard = [await asyncio.wait_for(changes.get(), 5) for _ in range(3)]
     assert heard == [WORKING, "progress", CANCELLED]
+
+
+# -- the open-task cap -------------------------------------------------------------------
+async def test_the_open_task_cap_holds_when_dispatchers_race_for_the_last_slots(store: TaskStore, redis_url: str,
+                                                                                redis_prefix: str) -> None:
+    other_client = aioredis.Redis.from_url(redis_url)  # a second dispatcher: its own connections
+    other = TaskStore(other_client, RedisKeys(redis_prefix))
+    try:
+        await store.create(record(), max_open=5)
+        attempts = [record() for _ in range(40)]
+        outcomes = await asyncio.gather(*((store, other)[i % 2].create(r, max_open=5) for i, r in enumerate(attempts)),
+                                        return_exceptions=True)
+    finally:
+        await other_client.aclose()
+    created = [r for r, o in zip(attempts, outcomes, strict=True) if o is None]
+    refused = [o for o in outcomes if isinstance(o, TooManyTasks)]
+    assert len(created) == 4 and len(refused) == 36, outcomes
+    error = refused[0].to_jsonrpc()
+    assert error["code"] == -31430 and error["data"]["code"] == "too_many_tasks" and error["data"]["limit"] == 5
+    assert 1 <= error["data"]["retry_after_s"] <= 5 and "alice" in error["message"]
+    assert refused[0].http_status == 429
+    # A refused create leaves nothing behind; the ones that won are whole.
+    losers = [r for r, o in zip(attempts, outcomes, strict=True) if o is not None]
+    assert [await store.get(r.id) for r in losers] == [None] * len(losers)
+    assert None not in [await store.get(r.id) for r in created]
+    assert await store.redis.zcard(store.open_tasks_key("alice")) == 5
+    listed, _ = await store.list("alice", limit=200)
+    assert len(listed) == 5
+    # Another identity has its own slots; no cap (0) means none.
+    await store.create(record("bob"), max_open=5)
+    await store.create(record("alice"))
+    assert await store.redis.zcard(store.open_tasks_key("alice")) == 6
+
+
+async def test_every_terminal_status_frees_the_slot_and_input_required_keeps_it(store: TaskStore) -> None:
+    first = record()
+    await store.create(first, max_open=1)
+    ends = [
+        lambda task_id: store.transition(task_id, COMPLETED, result={"content": []}),
+        lambda task_id: store.transition(task_id, COMPLETED, result={"content": [], "isError": True}),  # legacy: failed
+        lambda task_id: store.transition(task_id, FAILED, error={"code": -31002, "message": "x"}),
+        lambda task_id: store.transition(task_id, CANCELLED, error={"code": -31499, "message": "cancelled"}),
+    ]
+    holder = first
+    for end in ends:
+        assert await store.transition(holder.id, INPUT_REQUIRED) == "ok"  # still unfinished: still counted
+        with pytest.raises(TooManyTasks):
+            await store.create(record(), max_open=1)
+        assert await store.transition(holder.id, WORKING) == "ok"
+        assert await end(holder.id) == "ok"
+        assert (await store.get(holder.id)).terminal  # type: ignore[union-attr]
+        holder = record()
+        await store.create(holder, max_open=1)  # the slot is free again
+    # A refused move (already terminal) does not free someone else's slot.
+    assert await store.transition(first.id, CANCELLED) == COMPLETED
+    with pytest.raises(TooManyTasks):
+        await store.create(record(), max_open=1)
+
+
+async def test_the_deadline_sweep_frees_the_slot(store: TaskStore) -> None:
+    settings = DispatcherSettings(fleet_token="t", max_open_tasks=1)
+    runner = TaskRunner(settings, store, None, None, None, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
+    late = record()
+    late.deadline_ms = now_ms() - 1
+    await store.create(late, max_open=1)
+    with pytest.raises(TooManyTasks):
+        await store.create(record(), max_open=1)
+    await runner.sweep()
+    got = await store.get(late.id)
+    assert got is not None and got.status == FAILED and got.error is not None and got.error["code"] == -31003
+    await store.create(record(), max_open=1)
+
+
+async def test_a_slot_heals_when_its_task_vanished_without_ending(store: TaskStore) -> None:
+    # Expired: the record is gone at its ttl, and so is its slot (scored by that expiry).
+    short = record(ttl_ms=300)
+    await store.create(short, max_open=1)
+    with pytest.raises(TooManyTasks):
+        await store.create(record(), max_open=1)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.get(short.id) is not None:  # Redis expires it; nothing to await but its absence
+        assert asyncio.get_running_loop().time() < deadline, "the record did not expire"
+        await asyncio.sleep(0.05)
+    held = record()
+    await store.create(held, max_open=1)
+
+    # Deleted or evicted before its expiry: checked against the record when at the cap.
+    await store.redis.delete(store.keys.task(held.id))
+    evicted_next = record()
+    await store.create(evicted_next, max_open=1)
+
+    # Ended by a dispatcher that does not know about slots (an older version mid-upgrade).
+    await store.redis.hset(store.keys.task(evicted_next.id), "status", COMPLETED)
+    await store.create(record(), max_open=1)
+    assert await store.redis.zcard(store.open_tasks_key("alice")) == 1
+
+    # Live tasks are never healed away.
+    with pytest.raises(TooManyTasks) as refused:
+        await store.create(record(), max_open=1)
+    assert refused.value.data["open"] == 1

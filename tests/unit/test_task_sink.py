@@ -72,3 +72,23 @@ async def test_no_take_over_once_the_answer_is_on_its_way() -> None:
     await finished({"type": "http.response.body", "body": event(ANSWER)})
     assert await finished.take_over() is None
     assert finished.forward is client
+
+
+async def test_a_take_over_given_back_relays_the_rest_of_the_answer() -> None:
+    # The call could not become a task (its owner is at the open-task cap): the client's
+    # stream goes on where it stopped, and ends with the answer.
+    delivered: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        delivered.append(message)
+
+    sink = TaskSink(forward=client)
+    await sink({"type": "http.response.start", "status": 200, "headers": SSE})
+    await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
+    forward = await sink.take_over()
+    assert forward is client
+    sink.give_back(forward)
+    await sink({"type": "http.response.body", "body": event(ANSWER), "more_body": True})
+    await sink({"type": "http.response.body", "body": b""})
+    assert [m.get("body", b"") for m in delivered[1:]] == [event(PROGRESS), event(ANSWER), b""]
+    assert delivered[-1].get("more_body", False) is False

@@ -7,6 +7,10 @@ task id and one waiter; the first result for it completes the call, and anything
 arrives for a task id nobody waits for any more (a duplicate from a redelivery, or a
 late answer after a timeout) is dropped. Progress replies are relayed to the client as
 progress notifications while the call is open, exactly as on the direct path.
+
+Answers are checked as on the direct path: a call whose replies (progress included) add
+up to more than ``max_result_bytes`` is cut off (and cancelled on the agent), and a result
+that breaks the tool's ``outputSchema`` is replaced by ``invalid_tool_result``.
 """
 
 from __future__ import annotations
@@ -28,9 +32,18 @@ from dispatcher import jsonrpc
 from shared import telemetry
 from shared.constants import BusNames
 from shared.envelope import CallEnvelope, CancelRequest, Reply
-from shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, UpstreamError, UpstreamTimeout
+from shared.errors import (
+    AgentUnavailable,
+    BusUnavailable,
+    EdgefleetError,
+    InvalidToolResult,
+    ResultTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
+    from bus.base import Delivery
     from dispatcher.catalog import ToolEntry
     from dispatcher.metrics import Metrics
     from dispatcher.observe import CallObservation
@@ -61,7 +74,10 @@ class BusPath:
         self.names = BusNames(settings.redis_prefix)
         self.instance = f"{settings.region}-{uuid.uuid4().hex[:12]}"
         self.reply_stream = self.names.replies(self.instance)
-        self.waiters: dict[str, asyncio.Queue[Reply]] = {}
+        self.max_result_bytes = settings.max_result_bytes
+        self.validate_results = settings.validate_results
+        # A call's queue gets the agent's replies, or the error of one we refused to parse.
+        self.waiters: dict[str, asyncio.Queue[Reply | EdgefleetError]] = {}
         self.connected = False
         self._listener: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
@@ -125,6 +141,8 @@ class BusPath:
                 await asyncio.sleep(0.5)
                 continue
             for delivery in found:
+                if len(delivery.payload) > self.max_result_bytes and self._refuse_oversized(delivery):
+                    continue
                 try:
                     reply = Reply.model_validate_json(delivery.payload)
                 except ValidationError:
@@ -140,6 +158,22 @@ class BusPath:
                 last_expire = time.monotonic()
                 with contextlib.suppress(BusUnavailable):
                     await self.bus.expire(self.reply_stream, REPLY_STREAM_TTL_S)
+
+    def _refuse_oversized(self, delivery: Delivery) -> bool:
+        """Answer the waiting call of a reply too large to relay without parsing it (the
+        task id rides in the headers); False when it cannot be told whose it is."""
+        task_id = delivery.headers.get("task-id")
+        if not task_id:
+            return False  # parsed as usual: the call's own byte count refuses it
+        waiter = self.waiters.get(task_id)
+        if waiter is not None:
+            waiter.put_nowait(ResultTooLarge(
+                f"A reply of {len(delivery.payload)} bytes is larger than {self.max_result_bytes} (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
+                data={"task": task_id, "limit_bytes": self.max_result_bytes},
+            ))
+        if self.metrics is not None:
+            self.metrics.bus_replies.labels("too_large" if waiter is not None else "duplicate").inc()
+        return True
 
     async def _sample_loop(self, metrics: Metrics, every_s: float = SAMPLE_EVERY_S) -> None:
         """Backlog of every calls stream with consumers, for /metrics (sampled, never per call)."""
@@ -208,9 +242,10 @@ class BusPath:
     ) -> None:
         region = self._region_or_fail(entry, order)
         task_id = uuid.uuid4().hex
-        waiter: asyncio.Queue[Reply] = asyncio.Queue()
+        waiter: asyncio.Queue[Reply | EdgefleetError] = asyncio.Queue()
         self.waiters[task_id] = waiter
         started = False
+        relayed = 0  # bytes sent to the client so far, held to max_result_bytes
         sent_at = time.monotonic()
         route = f"region={region}; path=bus; task={task_id}".encode()
         try:
@@ -220,15 +255,26 @@ class BusPath:
             async with asyncio.timeout(timeout_s):
                 while True:
                     reply = await waiter.get()
+                    if isinstance(reply, EdgefleetError):
+                        await self._refuse(entry, task_id, send, started, request_id, reply, obs)
+                        return
                     if reply.kind == "progress" and reply.notification:
+                        event = b"event: message\ndata: " + orjson.dumps({"jsonrpc": "2.0", **reply.notification}) + b"\n\n"
+                        relayed += len(event)
+                        if relayed > self.max_result_bytes:
+                            await self._refuse(entry, task_id, send, started, request_id, self._too_large(entry, task_id), obs)
+                            return
                         if not started:
                             started = True
                             await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"edgefleet-route", route)]})
-                        event = {"jsonrpc": "2.0", **reply.notification}
-                        await send({"type": "http.response.body", "body": b"event: message\ndata: " + orjson.dumps(event) + b"\n\n", "more_body": True})
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
                         continue
                     if reply.kind == "result" and reply.result is not None:
                         answer = jsonrpc.result_body(request_id, reply.result)
+                        refused = self._result_error(entry, task_id, reply, relayed + len(answer))
+                        if refused is not None:
+                            await _fail(send, started, request_id, refused, obs)
+                            return
                         if obs is not None and reply.result.get("isError"):
                             obs.outcome = "tool_error"
                     else:
@@ -255,6 +301,35 @@ class BusPath:
             raise
         finally:
             self.waiters.pop(task_id, None)
+
+    def _result_error(self, entry: ToolEntry, task_id: str, reply: Reply, size: int) -> EdgefleetError | None:
+        """Why this result must not reach the client (too large, or breaking the tool's
+        outputSchema), or None. Tools without an outputSchema are never checked against one."""
+        if size > self.max_result_bytes:
+            return self._too_large(entry, task_id)
+        if not self.validate_results or entry.output_validator is None or reply.result is None:
+            return None
+        problem = entry.result_problem(reply.result)
+        if problem is None:
+            return None
+        log.warning("replica %s answered bus call %s of %s with a result that breaks its outputSchema: %s",
+                    reply.replica or "-", task_id, entry.public_name, problem)
+        return InvalidToolResult(problem, data={"tool": entry.public_name, "replica": reply.replica or "-", "task": task_id})
+
+    def _too_large(self, entry: ToolEntry, task_id: str) -> ResultTooLarge:
+        log.warning("bus call %s of %s answered with more than %d bytes: not relayed", task_id, entry.public_name, self.max_result_bytes)
+        return ResultTooLarge(
+            f"The answer of {entry.public_name} is larger than {self.max_result_bytes} bytes (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
+            data={"tool": entry.public_name, "task": task_id, "limit_bytes": self.max_result_bytes},
+        )
+
+    async def _refuse(
+        self, entry: ToolEntry, task_id: str, send: Send, started: bool, request_id: Any, error: EdgefleetError,
+        obs: CallObservation | None,
+    ) -> None:
+        """End a call whose answer grew too large; the agent may still be producing it."""
+        await self._cancel(entry.agent, task_id, error.code)
+        await _fail(send, started, request_id, error, obs)
 
     async def submit(self, entry: ToolEntry, task_id: str, params: dict[str, Any], *, order: RouteOrder, deadline_ms: int) -> str:
         """Publish a call that runs as a task and return the region it went to. The answer

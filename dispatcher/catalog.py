@@ -58,6 +58,9 @@ class ToolEntry:
     # ``long_running`` tools get a task at once for 2026-era clients of the tasks extension.
     task_support: str = "optional"
     long_running: bool = False
+    # The compiled outputSchema: None when the tool declares none (its answers are then
+    # forwarded as bytes, never parsed for this check).
+    output_validator: Any | None = None
 
     def __post_init__(self) -> None:
         for replica in self.replicas:
@@ -77,6 +80,29 @@ class ToolEntry:
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
         return f"Invalid arguments for tool {self.public_name}: at '{where}': {error.message}"
 
+    def result_problem(self, result: dict[str, Any]) -> str | None:
+        """A message naming the failing field when a successful ``result`` breaks the tool's
+        outputSchema (the spec: servers MUST conform, clients SHOULD validate); None when it
+        fits, when the tool declares no schema, or for tool errors and non-final results."""
+        if self.output_validator is None or result.get("isError") is True:
+            return None
+        if result.get("resultType", "complete") != "complete":
+            return None  # 2026 era: an input_required round or a task, not the tool's output
+        if "structuredContent" not in result:
+            return f"Invalid result from tool {self.public_name}: it declares an outputSchema but returned no structuredContent"
+        structured = result["structuredContent"]
+        try:
+            if self.output_validator.is_valid(structured):  # the common case: no error objects built
+                return None
+            error = jsonschema.exceptions.best_match(self.output_validator.iter_errors(structured))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the schema, not the agent, is broken
+            log.warning("tool %s: outputSchema cannot be evaluated (%s); passing results unchecked", self.public_name, exc)
+            return None
+        if error is None:
+            return None
+        where = "/".join(["structuredContent", *(str(p) for p in error.absolute_path)])
+        return f"Invalid result from tool {self.public_name}: at '{where}': {error.message}"
+
 
 def _version_key(version: str) -> tuple[int, Any]:
     try:
@@ -85,7 +111,7 @@ def _version_key(version: str) -> tuple[int, Any]:
         return (0, version)
 
 
-def _compile(schema: Any, tool: str) -> Any | None:
+def _compile(schema: Any, tool: str, which: str = "inputSchema") -> Any | None:
     if not isinstance(schema, dict):
         return None
     try:
@@ -97,7 +123,8 @@ def _compile(schema: Any, tool: str) -> Any | None:
             validator.is_valid({})
         return validator
     except jsonschema.exceptions.SchemaError as exc:
-        log.warning("tool %s has an invalid inputSchema (%s); arguments are passed unvalidated", tool, exc.message)
+        unchecked = "arguments are passed unvalidated" if which == "inputSchema" else "results are passed unchecked"
+        log.warning("tool %s has an invalid %s (%s); %s", tool, which, exc.message, unchecked)
         return None
 
 
@@ -175,6 +202,7 @@ class Catalog:
                     path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
                     task_support=task_support(tool),
                     long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
+                    output_validator=_compile(tool.get("outputSchema"), public, "outputSchema"),
                 )
         return cls(entries)
 

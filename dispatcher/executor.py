@@ -6,6 +6,11 @@ Failover rules (ARCHITECTURE principle 4): a call that provably never reached a 
 (connection refused, connect timeout, 502/503 from it) moves to the next candidate; a call
 that may have started is retried elsewhere only for tools that declare ``idempotentHint``,
 otherwise the client gets ``outcome_unknown``.
+
+Answers are checked before they reach the client: none larger than ``max_result_bytes``
+(counted as the bytes arrive, never buffered past the limit), and, for tools that declare
+an ``outputSchema``, the final result's ``structuredContent`` must conform. Either failure
+is answered with its own error and neither is retried elsewhere: the work was done.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 from dispatcher import jsonrpc
 from shared import telemetry
 from shared.constants import HEADER_ROUTE, HEADER_TIMEOUT
-from shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, UpstreamError, UpstreamTimeout
+from shared.errors import (
+    AgentUnavailable,
+    EdgefleetError,
+    InvalidToolResult,
+    OutcomeUnknown,
+    ResultTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from dispatcher.catalog import ToolEntry
@@ -54,6 +67,8 @@ class Executor:
     def __init__(self, fleet: Fleet, router: Router) -> None:
         self.fleet = fleet
         self.router = router
+        self.max_result_bytes = fleet.settings.max_result_bytes
+        self.validate_results = fleet.settings.validate_results
 
     async def call(
         self,
@@ -227,18 +242,33 @@ class Executor:
                     obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(latency)
                 verdict = True
                 self.fleet.report_success(replica, trial=trial)
+                check = _Check(entry, replica, self.max_result_bytes, self.validate_results)
                 content_type = resp.headers.get("content-type", "")
                 if content_type.startswith("text/event-stream"):
-                    return await _relay_stream(replica, resp, stream, route, capture, rename)
+                    return await _relay_stream(replica, resp, stream, route, capture, rename, check)
                 try:
-                    data = await resp.read()
+                    data = await _read_limited(resp, check.limit)
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
+                except _TooLarge:
+                    resp.close()  # stop the transfer (and the agent's work) rather than drain it
+                    await stream.fail(check.too_large())
+                    return None
                 if rename is not None:
                     data = rename.incoming(data)
-                if obs is not None:
-                    if resp.status >= 400:
+                if resp.status >= 400:
+                    if obs is not None:
                         obs.outcome, obs.code = "error", "agent_error"
+                        _classify(obs, data, sse=False)
+                elif check.schema:
+                    message = jsonrpc.last_response(data, sse=False)
+                    if obs is not None and message is not None:
+                        _classify_message(obs, message)
+                    problem = check.problem(message)
+                    if problem is not None:
+                        await stream.fail(problem)
+                        return None
+                elif obs is not None:
                     _classify(obs, data, sse=False)
                 await stream.json(200 if resp.status < 400 else resp.status, data, route)
                 return (False, data) if capture else None
@@ -318,7 +348,12 @@ def _classify(obs: CallObservation, payload: bytes, *, sse: bool) -> None:
     if not any(marker in payload for marker in _ERROR_MARKERS):
         return
     message = jsonrpc.last_response(payload, sse=sse)
-    if message is None or not jsonrpc.is_response(message):
+    if message is not None:
+        _classify_message(obs, message)
+
+
+def _classify_message(obs: CallObservation, message: dict[str, Any]) -> None:
+    if not jsonrpc.is_response(message):
         return  # notifications (progress, logs) say nothing about the outcome
     if "error" in message:
         obs.answered_with_error(message["error"])
@@ -326,9 +361,62 @@ def _classify(obs: CallObservation, payload: bytes, *, sse: bool) -> None:
         obs.outcome = "tool_error"
 
 
-def _holds_response(events: bytes) -> bool:
-    """Do these complete SSE events include a JSON-RPC response (the call's answer)?"""
-    return b'"id"' in events and any(jsonrpc.is_response(m) for m in jsonrpc.sse_messages(events))
+def _response_in(events: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC response (the call's answer) among these complete SSE events, if any."""
+    if b'"id"' not in events:
+        return None
+    return next((m for m in jsonrpc.sse_messages(events) if jsonrpc.is_response(m)), None)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Check:
+    """What one attempt's answer must pass: the size limit always, the tool's outputSchema
+    only when it declares one (``schema``: no other tool pays for parsing its answers)."""
+
+    __slots__ = ("entry", "replica", "limit", "schema")
+
+    def __init__(self, entry: ToolEntry, replica: Replica, limit: int, validate: bool) -> None:
+        self.entry = entry
+        self.replica = replica
+        self.limit = limit
+        self.schema = validate and entry.output_validator is not None
+
+    def problem(self, message: dict[str, Any] | None) -> InvalidToolResult | None:
+        """The error replacing this response, when its result breaks the outputSchema."""
+        result = message.get("result") if message is not None and jsonrpc.is_response(message) else None
+        if not isinstance(result, dict):
+            return None  # an error answer, or not JSON-RPC at all: relayed as it is
+        problem = self.entry.result_problem(result)
+        if problem is None:
+            return None
+        log.warning("replica %s answered %s with a result that breaks its outputSchema: %s", self.replica.id, self.entry.public_name, problem)
+        return InvalidToolResult(problem, data={"tool": self.entry.public_name, "replica": self.replica.id})
+
+    def too_large(self) -> ResultTooLarge:
+        log.warning("replica %s answered %s with more than %d bytes: not relayed", self.replica.id, self.entry.public_name, self.limit)
+        return ResultTooLarge(
+            f"The answer of {self.entry.public_name} is larger than {self.limit} bytes (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
+            data={"tool": self.entry.public_name, "replica": self.replica.id, "limit_bytes": self.limit},
+        )
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or _TooLarge as soon as it is known to exceed ``limit`` (from its
+    Content-Length, else from the bytes read so far: never more than the limit + a chunk)."""
+    length = resp.content_length
+    if length is not None:
+        if length > limit:
+            raise _TooLarge
+        return await resp.read()
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
 
 
 class _IdRename:
@@ -369,16 +457,25 @@ class _IdRename:
 
 async def _relay_stream(
     replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool,
-    rename: _IdRename | None = None,
+    rename: _IdRename | None, check: _Check,
 ) -> tuple[bool, bytes] | None:
     """Relay the agent's SSE event by event (never half an event, so a retry after a
     break starts on a clean line); a stream that breaks or ends before the answer is a
-    _MaybeStarted (retried for idempotent tools, else outcome_unknown)."""
+    _MaybeStarted (retried for idempotent tools, else outcome_unknown). A stream that
+    grows past the size limit (progress included) is cut off."""
     chunks: list[bytes] | None = [] if capture else None
     pending = bytearray()
     answered = False
+    received = 0
     try:
         async for chunk in resp.content.iter_any():
+            received += len(chunk)
+            if received > check.limit:
+                resp.close()  # the agent's handler stops when its connection goes
+                if answered:
+                    break  # the client has its answer; whatever follows it is dropped
+                await stream.fail(check.too_large())
+                return None
             pending += chunk
             cut = _event_boundary(pending)
             if not cut:
@@ -387,14 +484,13 @@ async def _relay_stream(
             del pending[:cut]
             if rename is not None:
                 complete = rename.incoming(complete)
-            if not answered and _holds_response(complete):
-                answered = True
-                if stream.obs is not None:
-                    _classify(stream.obs, complete, sse=True)
-            await stream.start_sse(route)
-            if chunks is not None:
-                chunks.append(complete)
-            await stream.chunk(complete)
+            if not answered:
+                response = _response_in(complete)
+                if response is not None:
+                    answered = True
+                    if not await _accept(response, stream, check):
+                        return None
+            await _forward(complete, stream, route, chunks)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         if not answered:
             raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its stream: {type(exc).__name__}")) from None
@@ -403,16 +499,34 @@ async def _relay_stream(
             complete = bytes(pending) + b"\n\n"
             if rename is not None:
                 complete = rename.incoming(complete)
-            answered = _holds_response(complete)
-            if answered:
-                await stream.start_sse(route)
-                if chunks is not None:
-                    chunks.append(complete)
-                await stream.chunk(complete)
+            response = _response_in(complete)
+            if response is not None:
+                answered = True
+                if not await _accept(response, stream, check):
+                    return None
+                await _forward(complete, stream, route, chunks)
         if not answered:
             raise _MaybeStarted(UpstreamError(f"replica {replica.id} ended its stream without an answer"))
     await stream.end()
     return (True, b"".join(chunks)) if chunks is not None else None
+
+
+async def _accept(response: dict[str, Any], stream: _ClientStream, check: _Check) -> bool:
+    """Record the answer's outcome and check it: False when it was replaced by an error."""
+    if stream.obs is not None:
+        _classify_message(stream.obs, response)
+    problem = check.problem(response) if check.schema else None
+    if problem is None:
+        return True
+    await stream.fail(problem)
+    return False
+
+
+async def _forward(events: bytes, stream: _ClientStream, route: bytes, chunks: list[bytes] | None) -> None:
+    await stream.start_sse(route)
+    if chunks is not None:
+        chunks.append(events)
+    await stream.chunk(events)
 
 
 def _reason(replica: Replica | None, order: RouteOrder) -> str:

@@ -64,3 +64,57 @@ def test_replicas_are_grouped_by_region() -> None:
     b.record.region = "us-east"
     entry = Catalog.build([a, b]).entries["text.keywords"]
     assert entry.by_region == {"eu-west": [a], "us-east": [b]}
+
+
+WEATHER = {"name": "weather", "inputSchema": {"type": "object"},
+           "outputSchema": {"type": "object", "properties": {"celsius": {"type": "number"},
+                                                             "days": {"type": "array", "items": {"type": "object", "required": ["day"]}}},
+                            "required": ["celsius"]}}
+
+
+def weather_entry(tool: dict[str, Any] = WEATHER):  # type: ignore[no-untyped-def]
+    entry = Catalog.build([replica("w", "1", [tool])]).get(f"w.{tool['name']}")
+    assert entry is not None
+    return entry
+
+
+def test_a_conforming_structured_result_has_no_problem() -> None:
+    entry = weather_entry()
+    assert entry.output_validator is not None
+    assert entry.result_problem({"content": [], "structuredContent": {"celsius": 21.5, "days": [{"day": 1}]}}) is None
+
+
+def test_a_non_conforming_result_names_the_failing_field() -> None:
+    entry = weather_entry()
+    problem = entry.result_problem({"content": [], "structuredContent": {"celsius": "hot"}}) or ""
+    assert "w.weather" in problem and "'structuredContent/celsius'" in problem and "'hot' is not of type 'number'" in problem
+    nested = entry.result_problem({"content": [], "structuredContent": {"celsius": 1, "days": [{"day": 1}, {}]}}) or ""
+    assert "'structuredContent/days/1'" in nested and "'day' is a required property" in nested
+
+
+def test_missing_structured_content_is_a_problem_when_a_schema_is_declared() -> None:
+    problem = weather_entry().result_problem({"content": [{"type": "text", "text": "21.5"}]}) or ""
+    assert "no structuredContent" in problem
+    # Present but null is checked like any other value (the 2026 spec allows any JSON value).
+    assert "None is not of type 'object'" in (weather_entry().result_problem({"content": [], "structuredContent": None}) or "")
+
+
+def test_tool_errors_and_non_final_results_are_not_checked() -> None:
+    entry = weather_entry()
+    assert entry.result_problem({"content": [{"type": "text", "text": "boom"}], "isError": True}) is None
+    assert entry.result_problem({"resultType": "input_required", "inputRequests": {}}) is None
+    assert entry.result_problem({"resultType": "complete", "content": []}) is not None
+
+
+def test_tools_without_an_output_schema_are_never_checked() -> None:
+    entry = Catalog.build([replica("text", "1", [TOOL])]).get("text.keywords")
+    assert entry is not None and entry.output_validator is None
+    assert entry.result_problem({"content": [], "structuredContent": "anything"}) is None
+    assert entry.result_problem({"content": []}) is None
+
+
+def test_an_unusable_output_schema_passes_results_unchecked() -> None:
+    invalid = weather_entry({"name": "odd", "outputSchema": {"type": "nonsense"}})
+    assert invalid.output_validator is None and invalid.result_problem({"content": []}) is None
+    dangling = weather_entry({"name": "refs", "outputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}})
+    assert dangling.result_problem({"content": [], "structuredContent": {"a": 1}}) is None

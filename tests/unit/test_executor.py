@@ -11,13 +11,16 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from opentelemetry.trace import INVALID_SPAN
 
 from dispatcher.breaker import CircuitBreaker
 from dispatcher.catalog import Catalog
 from dispatcher.executor import Executor
 from dispatcher.fleet import Fleet, Replica
+from dispatcher.observe import CallObservation
 from dispatcher.router import Router
 from dispatcher.upstream import ReplicaClient, UpstreamPool
+from shared.errors import InvalidToolResult, ResultTooLarge
 from shared.models import ReplicaRecord
 from shared.settings import DispatcherSettings
 
@@ -69,6 +72,8 @@ class Harness:
         self.router = Router(self.settings, [])
         self.executor = Executor(self.fleet, self.router)
         self.servers: list[asyncio.AbstractServer] = []
+        self.captured: tuple[bool, bytes] | None = None
+        self.relaying = asyncio.Event()  # set once a body chunk reached the client
 
     async def replica(self, script: Script, region: str, era: str = "modern") -> Replica:
         server, url = await serve(script)
@@ -77,19 +82,23 @@ class Harness:
         return Replica(record=record, client=ReplicaClient(self.pool, url, era=era), breaker=CircuitBreaker(self.fleet.breaker_policy),
                        warm=True, tool_names=frozenset({"t"}))
 
-    async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0, output_schema: dict[str, Any] | None = None,
+                   capture: bool = False, obs: CallObservation | None = None) -> list[dict[str, Any]]:
         for r in replicas:
-            r.record.tools = [{"name": "t", "annotations": {"idempotentHint": idempotent}}]
+            r.record.tools = [{"name": "t", "annotations": {"idempotentHint": idempotent},
+                               **({"outputSchema": output_schema} if output_schema else {})}]
         entry = Catalog.build(replicas).get("a.t")
         assert entry is not None
         sent: list[dict[str, Any]] = []
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
+            if message.get("body"):
+                self.relaying.set()
 
         order = self.router.order("127.0.0.1", {}, frozenset(r.record.region for r in replicas))
         body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}})
-        await self.executor.call(entry, 1, body, send, order=order, timeout_s=timeout_s)
+        self.captured = await self.executor.call(entry, 1, body, send, order=order, timeout_s=timeout_s, capture=capture, obs=obs)
         return sent
 
 
@@ -111,6 +120,15 @@ def body_of(sent: list[dict[str, Any]]) -> bytes:
     assert sent[0]["type"] == "http.response.start", "a response must start before any body"
     assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body"), "the response must be ended"
     return b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def answer_of(sent: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one JSON-RPC response the client got, as a JSON body or inside an SSE stream."""
+    body = body_of(sent)
+    if body.startswith(b"{"):
+        return orjson.loads(body)
+    (answer,) = responses(body)
+    return answer
 
 
 def responses(stream: bytes) -> list[dict[str, Any]]:
@@ -217,3 +235,142 @@ async def test_a_shared_legacy_upstream_session_gets_unique_ids_mapped_back(harn
     for sent in (first, second):
         (answer,) = responses(body_of(sent))
         assert answer["id"] == 1 and "result" in answer
+
+
+# -- result checks: size limit and outputSchema ----------------------------------------------
+SCHEMA = {"type": "object", "properties": {"celsius": {"type": "number"}}, "required": ["celsius"]}
+
+
+def json_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+def sse_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
+    event = b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\r\n\r\n"
+    return sse_head() + chunk(PROGRESS) + chunk(event) + b"0\r\n\r\n"
+
+
+def answers(raw: bytes) -> Script:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
+        await writer.drain()
+
+    return script
+
+
+def observation() -> CallObservation:
+    return CallObservation(None, INVALID_SPAN, "a.t", "direct", "eu-west")
+
+
+async def test_a_json_result_breaking_the_output_schema_is_replaced_and_not_captured(harness: Harness) -> None:
+    a = await harness.replica(answers(json_answer({"content": [], "structuredContent": {"celsius": "warm"}})), "eu-west")
+    obs = observation()
+    with pytest.raises(InvalidToolResult) as caught:  # nothing was sent yet: the endpoint answers with a JSON error
+        await harness.call([a], idempotent=True, output_schema=SCHEMA, capture=True, obs=obs)
+    assert "'structuredContent/celsius'" in caught.value.message and caught.value.data["tool"] == "a.t"
+    assert harness.captured is None  # never reaches the result cache
+    assert (obs.outcome, obs.code) == ("error", "invalid_tool_result")
+    assert a.breaker.consecutive == 0, "a wrong answer is not a health failure"
+
+
+async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_error_under_the_clients_id(harness: Harness) -> None:
+    async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
+        upstream_id = orjson.loads(RECEIVED[-1])["id"]
+        writer.write(sse_head() + chunk(PROGRESS))
+        await writer.drain()
+        await harness.relaying.wait()  # the client's stream is open before the answer comes
+        result = {"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}  # no structuredContent
+        writer.write(chunk(b"event: message\r\ndata: " + orjson.dumps(result) + b"\r\n\r\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    RECEIVED.clear()
+    legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
+    legacy.client.legacy_session = "s-1"
+    sent = await harness.call([legacy], idempotent=False, output_schema=SCHEMA, capture=True)
+    stream = body_of(sent)
+    assert b"notifications/progress" in stream  # relayed before the answer arrived
+    (answer,) = responses(stream)
+    assert answer["id"] == 1 and answer["error"]["code"] == -31007 and "no structuredContent" in answer["error"]["message"]
+    assert harness.captured is None
+
+
+async def test_conforming_results_and_tool_errors_pass_and_are_captured(harness: Harness) -> None:
+    good = {"content": [], "structuredContent": {"celsius": 21.5}}
+    tool_error = {"content": [{"type": "text", "text": "no such city"}], "isError": True}
+    for result in (good, tool_error):
+        for raw in (json_answer(result), sse_answer(result)):
+            a = await harness.replica(answers(raw), "eu-west")
+            sent = await harness.call([a], idempotent=False, output_schema=SCHEMA, capture=True)
+            assert answer_of(sent)["result"] == result and harness.captured is not None
+
+
+async def test_results_are_not_checked_without_a_schema_or_with_validation_off(harness: Harness) -> None:
+    bad = json_answer({"content": [], "structuredContent": {"celsius": "warm"}})
+    a = await harness.replica(answers(bad), "eu-west")
+    assert answer_of(await harness.call([a], idempotent=False))["result"]["structuredContent"] == {"celsius": "warm"}
+    harness.executor.validate_results = False
+    b = await harness.replica(answers(bad), "eu-west")
+    assert answer_of(await harness.call([b], idempotent=False, output_schema=SCHEMA))["result"]["structuredContent"] == {"celsius": "warm"}
+
+
+async def test_a_json_answer_over_the_limit_is_refused_and_not_retried_elsewhere(harness: Harness) -> None:
+    harness.executor.max_result_bytes = 4096
+    calls = []
+
+    async def other(writer: asyncio.StreamWriter) -> None:
+        calls.append(1)
+
+    big = json_answer({"content": [{"type": "text", "text": "x" * 5000}]})
+    a, b = await harness.replica(answers(big), "eu-west"), await harness.replica(other, "us-east")
+    obs = observation()
+    with pytest.raises(ResultTooLarge) as caught:
+        await harness.call([a, b], idempotent=True, capture=True, obs=obs)
+    assert caught.value.data["limit_bytes"] == 4096 and calls == [] and harness.captured is None
+    assert (obs.outcome, obs.code) == ("error", "result_too_large") and a.breaker.consecutive == 0
+
+
+async def test_an_endless_chunked_json_answer_is_cut_off_at_the_limit(harness: Harness) -> None:
+    """No Content-Length: counted as read, and the connection is dropped (the agent stops)."""
+    harness.executor.max_result_bytes = 4096
+    stopped = asyncio.Event()
+
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'))
+        try:
+            while True:
+                writer.write(chunk(b"x" * 1024))
+                await writer.drain()
+                await asyncio.sleep(0)  # yield so the reader runs: pacing, not synchronisation
+        except ConnectionError:
+            stopped.set()
+
+    a = await harness.replica(endless, "eu-west")
+    with pytest.raises(ResultTooLarge):
+        await harness.call([a], idempotent=False)
+    await asyncio.wait_for(stopped.wait(), 5)
+
+
+async def test_a_stream_growing_past_the_limit_ends_with_result_too_large_inside_it(harness: Harness) -> None:
+    harness.executor.max_result_bytes = 4096
+    stopped = asyncio.Event()
+
+    async def progress_forever(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head())
+        try:
+            while True:
+                writer.write(chunk(PROGRESS))
+                await writer.drain()
+                await asyncio.sleep(0)
+        except ConnectionError:
+            stopped.set()
+
+    a = await harness.replica(progress_forever, "eu-west")
+    obs = observation()
+    sent = await harness.call([a], idempotent=True, capture=True, obs=obs)
+    stream = body_of(sent)
+    (answer,) = responses(stream)
+    assert answer["id"] == 1 and answer["error"]["code"] == -31006
+    assert len(stream) < 4096 + 1024, "relayed no more than the limit (plus the error event)"
+    assert harness.captured is None and (obs.outcome, obs.code) == ("error", "result_too_large")
+    await asyncio.wait_for(stopped.wait(), 5)

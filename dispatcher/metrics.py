@@ -83,7 +83,7 @@ class Metrics:
             "edgefleet_bus_lag", "Calls not yet delivered to any consumer, per calls stream/topic.", ["stream"], registry=r,
         )
         self.bus_replies = Counter(
-            "edgefleet_bus_replies", "Replies read from the bus (result | error | progress | duplicate).", ["kind"], registry=r,
+            "edgefleet_bus_replies", "Replies read from the bus (result | error | progress | duplicate | too_large).", ["kind"], registry=r,
         )
         self.subtasks = Counter("edgefleet_fanout_subtasks", "Fan-out sub-tasks by status.", ["status"], registry=r)
         self.steps = Counter(

@@ -41,7 +41,15 @@ from dispatcher.tasks.sink import TaskSink
 from dispatcher.tasks.store import TaskStore, now_ms
 from shared import telemetry
 from shared.envelope import Reply
-from shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, TaskCancelled, TaskFinished, UpstreamTimeout
+from shared.errors import (
+    AgentUnavailable,
+    EdgefleetError,
+    OutcomeUnknown,
+    TaskCancelled,
+    TaskFinished,
+    TooManyTasks,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from dispatcher.bus_path import BusPath
@@ -139,6 +147,7 @@ class TaskRunner:
         self._bus_progress: dict[str, ProgressWriter] = {}  # bus-run tasks' progress, throttled
         self._settling: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.refused_open = 0  # creates refused by the open-task cap (asked for, or calls not adopted)
         metrics.tasks_running.set_function(lambda: len(self.running))
 
     # -- life cycle --------------------------------------------------------------------
@@ -183,13 +192,20 @@ class TaskRunner:
             message="The operation is now in progress.",
         )
 
+    async def _create(self, record: TaskRecord, *, lease_until_ms: int | None = None) -> None:
+        try:
+            await self.store.create(record, lease_until_ms=lease_until_ms, max_open=self.settings.max_open_tasks)
+        except TooManyTasks:
+            self.refused_open += 1
+            raise
+        self._count(WORKING)
+
     async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
         """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
         params = _with_progress_token(params, record.id)
         if entry.handler is None and self.bus_path is not None and self.bus_path.serves(entry):
             record.path = "bus"
-            await self.store.create(record, max_open=self.settings.max_open_tasks)
-            self._count(WORKING)
+            await self._create(record)
             try:
                 region = await self.bus_path.submit(entry, record.id, params, order=order, deadline_ms=record.deadline_ms)
             except EdgefleetError as exc:
@@ -199,15 +215,13 @@ class TaskRunner:
             return
         record.path = "builtin" if entry.handler is not None else "direct"
         record.runner = self.instance
-        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms, max_open=self.settings.max_open_tasks)
-        self._count(WORKING)
+        await self._create(record, lease_until_ms=now_ms() + self.lease_ms)
         self._spawn(record, entry, params, order)
 
     async def record_answered(self, record: TaskRecord, result: dict[str, Any]) -> None:
         """A task whose answer is known before any work (e.g. invalid arguments): created, then completed."""
         record.path = "builtin" if record.path == "direct" else record.path
-        await self.store.create(record, max_open=self.settings.max_open_tasks)
-        self._count(WORKING)
+        await self._create(record)
         await self.finish(record.id, result, None)
         record.status, record.result = COMPLETED, result
 
@@ -217,8 +231,7 @@ class TaskRunner:
         Raises TooManyTasks when its owner is at the open-task cap (nothing is adopted: the
         caller gives the answer back to the client), like any failure to create it."""
         record.runner = self.instance
-        await self.store.create(record, lease_until_ms=now_ms() + self.lease_ms, max_open=self.settings.max_open_tasks)
-        self._count(WORKING)
+        await self._create(record, lease_until_ms=now_ms() + self.lease_ms)
         writer = ProgressWriter(self.store, record.id)
         sink.on_progress = writer.report
         if sink.progress is not None:

@@ -134,6 +134,7 @@ async def test_a_call_is_not_adopted_when_its_owner_is_at_the_cap(store: TaskSto
     assert refused.value.data["limit"] == 1 and refused.value.data["retry_after_s"] >= 1
     # Nothing half-adopted: no record, no local task, the call's progress still its own.
     assert await store.get(promoted.id) is None and promoted.id not in runner.running and sink.on_progress is None
+    assert runner.refused_open == 1
     release.set()
     await work
 

@@ -18,7 +18,6 @@ from dispatcher.agent_auth import AgentAuthenticator, AgentCredential
 from dispatcher.audit import AuditLog, AuditReader, bearer, fingerprint
 from dispatcher.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
 from dispatcher.tasks.methods import TaskMethods
-from dispatcher.tasks.store import BadCursor
 from dispatcher.fleet import Fleet
 from dispatcher.metrics import CONTENT_TYPE, Metrics
 from dispatcher.naming import public_name
@@ -219,22 +218,16 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
 
     @api.get("/v1/tasks")
     async def list_tasks(owner: str | None = None, cursor: str | None = None, limit: int = 50, identity: Identity = who) -> dict[str, Any]:
-        if not identity.admin:
-            owner = identity.name  # everyone else sees only their own
-        try:
-            records, next_cursor = await tasks.store.list(owner, cursor=cursor, limit=limit)
-        except BadCursor:
-            raise InvalidParams("Unknown cursor: pass back the next_cursor of a previous page.") from None
-        return {"tasks": [r.rest(detail=False) for r in records], "next_cursor": next_cursor}
+        return await tasks.rest_list(identity, owner=owner, cursor=cursor, limit=limit)
 
     @api.get("/v1/tasks/{task_id}")
     async def get_task(task_id: str, identity: Identity = who) -> dict[str, Any]:
-        record = await tasks.find(task_id, identity)
+        record = await tasks.lookup(task_id, identity)
         return record.rest(history=await tasks.store.history(task_id))
 
     @api.post("/v1/tasks/{task_id}/cancel")
     async def cancel_task(task_id: str, identity: Identity = who) -> dict[str, Any]:
-        record = await tasks.find(task_id, identity)
+        record = await tasks.lookup(task_id, identity)
         await tasks.runner.cancel(record, identity.name)
         record = await tasks.find(task_id, identity)
         return record.rest(history=await tasks.store.history(task_id))
@@ -242,7 +235,7 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
     @api.get("/v1/tasks/{task_id}/events")
     async def task_events(task_id: str, identity: Identity = who) -> StreamingResponse:
         """Server-sent events: the task (as GET /v1/tasks/{id} shows it) on every change, until it ends."""
-        await tasks.find(task_id, identity)  # 404 before the stream starts
+        await tasks.lookup(task_id, identity)  # 404 before the stream starts
 
         async def stream() -> Any:
             async with tasks.store.events.watch(task_id) as changes:

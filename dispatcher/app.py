@@ -82,14 +82,16 @@ class Dispatcher:
             log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
                         "For local development only.", settings.host, settings.port)
         keys = RedisKeys(settings.redis_prefix)
-        self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000))
         instance = self.bus_path.instance if self.bus_path is not None else f"{settings.region}-{uuid.uuid4().hex[:12]}"
-        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.executor, self.bus_path, self.metrics, instance)
         self.audit = AuditLog(self.redis if settings.audit else None, keys.audit, maxlen=settings.audit_maxlen,
                               arguments=settings.audit_arguments, source=instance)
+        self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000),
+                                    audit_maxlen=settings.audit_maxlen if settings.audit else 0, audit_source=instance)
+        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.executor, self.bus_path, self.metrics, instance,
+                                audit=self.audit)
         self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics,
                                runner=self.tasks, audit=self.audit)
-        self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits)
+        self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits, self.tasks)
         agent_keys = load_agent_keys(settings.agent_keys_file) if settings.agent_keys_file else {}
         self.registry_auth = AgentAuthenticator(settings.fleet_token.get_secret_value(), agent_keys, self.mcp.auth)
         self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.mcp.tasks,

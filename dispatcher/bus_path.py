@@ -271,7 +271,7 @@ class BusPath:
                         continue
                     if reply.kind == "result" and reply.result is not None:
                         answer = jsonrpc.result_body(request_id, reply.result)
-                        refused = self._result_error(entry, task_id, reply, relayed + len(answer))
+                        refused = self.result_error(entry, task_id, reply, relayed + len(answer))
                         if refused is not None:
                             await _fail(send, started, request_id, refused, obs)
                             return
@@ -302,7 +302,7 @@ class BusPath:
         finally:
             self.waiters.pop(task_id, None)
 
-    def _result_error(self, entry: ToolEntry, task_id: str, reply: Reply, size: int) -> EdgefleetError | None:
+    def result_error(self, entry: ToolEntry, task_id: str, reply: Reply, size: int) -> EdgefleetError | None:
         """Why this result must not reach the client (too large, or breaking the tool's
         outputSchema), or None. Tools without an outputSchema are never checked against one."""
         if size > self.max_result_bytes:

@@ -73,6 +73,7 @@ from shared.errors import (
     SessionNotFound,
     RateLimited,
     SessionRequired,
+    TooManyTasks,
     ToolForbidden,
     Unauthorized,
     UnknownTool,
@@ -394,6 +395,13 @@ class MCPEndpoint:
             raise MethodNotFound(f"Method not found: {method}")
 
     async def _legacy_task_method(self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend) -> None:
+        try:
+            await self._legacy_task_answer(message, identity, headers, send)
+        except EdgefleetError as exc:
+            exc.data.setdefault("id", message.id)  # e.g. a rate-limit refusal: the client matches it to its request
+            raise
+
+    async def _legacy_task_answer(self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend) -> None:
         assert self.tasks is not None
         method, params = message.method, message.params
         if method == "tasks/get":
@@ -715,9 +723,9 @@ class MCPEndpoint:
                 record = make_record("detached")
                 try:
                     await self.runner.adopt(record, sink, task)
-                except Exception:  # noqa: BLE001 - e.g. Redis down: no task, the call just runs to its end
-                    log.exception("the call of %s could not become a task", record.tool)
-                    sink.give_back(forward)
+                except Exception as exc:  # noqa: BLE001 - e.g. Redis down: no task, the call just runs to its end
+                    _adopt_failed(record.tool, exc)
+                    await sink.give_back(forward)
                     await asyncio.shield(task)
                     return
                 obs.outcome = "detached"
@@ -766,9 +774,9 @@ class MCPEndpoint:
                     assert self.runner is not None
                     try:
                         await self.runner.adopt(record, sink, work)
-                    except Exception:  # noqa: BLE001 - e.g. Redis down: the client keeps its ordinary answer
-                        log.exception("the call of %s could not become a task", entry.public_name)
-                        sink.give_back(forward)
+                    except Exception as exc:  # noqa: BLE001 - e.g. Redis down: the client keeps its ordinary answer
+                        _adopt_failed(entry.public_name, exc)
+                        await sink.give_back(forward)
                         await asyncio.shield(work)
                         return
                     obs.outcome = "task"
@@ -794,6 +802,15 @@ class MCPEndpoint:
             if send.started:
                 raise
             await respond(send, 200, jsonrpc.error_body(request_id, exc))
+
+
+def _adopt_failed(tool: str, exc: Exception) -> None:
+    """A call that could not become a task runs on as an ordinary call: at the open-task cap
+    that is the rule working, anything else (Redis down) deserves the traceback."""
+    if isinstance(exc, TooManyTasks):
+        log.info("the call of %s could not become a task (%s): it stays an ordinary call", tool, exc.message)
+    else:
+        log.error("the call of %s could not become a task: it stays an ordinary call", tool, exc_info=exc)
 
 
 def _asked_ttl(params: dict[str, Any]) -> int | None:

@@ -25,6 +25,7 @@ from dispatcher.breaker import CLOSED, HALF_OPEN, OPEN
 if TYPE_CHECKING:
     from dispatcher.fleet import Fleet
     from dispatcher.rate_limits import RateLimits
+    from dispatcher.tasks.runner import TaskRunner
     from dispatcher.result_cache import ResultCache
     from dispatcher.upstream import UpstreamPool
 
@@ -96,8 +97,9 @@ class Metrics:
         # Children cached by label tuple: .labels() costs a dict lookup plus validation.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
-    def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None = None) -> None:
-        self.registry.register(_StateCollector(fleet, pool, cache, limits))
+    def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None = None,
+              runner: TaskRunner | None = None) -> None:
+        self.registry.register(_StateCollector(fleet, pool, cache, limits, runner))
 
     def forget_replica(self, agent: str, region: str, replica: str) -> None:
         """Drop a departed replica's series (ids are new on every restart: they would pile up)."""
@@ -124,11 +126,13 @@ class Metrics:
 class _StateCollector(Collector):
     """Breakers, replica load and latency, pools, cache and catalog, read when scraped."""
 
-    def __init__(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None) -> None:
+    def __init__(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None,
+                 runner: TaskRunner | None = None) -> None:
         self.fleet = fleet
         self.pool = pool
         self.cache = cache
         self.limits = limits
+        self.runner = runner
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["agent", "region", "replica"]
@@ -154,9 +158,11 @@ class _StateCollector(Collector):
         yield lookups
         yield GaugeMetricFamily("edgefleet_cache_entries", "Results held in the result cache.", value=len(self.cache.entries))
         yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=len(self.fleet.catalog.entries))
-        refused = CounterMetricFamily("edgefleet_rate_limited", "Calls refused by a limit (identity | tool | concurrency).", labels=["scope"])
-        for scope in ("identity", "tool", "concurrency"):
+        refused = CounterMetricFamily("edgefleet_rate_limited", "Requests refused by a limit (identity | tool | concurrency | task | open_tasks).",
+                                      labels=["scope"])
+        for scope in ("identity", "tool", "concurrency", "task"):
             refused.add_metric([scope], self.limits.refused.get(scope, 0) if self.limits is not None else 0)
+        refused.add_metric(["open_tasks"], self.runner.refused_open if self.runner is not None else 0)
         yield refused
 
 

@@ -45,6 +45,7 @@ from shared.errors import (
     AgentUnavailable,
     EdgefleetError,
     OutcomeUnknown,
+    ResultTooLarge,
     TaskCancelled,
     TaskFinished,
     TooManyTasks,
@@ -52,6 +53,7 @@ from shared.errors import (
 )
 
 if TYPE_CHECKING:
+    from dispatcher.audit import AuditLog
     from dispatcher.bus_path import BusPath
     from dispatcher.catalog import ToolEntry
     from dispatcher.executor import Executor
@@ -129,7 +131,7 @@ class ProgressWriter:
 class TaskRunner:
     def __init__(
         self, settings: DispatcherSettings, store: TaskStore, fleet: Fleet, router: Router, executor: Executor,
-        bus_path: BusPath | None, metrics: Metrics, instance: str,
+        bus_path: BusPath | None, metrics: Metrics, instance: str, audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -139,6 +141,7 @@ class TaskRunner:
         self.bus_path = bus_path
         self.metrics = metrics
         self.instance = instance
+        self.audit = audit  # creations and cancels (status changes are audited by the store itself)
         self.lease_ms = int(settings.task_lease_s * 1000)
         # Tasks whose work runs in this process: id -> the asyncio task doing it.
         self.running: dict[str, asyncio.Task[Any]] = {}
@@ -199,6 +202,9 @@ class TaskRunner:
             self.refused_open += 1
             raise
         self._count(WORKING)
+        if self.audit is not None:
+            self.audit.record("task.status", task=record.id, status=record.status, owner=record.owner, tool=record.tool,
+                              origin=record.origin, path=record.path or None)
 
     async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
         """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
@@ -232,6 +238,7 @@ class TaskRunner:
         caller gives the answer back to the client), like any failure to create it."""
         record.runner = self.instance
         await self._create(record, lease_until_ms=now_ms() + self.lease_ms)
+        sink.detach()  # a task now: nothing held back for the client any more
         writer = ProgressWriter(self.store, record.id)
         sink.on_progress = writer.report
         if sink.progress is not None:
@@ -283,6 +290,8 @@ class TaskRunner:
             raise TaskFinished(f"Task {record.id} is already {outcome}; only working tasks can be cancelled.",
                                data={"taskId": record.id, "status": outcome})
         self._count(CANCELLED)
+        if self.audit is not None:
+            self.audit.record("task.cancel", task=record.id, owner=record.owner, tool=record.tool, by=by)
         if record.path == "bus" and self.bus_path is not None:
             entry = self.fleet.catalog.get(record.tool)
             await self.bus_path.cancel(entry.agent if entry else record.tool.split(".", 1)[0], record.id, f"task cancelled by {by}")
@@ -465,7 +474,7 @@ class TaskRunner:
                     last_reclaim = time.monotonic()
                     found += await bus_path.bus.reclaim(stream, group, consumer, idle_ms=RECLAIM_IDLE_MS, count=64)
                 for delivery in found:
-                    await self._apply_reply(delivery.payload)
+                    await self._apply_reply(delivery.payload, delivery.headers.get("task-id"))
                     await bus_path.bus.ack(delivery, group)
             except asyncio.CancelledError:
                 raise
@@ -474,7 +483,13 @@ class TaskRunner:
                 ensured = False
                 await asyncio.sleep(1.0)
 
-    async def _apply_reply(self, payload: bytes) -> None:
+    async def _apply_reply(self, payload: bytes, task_id: str | None = None) -> None:
+        if task_id and len(payload) > self.settings.max_result_bytes:
+            # Not even parsed: the task fails as a call's answer that large would.
+            error = ResultTooLarge(f"The task's answer is larger than {self.settings.max_result_bytes} bytes "
+                                   "(EDGEFLEET_MAX_RESULT_BYTES); it was not kept.", data={"taskId": task_id})
+            await self.finish(task_id, None, error.to_jsonrpc())
+            return
         try:
             reply = Reply.model_validate_json(payload)
         except ValidationError:
@@ -494,9 +509,21 @@ class TaskRunner:
         if writer is not None:
             await writer.close()
         if reply.kind == "result" and reply.result is not None:
+            refused = await self._refused_result(reply, len(payload))
+            if refused is not None:
+                await self.finish(reply.task_id, None, refused.to_jsonrpc(), route=route)
+                return
             await self.finish(reply.task_id, reply.result, None, route=route)
         else:
             await self.finish(reply.task_id, None, reply.error or {"code": -31002, "message": "failed"}, route=route)
+
+    async def _refused_result(self, reply: Reply, size: int) -> EdgefleetError | None:
+        """The same checks as a call's answer on the bus path (size, outputSchema)."""
+        record = await self.store.get(reply.task_id)
+        entry = self.fleet.catalog.get(record.tool) if record is not None else None
+        if entry is None or self.bus_path is None:
+            return None
+        return self.bus_path.result_error(entry, reply.task_id, reply, size)
 
     def _count(self, status: str) -> None:
         self.metrics.task_transitions.labels(status).inc()

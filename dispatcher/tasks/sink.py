@@ -23,7 +23,7 @@ _ROUTE = b"edgefleet-route"
 
 
 class TaskSink:
-    __slots__ = ("on_progress", "sse", "body", "tail", "answer", "started", "finished", "route", "progress", "forward", "lock")
+    __slots__ = ("on_progress", "sse", "body", "tail", "answer", "started", "finished", "route", "progress", "forward", "lock", "held")
 
     def __init__(self, on_progress: ProgressHook | None = None, forward: Send | None = None) -> None:
         self.on_progress = on_progress
@@ -37,6 +37,8 @@ class TaskSink:
         self.route: dict[str, str] = {}
         self.progress: dict[str, Any] | None = None  # the last progress report seen
         self.lock = asyncio.Lock()  # one message at a time reaches the client; take_over waits its turn
+        # Taken over but not yet adopted as a task: what arrives meanwhile, for give_back.
+        self.held: list[dict[str, Any]] | None = None
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -56,10 +58,13 @@ class TaskSink:
         async with self.lock:
             if self.forward is not None:
                 await self.forward(message)
+            elif self.held is not None:
+                self.held.append(message)
 
     def detach(self) -> None:
-        """The client is gone: from now on the answer is kept, not sent."""
+        """The client is gone (or the call is a task now): from now on the answer is kept, not sent."""
         self.forward = None
+        self.held = None
 
     async def take_over(self) -> Send | None:
         """Stop forwarding, between two messages; returns the client's send (None: already
@@ -69,11 +74,18 @@ class TaskSink:
             if self.finished or (self.started and not self.sse):
                 return None  # the answer is (being) delivered: nothing to take over
             forward, self.forward = self.forward, None
+            if forward is not None:
+                self.held = []
             return forward
 
-    def give_back(self, forward: Send) -> None:
-        """Taking over failed: the client gets the answer after all."""
-        self.forward = forward
+    async def give_back(self, forward: Send) -> None:
+        """Taking over failed: the client gets the answer after all, including what the
+        agent sent while the task was being created."""
+        async with self.lock:
+            for message in self.held or ():
+                await forward(message)
+            self.held = None
+            self.forward = forward
 
     def _events(self, chunk: bytes) -> None:
         if self.forward is not None and self.on_progress is None and b"notifications/progress" not in chunk:

@@ -85,9 +85,9 @@ redis.call('PUBLISH', KEYS[8], ARGV[1] .. ' ' .. ARGV[11])
 return 0
 """
 
-# KEYS: task, history, deadlines, leases, events channel
+# KEYS: task, history, deadlines, leases, events channel, audit stream
 # ARGV: id, to, now ms, message ('' = keep), result json, error json, history entry json, region, replica, is_error (1/0),
-#       key prefix of the owners' open-task sets
+#       key prefix of the owners' open-task sets, audit maxlen ('' = no audit), audit source, error code ('' = none)
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -117,6 +117,13 @@ if to == 'completed' or to == 'failed' or to == 'cancelled' then
   redis.call('HDEL', KEYS[1], 'request')  -- the arguments are not needed once it is over
 end
 redis.call('PUBLISH', KEYS[5], ARGV[1] .. ' ' .. to)
+-- The audit stream (dispatcher/audit.py), in the same step: every change, whoever made it.
+if ARGV[12] ~= '' then
+  local event = {ts = tonumber(ARGV[3]), event = 'task.status', source = ARGV[13], task = ARGV[1], status = to,
+                 owner = redis.call('HGET', KEYS[1], 'owner'), tool = redis.call('HGET', KEYS[1], 'tool')}
+  if ARGV[14] ~= '' then event['code'] = ARGV[14] end
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[12], '*', 'e', cjson.encode(event))
+end
 return 'ok'
 """
 
@@ -174,6 +181,13 @@ return lost
 MAX_PAGE = 200
 
 
+def _error_code(error: dict[str, Any] | None) -> str:
+    """Our stable code of a task's error (data.code), for the audit stream; '' if none."""
+    data = error.get("data") if isinstance(error, dict) else None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, str) else ""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -207,10 +221,14 @@ class BadCursor(ValueError):
 
 
 class TaskStore:
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, max_ttl_ms: int = 7 * 86_400_000) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, max_ttl_ms: int = 7 * 86_400_000, audit_maxlen: int = 0,
+                 audit_source: str = "") -> None:
         self.redis = redis
         self.keys = keys
         self.max_ttl_ms = max_ttl_ms
+        # Status changes also go to the audit stream (0: they do not).
+        self.audit_maxlen = audit_maxlen
+        self.audit_source = audit_source
         # Not a RedisKeys name (yet): the transition script builds it from the record's owner.
         self._open_prefix = f"{keys.prefix}:tasks:open:"
         self._create = redis.register_script(_CREATE)
@@ -260,10 +278,11 @@ class TaskStore:
         at = now_ms()
         k = self.keys
         outcome = await self._transition(
-            keys=[k.task(task_id), k.task_history(task_id), k.task_deadlines, k.task_leases, k.task_events],
+            keys=[k.task(task_id), k.task_history(task_id), k.task_deadlines, k.task_leases, k.task_events, k.audit],
             args=[task_id, to, at, message or "", orjson.dumps(result) if result is not None else "",
                   orjson.dumps(error) if error is not None else "", _entry(to, at, message), region or "", replica or "",
-                  "1" if result is not None and result.get("isError") else "0", self._open_prefix],
+                  "1" if result is not None and result.get("isError") else "0", self._open_prefix,
+                  self.audit_maxlen or "", self.audit_source, _error_code(error)],
         )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 

@@ -18,9 +18,14 @@ import jwt
 import pytest
 import yaml
 
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
 from dispatcher.agent_auth import new_agent_key
 from dispatcher.auth import hash_key, new_key
 from tests.integration.fleet import ROOT as REPO, Fleet
+from tests.integration.test_tasks import create_task
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +120,23 @@ def test_calls_refusals_limits_and_registrations_are_audited(audited: Fleet) -> 
     assert _call(second, ROOT, "echo.echo", {"text": "kept"}).status_code == 200
     kept = _find(audited, lambda e: e["event"] == "call" and e.get("arguments") == {"text": "kept"}, "argument values")
     assert kept["source"] != call["source"] and kept["identity"] == "root"
+
+
+async def test_task_creation_status_changes_and_cancels_are_audited(audited: Fleet) -> None:
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {ROOT}"}, timeout=30)
+    async with Client(streamable_http_client(audited.mcp_url, http_client=http), mode="legacy") as client:
+        quick = await create_task(client, "echo.echo", {"text": "task"})
+        slow = await create_task(client, "echo.wait", {"seconds": 30})
+    cancel = httpx.post(f"{audited.url}/v1/tasks/{slow.task_id}/cancel", headers={"authorization": f"Bearer {ROOT}"}, timeout=10)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    for task, status in ((quick, "working"), (quick, "completed"), (slow, "working"), (slow, "cancelled")):
+        event = _find(audited, lambda e, t=task, s=status: e["event"] == "task.status" and e.get("task") == t.task_id and e["status"] == s,
+                      f"task {status}")
+        assert event["owner"] == "root" and event["tool"] == ("echo.echo" if task is quick else "echo.wait")
+    cancelled = _find(audited, lambda e: e["event"] == "task.cancel" and e.get("task") == slow.task_id, "the cancel")
+    assert cancelled["by"] == "root"
+    assert _find(audited, lambda e: e.get("task") == slow.task_id and e["status"] == "cancelled" if e["event"] == "task.status" else False,
+                 "cancelled")["code"] == "task_cancelled"
 
 
 def test_no_credential_or_argument_value_reaches_the_audit_stream_or_the_logs(audited: Fleet) -> None:

@@ -288,7 +288,6 @@ def test_the_task_rate_limit_holds_across_two_dispatchers(redis_url: str, redis_
 
 
 
-@pytest.mark.xfail(strict=True, reason="until dispatcher/api.py calls TaskMethods.rest_list and TaskMethods.lookup; then drop this mark")
 def test_the_rest_task_routes_share_the_task_budget(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
     fleet = Fleet(redis_url, redis_prefix)
     fleet.default_auth = "required"

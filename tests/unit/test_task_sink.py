@@ -87,8 +87,40 @@ async def test_a_take_over_given_back_relays_the_rest_of_the_answer() -> None:
     await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
     forward = await sink.take_over()
     assert forward is client
-    sink.give_back(forward)
+    await sink.give_back(forward)
     await sink({"type": "http.response.body", "body": event(ANSWER), "more_body": True})
     await sink({"type": "http.response.body", "body": b""})
     assert [m.get("body", b"") for m in delivered[1:]] == [event(PROGRESS), event(ANSWER), b""]
     assert delivered[-1].get("more_body", False) is False
+
+
+async def test_what_arrives_while_the_task_is_being_created_reaches_the_client_on_give_back() -> None:
+    # Between take_over and give_back the dispatcher waits on Redis; the agent may answer
+    # meanwhile. That answer must still reach the client, in order.
+    delivered: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        delivered.append(message)
+
+    sink = TaskSink(forward=client)
+    await sink({"type": "http.response.start", "status": 200, "headers": SSE})
+    forward = await sink.take_over()
+    assert forward is client
+    await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
+    await sink({"type": "http.response.body", "body": event(ANSWER), "more_body": True})
+    assert len(delivered) == 1  # held, not sent, while taken over
+    await sink.give_back(forward)
+    await sink({"type": "http.response.body", "body": b""})
+    assert [m.get("body", b"") for m in delivered[1:]] == [event(PROGRESS), event(ANSWER), b""]
+
+
+async def test_an_adopted_call_holds_nothing_back() -> None:
+    async def client(message: dict[str, Any]) -> None:
+        pass
+
+    sink = TaskSink(forward=client)
+    await sink({"type": "http.response.start", "status": 200, "headers": SSE})
+    assert await sink.take_over() is not None
+    sink.detach()  # adopted: the task keeps the answer, the client is no longer waiting for it
+    await sink({"type": "http.response.body", "body": event(ANSWER), "more_body": True})
+    assert sink.held is None and sink.answer is not None

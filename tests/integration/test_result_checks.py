@@ -16,6 +16,7 @@ from mcp import Client, MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.fleet import Fleet
+from tests.integration.test_tasks import create_task, legacy_get, legacy_result
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +163,19 @@ def test_with_validation_off_a_bad_result_is_relayed_unchanged(checked_fleet: Fl
     # The size limit does not depend on validation.
     _, answer = call(other + "/mcp", "misbehaving.blob", {"size": 2 * LIMIT})
     assert answer["error"]["code"] == -31006
+
+
+async def test_a_task_whose_answer_breaks_the_rules_fails_with_the_same_errors(checked_fleet: Fleet) -> None:
+    # This agent consumes the bus, so its tasks run there and are answered on the fleet's
+    # shared task-replies stream, whatever path its calls take: that answer gets the checks
+    # a call's answer gets. (In-process tasks go through the executor's own checks.)
+    tool = "misbehaving.weather"
+    async with Client(checked_fleet.mcp_url, mode="legacy") as client:
+        bad = await create_task(client, tool, {"mode": "wrong_type"})
+        good = await create_task(client, tool, {"mode": "good"})
+        result = await legacy_result(client, good.task_id)  # tasks/result waits for the end
+        assert result.structured_content == GOOD_WEATHER
+        with pytest.raises(MCPError) as refused:
+            await legacy_result(client, bad.task_id)
+        assert refused.value.error.code == -31007 and "structuredContent/celsius" in refused.value.error.message
+        assert (await legacy_get(client, bad.task_id)).status == "failed"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import httpx
 import httpx2
 import mcp_types as types
 import pytest
-import redis.asyncio as aioredis
 import yaml
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
@@ -30,7 +29,6 @@ from dispatcher.tasks.model import COMPLETED, WORKING, TaskRecord
 from dispatcher.tasks.runner import TaskRunner, new_task_id
 from dispatcher.tasks.sink import TaskSink
 from dispatcher.tasks.store import TaskStore, now_ms
-from shared.constants import RedisKeys
 from shared.errors import RateLimited, TooManyTasks
 from shared.settings import DispatcherSettings
 from tests.integration.fleet import Fleet
@@ -52,16 +50,7 @@ def record(owner: str = "alice") -> TaskRecord:
 
 
 # -- in process, real Redis ----------------------------------------------------------------
-@pytest.fixture
-async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[TaskStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    store = TaskStore(client, RedisKeys(redis_prefix))
-    await store.events.start()
-    try:
-        yield store
-    finally:
-        await store.events.aclose()
-        await client.aclose()
+from tests.integration.test_task_store import store  # noqa: E402,F401 - the same real-Redis store fixture
 
 
 def settings(redis_url: str, redis_prefix: str, **values: Any) -> DispatcherSettings:

@@ -6,6 +6,7 @@ and raw HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,30 +229,41 @@ async def test_calls_at_the_cap_stay_ordinary_calls(capped: Fleet) -> None:
     assert task_ids(capped, ALICE) == held
 
 
-def test_the_task_rate_limit_holds_across_two_dispatchers(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+AS_ALICE = {"authorization": f"Bearer {ALICE}"}
+
+
+@contextlib.contextmanager
+def budgeted(redis_url: str, redis_prefix: str, tmp_path: Path, limit: str, tool: str,
+             arguments: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, str], str]]:
+    """Two dispatchers sharing one Redis and one task-method budget, an echo agent, and a
+    task of alice's: (first url, second url, alice's 2025-session headers, task id)."""
     fleet = Fleet(redis_url, redis_prefix)
     fleet.default_auth = "required"
     try:
-        limits = {"api_keys_file": keys_file(tmp_path), "task_rate_limit": "5/minute"}
+        limits = {"api_keys_file": keys_file(tmp_path), "task_rate_limit": limit}
         first = fleet.start_dispatcher(**limits)
         second = fleet.start_dispatcher(**limits)
         fleet.start_agent("agents.echo", "eu-west")
-        as_alice = {"authorization": f"Bearer {ALICE}"}
-        legacy = {**MODERN, **as_alice}
+        legacy = {**MODERN, **AS_ALICE}
         del legacy["mcp-protocol-version"]
         init = httpx.post(first + "/mcp", headers=legacy, timeout=10, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "poller", "version": "1"}}})
         legacy.update({"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"})
         created = httpx.post(first + "/mcp", headers=legacy, timeout=10, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                             "params": {"name": "echo.echo", "arguments": {"text": "x"}, "task": {"ttl": 60_000}}})
-        task_id = created.json()["result"]["task"]["taskId"]
+                             "params": {"name": tool, "arguments": arguments, "task": {"ttl": 60_000}}})
+        yield first, second, legacy, created.json()["result"]["task"]["taskId"]
+    finally:
+        fleet.stop()
 
+
+def test_the_task_rate_limit_holds_across_two_dispatchers(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+    with budgeted(redis_url, redis_prefix, tmp_path, "5/minute", "echo.echo", {"text": "x"}) as (first, second, legacy, task_id):
         statuses: list[int] = []
         for i in range(12):  # both dispatchers, both eras: one budget, counted in Redis
             base = (first, second)[i % 2]
             if i % 4 < 2:
                 body = {"jsonrpc": "2.0", "id": 100 + i, "method": "tasks/get", "params": {"taskId": task_id, "_meta": TASKS_META}}
-                resp = httpx.post(base + "/mcp", json=body, timeout=10, headers={**MODERN, **as_alice, "mcp-method": "tasks/get"})
+                resp = httpx.post(base + "/mcp", json=body, timeout=10, headers={**MODERN, **AS_ALICE, "mcp-method": "tasks/get"})
             else:
                 body = {"jsonrpc": "2.0", "id": 100 + i, "method": "tasks/get", "params": {"taskId": task_id}}
                 resp = httpx.post(base + "/mcp", json=body, timeout=10, headers=legacy)
@@ -272,40 +284,20 @@ def test_the_task_rate_limit_holds_across_two_dispatchers(redis_url: str, redis_
         as_bob = httpx.post(second + "/mcp", json=body, timeout=10,
                             headers={**MODERN, "authorization": f"Bearer {BOB}", "mcp-method": "tasks/get"})
         assert as_bob.status_code == 200 and as_bob.json()["error"]["code"] == -32602  # counted for bob, and not his task
-    finally:
-        fleet.stop()
-
 
 
 def test_the_rest_task_routes_share_the_task_budget(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
-    fleet = Fleet(redis_url, redis_prefix)
-    fleet.default_auth = "required"
-    try:
-        limits = {"api_keys_file": keys_file(tmp_path), "task_rate_limit": "4/minute"}
-        first = fleet.start_dispatcher(**limits)
-        second = fleet.start_dispatcher(**limits)
-        fleet.start_agent("agents.echo", "eu-west")
-        as_alice = {"authorization": f"Bearer {ALICE}"}
-        legacy = {**MODERN, **as_alice}
-        del legacy["mcp-protocol-version"]
-        init = httpx.post(first + "/mcp", headers=legacy, timeout=10, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "rest", "version": "1"}}})
-        legacy.update({"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"})
-        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                "params": {"name": "echo.wait", "arguments": {"seconds": 30}, "task": {"ttl": 60_000}}}
-        task_id = httpx.post(first + "/mcp", headers=legacy, json=body, timeout=10).json()["result"]["task"]["taskId"]
+    with budgeted(redis_url, redis_prefix, tmp_path, "4/minute", "echo.wait", {"seconds": 30}) as (first, second, _, task_id):
         admitted = [
-            httpx.get(f"{first}/v1/tasks", headers=as_alice, timeout=10),
-            httpx.get(f"{second}/v1/tasks/{task_id}", headers=as_alice, timeout=10),
-            httpx.post(f"{first}/v1/tasks/{task_id}/cancel", headers=as_alice, timeout=10),
-            httpx.get(f"{second}/v1/tasks/{task_id}/events", headers=as_alice, timeout=10),  # cancelled: ends at once
+            httpx.get(f"{first}/v1/tasks", headers=AS_ALICE, timeout=10),
+            httpx.get(f"{second}/v1/tasks/{task_id}", headers=AS_ALICE, timeout=10),
+            httpx.post(f"{first}/v1/tasks/{task_id}/cancel", headers=AS_ALICE, timeout=10),
+            httpx.get(f"{second}/v1/tasks/{task_id}/events", headers=AS_ALICE, timeout=10),  # cancelled: ends at once
         ]
         assert [r.status_code for r in admitted] == [200] * 4
-        refused = [httpx.get(f"{second}/v1/tasks", headers=as_alice, timeout=10),
-                   httpx.get(f"{first}/v1/tasks/{task_id}", headers=as_alice, timeout=10)]
+        refused = [httpx.get(f"{second}/v1/tasks", headers=AS_ALICE, timeout=10),
+                   httpx.get(f"{first}/v1/tasks/{task_id}", headers=AS_ALICE, timeout=10)]
         for resp in refused:
             assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limited"
             assert resp.json()["error"]["details"]["scope"] == "task" and 1 <= int(resp.headers["retry-after"]) <= 60
         assert httpx.get(f"{first}/v1/tasks", headers={"authorization": f"Bearer {BOB}"}, timeout=10).status_code == 200
-    finally:
-        fleet.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,6 +18,16 @@ def event(message: dict[str, Any]) -> bytes:
 
 PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 3, "total": 10, "message": "3/10"}}
 ANSWER = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "done"}], "isError": False}}
+
+
+def recording_client() -> tuple[list[dict[str, Any]], Callable[[dict[str, Any]], Awaitable[None]]]:
+    """A client's ASGI send that keeps what it is sent."""
+    delivered: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        delivered.append(message)
+
+    return delivered, client
 
 
 async def test_sse_progress_and_answer_split_across_chunks() -> None:
@@ -43,11 +54,7 @@ async def test_json_answer_and_errors() -> None:
 
 
 async def test_take_over_a_live_sse_stream_between_events() -> None:
-    delivered: list[dict[str, Any]] = []
-
-    async def client(message: dict[str, Any]) -> None:
-        delivered.append(message)
-
+    delivered, client = recording_client()
     sink = TaskSink(forward=client)
     await sink({"type": "http.response.start", "status": 200, "headers": SSE})
     await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
@@ -77,11 +84,7 @@ async def test_no_take_over_once_the_answer_is_on_its_way() -> None:
 async def test_a_take_over_given_back_relays_the_rest_of_the_answer() -> None:
     # The call could not become a task (its owner is at the open-task cap): the client's
     # stream goes on where it stopped, and ends with the answer.
-    delivered: list[dict[str, Any]] = []
-
-    async def client(message: dict[str, Any]) -> None:
-        delivered.append(message)
-
+    delivered, client = recording_client()
     sink = TaskSink(forward=client)
     await sink({"type": "http.response.start", "status": 200, "headers": SSE})
     await sink({"type": "http.response.body", "body": event(PROGRESS), "more_body": True})
@@ -97,11 +100,7 @@ async def test_a_take_over_given_back_relays_the_rest_of_the_answer() -> None:
 async def test_what_arrives_while_the_task_is_being_created_reaches_the_client_on_give_back() -> None:
     # Between take_over and give_back the dispatcher waits on Redis; the agent may answer
     # meanwhile. That answer must still reach the client, in order.
-    delivered: list[dict[str, Any]] = []
-
-    async def client(message: dict[str, Any]) -> None:
-        delivered.append(message)
-
+    delivered, client = recording_client()
     sink = TaskSink(forward=client)
     await sink({"type": "http.response.start", "status": 200, "headers": SSE})
     forward = await sink.take_over()
@@ -115,9 +114,7 @@ async def test_what_arrives_while_the_task_is_being_created_reaches_the_client_o
 
 
 async def test_an_adopted_call_holds_nothing_back() -> None:
-    async def client(message: dict[str, Any]) -> None:
-        pass
-
+    _, client = recording_client()
     sink = TaskSink(forward=client)
     await sink({"type": "http.response.start", "status": 200, "headers": SSE})
     assert await sink.take_over() is not None

@@ -1,8 +1,8 @@
-"""Agent SDK and the example agents.
+"""The edgefleet agent SDK: define tools, serve MCP over HTTP, register with one dispatcher.
 
 Writing an agent::
 
-    from agents.sdk import Agent, Context
+    from edgefleet.agents import Agent, Context
 
     agent = Agent("text", description="Text analysis")
 
@@ -13,5 +13,15 @@ Writing an agent::
     if __name__ == "__main__":
         agent.main()
 
-Run it with ``python -m agents.text --region eu-west`` (or ``edgefleet agent text``).
+The example agents live in ``edgefleet.agents.examples`` (``python -m
+edgefleet.agents.examples.text --region eu-west``, or ``edgefleet agent text``).
 """
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from edgefleet.agents.agent import Agent
+from edgefleet.agents.errors import input_errors
+
+__all__ = ["Agent", "Context", "ToolAnnotations", "ToolError", "input_errors"]

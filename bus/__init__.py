@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from bus.base import Bus, Delivery
-from shared.errors import ConfigError
+from edgefleet.bus.base import Bus, Delivery
+from edgefleet.shared.errors import ConfigError
 
 SCHEMES = {
     "redis": "Redis Streams",
@@ -21,15 +21,15 @@ def connect(url: str, **options: object) -> Bus:
     """The backend for ``url``; nothing is contacted until ``start()``."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
-        from bus.redis_streams import RedisStreamsBus
+        from edgefleet.bus.redis_streams import RedisStreamsBus
 
         return RedisStreamsBus(url, **options)  # type: ignore[arg-type]
     if scheme == "kafka":
-        from bus.kafka import KafkaBus
+        from edgefleet.bus.kafka import KafkaBus
 
         return KafkaBus(url, **options)  # type: ignore[arg-type]
     if scheme == "memory":
-        from bus.memory import MemoryBus
+        from edgefleet.bus.memory import MemoryBus
 
         return MemoryBus(url)
     accepted = ", ".join(f"{s}:// ({what})" for s, what in SCHEMES.items())

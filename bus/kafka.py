@@ -27,8 +27,8 @@ import aiokafka.errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from bus.base import Backlog, Bus, Delivery
-from shared.errors import BusUnavailable
+from edgefleet.bus.base import Backlog, Bus, Delivery
+from edgefleet.shared.errors import BusUnavailable
 
 # Errors that mean "the broker cannot be reached or did not answer".
 _DOWN = (aiokafka.errors.KafkaConnectionError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.NodeNotReadyError,

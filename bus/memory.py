@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bus.base import Backlog, Bus, Delivery
+from edgefleet.bus.base import Backlog, Bus, Delivery
 
 
 @dataclass

@@ -16,8 +16,8 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from bus.base import Backlog, Bus, Delivery
-from shared.errors import BusUnavailable
+from edgefleet.bus.base import Backlog, Bus, Delivery
+from edgefleet.shared.errors import BusUnavailable
 
 # Redis 6 has no lag field: the backlog is counted by reading entries, so the count is
 # capped (the figure then means "at least this many"; a few ms and ~1 MB per sample).

@@ -15,29 +15,30 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dispatcher import fanout, pipelines, static_config, warmup
-from dispatcher.catalog import builtin_entry
-from dispatcher.invoker import Invoker
-from dispatcher.admission import admit
-from dispatcher.agent_auth import AgentAuthenticator, load_agent_keys
-from dispatcher.audit import AuditLog
-from dispatcher.api import build_api
-from dispatcher.asgi import Receive, Scope, Send
-from dispatcher.bus_path import BusPath
-from dispatcher.executor import Executor
-from dispatcher.fleet import Fleet
-from dispatcher.mcp_endpoint import MCPEndpoint
-from dispatcher.metrics import Metrics
-from dispatcher.result_cache import ResultCache
-from dispatcher.router import Router
-from dispatcher.sessions import SessionStore
-from dispatcher.tasks.runner import TaskRunner
-from dispatcher.tasks.store import TaskStore
-from dispatcher.upstream import UpstreamPool
-from shared import telemetry
-from shared.constants import RedisKeys
-from shared.errors import ConfigError, EdgefleetError
-from shared.settings import DispatcherSettings
+from edgefleet.dispatcher.builtins import fanout, pipelines
+from edgefleet.dispatcher import config_file as static_config, warmup
+from edgefleet.dispatcher.fleet.catalog import builtin_entry
+from edgefleet.dispatcher.builtins.invoker import Invoker
+from edgefleet.dispatcher.fleet.admission import admit
+from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, load_agent_keys
+from edgefleet.dispatcher.security.audit import AuditLog
+from edgefleet.dispatcher.rest.api import build_api
+from edgefleet.shared.asgi import Receive, Scope, Send
+from edgefleet.dispatcher.paths.bus import BusPath
+from edgefleet.dispatcher.paths.direct import Executor
+from edgefleet.dispatcher.fleet.fleet import Fleet
+from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
+from edgefleet.dispatcher.observability.metrics import Metrics
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.routing.router import Router
+from edgefleet.dispatcher.mcp.sessions import SessionStore
+from edgefleet.dispatcher.tasks.runner import TaskRunner
+from edgefleet.dispatcher.tasks.store import TaskStore
+from edgefleet.dispatcher.fleet.upstream import UpstreamPool
+from edgefleet.shared import telemetry
+from edgefleet.shared.constants import RedisKeys
+from edgefleet.shared.errors import ConfigError, EdgefleetError
+from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.dispatcher")
 

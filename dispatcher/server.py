@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from dispatcher.app import create_app
-from shared.settings import DispatcherSettings
+from edgefleet.dispatcher.app import create_app
+from edgefleet.shared.settings import DispatcherSettings
 
 
 def serve(settings: DispatcherSettings) -> None:

@@ -20,13 +20,13 @@ import uuid
 
 import orjson
 
-from dispatcher.catalog import ToolEntry
-from dispatcher.executor import Executor
-from dispatcher.fleet import Replica
-from dispatcher.router import RouteOrder
-from dispatcher.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY
-from shared.errors import EdgefleetError
-from shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
+from edgefleet.dispatcher.fleet.catalog import ToolEntry
+from edgefleet.dispatcher.paths.direct import Executor
+from edgefleet.dispatcher.fleet.fleet import Replica
+from edgefleet.dispatcher.routing.router import RouteOrder
+from edgefleet.dispatcher.security.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY
+from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 
 log = logging.getLogger("edgefleet.warmup")
 # Random per process: no agent can have a tool by this name by accident.

@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from shared import telemetry
+from edgefleet.shared import telemetry
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.constants import AGENT_NAME_RE, REGION_NAME_RE, RESERVED_AGENT_NAMES
+from edgefleet.shared.constants import AGENT_NAME_RE, REGION_NAME_RE, RESERVED_AGENT_NAMES
 
 REPLICA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 

@@ -17,8 +17,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.constants import DEFAULT_REDIS_PREFIX, REGION_NAME_RE
-from shared.errors import ConfigError
+from edgefleet.shared.constants import DEFAULT_REDIS_PREFIX, REGION_NAME_RE
+from edgefleet.shared.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_"
 # Variables read by the test fixtures, not by a service.
@@ -178,7 +178,7 @@ class DispatcherSettings(BaseSettings):
 
 
 class AgentSettings(BaseSettings):
-    """An agent process built with the agent SDK (``python -m agents.text``)."""
+    """An agent process built with the agent SDK (``python -m edgefleet.agents.examples.text``)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "AGENT_", extra="forbid", frozen=True)
 

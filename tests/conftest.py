@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.fleet import Fleet
+
 
 def _docker_answers() -> bool:
     try:
@@ -36,7 +38,7 @@ def redis_url() -> Iterator[str]:
         with RedisContainer("redis:7-alpine") as container:
             yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         return
-    from dispatcher.embedded_redis import EmbeddedRedis
+    from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
 
     try:
         server = EmbeddedRedis().start()
@@ -67,7 +69,7 @@ def kafka_url() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield f"kafka://{container.get_bootstrap_server()}"
         return
-    from dispatcher.embedded_kafka import EmbeddedKafka
+    from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
 
     try:
         broker = EmbeddedKafka().start()
@@ -79,3 +81,14 @@ def kafka_url() -> Iterator[str]:
         yield broker.fast_url
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def fleet(redis_url: str, redis_prefix: str) -> Iterator[Fleet]:
+    """A dispatcher process on a fresh prefix of the shared Redis; add agents per test."""
+    fleet = Fleet(redis_url, redis_prefix)
+    try:
+        fleet.start_dispatcher()
+        yield fleet
+    finally:
+        fleet.stop()

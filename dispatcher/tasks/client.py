@@ -19,7 +19,7 @@ from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from mcp_types import CallToolResult, ErrorData, Request, RequestParams, Result
 from pydantic import ConfigDict
 
-from shared.constants import TASKS_EXTENSION
+from edgefleet.shared.constants import TASKS_EXTENSION
 
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dispatcher.tasks.model import TaskRecord
-from dispatcher.tasks.store import BadCursor, TaskStore
-from shared.constants import META_RELATED_TASK
-from shared.errors import InvalidParams, TaskFinished, TaskNotFound
+from edgefleet.dispatcher.tasks.model import TaskRecord
+from edgefleet.dispatcher.tasks.store import BadCursor, TaskStore
+from edgefleet.shared.constants import META_RELATED_TASK
+from edgefleet.shared.errors import InvalidParams, TaskFinished, TaskNotFound
 
 if TYPE_CHECKING:
-    from dispatcher.auth import Identity
-    from dispatcher.rate_limits import RateLimits
-    from dispatcher.tasks.runner import TaskRunner
+    from edgefleet.dispatcher.security.auth import Identity
+    from edgefleet.dispatcher.security.rate_limits import RateLimits
+    from edgefleet.dispatcher.tasks.runner import TaskRunner
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # tasks/result re-reads the record at least this often even without an event (a lost

@@ -35,13 +35,13 @@ import redis.exceptions
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from dispatcher.observe import CallObservation
-from dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
-from dispatcher.tasks.sink import TaskSink
-from dispatcher.tasks.store import TaskStore, now_ms
-from shared import telemetry
-from shared.envelope import Reply
-from shared.errors import (
+from edgefleet.dispatcher.observability.observe import CallObservation
+from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
+from edgefleet.dispatcher.tasks.sink import TaskSink
+from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
+from edgefleet.shared import telemetry
+from edgefleet.shared.envelope import Reply
+from edgefleet.shared.errors import (
     AgentUnavailable,
     EdgefleetError,
     OutcomeUnknown,
@@ -53,14 +53,14 @@ from shared.errors import (
 )
 
 if TYPE_CHECKING:
-    from dispatcher.audit import AuditLog
-    from dispatcher.bus_path import BusPath
-    from dispatcher.catalog import ToolEntry
-    from dispatcher.executor import Executor
-    from dispatcher.fleet import Fleet
-    from dispatcher.metrics import Metrics
-    from dispatcher.router import RouteOrder, Router
-    from shared.settings import DispatcherSettings
+    from edgefleet.dispatcher.security.audit import AuditLog
+    from edgefleet.dispatcher.paths.bus import BusPath
+    from edgefleet.dispatcher.fleet.catalog import ToolEntry
+    from edgefleet.dispatcher.paths.direct import Executor
+    from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.dispatcher.observability.metrics import Metrics
+    from edgefleet.dispatcher.routing.router import RouteOrder, Router
+    from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.tasks")
 _tracer = telemetry.tracer("edgefleet.dispatcher")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dispatcher import jsonrpc
+from edgefleet.shared import jsonrpc
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ProgressHook = Callable[[dict[str, Any]], None]

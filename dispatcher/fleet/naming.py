@@ -1,0 +1,56 @@
+"""Namespacing of federated tool names: ``{agent}.{tool}``, always a valid MCP tool name.
+
+Agent names contain no dot, so the public name splits at its first dot. Upstream names
+that are not valid MCP names, or that would make the public name longer than 128
+characters, are rewritten deterministically (invalid characters -> ``_``, long names
+truncated with a hash suffix) and the original is kept in ``_meta``. Two upstream tools
+that would end up with the same public name are a *collision*, reported at registration
+(never resolved silently by dropping one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+from edgefleet.shared.constants import MAX_TOOL_NAME, NAMESPACE_SEPARATOR, TOOL_NAME_RE
+from edgefleet.shared.errors import RegistrationError, ToolConflict
+
+_INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def public_name(agent: str, upstream: str) -> str:
+    """The catalog name of ``upstream`` as served by ``agent``."""
+    if not upstream:
+        raise RegistrationError(f"agent {agent!r} advertises a tool with an empty name")
+    name = _INVALID_CHARS.sub("_", upstream)
+    full = f"{agent}{NAMESPACE_SEPARATOR}{name}"
+    if len(full) > MAX_TOOL_NAME:
+        digest = hashlib.sha256(upstream.encode()).hexdigest()[:8]
+        full = full[: MAX_TOOL_NAME - 9] + "-" + digest
+    assert TOOL_NAME_RE.match(full), full
+    return full
+
+
+def split_public_name(name: str) -> tuple[str, str] | None:
+    """``"text.keywords"`` -> ``("text", "keywords")``; None when there is no namespace."""
+    agent, sep, rest = name.partition(NAMESPACE_SEPARATOR)
+    if not sep or not agent or not rest:
+        return None
+    return agent, rest
+
+
+def namespace_tools(agent: str, upstream_names: Iterable[str]) -> dict[str, str]:
+    """Map public name -> upstream name, raising ``ToolConflict`` on any collision."""
+    mapping: dict[str, str] = {}
+    for upstream in upstream_names:
+        public = public_name(agent, upstream)
+        if public in mapping:
+            raise ToolConflict(
+                f"agent {agent!r}: tools {mapping[public]!r} and {upstream!r} both map to {public!r}; "
+                "rename one of them upstream (tool names should match [A-Za-z0-9_.-]{1,128})",
+                data={"agent": agent, "tools": [mapping[public], upstream], "public_name": public},
+            )
+        mapping[public] = upstream
+    return mapping

@@ -1,0 +1,17 @@
+"""Least outstanding requests: the replica with the fewest calls in flight from this
+dispatcher; ties broken at random so equal replicas share the load."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.fleet.fleet import Replica
+
+
+def rank(replicas: Sequence[Replica]) -> list[Replica]:
+    if len(replicas) <= 1:
+        return list(replicas)
+    return sorted(replicas, key=lambda r: (r.inflight, random.random()))

@@ -1,0 +1,120 @@
+"""Routing: nearest healthy region for the caller, then the best replica in it, then the
+failover order (next replica, then next-nearest region).
+
+``order`` runs once per call and is a few cache hits: the caller's address (trusted
+proxies only), its location (network table / private mmdb / GeoIP City, cached per
+address) and the region order for that location (cached per region or ~10 km cell).
+``candidates`` then walks the tool's replicas region by region, asking each replica's
+circuit breaker whether it admits a call and the configured policy how to rank them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edgefleet.dispatcher.routing.balancing import POLICIES
+from edgefleet.dispatcher.routing.caller import TrustedProxies, client_address
+from edgefleet.dispatcher.routing.geolocate import Location, Locator
+from edgefleet.dispatcher.routing.regions import RegionSpec, RegionTable
+from edgefleet.shared.constants import HEADER_REGION_HINT, REGION_NAME_RE
+from edgefleet.shared.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.fleet.catalog import ToolEntry
+    from edgefleet.dispatcher.fleet.fleet import Replica
+    from edgefleet.shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.router")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOrder:
+    regions: tuple[str, ...]  # nearest first
+    caller_region: str | None  # where the caller is (or is nearest to); None = unknown
+    reason: str  # network | private-db | geoip | hint | default
+    address: str | None
+    only: bool = False  # the caller restricted the call to these regions (X-Edge-Region: ...;only)
+
+
+class Router:
+    def __init__(self, settings: DispatcherSettings, regions: list[RegionSpec]) -> None:
+        self.own_region = settings.region
+        self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.forwarded_header = settings.forwarded_header
+        self.locator = Locator(
+            networks=settings.region_networks, private_db=settings.geoip_private_db, city_db=settings.geoip_city_db
+        )
+        self.table = RegionTable(regions)
+        self.rank = POLICIES[settings.replica_policy]
+        self.default_order = tuple(settings.region_order)
+        self.allow_hint = settings.region_hint
+
+    def close(self) -> None:
+        self.locator.close()
+
+    def order(self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str]) -> RouteOrder:
+        address = client_address(peer, headers, self.trusted, self.forwarded_header)
+        location = self.locator.locate(address)
+        order = self._geo_order(location, fleet_regions)
+        hint = headers.get(HEADER_REGION_HINT) if self.allow_hint else None
+        if hint:
+            return self._hinted(hint, order, fleet_regions)
+        return order
+
+    def _geo_order(self, location: Location, fleet_regions: frozenset[str]) -> RouteOrder:
+        if location.region is not None:
+            if self.table.knows(location.region):
+                regions = self.table.order_from_region(location.region, fleet_regions | {location.region})
+            else:
+                # A region the table cannot place (no coordinates in the config file): its own
+                # replicas first, then the default order rather than an alphabetical one.
+                rest = self._default_regions(fleet_regions - {location.region})
+                regions = (location.region, *rest)
+            return RouteOrder(regions, location.region, location.source, location.address)
+        if location.point is not None:
+            regions = self.table.order_from_point(*location.point, fleet_regions)
+            return RouteOrder(regions, regions[0] if regions else None, location.source, location.address)
+        return RouteOrder(self._default_regions(fleet_regions), None, "default", location.address)
+
+    def _default_regions(self, fleet_regions: frozenset[str]) -> tuple[str, ...]:
+        if self.default_order:
+            rest = self.table.order_from_region(self.default_order[0], fleet_regions - set(self.default_order))
+            return (*self.default_order, *rest)
+        return self.table.order_from_region(self.own_region, fleet_regions)
+
+    def _hinted(self, hint: str, order: RouteOrder, fleet_regions: frozenset[str]) -> RouteOrder:
+        """``X-Edge-Region: a,b`` puts a then b first; ``a,b;only`` routes to those alone."""
+        value, _, flag = hint.partition(";")
+        wanted = [r.strip() for r in value.split(",") if r.strip()]
+        only = flag.strip().lower() == "only"
+        for region in wanted:
+            if not REGION_NAME_RE.match(region) or not (region in fleet_regions or self.table.knows(region)):
+                raise InvalidRequest(
+                    f"{HEADER_REGION_HINT}: unknown region {region!r}",
+                    data={"known_regions": sorted(fleet_regions)},
+                )
+        if flag.strip() and not only:
+            raise InvalidRequest(f"{HEADER_REGION_HINT}: unknown flag {flag.strip()!r} (only ';only' is defined)")
+        if only:
+            regions = tuple(dict.fromkeys(wanted))
+        else:
+            regions = tuple(dict.fromkeys((*wanted, *order.regions)))
+        return RouteOrder(regions, order.caller_region, "hint", order.address, only=only)
+
+    def candidates(self, entry: ToolEntry, order: RouteOrder) -> list[Replica]:
+        """Admitted replicas of ``entry``: nearest region first, ranked by policy inside it."""
+        by_region = entry.by_region
+        if len(by_region) == 1 and order.reason != "hint":
+            # One region (the common small fleet): no ordering to do.
+            (replicas,) = by_region.values()
+            return self.rank([r for r in replicas if r.admits()])
+        out: list[Replica] = []
+        for region in order.regions:
+            replicas = by_region.get(region)
+            if replicas:
+                admitted = [r for r in replicas if r.admits()]
+                if admitted:
+                    out.extend(self.rank(admitted))
+        return out

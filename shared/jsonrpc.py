@@ -1,0 +1,117 @@
+"""Just enough JSON-RPC 2.0 for an MCP edge: parse, validate the envelope, build replies.
+
+Parsing uses orjson only; nothing is turned into SDK objects (ARCHITECTURE.md: pydantic
+round trips per call cost the peers milliseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from edgefleet.shared.errors import EdgefleetError, InvalidRequest, ParseError
+
+# Deeply nested JSON is refused before anything walks it (orjson itself stops at 1024).
+MAX_ID_LENGTH = 256
+
+
+@dataclass(slots=True)
+class Message:
+    """One parsed client message: a request (has ``id``), a notification, or a response."""
+
+    raw: dict[str, Any]
+    method: str | None
+    id: Any
+    params: dict[str, Any]
+    kind: str  # "request" | "notification" | "response"
+
+
+def parse(body: bytes) -> Message:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"The body is not valid JSON: {exc}") from None
+    if isinstance(data, list):
+        raise InvalidRequest("JSON-RPC batches are not supported by MCP since 2025-06-18; send one message per POST.")
+    if not isinstance(data, dict):
+        raise InvalidRequest("A JSON-RPC message must be a JSON object.")
+    if data.get("jsonrpc") != "2.0":
+        raise InvalidRequest('The "jsonrpc" member must be exactly "2.0".', data={"id": _safe_id(data.get("id"))})
+    if "method" not in data:
+        if "id" in data and ("result" in data or "error" in data):
+            return Message(data, None, data.get("id"), {}, "response")
+        raise InvalidRequest('A JSON-RPC request needs a "method".', data={"id": _safe_id(data.get("id"))})
+    method = data["method"]
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest('"method" must be a non-empty string.', data={"id": _safe_id(data.get("id"))})
+    params = data.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidRequest('"params" must be an object in MCP.', data={"id": _safe_id(data.get("id"))})
+    if "id" not in data:
+        return Message(data, method, None, params, "notification")
+    request_id = data["id"]
+    if not _valid_id(request_id):
+        raise InvalidRequest('"id" must be a string or an integer (and not null).')
+    return Message(data, method, request_id, params, "request")
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
+
+
+def _safe_id(value: Any) -> Any:
+    return value if _valid_id(value) else None
+
+
+def result_body(request_id: Any, result: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def error_body(request_id: Any, error: EdgefleetError) -> bytes:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "error": error.to_jsonrpc()}
+    if request_id is None:
+        # The spec allows an id-less error when the id could not be read.
+        body.pop("id")
+    return orjson.dumps(body)
+
+
+def sse_messages(events: bytes) -> Iterator[Any]:
+    """The JSON payload of each complete SSE event in ``events`` (LF or CRLF; events whose
+    data is not JSON are skipped)."""
+    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            try:
+                yield orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+
+
+def is_response(message: Any) -> bool:
+    """A JSON-RPC response (has an id, is not a request or notification)."""
+    return isinstance(message, dict) and "id" in message and "method" not in message
+
+
+def last_response(body: bytes, *, sse: bool) -> dict[str, Any] | None:
+    """The JSON-RPC response in an answer body: the last response among SSE events, or the
+    JSON body itself (None when there is none, or it is not JSON)."""
+    if sse:
+        found = None
+        for message in sse_messages(body):
+            if is_response(message):
+                found = message
+        return found
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None

@@ -1,0 +1,376 @@
+"""The executor against scripted agents (raw HTTP servers on 127.0.0.1 that answer with
+exactly the bytes a test wants, including broken streams), so failover and SSE relay
+edge cases are pinned down without timing luck."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from opentelemetry.trace import INVALID_SPAN
+
+from edgefleet.dispatcher.fleet.breaker import CircuitBreaker
+from edgefleet.dispatcher.fleet.catalog import Catalog
+from edgefleet.dispatcher.paths.direct import Executor
+from edgefleet.dispatcher.fleet.fleet import Fleet, Replica
+from edgefleet.dispatcher.observability.observe import CallObservation
+from edgefleet.dispatcher.routing.router import Router
+from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
+from edgefleet.shared.errors import InvalidToolResult, ResultTooLarge
+from edgefleet.shared.models import ReplicaRecord
+from edgefleet.shared.settings import DispatcherSettings
+
+Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
+RECEIVED: list[bytes] = []  # request bodies the scripted servers got
+
+PROGRESS = b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
+RESULT = b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}\r\n\r\n'
+JSON_RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"from b"}],"isError":false}}'
+
+
+def sse_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+HANDLERS: set[asyncio.Task[None]] = set()
+
+
+async def serve(script: Script) -> tuple[asyncio.AbstractServer, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        HANDLERS.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            RECEIVED.append(await reader.readexactly(length))
+            await script(writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            HANDLERS.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/mcp"
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.settings = DispatcherSettings(fleet_token="t", region="eu-west", connect_timeout_s=1.0)
+        self.pool = UpstreamPool(self.settings)
+        self.fleet = Fleet(self.settings, aioredis.from_url("redis://127.0.0.1:1"), self.pool)
+        self.router = Router(self.settings, [])
+        self.executor = Executor(self.fleet, self.router)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.captured: tuple[bool, bytes] | None = None
+        self.relaying = asyncio.Event()  # set once a body chunk reached the client
+
+    async def replica(self, script: Script, region: str, era: str = "modern") -> Replica:
+        server, url = await serve(script)
+        self.servers.append(server)
+        record = ReplicaRecord(replica_id=f"a-{region}", agent="a", region=region, url=url, tools=[{"name": "t"}])
+        return Replica(record=record, client=ReplicaClient(self.pool, url, era=era), breaker=CircuitBreaker(self.fleet.breaker_policy),
+                       warm=True, tool_names=frozenset({"t"}))
+
+    async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0, output_schema: dict[str, Any] | None = None,
+                   capture: bool = False, obs: CallObservation | None = None) -> list[dict[str, Any]]:
+        for r in replicas:
+            r.record.tools = [{"name": "t", "annotations": {"idempotentHint": idempotent},
+                               **({"outputSchema": output_schema} if output_schema else {})}]
+        entry = Catalog.build(replicas).get("a.t")
+        assert entry is not None
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message.get("body"):
+                self.relaying.set()
+
+        order = self.router.order("127.0.0.1", {}, frozenset(r.record.region for r in replicas))
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}})
+        self.captured = await self.executor.call(entry, 1, body, send, order=order, timeout_s=timeout_s, capture=capture, obs=obs)
+        return sent
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = Harness()
+    await h.pool.start()
+    yield h
+    await h.pool.aclose()
+    await h.fleet.redis.aclose()
+    for server in h.servers:
+        server.close()
+    for task in list(HANDLERS):
+        task.cancel()
+    await asyncio.gather(*HANDLERS, return_exceptions=True)
+
+
+def body_of(sent: list[dict[str, Any]]) -> bytes:
+    assert sent[0]["type"] == "http.response.start", "a response must start before any body"
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body"), "the response must be ended"
+    return b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def answer_of(sent: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one JSON-RPC response the client got, as a JSON body or inside an SSE stream."""
+    body = body_of(sent)
+    if body.startswith(b"{"):
+        return orjson.loads(body)
+    (answer,) = responses(body)
+    return answer
+
+
+def responses(stream: bytes) -> list[dict[str, Any]]:
+    out = []
+    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            message = orjson.loads(data)  # every relayed event must parse: no half events
+            if "id" in message:
+                out.append(message)
+    return out
+
+
+async def test_idempotent_call_broken_mid_event_continues_cleanly_on_the_next_replica(harness: Harness) -> None:
+    async def breaks(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS) + chunk(b'event: message\r\ndata: {"jsonrpc":"2.0","meth'))
+        await writer.drain()
+        writer.transport.abort()
+
+    async def answers_json(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_RESULT) + JSON_RESULT)
+        await writer.drain()
+
+    a, b = await harness.replica(breaks, "eu-west"), await harness.replica(answers_json, "us-east")
+    sent = await harness.call([a, b], idempotent=True)
+    stream = body_of(sent)
+    assert b"notifications/progress" in stream
+    (answer,) = responses(stream)
+    assert answer["result"]["content"][0]["text"] == "from b"
+
+
+async def test_a_response_split_across_chunks_counts_as_answered(harness: Harness) -> None:
+    async def split(writer: asyncio.StreamWriter) -> None:
+        half = len(RESULT) // 2
+        writer.write(sse_head() + chunk(RESULT[:half]))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(chunk(RESULT[half:]))
+        await writer.drain()
+        writer.transport.abort()  # broken after the answer: must not be retried
+
+    calls = []
+
+    async def never(writer: asyncio.StreamWriter) -> None:
+        calls.append(1)
+
+    a, b = await harness.replica(split, "eu-west"), await harness.replica(never, "us-east")
+    sent = await harness.call([a, b], idempotent=True)
+    assert len(responses(body_of(sent))) == 1 and calls == []
+
+
+async def test_a_stream_ending_without_an_answer_is_outcome_unknown_for_non_idempotent_tools(harness: Harness) -> None:
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS) + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(silent, "eu-west")
+    sent = await harness.call([a], idempotent=False)
+    (answer,) = responses(body_of(sent))
+    assert answer["error"]["code"] == -31004
+
+
+async def test_an_empty_stream_gives_a_proper_error_response(harness: Harness) -> None:
+    async def empty(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(empty, "eu-west")
+    from edgefleet.shared.errors import OutcomeUnknown
+
+    with pytest.raises(OutcomeUnknown):  # nothing was sent yet: the endpoint answers with a JSON error
+        await harness.call([a], idempotent=False)
+
+
+async def test_deadline_on_a_started_stream_ends_it_with_a_timeout_error(harness: Harness) -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS))
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    a = await harness.replica(slow, "eu-west")
+    sent = await harness.call([a], idempotent=True, timeout_s=0.5)
+    (answer,) = responses(body_of(sent))
+    assert answer["error"]["code"] == -31003
+
+
+async def test_a_shared_legacy_upstream_session_gets_unique_ids_mapped_back(harness: Harness) -> None:
+    """Clients' ids collide on our one session with a 2025-era server: we send our own."""
+
+    async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
+        upstream_id = orjson.loads(RECEIVED[-1])["id"]
+        progress = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
+        result = b'data: ' + orjson.dumps({"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}) + b"\r\n\r\n"
+        writer.write(sse_head() + chunk(progress) + chunk(result) + b"0\r\n\r\n")
+        await writer.drain()
+
+    RECEIVED.clear()
+    legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
+    legacy.client.legacy_session = "s-1"  # as after initialize
+    first = await harness.call([legacy], idempotent=False)
+    second = await harness.call([legacy], idempotent=False)
+    sent_ids = [orjson.loads(body)["id"] for body in RECEIVED]
+    assert len(set(sent_ids)) == 2 and all(str(i).startswith("edgefleet-") for i in sent_ids)
+    for sent in (first, second):
+        (answer,) = responses(body_of(sent))
+        assert answer["id"] == 1 and "result" in answer
+
+
+# -- result checks: size limit and outputSchema ----------------------------------------------
+SCHEMA = {"type": "object", "properties": {"celsius": {"type": "number"}}, "required": ["celsius"]}
+
+
+def json_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+def sse_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
+    event = b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\r\n\r\n"
+    return sse_head() + chunk(PROGRESS) + chunk(event) + b"0\r\n\r\n"
+
+
+def answers(raw: bytes) -> Script:
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
+        await writer.drain()
+
+    return script
+
+
+def observation() -> CallObservation:
+    return CallObservation(None, INVALID_SPAN, "a.t", "direct", "eu-west")
+
+
+async def test_a_json_result_breaking_the_output_schema_is_replaced_and_not_captured(harness: Harness) -> None:
+    a = await harness.replica(answers(json_answer({"content": [], "structuredContent": {"celsius": "warm"}})), "eu-west")
+    obs = observation()
+    with pytest.raises(InvalidToolResult) as caught:  # nothing was sent yet: the endpoint answers with a JSON error
+        await harness.call([a], idempotent=True, output_schema=SCHEMA, capture=True, obs=obs)
+    assert "'structuredContent/celsius'" in caught.value.message and caught.value.data["tool"] == "a.t"
+    assert harness.captured is None  # never reaches the result cache
+    assert (obs.outcome, obs.code) == ("error", "invalid_tool_result")
+    assert a.breaker.consecutive == 0, "a wrong answer is not a health failure"
+
+
+async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_error_under_the_clients_id(harness: Harness) -> None:
+    async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
+        upstream_id = orjson.loads(RECEIVED[-1])["id"]
+        writer.write(sse_head() + chunk(PROGRESS))
+        await writer.drain()
+        await harness.relaying.wait()  # the client's stream is open before the answer comes
+        result = {"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}  # no structuredContent
+        writer.write(chunk(b"event: message\r\ndata: " + orjson.dumps(result) + b"\r\n\r\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    RECEIVED.clear()
+    legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
+    legacy.client.legacy_session = "s-1"
+    sent = await harness.call([legacy], idempotent=False, output_schema=SCHEMA, capture=True)
+    stream = body_of(sent)
+    assert b"notifications/progress" in stream  # relayed before the answer arrived
+    (answer,) = responses(stream)
+    assert answer["id"] == 1 and answer["error"]["code"] == -31007 and "no structuredContent" in answer["error"]["message"]
+    assert harness.captured is None
+
+
+async def test_conforming_results_and_tool_errors_pass_and_are_captured(harness: Harness) -> None:
+    good = {"content": [], "structuredContent": {"celsius": 21.5}}
+    tool_error = {"content": [{"type": "text", "text": "no such city"}], "isError": True}
+    for result in (good, tool_error):
+        for raw in (json_answer(result), sse_answer(result)):
+            a = await harness.replica(answers(raw), "eu-west")
+            sent = await harness.call([a], idempotent=False, output_schema=SCHEMA, capture=True)
+            assert answer_of(sent)["result"] == result and harness.captured is not None
+
+
+async def test_results_are_not_checked_without_a_schema_or_with_validation_off(harness: Harness) -> None:
+    bad = json_answer({"content": [], "structuredContent": {"celsius": "warm"}})
+    a = await harness.replica(answers(bad), "eu-west")
+    assert answer_of(await harness.call([a], idempotent=False))["result"]["structuredContent"] == {"celsius": "warm"}
+    harness.executor.validate_results = False
+    b = await harness.replica(answers(bad), "eu-west")
+    assert answer_of(await harness.call([b], idempotent=False, output_schema=SCHEMA))["result"]["structuredContent"] == {"celsius": "warm"}
+
+
+async def test_a_json_answer_over_the_limit_is_refused_and_not_retried_elsewhere(harness: Harness) -> None:
+    harness.executor.max_result_bytes = 4096
+    calls = []
+
+    async def other(writer: asyncio.StreamWriter) -> None:
+        calls.append(1)
+
+    big = json_answer({"content": [{"type": "text", "text": "x" * 5000}]})
+    a, b = await harness.replica(answers(big), "eu-west"), await harness.replica(other, "us-east")
+    obs = observation()
+    with pytest.raises(ResultTooLarge) as caught:
+        await harness.call([a, b], idempotent=True, capture=True, obs=obs)
+    assert caught.value.data["limit_bytes"] == 4096 and calls == [] and harness.captured is None
+    assert (obs.outcome, obs.code) == ("error", "result_too_large") and a.breaker.consecutive == 0
+
+
+async def test_an_endless_chunked_json_answer_is_cut_off_at_the_limit(harness: Harness) -> None:
+    """No Content-Length: counted as read, and the connection is dropped (the agent stops)."""
+    harness.executor.max_result_bytes = 4096
+    stopped = asyncio.Event()
+
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'))
+        try:
+            while True:
+                writer.write(chunk(b"x" * 1024))
+                await writer.drain()
+                await asyncio.sleep(0)  # yield so the reader runs: pacing, not synchronisation
+        except ConnectionError:
+            stopped.set()
+
+    a = await harness.replica(endless, "eu-west")
+    with pytest.raises(ResultTooLarge):
+        await harness.call([a], idempotent=False)
+    await asyncio.wait_for(stopped.wait(), 5)
+
+
+async def test_a_stream_growing_past_the_limit_ends_with_result_too_large_inside_it(harness: Harness) -> None:
+    harness.executor.max_result_bytes = 4096
+    stopped = asyncio.Event()
+
+    async def progress_forever(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head())
+        try:
+            while True:
+                writer.write(chunk(PROGRESS))
+                await writer.drain()
+                await asyncio.sleep(0)
+        except ConnectionError:
+            stopped.set()
+
+    a = await harness.replica(progress_forever, "eu-west")
+    obs = observation()
+    sent = await harness.call([a], idempotent=True, capture=True, obs=obs)
+    stream = body_of(sent)
+    (answer,) = responses(stream)
+    assert answer["id"] == 1 and answer["error"]["code"] == -31006
+    assert len(stream) < 4096 + 1024, "relayed no more than the limit (plus the error event)"
+    assert harness.captured is None and (obs.outcome, obs.code) == ("error", "result_too_large")
+    await asyncio.wait_for(stopped.wait(), 5)

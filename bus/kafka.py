@@ -5,7 +5,7 @@ bound); groups are consumer groups with manual commits. A delivery is "done" whe
 acked, and offsets are committed only up to the first delivery of a partition that is
 not done yet, so work in flight when a consumer dies (or its partitions move in a
 rebalance) is delivered again to the new owner: at-least-once, as on Redis, without any
-reclaim step. Fetch wait is tuned for latency (INFRA.md: the default adds ~250 ms).
+reclaim step. Fetch wait is tuned for latency (docs/infrastructure.md: the default adds ~250 ms).
 
 Group timeouts keep Kafka's production-safe defaults (brokers reject sessions below
 ``group.min.session.timeout.ms``, 6 s by default); a local broker can take faster ones in

@@ -15,27 +15,34 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from edgefleet.dispatcher import config_file, warmup
 from edgefleet.dispatcher.builtins import fanout, pipelines
-from edgefleet.dispatcher import config_file as static_config, warmup
-from edgefleet.dispatcher.fleet.catalog import builtin_entry
 from edgefleet.dispatcher.builtins.invoker import Invoker
 from edgefleet.dispatcher.fleet.admission import admit
+from edgefleet.dispatcher.fleet.catalog import builtin_entry
+from edgefleet.dispatcher.fleet.fleet import Fleet
+from edgefleet.dispatcher.fleet.replica import Replica
+from edgefleet.dispatcher.fleet.upstream import UpstreamPool
+from edgefleet.dispatcher.mcp.calls import ToolCalls
+from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
+from edgefleet.dispatcher.mcp.sessions import SessionStore
+from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
+from edgefleet.dispatcher.paths.bus import BusPath
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.paths.checks import ResultChecks
+from edgefleet.dispatcher.paths.direct import DirectPath
+from edgefleet.dispatcher.paths.dispatch import CallPaths
+from edgefleet.dispatcher.rest.api import build_api
+from edgefleet.dispatcher.routing.router import Router
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, load_agent_keys
 from edgefleet.dispatcher.security.audit import AuditLog
-from edgefleet.dispatcher.rest.api import build_api
-from edgefleet.shared.asgi import Receive, Scope, Send
-from edgefleet.dispatcher.paths.bus import BusPath
-from edgefleet.dispatcher.paths.direct import Executor
-from edgefleet.dispatcher.fleet.fleet import Fleet
-from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
-from edgefleet.dispatcher.observability.metrics import Metrics
-from edgefleet.dispatcher.paths.cache import ResultCache
-from edgefleet.dispatcher.routing.router import Router
-from edgefleet.dispatcher.mcp.sessions import SessionStore
+from edgefleet.dispatcher.security.auth import Authenticator
+from edgefleet.dispatcher.security.rate_limits import RateLimits
+from edgefleet.dispatcher.tasks.methods import TaskMethods
 from edgefleet.dispatcher.tasks.runner import TaskRunner
 from edgefleet.dispatcher.tasks.store import TaskStore
-from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.shared import telemetry
+from edgefleet.shared.asgi import Receive, Scope, Send
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import ConfigError, EdgefleetError
 from edgefleet.shared.settings import DispatcherSettings
@@ -46,7 +53,8 @@ MCP_PATHS = frozenset({"/mcp", "/mcp/"})
 
 
 class Dispatcher:
-    """All components of one dispatcher process; constructing it does no I/O."""
+    """All components of one dispatcher process, wired here and only here (each gets what it
+    needs in its constructor); constructing it does no I/O."""
 
     def __init__(self, settings: DispatcherSettings) -> None:
         if not settings.fleet_token.get_secret_value():
@@ -54,8 +62,10 @@ class Dispatcher:
         self.settings = settings
         # Process-wide and idempotent: `edgefleet serve` has already done it (OTEL_* env).
         telemetry.configure("edgefleet-dispatcher", deployment_environment=None, cloud_region=settings.region)
+        keys = RedisKeys(settings.redis_prefix)
+        self.instance = f"{settings.region}-{uuid.uuid4().hex[:12]}"  # this process, in the bus and the audit stream
         self.metrics = Metrics()
-        config = static_config.load(settings.config_file) if settings.config_file else static_config.StaticConfig()
+        config = config_file.load(settings.config_file) if settings.config_file else config_file.StaticConfig()
         self.static_agents = config.static_agents()
         # GeoIP readers and the region table open here, before the first call.
         self.router = Router(settings, config.region_specs())
@@ -65,38 +75,51 @@ class Dispatcher:
             settings.redis_url, max_connections=128, timeout=5.0, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
         ))
         self.pool = UpstreamPool(settings)
-        self.fleet = Fleet(settings, self.redis, self.pool)
-        self.sessions = SessionStore(self.redis, RedisKeys(settings.redis_prefix), settings.session_ttl_s)
-        self.executor = Executor(self.fleet, self.router)
-        self.bus_path = BusPath(settings) if settings.bus_url else None
-        if self.bus_path is not None:
-            self.bus_path.metrics = self.metrics
-            self.bus_path.streams = lambda: {(r.record.agent, r.record.region) for r in self.fleet.replicas.values() if r.record.bus}
-        self.fleet.on_warm = lambda replica: warmup.exercise_replica(self.executor, replica)
-        self.fleet.on_leave = lambda replica: self.metrics.forget_replica(replica.record.agent, replica.record.region, replica.id)
-        self.invoker = Invoker(self.fleet, self.router, self.executor, self.bus_path, self.metrics)
-        self.fleet.builtins = [builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker))]
+        self.fleet = Fleet(settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica)
+        self.sessions = SessionStore(self.redis, keys, settings.session_ttl_s)
+        self.checks = ResultChecks(settings.max_result_bytes, settings.validate_results)
+        self.direct = DirectPath(self.fleet, self.router, self.checks)
+        self.bus_path = BusPath(settings, self.checks, instance=self.instance, metrics=self.metrics,
+                                streams=self._bus_streams) if settings.bus_url else None
+        self.paths = CallPaths(self.direct, self.bus_path, self.cache)
+        self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics)
+        self.fleet.add_builtin(builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker)))
         for name, spec in config.pipelines.items():
-            self.fleet.builtins.append(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
-        self.fleet.rebuild()
+            self.fleet.add_builtin(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
         if settings.auth == "none":
             log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
                         "For local development only.", settings.host, settings.port)
-        keys = RedisKeys(settings.redis_prefix)
-        instance = self.bus_path.instance if self.bus_path is not None else f"{settings.region}-{uuid.uuid4().hex[:12]}"
         self.audit = AuditLog(self.redis if settings.audit else None, keys.audit, maxlen=settings.audit_maxlen,
-                              arguments=settings.audit_arguments, source=instance)
+                              arguments=settings.audit_arguments, source=self.instance)
         self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000),
-                                    audit_maxlen=settings.audit_maxlen if settings.audit else 0, audit_source=instance)
-        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.executor, self.bus_path, self.metrics, instance,
-                                audit=self.audit)
-        self.mcp = MCPEndpoint(settings, self.fleet, self.sessions, self.executor, self.router, self.cache, self.bus_path, self.metrics,
-                               runner=self.tasks, audit=self.audit)
-        self.metrics.watch(self.fleet, self.pool, self.cache, self.mcp.limits, self.tasks)
+                                    audit_maxlen=settings.audit_maxlen if settings.audit else 0, audit_source=self.instance)
+        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.paths, self.checks, self.metrics,
+                                self.instance, audit=self.audit)
+        self.auth = Authenticator.from_settings(settings)
+        self.limits = RateLimits(settings)
+        self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
+        self.calls = ToolCalls(settings, self.fleet, self.router, self.paths, self.limits, self.metrics, runner=self.tasks,
+                               audit=self.audit)
+        self.mcp = MCPEndpoint(settings, self.calls, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit)
+        self.metrics.watch(StateSources(
+            replicas=self.fleet.replica_states, pool=self.pool.connection_counts,
+            cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
+            catalog_tools=lambda: len(self.fleet.catalog.entries),
+            refused=[lambda: dict(self.limits.refused), lambda: {"open_tasks": self.tasks.refused_open}],
+        ))
         agent_keys = load_agent_keys(settings.agent_keys_file) if settings.agent_keys_file else {}
-        self.registry_auth = AgentAuthenticator(settings.fleet_token.get_secret_value(), agent_keys, self.mcp.auth)
-        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.mcp.tasks,
-                             auth=self.mcp.auth, audit=self.audit, registry_auth=self.registry_auth)
+        self.registry_auth = AgentAuthenticator(settings.fleet_token.get_secret_value(), agent_keys, self.auth)
+        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.task_methods,
+                             auth=self.auth, audit=self.audit, registry_auth=self.registry_auth)
+
+    async def _exercise_replica(self, replica: Replica) -> None:
+        await warmup.exercise_replica(self.direct, replica)
+
+    def _forget_replica(self, replica: Replica) -> None:
+        self.metrics.forget_replica(replica.record.agent, replica.record.region, replica.id)
+
+    def _bus_streams(self) -> set[tuple[str, str]]:
+        return {(r.record.agent, r.record.region) for r in self.fleet.replicas.values() if r.record.bus}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in MCP_PATHS:

@@ -21,12 +21,14 @@ import uuid
 import orjson
 
 from edgefleet.dispatcher.fleet.catalog import ToolEntry
-from edgefleet.dispatcher.paths.direct import Executor
-from edgefleet.dispatcher.fleet.fleet import Replica
+from edgefleet.dispatcher.fleet.replica import Replica
+from edgefleet.dispatcher.paths.answer import CapturedAnswer
+from edgefleet.dispatcher.paths.call import ToolCall
+from edgefleet.dispatcher.paths.direct import DirectPath
 from edgefleet.dispatcher.routing.router import RouteOrder
 from edgefleet.dispatcher.security.auth import SCOPE_IDENTITY, WARM_UP_IDENTITY
-from edgefleet.shared.errors import EdgefleetError
 from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
+from edgefleet.shared.errors import EdgefleetError
 
 log = logging.getLogger("edgefleet.warmup")
 # Random per process: no agent can have a tool by this name by accident.
@@ -47,24 +49,19 @@ async def exercise_endpoint(app: ASGIApp) -> None:
             await _request(app, method, name, params)
 
 
-async def exercise_replica(executor: Executor, replica: Replica) -> None:
-    """Run the executor's whole path against a replica that just became warm (before it
+async def exercise_replica(direct: DirectPath, replica: Replica) -> None:
+    """Run the direct path whole against a replica that just became warm (before it
     enters the catalog): the first real call to it then finds nothing left to set up."""
     if replica.client.era != "modern" or WARM_UP_TOOL in replica.tool_names:
         return  # a 2025-era server's unknown-tool answer would go through its upstream session
     entry = ToolEntry(public_name=WARM_UP_TOOL, agent=replica.record.agent, upstream_name=WARM_UP_TOOL,
                       definition={}, idempotent=True, validator=None, replicas=[replica])
     order = RouteOrder((replica.record.region,), None, "warm-up", None)
-    body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "tools/call",
-                         "params": {"name": WARM_UP_TOOL, "arguments": {}, "_meta": _META}})
-
-    async def discard(_message: dict[str, Any]) -> None:
-        return None
-
+    call = ToolCall(entry, 0, {"name": WARM_UP_TOOL, "arguments": {}, "_meta": _META}, order, 2.0)
     for _ in range(ROUNDS):
         try:
             # The replica is not routable yet (it is being warmed): address it directly.
-            await executor.call(entry, 0, body, discard, order=order, timeout_s=2.0, replicas=[replica])
+            await direct.call(call, CapturedAnswer(), replicas=[replica])
         except EdgefleetError as exc:  # an optimisation only: never a reason not to start
             log.debug("warm-up call to %s failed: %s", replica.id, exc.message)
             return

@@ -1,17 +1,17 @@
 """Just enough JSON-RPC 2.0 for an MCP edge: parse, validate the envelope, build replies.
 
-Parsing uses orjson only; nothing is turned into SDK objects (ARCHITECTURE.md: pydantic
+Parsing uses orjson only; nothing is turned into SDK objects (docs/architecture.md: pydantic
 round trips per call cost the peers milliseconds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from edgefleet.shared import sse
 from edgefleet.shared.errors import EdgefleetError, InvalidRequest, ParseError
 
 # Deeply nested JSON is refused before anything walks it (orjson itself stops at 1024).
@@ -84,29 +84,17 @@ def error_body(request_id: Any, error: EdgefleetError) -> bytes:
     return orjson.dumps(body)
 
 
-def sse_messages(events: bytes) -> Iterator[Any]:
-    """The JSON payload of each complete SSE event in ``events`` (LF or CRLF; events whose
-    data is not JSON are skipped)."""
-    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = b"\n".join(line[5:] for line in event.split(b"\n") if line.startswith(b"data:"))
-        if data:
-            try:
-                yield orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-
-
 def is_response(message: Any) -> bool:
     """A JSON-RPC response (has an id, is not a request or notification)."""
     return isinstance(message, dict) and "id" in message and "method" not in message
 
 
-def last_response(body: bytes, *, sse: bool) -> dict[str, Any] | None:
-    """The JSON-RPC response in an answer body: the last response among SSE events, or the
-    JSON body itself (None when there is none, or it is not JSON)."""
-    if sse:
+def last_response(body: bytes, *, stream: bool) -> dict[str, Any] | None:
+    """The JSON-RPC response in an answer body: the last response among its SSE events
+    (``stream``), or the JSON body itself (None when there is none, or it is not JSON)."""
+    if stream:
         found = None
-        for message in sse_messages(body):
+        for message in sse.messages(body):
             if is_response(message):
                 found = message
         return found

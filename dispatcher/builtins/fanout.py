@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
 from edgefleet.dispatcher.builtins.invoker import Invoker, Outcome
+from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
 from edgefleet.shared.errors import InvalidParams
 
-if TYPE_CHECKING:
-    from edgefleet.dispatcher.routing.router import RouteOrder
 
 NAME = "edgefleet.fanout"
 _tracer = telemetry.tracer("edgefleet.dispatcher")
@@ -64,7 +63,8 @@ DEFINITION: dict[str, Any] = {
 }
 
 
-async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> dict[str, Any]:
+async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
+    arguments, order, timeout_s = parent.arguments, parent.order, parent.timeout_s
     calls = arguments["calls"]
     match = STRATEGY_RE.match(arguments.get("strategy", "all"))
     assert match is not None  # the schema was checked before we got here
@@ -90,7 +90,7 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
                                            set_status_on_exception=False) as span:
             try:
                 outcomes[index] = outcome = await invoker.call(
-                    call["tool"], call.get("arguments") or {}, order=orders[index], timeout_s=remaining
+                    call["tool"], call.get("arguments") or {}, parent=parent, order=orders[index], timeout_s=remaining
                 )
             except asyncio.CancelledError:
                 if span.is_recording():
@@ -98,7 +98,8 @@ async def run(invoker: Invoker, arguments: dict[str, Any], *, order: RouteOrder,
                 raise
             if span.is_recording():
                 span.set_attributes({"edgefleet.subtask.index": index, "gen_ai.tool.name": call["tool"],
-                                     "edgefleet.subtask.status": outcome.status, "edgefleet.region": outcome.route.get("region", "-")})
+                                     "edgefleet.subtask.status": outcome.status,
+                                     "edgefleet.region": (outcome.route.region if outcome.route else None) or "-"})
                 if not outcome.ok:
                     span.set_status(StatusCode.ERROR, outcome.status)
 

@@ -8,28 +8,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from opentelemetry.trace import SpanKind
 
-from edgefleet.shared import jsonrpc
 from edgefleet.dispatcher.observability.observe import CallObservation
-from edgefleet.shared import telemetry
-
+from edgefleet.dispatcher.paths.answer import CapturedAnswer
+from edgefleet.dispatcher.paths.call import ToolCall
+from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.routing.router import RouteOrder
-from edgefleet.shared.constants import HEADER_ROUTE, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
-from edgefleet.shared.errors import EdgefleetError, InvalidParams, UnknownTool
+from edgefleet.shared import telemetry
+from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
+from edgefleet.shared.errors import EdgefleetError, InvalidParams, UnknownTool, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.paths.bus import BusPath
-    from edgefleet.dispatcher.paths.direct import Executor
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.observability.metrics import Metrics
+    from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.routing.router import Router
 
-_ROUTE = HEADER_ROUTE.encode()
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 
 
@@ -42,7 +40,7 @@ class Outcome:
     duration_ms: float = 0.0
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    route: dict[str, str] = field(default_factory=dict)
+    route: Route | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,10 +48,8 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tool": self.tool, "status": self.status, "duration_ms": round(self.duration_ms, 3)}
-        if self.route.get("region"):
-            out["region"] = self.route["region"]
-        if self.route.get("replica"):
-            out["replica"] = self.route["replica"]
+        if self.route is not None:
+            out.update(self.route.fields())
         if self.result is not None:
             out["result"] = self.result
         if self.error is not None:
@@ -61,41 +57,11 @@ class Outcome:
         return out
 
 
-class _Capture:
-    """An ASGI ``send`` that keeps the response instead of writing it to a socket."""
-
-    def __init__(self) -> None:
-        self.headers: dict[bytes, bytes] = {}
-        self.body = bytearray()
-        self.started = False
-        self.finished = False
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-            self.headers = dict(message.get("headers", ()))
-        else:
-            self.body += message.get("body", b"")
-            if not message.get("more_body"):
-                self.finished = True
-
-    def answer(self) -> dict[str, Any] | None:
-        """The JSON-RPC response in the captured body (JSON or the SSE stream's last answer)."""
-        body = bytes(self.body)
-        return jsonrpc.last_response(body, sse=not body.lstrip().startswith(b"{"))
-
-    def route(self) -> dict[str, str]:
-        raw = self.headers.get(_ROUTE, b"").decode()
-        pairs = (part.strip().partition("=") for part in raw.split(";"))
-        return {k: v for k, _, v in pairs if k}
-
-
 class Invoker:
-    def __init__(self, fleet: Fleet, router: Router, executor: Executor, bus_path: BusPath | None, metrics: Metrics | None = None) -> None:
+    def __init__(self, fleet: Fleet, router: Router, paths: CallPaths, metrics: Metrics | None = None) -> None:
         self.fleet = fleet
         self.router = router
-        self.executor = executor
-        self.bus_path = bus_path
+        self.paths = paths
         self.metrics = metrics
 
     def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
@@ -107,9 +73,10 @@ class Invoker:
             raise InvalidParams(f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region})
         return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
 
-    async def call(self, tool: str, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float) -> Outcome:
-        """One internal call: its own span (a child of the fan-out's or pipeline step's),
-        metrics and a debug-level log line (the client's call has the info line)."""
+    async def call(self, tool: str, arguments: dict[str, Any], *, parent: ToolCall, order: RouteOrder, timeout_s: float) -> Outcome:
+        """One internal call on behalf of ``parent``'s caller: its own span (a child of the
+        fan-out's or pipeline step's), metrics and a debug-level log line (the client's call
+        has the info line)."""
         started = time.monotonic()
         entry = self.fleet.catalog.get(tool)
         label = tool if entry is not None else "unknown"
@@ -120,7 +87,7 @@ class Invoker:
             obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
             obs.routed(order)
             try:
-                outcome = await self._call(tool, arguments, order, timeout_s, obs)
+                outcome = await self._call(tool, arguments, parent, order, timeout_s, obs)
             except EdgefleetError as exc:
                 obs.failed(exc)
                 status = "timeout" if exc.code == "upstream_timeout" else "error"
@@ -136,7 +103,8 @@ class Invoker:
         outcome.duration_ms = (time.monotonic() - started) * 1000
         return outcome
 
-    async def _call(self, tool: str, arguments: dict[str, Any], order: RouteOrder, timeout_s: float, obs: CallObservation) -> Outcome:
+    async def _call(self, tool: str, arguments: dict[str, Any], parent: ToolCall, order: RouteOrder, timeout_s: float,
+                    obs: CallObservation) -> Outcome:
         entry = self.fleet.catalog.get(tool)
         if entry is None or entry.path == "builtin":
             raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
@@ -146,20 +114,15 @@ class Invoker:
         meta: dict[str, Any] = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
         telemetry.inject_into(meta)  # the agent's parent: this call's span (or the attempt's)
         params = {"name": entry.upstream_name, "arguments": arguments, "_meta": meta}
-        capture = _Capture()
-        if entry.path == "bus" and self.bus_path is not None and self.bus_path.serves(entry):
-            obs.path = "bus"
-            await self.bus_path.call(entry, 1, params, capture, order=order, timeout_s=timeout_s, obs=obs)
-        else:
-            body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
-            await self.executor.call(entry, 1, body, capture, order=order, timeout_s=timeout_s, obs=obs)
-        answer = capture.answer()
-        route = capture.route()
-        if answer is None:
-            return Outcome(tool, "error", error={"code": -31002, "message": "no answer from the agent"}, route=route)
-        if isinstance(answer.get("error"), dict):
-            error = answer["error"]
-            status = "timeout" if error.get("code") == -31003 else "error"
-            return Outcome(tool, status, error=error, route=route)
-        result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
-        return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=route)
+        call = ToolCall(entry, 1, params, order, timeout_s, obs=obs, identity=parent.identity)
+        answer = CapturedAnswer()
+        await self.paths.call(call, answer)
+        response = answer.response()
+        if response is None:
+            return Outcome(tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route)
+        if isinstance(response.get("error"), dict):
+            error = response["error"]
+            status = "timeout" if error.get("code") == UpstreamTimeout.jsonrpc_code else "error"
+            return Outcome(tool, status, error=error, route=answer.route)
+        result = response.get("result") if isinstance(response.get("result"), dict) else {}
+        return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=answer.route)

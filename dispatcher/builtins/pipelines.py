@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tenacity
 from opentelemetry import trace as trace_api
@@ -25,16 +25,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.dispatcher.builtins.invoker import Invoker, Outcome
+from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
 from edgefleet.shared.constants import TOOL_NAME_RE
+from edgefleet.shared.errors import InvalidParams, MethodNotFound, NotFound
 
-if TYPE_CHECKING:
-    from edgefleet.dispatcher.routing.router import RouteOrder
 
 PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Failures no retry can fix: the call was refused before any agent ran it.
-PERMANENT_CODES = frozenset({-32602, -32601, -31404})
+PERMANENT_CODES = frozenset({InvalidParams.jsonrpc_code, MethodNotFound.jsonrpc_code, NotFound.jsonrpc_code})
 # Compensations still running for pipelines whose caller went away.
 _BACKGROUND: set[asyncio.Future[Any]] = set()
 _tracer = telemetry.tracer("edgefleet.dispatcher")
@@ -155,11 +155,10 @@ class _Failed(Exception):
         self.outcome = outcome
 
 
-async def run(
-    invoker: Invoker, pipeline: str, spec: PipelineSpec, arguments: dict[str, Any], *, order: RouteOrder, timeout_s: float
-) -> dict[str, Any]:
+async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCall) -> dict[str, Any]:
+    arguments, order = call.arguments, call.order
     started = time.monotonic()
-    deadline = started + timeout_s
+    deadline = started + call.timeout_s
     context: dict[str, Any] = {"input": arguments, "steps": {}}
     trace: list[dict[str, Any]] = []
     completed: list[Step] = []  # in completion order, for the saga
@@ -190,13 +189,12 @@ async def run(
         try:
             arguments = render(step.arguments, context)
         except KeyError as exc:
-            entry.update(status="failed", error={"code": -32602, "message": f"argument mapping: no value at {exc.args[0]}"})
+            entry.update(status="failed", error=InvalidParams(f"argument mapping: no value at {exc.args[0]}").to_jsonrpc())
             raise _Failed(Outcome(step.tool, "error", error=entry["error"])) from None
-        outcome = await _with_retries(invoker, step, arguments, order, deadline, entry)
+        outcome = await _with_retries(invoker, step, arguments, call, deadline, entry)
         entry["duration_ms"] = round((time.monotonic() - step_started) * 1000, 3)
-        for key in ("region", "replica"):
-            if outcome.route.get(key):
-                entry[key] = outcome.route[key]
+        if outcome.route is not None:
+            entry.update(outcome.route.fields())
         if outcome.ok:
             entry["status"] = "completed"
             context["steps"][step.name] = outcome.result or {}
@@ -221,7 +219,7 @@ async def run(
         # Cancelled (the client went away) or a bug: what completed is still undone, and
         # nobody can wait for that, so the compensations run on their own (shielded).
         if completed:
-            undo = asyncio.ensure_future(_compensate(invoker, list(completed), context, order))
+            undo = asyncio.ensure_future(_compensate(invoker, list(completed), context, call))
             _BACKGROUND.add(undo)  # keep it alive after we are gone
             undo.add_done_callback(_BACKGROUND.discard)
             with contextlib.suppress(BaseException):
@@ -232,7 +230,7 @@ async def run(
         seen = {t["name"] for t in trace}
         trace.extend({"name": s.name, "tool": s.tool, "status": "skipped", "attempts": 0} for g in spec.groups() for s in g if s.name not in seen)
 
-    compensations = await _compensate(invoker, completed, context, order) if failed else []
+    compensations = await _compensate(invoker, completed, context, call) if failed else []
     if invoker.metrics is not None:
         for item in compensations:
             invoker.metrics.compensations.labels(pipeline, item["status"]).inc()
@@ -259,7 +257,7 @@ async def run(
 
 
 async def _with_retries(
-    invoker: Invoker, step: Step, arguments: dict[str, Any], order: RouteOrder, deadline: float, entry: dict[str, Any]
+    invoker: Invoker, step: Step, arguments: dict[str, Any], parent: ToolCall, deadline: float, entry: dict[str, Any]
 ) -> Outcome:
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(step.retry.attempts),
@@ -275,7 +273,8 @@ async def _with_retries(
             if entry["attempts"] > 1:
                 trace_api.get_current_span().add_event("retry", {"attempt": entry["attempts"]})
             remaining = max(0.001, min(step.timeout_s, deadline - time.monotonic()))
-            outcome = await invoker.call(step.tool, arguments, order=invoker.order_for(order, step.region), timeout_s=remaining)
+            outcome = await invoker.call(step.tool, arguments, parent=parent, order=invoker.order_for(parent.order, step.region),
+                                         timeout_s=remaining)
         if attempt.retry_state.outcome is not None and not attempt.retry_state.outcome.failed:
             attempt.retry_state.set_result(outcome)
     assert outcome is not None
@@ -293,7 +292,7 @@ def _tool_error(outcome: Outcome) -> dict[str, Any]:
     return {"code": "tool_error", "message": text or "the tool reported an error"}
 
 
-async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str, Any], order: RouteOrder) -> list[dict[str, Any]]:
+async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str, Any], parent: ToolCall) -> list[dict[str, Any]]:
     """Undo completed steps, last completed first. A failing compensation is recorded and
     the others still run (there is no one left to undo it for us)."""
     done = []
@@ -310,7 +309,7 @@ async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str
         # The undo goes where the step ran (a step pinned to a region is undone there).
         with _tracer.start_as_current_span(f"pipeline.compensate {step.name}", kind=SpanKind.INTERNAL,
                                            attributes={"edgefleet.step": step.name, "gen_ai.tool.name": step.compensate.tool}):
-            outcome = await invoker.call(step.compensate.tool, arguments, order=invoker.order_for(order, step.region),
+            outcome = await invoker.call(step.compensate.tool, arguments, parent=parent, order=invoker.order_for(parent.order, step.region),
                                          timeout_s=step.compensate.timeout_s)
         item.update(status="completed" if outcome.ok else "failed", duration_ms=round(outcome.duration_ms, 3))
         if not outcome.ok:

@@ -33,7 +33,7 @@ from edgefleet.shared.constants import (
 from edgefleet.shared.errors import ToolConflict
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.fleet.fleet import Replica
+    from edgefleet.dispatcher.fleet.replica import Replica
 
 log = logging.getLogger("edgefleet.catalog")
 

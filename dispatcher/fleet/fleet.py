@@ -14,57 +14,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from edgefleet.dispatcher.fleet.breaker import OPEN, BreakerPolicy, CircuitBreaker
+from edgefleet.dispatcher.fleet.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
 from edgefleet.dispatcher.fleet.catalog import Catalog, ToolEntry
-from edgefleet.dispatcher.fleet.registry import Registry
+from edgefleet.dispatcher.fleet.registry import Registry, tools_hash
+from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
+from edgefleet.dispatcher.observability.metrics import ReplicaState
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import EdgefleetError
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.fleet")
-
-
-# Weight of the newest latency sample in the EWMA (about the last 5 calls dominate).
-EWMA_ALPHA = 0.3
-
-
-@dataclass(eq=False)
-class Replica:
-    record: ReplicaRecord
-    client: ReplicaClient
-    breaker: CircuitBreaker
-    warm: bool = False
-    inflight: int = 0
-    latency_ewma_ms: float = 0.0
-    last_error: str | None = None
-    tool_names: frozenset[str] = field(default_factory=frozenset)
-    warm_task: asyncio.Task[None] | None = None
-
-    def admits(self) -> bool:
-        """May a call go here now? (Warm, and the breaker is closed or has a trial free.)"""
-        return self.warm and self.breaker.admits()
-
-    @property
-    def healthy(self) -> bool:
-        return self.breaker.state != OPEN
-
-    @property
-    def routable(self) -> bool:
-        return self.warm and self.healthy
-
-    def observe_latency(self, ms: float) -> None:
-        self.latency_ewma_ms = ms if self.latency_ewma_ms == 0.0 else self.latency_ewma_ms + EWMA_ALPHA * (ms - self.latency_ewma_ms)
-
-    @property
-    def id(self) -> str:
-        return self.record.replica_id
+BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
 def _known_era(record: ReplicaRecord) -> str | None:
@@ -76,7 +42,10 @@ def _known_era(record: ReplicaRecord) -> str | None:
 
 
 class Fleet:
-    def __init__(self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool) -> None:
+    def __init__(
+        self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool, *,
+        on_warm: Callable[[Replica], Awaitable[None]] | None = None, on_leave: Callable[[Replica], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.pool = pool
@@ -85,7 +54,7 @@ class Fleet:
         self.replicas: dict[str, Replica] = {}
         self.catalog = Catalog.empty()
         self.regions: frozenset[str] = frozenset()
-        self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (set by the app)
+        self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (add_builtin)
         self.breaker_policy = BreakerPolicy(
             consecutive_failures=settings.unhealthy_after,
             error_rate=settings.eject_error_rate,
@@ -99,9 +68,9 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         # Runs once a replica's pool is warm, before it enters the catalog (see warmup.py).
-        self.on_warm: Callable[[Replica], Awaitable[None]] | None = None
+        self.on_warm = on_warm
         # Called when a replica leaves the fleet (its per-replica metric series are dropped).
-        self.on_leave: Callable[[Replica], None] | None = None
+        self.on_leave = on_leave
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -221,8 +190,6 @@ class Fleet:
                 backoff = min(backoff * 2, self.settings.probe_interval_s * 2)
 
     async def _refresh_static_tools(self, replica: Replica) -> None:
-        from edgefleet.dispatcher.fleet.registry import tools_hash
-
         tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
         replica.record.tools = tools
         replica.record.tools_hash = tools_hash(tools)
@@ -267,6 +234,19 @@ class Fleet:
     def report_success(self, replica: Replica, *, trial: bool = False) -> None:
         if replica.breaker.success(trial):
             log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
+
+    def add_builtin(self, entry: ToolEntry) -> None:
+        """One of the dispatcher's own tools (fan-out, a pipeline) joins the catalog."""
+        self.builtins.append(entry)
+        self.rebuild()
+
+    def replica_states(self) -> list[ReplicaState]:
+        """Every replica's health and load, for /metrics (read at scrape time)."""
+        return [
+            ReplicaState(r.record.agent, r.record.region, r.id, BREAKER_LEVEL.get(r.breaker.state, 2), r.warm, r.inflight,
+                         r.latency_ewma_ms / 1000)
+            for r in list(self.replicas.values())
+        ]
 
     def rebuild(self) -> None:
         self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)

@@ -1,6 +1,6 @@
 """Talking to agent replicas: the shared keep-alive pool and the per-replica protocol.
 
-The per-call path uses aiohttp (ARCHITECTURE.md measured httpx at ~10x the CPU of a lean
+The per-call path uses aiohttp (docs/architecture.md measured httpx at ~10x the CPU of a lean
 pool; aiohttp was the runner-up and is a well-kept library). One ``ClientSession`` holds
 every replica's keep-alive connections; nothing is created per call.
 

@@ -12,28 +12,45 @@ or argument values.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client import gc_collector, platform_collector, process_collector
 
-from edgefleet.dispatcher.fleet.breaker import CLOSED, HALF_OPEN, OPEN
-
-if TYPE_CHECKING:
-    from edgefleet.dispatcher.fleet.fleet import Fleet
-    from edgefleet.dispatcher.security.rate_limits import RateLimits
-    from edgefleet.dispatcher.tasks.runner import TaskRunner
-    from edgefleet.dispatcher.paths.cache import ResultCache
-    from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; tool calls span a millisecond echo to minutes of work.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-BREAKER_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 UPSTREAM_OUTCOMES = ("ok", "connect_error", "timeout", "error")
+REFUSAL_SCOPES = ("identity", "tool", "concurrency", "task", "open_tasks")
+
+
+class ReplicaState(NamedTuple):
+    """One replica as /metrics shows it (read at scrape time, never per call)."""
+
+    agent: str
+    region: str
+    replica: str
+    breaker: int  # 0 closed, 1 half-open, 2 open
+    warm: bool
+    inflight: int
+    latency_ewma_s: float
+
+
+@dataclass
+class StateSources:
+    """Where the scrape-time gauges come from; each component hands in a reader, so this
+    module needs to know none of them."""
+
+    replicas: Callable[[], Iterable[ReplicaState]] = lambda: ()
+    pool: Callable[[], tuple[int, int]] = lambda: (0, 0)  # idle, active connections
+    cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # hits, misses, entries
+    catalog_tools: Callable[[], int] = lambda: 0
+    refused: list[Callable[[], dict[str, int]]] = field(default_factory=list)  # requests refused by a limit, by scope
 
 
 class Metrics:
@@ -97,9 +114,8 @@ class Metrics:
         # Children cached by label tuple: .labels() costs a dict lookup plus validation.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
-    def watch(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None = None,
-              runner: TaskRunner | None = None) -> None:
-        self.registry.register(_StateCollector(fleet, pool, cache, limits, runner))
+    def watch(self, sources: StateSources) -> None:
+        self.registry.register(_StateCollector(sources))
 
     def forget_replica(self, agent: str, region: str, replica: str) -> None:
         """Drop a departed replica's series (ids are new on every restart: they would pile up)."""
@@ -126,13 +142,8 @@ class Metrics:
 class _StateCollector(Collector):
     """Breakers, replica load and latency, pools, cache and catalog, read when scraped."""
 
-    def __init__(self, fleet: Fleet, pool: UpstreamPool, cache: ResultCache, limits: RateLimits | None,
-                 runner: TaskRunner | None = None) -> None:
-        self.fleet = fleet
-        self.pool = pool
-        self.cache = cache
-        self.limits = limits
-        self.runner = runner
+    def __init__(self, sources: StateSources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["agent", "region", "replica"]
@@ -140,30 +151,34 @@ class _StateCollector(Collector):
         warm = GaugeMetricFamily("edgefleet_replica_warm", "1 once the replica's pool is warm and it takes calls.", labels=labels)
         inflight = GaugeMetricFamily("edgefleet_replica_inflight", "Direct-path calls in flight per replica.", labels=labels)
         ewma = GaugeMetricFamily("edgefleet_replica_latency_ewma_seconds", "Latency EWMA the balancer uses, per replica.", labels=labels)
-        for replica in list(self.fleet.replicas.values()):
-            values = [replica.record.agent, replica.record.region, replica.id]
-            state.add_metric(values, BREAKER_VALUE.get(replica.breaker.state, 2))
+        for replica in self.sources.replicas():
+            values = [replica.agent, replica.region, replica.replica]
+            state.add_metric(values, replica.breaker)
             warm.add_metric(values, 1 if replica.warm else 0)
             inflight.add_metric(values, replica.inflight)
-            ewma.add_metric(values, replica.latency_ewma_ms / 1000)
+            ewma.add_metric(values, replica.latency_ewma_s)
         yield from (state, warm, inflight, ewma)
         pool = GaugeMetricFamily("edgefleet_pool_connections", "Upstream keep-alive connections (idle | active).", labels=["state"])
-        idle, active = self.pool.connection_counts()
+        idle, active = self.sources.pool()
         pool.add_metric(["idle"], idle)
         pool.add_metric(["active"], active)
         yield pool
+        hits, misses, entries = self.sources.cache()
         lookups = CounterMetricFamily("edgefleet_cache_requests", "Result-cache lookups (hit | miss).", labels=["result"])
-        lookups.add_metric(["hit"], self.cache.hits)
-        lookups.add_metric(["miss"], self.cache.misses)
+        lookups.add_metric(["hit"], hits)
+        lookups.add_metric(["miss"], misses)
         yield lookups
-        yield GaugeMetricFamily("edgefleet_cache_entries", "Results held in the result cache.", value=len(self.cache.entries))
-        yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=len(self.fleet.catalog.entries))
+        yield GaugeMetricFamily("edgefleet_cache_entries", "Results held in the result cache.", value=entries)
+        yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=self.sources.catalog_tools())
         refused = CounterMetricFamily("edgefleet_rate_limited", "Requests refused by a limit (identity | tool | concurrency | task | open_tasks).",
                                       labels=["scope"])
-        for scope in ("identity", "tool", "concurrency", "task"):
-            refused.add_metric([scope], self.limits.refused.get(scope, 0) if self.limits is not None else 0)
-        refused.add_metric(["open_tasks"], self.runner.refused_open if self.runner is not None else 0)
+        counts: dict[str, int] = {}
+        for source in self.sources.refused:
+            for scope, count in source().items():
+                counts[scope] = counts.get(scope, 0) + count
+        for scope in REFUSAL_SCOPES:
+            refused.add_metric([scope], counts.get(scope, 0))
         yield refused
 
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"]
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "Metrics", "ReplicaState", "StateSources"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.trace import Span, StatusCode
 
@@ -21,9 +21,21 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.security.audit import AuditLog
     from edgefleet.dispatcher.security.auth import Identity
     from edgefleet.dispatcher.observability.metrics import Metrics
-    from edgefleet.dispatcher.routing.router import RouteOrder
 
 log = logging.getLogger("edgefleet.calls")
+
+
+class RouteFacts(Protocol):
+    """What routing decided for a call (``routing.router.RouteOrder`` has these fields)."""
+
+    @property
+    def regions(self) -> tuple[str, ...]: ...
+    @property
+    def caller_region(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def address(self) -> str | None: ...
 
 
 def error_label(error: object) -> tuple[str, str]:
@@ -69,7 +81,7 @@ class CallObservation:
         self.requested = requested
         self.arguments = arguments
 
-    def routed(self, order: RouteOrder) -> None:
+    def routed(self, order: RouteFacts) -> None:
         self.reason = order.reason
         self.caller_region = order.caller_region or "-"
         self.address = order.address or "-"

@@ -28,34 +28,24 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from edgefleet import bus
-from edgefleet.shared import jsonrpc
-from edgefleet.shared import telemetry
+from edgefleet.dispatcher.paths.answer import Answer, fail, send_message
+from edgefleet.dispatcher.paths.checks import ResultChecks
+from edgefleet.dispatcher.paths.route import Route
+from edgefleet.shared import jsonrpc, sse, telemetry
 from edgefleet.shared.constants import BusNames
 from edgefleet.shared.envelope import CallEnvelope, CancelRequest, Reply
-from edgefleet.shared.errors import (
-    AgentUnavailable,
-    BusUnavailable,
-    EdgefleetError,
-    InvalidToolResult,
-    ResultTooLarge,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from edgefleet.shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, ResultTooLarge, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from edgefleet.bus.base import Delivery
     from edgefleet.dispatcher.fleet.catalog import ToolEntry
     from edgefleet.dispatcher.observability.metrics import Metrics
-    from edgefleet.dispatcher.observability.observe import CallObservation
+    from edgefleet.dispatcher.paths.call import ToolCall
     from edgefleet.dispatcher.routing.router import RouteOrder
     from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.bus")
 _tracer = telemetry.tracer("edgefleet.dispatcher")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
-JSON_HEADERS = [(b"content-type", b"application/json")]
 # Reply streams of dispatcher instances that went away disappear after this long unused.
 REPLY_STREAM_TTL_S = 3600
 # How long the bus may be unreachable before waiting calls are answered with an error
@@ -66,25 +56,27 @@ SAMPLE_EVERY_S = 5.0
 
 
 class BusPath:
-    def __init__(self, settings: DispatcherSettings) -> None:
+    def __init__(
+        self, settings: DispatcherSettings, checks: ResultChecks, *, instance: str, metrics: Metrics | None = None,
+        streams: Callable[[], Iterable[tuple[str, str]]] = lambda: (),
+    ) -> None:
         assert settings.bus_url
         options: dict[str, Any] = {"maxlen": settings.bus_stream_maxlen} if not settings.bus_url.startswith("kafka") else {}
         self.bus = bus.connect(settings.bus_url, **options)
         self.system = "kafka" if settings.bus_url.startswith("kafka") else "redis" if settings.bus_url.startswith("redis") else "memory"
         self.names = BusNames(settings.redis_prefix)
-        self.instance = f"{settings.region}-{uuid.uuid4().hex[:12]}"
-        self.reply_stream = self.names.replies(self.instance)
-        self.max_result_bytes = settings.max_result_bytes
-        self.validate_results = settings.validate_results
+        self.instance = instance
+        self.reply_stream = self.names.replies(instance)
+        self.checks = checks
         # A call's queue gets the agent's replies, or the error of one we refused to parse.
         self.waiters: dict[str, asyncio.Queue[Reply | EdgefleetError]] = {}
         self.connected = False
         self._listener: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self.metrics: Metrics | None = None
-        # (agent, region) pairs whose calls streams /metrics reports on; set by the app.
-        self.streams: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+        self.metrics = metrics
+        # (agent, region) pairs with bus consumers: whose calls streams /metrics reports on.
+        self.streams = streams
 
     async def start(self) -> None:
         try:
@@ -141,7 +133,7 @@ class BusPath:
                 await asyncio.sleep(0.5)
                 continue
             for delivery in found:
-                if len(delivery.payload) > self.max_result_bytes and self._refuse_oversized(delivery):
+                if len(delivery.payload) > self.checks.limit and self._refuse_oversized(delivery):
                     continue
                 try:
                     reply = Reply.model_validate_json(delivery.payload)
@@ -168,8 +160,8 @@ class BusPath:
         waiter = self.waiters.get(task_id)
         if waiter is not None:
             waiter.put_nowait(ResultTooLarge(
-                f"A reply of {len(delivery.payload)} bytes is larger than {self.max_result_bytes} (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
-                data={"task": task_id, "limit_bytes": self.max_result_bytes},
+                f"A reply of {len(delivery.payload)} bytes is larger than {self.checks.limit} (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
+                data={"task": task_id, "limit_bytes": self.checks.limit},
             ))
         if self.metrics is not None:
             self.metrics.bus_replies.labels("too_large" if waiter is not None else "duplicate").inc()
@@ -225,76 +217,71 @@ class BusPath:
     def serves(self, entry: ToolEntry) -> bool:
         return any(r.record.bus for r in entry.replicas)
 
-    async def call(
-        self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, *, order: RouteOrder, timeout_s: float,
-        obs: CallObservation | None = None,
-    ) -> None:
+    async def call(self, call: ToolCall, answer: Answer) -> None:
+        """Publish the call and relay its replies into ``answer`` (progress as SSE events,
+        then the result); errors before anything was sent are raised to the caller."""
         try:
-            await self._call(entry, request_id, params, send, order, timeout_s, obs)
+            await self._call(call, answer)
         except EdgefleetError as exc:
-            if obs is not None:
-                obs.failed(exc)
+            if call.obs is not None:
+                call.obs.failed(exc)
             raise
 
-    async def _call(
-        self, entry: ToolEntry, request_id: Any, params: dict[str, Any], send: Send, order: RouteOrder, timeout_s: float,
-        obs: CallObservation | None,
-    ) -> None:
+    async def _call(self, call: ToolCall, answer: Answer) -> None:
+        entry, obs, order = call.entry, call.obs, call.order
         region = self._region_or_fail(entry, order)
         task_id = uuid.uuid4().hex
         waiter: asyncio.Queue[Reply | EdgefleetError] = asyncio.Queue()
         self.waiters[task_id] = waiter
-        started = False
         relayed = 0  # bytes sent to the client so far, held to max_result_bytes
         sent_at = time.monotonic()
-        route = f"region={region}; path=bus; task={task_id}".encode()
+        route = Route("bus", region=region, caller_region=order.caller_region, reason=order.reason, task=task_id)
         try:
-            await self._publish(entry, region, task_id, params, int((time.time() + timeout_s) * 1000), self.reply_stream)
+            await self._publish(entry, region, task_id, call.params, int((time.time() + call.timeout_s) * 1000), self.reply_stream)
             if obs is not None:
                 obs.region = region
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(call.timeout_s):
                 while True:
                     reply = await waiter.get()
                     if isinstance(reply, EdgefleetError):
-                        await self._refuse(entry, task_id, send, started, request_id, reply, obs)
+                        await self._refuse(call, answer, task_id, reply)
                         return
                     if reply.kind == "progress" and reply.notification:
-                        event = b"event: message\ndata: " + orjson.dumps({"jsonrpc": "2.0", **reply.notification}) + b"\n\n"
+                        event = sse.frame(orjson.dumps({"jsonrpc": "2.0", **reply.notification}))
                         relayed += len(event)
-                        if relayed > self.max_result_bytes:
-                            await self._refuse(entry, task_id, send, started, request_id, self._too_large(entry, task_id), obs)
+                        if relayed > self.checks.limit:
+                            await self._refuse(call, answer, task_id, self.checks.too_large(entry, task=task_id))
                             return
-                        if not started:
-                            started = True
-                            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (b"edgefleet-route", route)]})
-                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                        await answer.open_stream(route)
+                        await answer.send_events(event)
                         continue
+                    route.region = reply.region or region
+                    route.replica = reply.replica or "-"
                     if reply.kind == "result" and reply.result is not None:
-                        answer = jsonrpc.result_body(request_id, reply.result)
-                        refused = self.result_error(entry, task_id, reply, relayed + len(answer))
+                        message = jsonrpc.result_body(call.request_id, reply.result)
+                        refused = self.checks.refused(entry, reply.result, relayed + len(message), replica=route.replica, task=task_id)
                         if refused is not None:
-                            await _fail(send, started, request_id, refused, obs)
+                            await _fail(call, answer, refused)
                             return
                         if obs is not None and reply.result.get("isError"):
                             obs.outcome = "tool_error"
                     else:
-                        error = reply.error or {"code": -31002, "message": "failed"}
-                        answer = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+                        error = reply.error or UpstreamError("The agent's bus worker answered without a result.").to_jsonrpc()
+                        message = orjson.dumps({"jsonrpc": "2.0", "id": call.request_id, "error": error})
                         if obs is not None:
                             obs.answered_with_error(error)
                     if obs is not None:
-                        obs.attempt(entry.agent, reply.replica or "-", reply.region or region)
+                        obs.attempt(entry.agent, route.replica, route.region)
                         if obs.span.is_recording():
-                            obs.span.add_event("bus.reply", {"messaging.message.id": task_id, "edgefleet.replica": reply.replica or "-",
+                            obs.span.add_event("bus.reply", {"messaging.message.id": task_id, "edgefleet.replica": route.replica,
                                                              "edgefleet.bus.wait_ms": round((time.monotonic() - sent_at) * 1000, 3)})
-                    route = f"region={reply.region or region}; replica={reply.replica or '-'}; path=bus; task={task_id}".encode()
-                    await _finish(send, started, answer, route)
+                    await send_message(answer, message, route)
                     return
         except TimeoutError:
             await self._cancel(entry.agent, task_id, "deadline")
-            await _fail(send, started, request_id, UpstreamTimeout(data={"tool": entry.public_name, "task": task_id}), obs)
+            await _fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "task": task_id}))
         except BusUnavailable as exc:
-            await _fail(send, started, request_id, exc, obs)
+            await _fail(call, answer, exc)
         except asyncio.CancelledError:
             # The client went away: stop the work wherever it runs (best effort).
             await asyncio.shield(self._cancel(entry.agent, task_id, "client disconnected"))
@@ -302,34 +289,10 @@ class BusPath:
         finally:
             self.waiters.pop(task_id, None)
 
-    def result_error(self, entry: ToolEntry, task_id: str, reply: Reply, size: int) -> EdgefleetError | None:
-        """Why this result must not reach the client (too large, or breaking the tool's
-        outputSchema), or None. Tools without an outputSchema are never checked against one."""
-        if size > self.max_result_bytes:
-            return self._too_large(entry, task_id)
-        if not self.validate_results or entry.output_validator is None or reply.result is None:
-            return None
-        problem = entry.result_problem(reply.result)
-        if problem is None:
-            return None
-        log.warning("replica %s answered bus call %s of %s with a result that breaks its outputSchema: %s",
-                    reply.replica or "-", task_id, entry.public_name, problem)
-        return InvalidToolResult(problem, data={"tool": entry.public_name, "replica": reply.replica or "-", "task": task_id})
-
-    def _too_large(self, entry: ToolEntry, task_id: str) -> ResultTooLarge:
-        log.warning("bus call %s of %s answered with more than %d bytes: not relayed", task_id, entry.public_name, self.max_result_bytes)
-        return ResultTooLarge(
-            f"The answer of {entry.public_name} is larger than {self.max_result_bytes} bytes (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
-            data={"tool": entry.public_name, "task": task_id, "limit_bytes": self.max_result_bytes},
-        )
-
-    async def _refuse(
-        self, entry: ToolEntry, task_id: str, send: Send, started: bool, request_id: Any, error: EdgefleetError,
-        obs: CallObservation | None,
-    ) -> None:
+    async def _refuse(self, call: ToolCall, answer: Answer, task_id: str, error: EdgefleetError) -> None:
         """End a call whose answer grew too large; the agent may still be producing it."""
-        await self._cancel(entry.agent, task_id, error.code)
-        await _fail(send, started, request_id, error, obs)
+        await self._cancel(call.entry.agent, task_id, error.code)
+        await _fail(call, answer, error)
 
     async def submit(self, entry: ToolEntry, task_id: str, params: dict[str, Any], *, order: RouteOrder, deadline_ms: int) -> str:
         """Publish a call that runs as a task and return the region it went to. The answer
@@ -382,19 +345,7 @@ class BusPath:
             await self.bus.publish(self.names.cancels(agent), CancelRequest(task_id=task_id, reason=reason).model_dump_json().encode())
 
 
-async def _finish(send: Send, started: bool, answer: bytes, route: bytes) -> None:
-    if started:
-        await send({"type": "http.response.body", "body": b"event: message\ndata: " + answer + b"\n\n", "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-    else:
-        await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, (b"edgefleet-route", route)]})
-        await send({"type": "http.response.body", "body": answer})
-
-
-async def _fail(send: Send, started: bool, request_id: Any, error: EdgefleetError, obs: CallObservation | None) -> None:
-    if obs is not None:
-        obs.failed(error)
-    if not started:
-        raise error
-    await _finish(send, True, jsonrpc.error_body(request_id, error), b"")
-
+async def _fail(call: ToolCall, answer: Answer, error: EdgefleetError) -> None:
+    if call.obs is not None:
+        call.obs.failed(error)
+    await fail(answer, call.request_id, error)

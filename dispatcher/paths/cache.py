@@ -55,9 +55,9 @@ class ResultCache:
             self.entries[key] = (ttl_s, result)
 
 
-def final_result(body: bytes, sse: bool) -> bytes | None:
-    """The serialized ``result`` of a successful JSON-RPC response body, else None."""
-    message = jsonrpc.last_response(body, sse=sse)
+def final_result(body: bytes, *, stream: bool) -> bytes | None:
+    """The serialized ``result`` of a successful JSON-RPC response body (or SSE stream), else None."""
+    message = jsonrpc.last_response(body, stream=stream)
     if message is None:
         return None
     result = message.get("result")

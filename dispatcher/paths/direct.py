@@ -1,16 +1,13 @@
 """The direct path: forward one ``tools/call`` to a replica over the warm pool and relay
 the answer (a JSON body, or an SSE stream of progress/log notifications and the result)
-to the client chunk by chunk.
+chunk by chunk.
 
-Failover rules (ARCHITECTURE principle 4): a call that provably never reached a replica
-(connection refused, connect timeout, 502/503 from it) moves to the next candidate; a call
-that may have started is retried elsewhere only for tools that declare ``idempotentHint``,
-otherwise the client gets ``outcome_unknown``.
+Failover rules (docs/architecture.md, principle 4): a call that provably
+never reached a replica (connection refused, connect timeout, 502/503 from it) moves to
+the next candidate; a call that may have started is retried elsewhere only for tools that
+declare ``idempotentHint``, otherwise the caller gets ``outcome_unknown``.
 
-Answers are checked before they reach the client: none larger than ``max_result_bytes``
-(counted as the bytes arrive, never buffered past the limit), and, for tools that declare
-an ``outputSchema``, the final result's ``structuredContent`` must conform. Either failure
-is answered with its own error and neither is retried elsewhere: the work was done.
+Answers pass the result checks (``paths.checks``) before they are relayed.
 """
 
 from __future__ import annotations
@@ -19,97 +16,71 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from opentelemetry.trace import SpanKind, StatusCode
 
-from edgefleet.shared import jsonrpc
-from edgefleet.shared import telemetry
-from edgefleet.shared.constants import HEADER_ROUTE, HEADER_TIMEOUT
-from edgefleet.shared.errors import (
-    AgentUnavailable,
-    EdgefleetError,
-    InvalidToolResult,
-    OutcomeUnknown,
-    ResultTooLarge,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from edgefleet.dispatcher.paths.answer import Answer, fail, json_into_stream
+from edgefleet.dispatcher.paths.checks import ResultChecks
+from edgefleet.dispatcher.paths.route import Route
+from edgefleet.shared import jsonrpc, sse, telemetry
+from edgefleet.shared.constants import HEADER_TIMEOUT
+from edgefleet.shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.fleet.catalog import ToolEntry
-    from edgefleet.dispatcher.fleet.fleet import Fleet, Replica
+    from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.dispatcher.fleet.replica import Replica
     from edgefleet.dispatcher.observability.observe import CallObservation
-    from edgefleet.dispatcher.routing.router import Router, RouteOrder
+    from edgefleet.dispatcher.paths.call import ToolCall
+    from edgefleet.dispatcher.routing.router import RouteOrder, Router
 
-log = logging.getLogger("edgefleet.executor")
+log = logging.getLogger("edgefleet.direct")
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 # Answers are parsed for the metrics only when they may be errors (a byte check first).
 _ERROR_MARKERS = (b'"error"', b'"isError"')
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
-JSON_HEADERS = [(b"content-type", b"application/json")]
-HEADER_ROUTE_B = HEADER_ROUTE.encode()
 # Upstream statuses that mean "not processed": safe to send elsewhere.
 NOT_PROCESSED_STATUSES = frozenset({502, 503})
 
 
-class Executor:
-    def __init__(self, fleet: Fleet, router: Router) -> None:
+class DirectPath:
+    def __init__(self, fleet: Fleet, router: Router, checks: ResultChecks) -> None:
         self.fleet = fleet
         self.router = router
-        self.max_result_bytes = fleet.settings.max_result_bytes
-        self.validate_results = fleet.settings.validate_results
+        self.checks = checks
 
-    async def call(
-        self,
-        entry: ToolEntry,
-        request_id: Any,
-        body: bytes,
-        send: Send,
-        *,
-        order: RouteOrder,
-        timeout_s: float,
-        extra_headers: dict[str, str] | None = None,
-        capture: bool = False,
-        replicas: list[Replica] | None = None,
-        obs: CallObservation | None = None,
-    ) -> tuple[bool, bytes] | None:
-        """Forward ``body`` (already rewritten to the upstream name) and relay the reply.
+    async def call(self, call: ToolCall, answer: Answer, *, replicas: list[Replica] | None = None) -> None:
+        """Forward the call and relay its answer into ``answer``.
 
-        Candidates come nearest region first; each failed-before-start attempt moves on
-        (next replica, then next region) within one deadline, which every attempt passes
-        to the agent. With ``capture`` the relayed body is returned as (is_sse, bytes).
+        Candidates come nearest region first (or ``replicas``, for the warm-up of a replica
+        that is not routable yet); each failed-before-start attempt moves on (next replica,
+        then next region) within one deadline, which every attempt passes to the agent.
         """
-        deadline = time.monotonic() + timeout_s
-        stream = _ClientStream(send, request_id, obs)
+        entry, obs = call.entry, call.obs
+        deadline = time.monotonic() + call.timeout_s
         tried: list[str] = []
         last_error: EdgefleetError | None = None
+        body = call.body()
         # Tracing on: one CLIENT span per attempt, and the agent's parent in _meta and in
         # the traceparent header is that attempt span instead of our server span.
         parent_tp = telemetry.current_traceparent() if telemetry.recording() else None
-        for replica in replicas if replicas is not None else self.router.candidates(entry, order):
+        for replica in replicas if replicas is not None else self.router.candidates(entry, call.order):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
-                return None
+                await self._fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+                return
             tried.append(replica.id)
+            route = _route(replica, call.order, len(tried))
             if obs is not None:
                 obs.attempt(entry.agent, replica.id, replica.record.region)
-            route = _route_header(replica, order, len(tried), obs)
+                obs.reason = route.reason or "-"
             try:
                 if parent_tp is None:
-                    return await self._attempt(replica, entry, body, stream, remaining, extra_headers, route, capture, obs)
-                return await self._traced_attempt(replica, entry, body, parent_tp, stream, remaining, extra_headers, route, capture, obs, len(tried))
+                    await self._attempt(call, replica, body, answer, remaining, call.extra_headers, route)
+                else:
+                    await self._traced_attempt(call, replica, body, parent_tp, answer, remaining, route)
+                return
             except _NotStarted as exc:
                 last_error = exc.error
                 continue
@@ -122,62 +93,48 @@ class Executor:
                     last_error = exc.error
                     log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
                     continue
-                await stream.fail(OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
-                return None
+                await self._fail(call, answer, OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
+                return
         if time.monotonic() >= deadline:
-            await stream.fail(UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
-            return None
-        if last_error is not None:
-            await stream.fail(AgentUnavailable(
+            await self._fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+        elif last_error is not None:
+            await self._fail(call, answer, AgentUnavailable(
                 f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
                 data={"agent": entry.agent, "replicas_tried": tried},
             ))
-            return None
-        await stream.fail(AgentUnavailable(
-            f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
-            data={"agent": entry.agent, "regions": list(order.regions)},
-        ))
-        return None
+        else:
+            await self._fail(call, answer, AgentUnavailable(
+                f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
+                data={"agent": entry.agent, "regions": list(call.order.regions)},
+            ))
+
+    @staticmethod
+    async def _fail(call: ToolCall, answer: Answer, error: EdgefleetError) -> None:
+        if call.obs is not None:
+            call.obs.failed(error)
+        await fail(answer, call.request_id, error)
 
     async def _traced_attempt(
-        self,
-        replica: Replica,
-        entry: ToolEntry,
-        body: bytes,
-        parent_tp: str,
-        stream: _ClientStream,
-        timeout: float,
-        extra_headers: dict[str, str] | None,
-        route: bytes,
-        capture: bool,
-        obs: CallObservation | None,
-        attempt: int,
-    ) -> tuple[bool, bytes] | None:
-        attributes = {"server.address": replica.record.url, "edgefleet.replica": replica.id, "edgefleet.attempt": attempt}
-        with _tracer.start_as_current_span(f"tools/call {entry.upstream_name}", kind=SpanKind.CLIENT, attributes=attributes,
+        self, call: ToolCall, replica: Replica, body: bytes, parent_tp: str, answer: Answer, timeout: float, route: Route,
+    ) -> None:
+        attributes = {"server.address": replica.record.url, "edgefleet.replica": replica.id, "edgefleet.attempt": route.attempt}
+        with _tracer.start_as_current_span(f"tools/call {call.entry.upstream_name}", kind=SpanKind.CLIENT, attributes=attributes,
                                            record_exception=False, set_status_on_exception=False) as span:
             traceparent = telemetry.current_traceparent() or parent_tp
             body = body.replace(parent_tp.encode(), traceparent.encode(), 1)
-            headers = {**(extra_headers or {}), "traceparent": traceparent}
+            headers = {**(call.extra_headers or {}), "traceparent": traceparent}
             try:
-                return await self._attempt(replica, entry, body, stream, timeout, headers, route, capture, obs)
+                await self._attempt(call, replica, body, answer, timeout, headers, route)
             except (_NotStarted, _MaybeStarted) as exc:
                 span.set_attribute("error.type", exc.error.code)
                 span.set_status(StatusCode.ERROR, exc.error.message)
                 raise
 
     async def _attempt(
-        self,
-        replica: Replica,
-        entry: ToolEntry,
-        body: bytes,
-        stream: _ClientStream,
-        timeout: float,
-        extra_headers: dict[str, str] | None,
-        route: bytes,
-        capture: bool,
-        obs: CallObservation | None = None,
-    ) -> tuple[bool, bytes] | None:
+        self, call: ToolCall, replica: Replica, body: bytes, answer: Answer, timeout: float,
+        extra_headers: dict[str, str] | None, route: Route,
+    ) -> None:
+        entry, obs = call.entry, call.obs
         client = replica.client
         headers = client.call_headers("tools/call", entry.upstream_name)
         if extra_headers:
@@ -188,7 +145,7 @@ class Executor:
         if client.era == "legacy":
             # Every client shares our ONE upstream session with a 2025-era server: two
             # clients' "id": 1 in flight at once would cross. Send a unique id, map it back.
-            rename = _IdRename(stream.request_id)
+            rename = _IdRename(call.request_id)
             body = rename.outgoing(body)
         session = self.fleet.pool.session
         breaker = replica.breaker
@@ -242,36 +199,11 @@ class Executor:
                     obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(latency)
                 verdict = True
                 self.fleet.report_success(replica, trial=trial)
-                check = _Check(entry, replica, self.max_result_bytes, self.validate_results)
-                content_type = resp.headers.get("content-type", "")
-                if content_type.startswith("text/event-stream"):
-                    return await _relay_stream(replica, resp, stream, route, capture, rename, check)
-                try:
-                    data = await _read_limited(resp, check.limit)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its answer: {type(exc).__name__}")) from None
-                except _TooLarge:
-                    resp.close()  # stop the transfer (and the agent's work) rather than drain it
-                    await stream.fail(check.too_large())
-                    return None
-                if rename is not None:
-                    data = rename.incoming(data)
-                if resp.status >= 400:
-                    if obs is not None:
-                        obs.outcome, obs.code = "error", "agent_error"
-                        _classify(obs, data, sse=False)
-                elif check.schema:
-                    message = jsonrpc.last_response(data, sse=False)
-                    if obs is not None and message is not None:
-                        _classify_message(obs, message)
-                    problem = check.problem(message)
-                    if problem is not None:
-                        await stream.fail(problem)
-                        return None
-                elif obs is not None:
-                    _classify(obs, data, sse=False)
-                await stream.json(200 if resp.status < 400 else resp.status, data, route)
-                return (False, data) if capture else None
+                relay = _Relay(call, replica, answer, route, self.checks, rename)
+                if resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    await relay.stream(resp)
+                else:
+                    await relay.json(resp)
             finally:
                 resp.release()
         finally:
@@ -282,72 +214,127 @@ class Executor:
                 obs.metrics.upstream.labels(entry.agent, replica.record.region, replica.id, upstream).inc()
 
 
-class _ClientStream:
-    """The client's response, started lazily so a failed attempt can still be replaced.
+class _Relay:
+    """One attempt's answer on its way to the caller: size counted, result checked,
+    outcome classified for the call's observation."""
 
-    Once an SSE stream is open, a retry (idempotent tools) keeps writing into it; an
-    error after that point is delivered inside the stream as the call's response.
-    """
+    __slots__ = ("call", "replica", "answer", "route", "checks", "rename", "schema")
 
-    __slots__ = ("send", "request_id", "started", "ended", "obs")
+    def __init__(self, call: ToolCall, replica: Replica, answer: Answer, route: Route, checks: ResultChecks,
+                 rename: _IdRename | None) -> None:
+        self.call = call
+        self.replica = replica
+        self.answer = answer
+        self.route = route
+        self.checks = checks
+        self.rename = rename
+        self.schema = checks.has_schema(call.entry)
 
-    def __init__(self, send: Send, request_id: Any, obs: CallObservation | None = None) -> None:
-        self.send = send
-        self.request_id = request_id
-        self.started = False
-        self.ended = False
-        self.obs = obs
+    async def refuse(self, error: EdgefleetError) -> None:
+        if self.call.obs is not None:
+            self.call.obs.failed(error)
+        await fail(self.answer, self.call.request_id, error)
 
-    async def start_sse(self, route: bytes) -> None:
-        if not self.started:
-            self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, (HEADER_ROUTE_B, route)]})
-
-    async def chunk(self, data: bytes) -> None:
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def end(self) -> None:
-        if not self.started:
-            raise AssertionError("end() before any response: callers raise _MaybeStarted instead")
-        self.ended = True
-        await self.send({"type": "http.response.body", "body": b""})
-
-    async def json(self, status: int, data: bytes, route: bytes) -> None:
-        if self.started:  # a retry answered in JSON into an open SSE stream: one event, one line
-            try:
-                line = orjson.dumps(orjson.loads(data))
-            except orjson.JSONDecodeError:
-                line = jsonrpc.error_body(self.request_id, OutcomeUnknown(data={"cause": "the agent's answer is not JSON"}))
-            await self.chunk(b"event: message\ndata: " + line + b"\n\n")
-            await self.end()
+    async def json(self, resp: aiohttp.ClientResponse) -> None:
+        try:
+            data = await _read_limited(resp, self.checks.limit)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")) from None
+        except _TooLarge:
+            resp.close()  # stop the transfer (and the agent's work) rather than drain it
+            await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
             return
-        self.started = self.ended = True
-        await self.send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (HEADER_ROUTE_B, route)]})
-        await self.send({"type": "http.response.body", "body": data})
+        if self.rename is not None:
+            data = self.rename.incoming(data)
+        obs = self.call.obs
+        if resp.status >= 400:
+            if obs is not None:
+                obs.outcome, obs.code = "error", "agent_error"
+                _classify(obs, data, stream=False)
+        elif self.schema:
+            message = jsonrpc.last_response(data, stream=False)
+            if obs is not None and message is not None:
+                _classify_message(obs, message)
+            problem = self.checks.invalid_response(self.call.entry, message, replica=self.replica.id)
+            if problem is not None:
+                await self.refuse(problem)
+                return
+        elif obs is not None:
+            _classify(obs, data, stream=False)
+        if self.answer.started:
+            await json_into_stream(self.answer, self.call.request_id, data)
+        else:
+            await self.answer.send_json(200 if resp.status < 400 else resp.status, data, self.route)
 
-    async def fail(self, error: EdgefleetError) -> None:
-        if self.obs is not None:
-            self.obs.failed(error)
-        if not self.started:
-            raise error
-        if not self.ended:
-            await self.chunk(b"event: message\ndata: " + jsonrpc.error_body(self.request_id, error) + b"\n\n")
-            await self.end()
+    async def stream(self, resp: aiohttp.ClientResponse) -> None:
+        """Relay the agent's SSE event by event (never half an event, so a retry after a
+        break starts on a clean line); a stream that breaks or ends before the answer is a
+        _MaybeStarted (retried for idempotent tools, else outcome_unknown). A stream that
+        grows past the size limit (progress included) is cut off."""
+        splitter = sse.Splitter()
+        answered = False
+        received = 0
+        try:
+            async for chunk in resp.content.iter_any():
+                received += len(chunk)
+                if received > self.checks.limit:
+                    resp.close()  # the agent's handler stops when its connection goes
+                    if answered:
+                        break  # the caller has its answer; whatever follows it is dropped
+                    await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
+                    return
+                events = splitter.feed(chunk)
+                if not events:
+                    continue
+                if self.rename is not None:
+                    events = self.rename.incoming(events)
+                if not answered:
+                    answered, accepted = await self._accept(events)
+                    if not accepted:
+                        return
+                await self._forward(events)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if not answered:
+                raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")) from None
+        else:
+            last = splitter.rest()  # a last event without its blank line
+            if self.rename is not None and last:
+                last = self.rename.incoming(last)
+            if not answered and last:
+                answered, accepted = await self._accept(last)
+                if not accepted:
+                    return
+                if answered:
+                    await self._forward(last)
+            if not answered:
+                raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} ended its stream without an answer"))
+        await self.answer.close_stream()
+
+    async def _accept(self, events: bytes) -> tuple[bool, bool]:
+        """(answered, accepted): does ``events`` hold the call's response, and did it pass
+        the checks (when it did not, the caller got the error instead)."""
+        response = _response_in(events)
+        if response is None:
+            return False, True
+        if self.call.obs is not None:
+            _classify_message(self.call.obs, response)
+        problem = self.checks.invalid_response(self.call.entry, response, replica=self.replica.id) if self.schema else None
+        if problem is not None:
+            await self.refuse(problem)
+            return True, False
+        return True, True
+
+    async def _forward(self, events: bytes) -> None:
+        await self.answer.open_stream(self.route)
+        await self.answer.send_events(events)
 
 
-def _event_boundary(buffer: bytes | bytearray) -> int:
-    """Index just past the last complete SSE event in ``buffer`` (0: none yet)."""
-    lf = buffer.rfind(b"\n\n")
-    crlf = buffer.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
-
-def _classify(obs: CallObservation, payload: bytes, *, sse: bool) -> None:
+def _classify(obs: CallObservation, payload: bytes, *, stream: bool) -> None:
     """Set the call's outcome from the agent's JSON-RPC answer: an ``error`` object, or a
     result with ``isError: true`` (a tool error). Cheap for the common case: no marker, no parse."""
     if not any(marker in payload for marker in _ERROR_MARKERS):
         return
-    message = jsonrpc.last_response(payload, sse=sse)
+    message = jsonrpc.last_response(payload, stream=stream)
     if message is not None:
         _classify_message(obs, message)
 
@@ -365,42 +352,11 @@ def _response_in(events: bytes) -> dict[str, Any] | None:
     """The JSON-RPC response (the call's answer) among these complete SSE events, if any."""
     if b'"id"' not in events:
         return None
-    return next((m for m in jsonrpc.sse_messages(events) if jsonrpc.is_response(m)), None)
+    return next((m for m in sse.messages(events) if jsonrpc.is_response(m)), None)
 
 
 class _TooLarge(Exception):
     pass
-
-
-class _Check:
-    """What one attempt's answer must pass: the size limit always, the tool's outputSchema
-    only when it declares one (``schema``: no other tool pays for parsing its answers)."""
-
-    __slots__ = ("entry", "replica", "limit", "schema")
-
-    def __init__(self, entry: ToolEntry, replica: Replica, limit: int, validate: bool) -> None:
-        self.entry = entry
-        self.replica = replica
-        self.limit = limit
-        self.schema = validate and entry.output_validator is not None
-
-    def problem(self, message: dict[str, Any] | None) -> InvalidToolResult | None:
-        """The error replacing this response, when its result breaks the outputSchema."""
-        result = message.get("result") if message is not None and jsonrpc.is_response(message) else None
-        if not isinstance(result, dict):
-            return None  # an error answer, or not JSON-RPC at all: relayed as it is
-        problem = self.entry.result_problem(result)
-        if problem is None:
-            return None
-        log.warning("replica %s answered %s with a result that breaks its outputSchema: %s", self.replica.id, self.entry.public_name, problem)
-        return InvalidToolResult(problem, data={"tool": self.entry.public_name, "replica": self.replica.id})
-
-    def too_large(self) -> ResultTooLarge:
-        log.warning("replica %s answered %s with more than %d bytes: not relayed", self.replica.id, self.entry.public_name, self.limit)
-        return ResultTooLarge(
-            f"The answer of {self.entry.public_name} is larger than {self.limit} bytes (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
-            data={"tool": self.entry.public_name, "replica": self.replica.id, "limit_bytes": self.limit},
-        )
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -455,94 +411,12 @@ class _IdRename:
         return payload
 
 
-async def _relay_stream(
-    replica: Replica, resp: aiohttp.ClientResponse, stream: _ClientStream, route: bytes, capture: bool,
-    rename: _IdRename | None, check: _Check,
-) -> tuple[bool, bytes] | None:
-    """Relay the agent's SSE event by event (never half an event, so a retry after a
-    break starts on a clean line); a stream that breaks or ends before the answer is a
-    _MaybeStarted (retried for idempotent tools, else outcome_unknown). A stream that
-    grows past the size limit (progress included) is cut off."""
-    chunks: list[bytes] | None = [] if capture else None
-    pending = bytearray()
-    answered = False
-    received = 0
-    try:
-        async for chunk in resp.content.iter_any():
-            received += len(chunk)
-            if received > check.limit:
-                resp.close()  # the agent's handler stops when its connection goes
-                if answered:
-                    break  # the client has its answer; whatever follows it is dropped
-                await stream.fail(check.too_large())
-                return None
-            pending += chunk
-            cut = _event_boundary(pending)
-            if not cut:
-                continue
-            complete = bytes(pending[:cut])
-            del pending[:cut]
-            if rename is not None:
-                complete = rename.incoming(complete)
-            if not answered:
-                response = _response_in(complete)
-                if response is not None:
-                    answered = True
-                    if not await _accept(response, stream, check):
-                        return None
-            await _forward(complete, stream, route, chunks)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        if not answered:
-            raise _MaybeStarted(UpstreamError(f"replica {replica.id} broke off its stream: {type(exc).__name__}")) from None
-    else:
-        if not answered and bytes(pending).strip():  # a last event without its blank line
-            complete = bytes(pending) + b"\n\n"
-            if rename is not None:
-                complete = rename.incoming(complete)
-            response = _response_in(complete)
-            if response is not None:
-                answered = True
-                if not await _accept(response, stream, check):
-                    return None
-                await _forward(complete, stream, route, chunks)
-        if not answered:
-            raise _MaybeStarted(UpstreamError(f"replica {replica.id} ended its stream without an answer"))
-    await stream.end()
-    return (True, b"".join(chunks)) if chunks is not None else None
-
-
-async def _accept(response: dict[str, Any], stream: _ClientStream, check: _Check) -> bool:
-    """Record the answer's outcome and check it: False when it was replaced by an error."""
-    if stream.obs is not None:
-        _classify_message(stream.obs, response)
-    problem = check.problem(response) if check.schema else None
-    if problem is None:
-        return True
-    await stream.fail(problem)
-    return False
-
-
-async def _forward(events: bytes, stream: _ClientStream, route: bytes, chunks: list[bytes] | None) -> None:
-    await stream.start_sse(route)
-    if chunks is not None:
-        chunks.append(events)
-    await stream.chunk(events)
-
-
-def _reason(replica: Replica | None, order: RouteOrder) -> str:
-    if replica is not None and order.regions and replica.record.region != order.regions[0]:
-        return order.reason + "+failover"
-    return order.reason
-
-
-def _route_header(replica: Replica, order: RouteOrder, attempt: int, obs: CallObservation | None) -> bytes:
-    reason = _reason(replica, order)
-    if obs is not None:
-        obs.reason = reason
-    return (
-        f"region={replica.record.region}; replica={replica.id}; caller-region={order.caller_region or '-'}; "
-        f"reason={reason}; attempt={attempt}"
-    ).encode()
+def _route(replica: Replica, order: RouteOrder, attempt: int) -> Route:
+    reason = order.reason
+    if order.regions and replica.record.region != order.regions[0]:
+        reason += "+failover"
+    return Route("direct", region=replica.record.region, replica=replica.id, caller_region=order.caller_region,
+                 reason=reason, attempt=attempt)
 
 
 class _NotStarted(Exception):

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edgefleet.dispatcher.fleet.admission import admit
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, AgentCredential
-from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, bearer, fingerprint
-from edgefleet.dispatcher.security.auth import Authenticator, Identity, protected_resource_metadata, resource_urls
+from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
+from edgefleet.dispatcher.security.auth import Authenticator, Identity, bearer, protected_resource_metadata, resource_urls
 from edgefleet.dispatcher.tasks.methods import TaskMethods
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.observability.metrics import CONTENT_TYPE, Metrics
@@ -54,7 +54,7 @@ def build_api(
             return
         audit.record(event, code=exc.code, reason=exc.message, path=request.url.path, method=request.method,
                      caller=request.client.host if request.client else None,
-                     credential=fingerprint(bearer(request.headers.get("authorization"))),
+                     credential=fingerprint(bearer(request.headers.get("authorization")) or request.headers.get("authorization")),
                      agent=exc.data.get("agent"), scope=exc.data.get("scope"))
 
     @api.exception_handler(RequestValidationError)

@@ -23,7 +23,7 @@ from edgefleet.shared.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.catalog import ToolEntry
-    from edgefleet.dispatcher.fleet.fleet import Replica
+    from edgefleet.dispatcher.fleet.replica import Replica
     from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.router")

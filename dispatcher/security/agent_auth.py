@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.dispatcher.security.auth import Authenticator, hash_key
+from edgefleet.dispatcher.security.auth import Authenticator, bearer, hash_key
 from edgefleet.shared.constants import AGENT_NAME_RE
 from edgefleet.shared.errors import ConfigError, Forbidden, NamespaceForbidden, Unauthorized
 
@@ -80,9 +80,8 @@ class AgentAuthenticator:
         self.clients = clients
 
     def authenticate(self, authorization: str | None) -> AgentCredential:
-        scheme, _, presented = (authorization or "").partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
+        presented = bearer(authorization)
+        if presented is None:
             raise Unauthorized("Send Authorization: Bearer <fleet token or agent key>.")
         if self.fleet_token and hmac.compare_digest(presented.encode(), self.fleet_token):
             return AgentCredential("fleet-token", "fleet")

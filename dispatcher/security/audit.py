@@ -42,18 +42,11 @@ MAX_WAIT_S = 4.0
 
 def fingerprint(credential: str | None) -> str | None:
     """A short digest that tells repeated attempts with one credential apart (and matches
-    the first hex digits of an API key's stored hash) without revealing it."""
+    the first hex digits of an API key's stored hash) without revealing it. Pass the bearer
+    credential, or the whole Authorization value when it is not one."""
     if not credential:
         return None
     return hashlib.sha256(credential.encode()).hexdigest()[:12]
-
-
-def bearer(authorization: str | None) -> str | None:
-    """The credential of an Authorization header (the whole value when it is not Bearer)."""
-    scheme, _, credential = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer":
-        return credential.strip() or None
-    return authorization or None
 
 
 class AuditLog:

@@ -159,6 +159,15 @@ class JwtVerifier:
         return Identity(str(claims["sub"]), scopes, tools, regions, "jwt"), float(claims["exp"])
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header (the one parser of
+    it: clients on /mcp and /v1, agents and operators on the registry), or None."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None
+
+
 def challenge(metadata_url: str, error: str | None = None) -> str:
     """The WWW-Authenticate value of a 401 (RFC 6750 + RFC 9728 resource_metadata)."""
     return f'Bearer resource_metadata="{metadata_url}"' + (f', error="{error}"' if error else "")
@@ -215,9 +224,8 @@ class Authenticator:
     def authenticate(self, authorization: str | None) -> Identity:
         if not self.enabled:
             return ANONYMOUS
-        scheme, _, credential = (authorization or "").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer(authorization)
+        if credential is None:
             raise Unauthorized("Authentication required: send Authorization: Bearer <API key or token>.")
         if credential.startswith(KEY_PREFIX):
             found = self._api_key(credential)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from edgefleet.dispatcher.paths.answer import Answer, fail, send_message
 from edgefleet.dispatcher.tasks.model import TaskRecord
 from edgefleet.dispatcher.tasks.store import BadCursor, TaskStore
+from edgefleet.shared import sse
 from edgefleet.shared.constants import META_RELATED_TASK
 from edgefleet.shared.errors import InvalidParams, TaskFinished, TaskNotFound
 
@@ -33,11 +34,9 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.security.rate_limits import RateLimits
     from edgefleet.dispatcher.tasks.runner import TaskRunner
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 # tasks/result re-reads the record at least this often even without an event (a lost
 # pub/sub message must not hang a waiter).
 RECHECK_S = 5.0
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
 
 
 def task_id_of(params: dict[str, Any]) -> str:
@@ -109,7 +108,7 @@ class TaskMethods:
         await self.runner.cancel(record, identity.name)
         return (await self.find(record.id, identity)).legacy()
 
-    async def legacy_result(self, request_id: Any, params: dict[str, Any], identity: Identity, send: Send, *, sse: bool) -> None:
+    async def legacy_result(self, request_id: Any, params: dict[str, Any], identity: Identity, answer: Answer, *, stream: bool) -> None:
         """Block until the task is terminal, then answer what the call would have answered.
 
         With an SSE-capable client the wait is a stream: progress the agent reports is
@@ -120,20 +119,17 @@ class TaskMethods:
         record = await self.find(task_id, identity)
         token = (record.request.get("_meta") or {}).get("progressToken") if isinstance(record.request.get("_meta"), dict) else None
         related = {META_RELATED_TASK: {"taskId": task_id}}
-        started = False
         # Progress is relayed only to a client that waits for it (not after the fact).
         last_progress: Any = record.progress if record.terminal else None
         async with self.store.events.watch(task_id) as events:
             record = await self.find(task_id, identity)  # again, now that no change can be missed
             while True:
-                if sse and token is not None and record.progress and record.progress != last_progress:
+                if stream and token is not None and record.progress and record.progress != last_progress:
                     last_progress = record.progress
-                    if not started:
-                        started = True
-                        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                     note = {"jsonrpc": "2.0", "method": "notifications/progress",
                             "params": {"progressToken": token, **record.progress, "_meta": related}}
-                    await send({"type": "http.response.body", "body": _event(note), "more_body": True})
+                    await answer.open_stream(None)
+                    await answer.send_events(sse.frame(orjson.dumps(note)))
                 if record.terminal:
                     break
                 with contextlib.suppress(TimeoutError):
@@ -143,27 +139,18 @@ class TaskMethods:
                 try:
                     record = await self.find(task_id, identity)
                 except TaskNotFound as exc:  # expired while we waited
-                    if not started:
-                        raise
-                    answer = {"jsonrpc": "2.0", "id": request_id, "error": exc.to_jsonrpc()}
-                    await send({"type": "http.response.body", "body": _event(answer), "more_body": True})
-                    await send({"type": "http.response.body", "body": b""})
+                    await fail(answer, request_id, exc)
                     return
         outcome = record.outcome()
         if "result" in outcome:
             result = dict(outcome["result"])
             result["_meta"] = {**(result.get("_meta") or {}), **related}
-            answer = {"jsonrpc": "2.0", "id": request_id, "result": result}
+            message = {"jsonrpc": "2.0", "id": request_id, "result": result}
         else:
             error = dict(outcome["error"])
             error["data"] = {**(error.get("data") if isinstance(error.get("data"), dict) else {}), "_meta": related}
-            answer = {"jsonrpc": "2.0", "id": request_id, "error": error}
-        if started:
-            await send({"type": "http.response.body", "body": _event(answer), "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+            message = {"jsonrpc": "2.0", "id": request_id, "error": error}
+        await send_message(answer, orjson.dumps(message), None)
 
     # -- 2026-07-28 extension --------------------------------------------------------------
     async def modern_get(self, params: dict[str, Any], identity: Identity) -> dict[str, Any]:
@@ -188,6 +175,3 @@ class TaskMethods:
         # spec says responses to keys that are not outstanding are ignored: acknowledge.
         return {"resultType": "complete"}
 
-
-def _event(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"

@@ -30,12 +30,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import redis.exceptions
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from edgefleet.dispatcher.observability.observe import CallObservation
+from edgefleet.dispatcher.paths.call import ToolCall
+from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
@@ -49,17 +50,20 @@ from edgefleet.shared.errors import (
     TaskCancelled,
     TaskFinished,
     TooManyTasks,
+    UpstreamError,
     UpstreamTimeout,
 )
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.security.audit import AuditLog
-    from edgefleet.dispatcher.paths.bus import BusPath
     from edgefleet.dispatcher.fleet.catalog import ToolEntry
-    from edgefleet.dispatcher.paths.direct import Executor
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.observability.metrics import Metrics
+    from edgefleet.dispatcher.paths.bus import BusPath
+    from edgefleet.dispatcher.paths.checks import ResultChecks
+    from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.routing.router import RouteOrder, Router
+    from edgefleet.dispatcher.security.audit import AuditLog
+    from edgefleet.dispatcher.security.auth import Identity
     from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.tasks")
@@ -130,15 +134,16 @@ class ProgressWriter:
 
 class TaskRunner:
     def __init__(
-        self, settings: DispatcherSettings, store: TaskStore, fleet: Fleet, router: Router, executor: Executor,
-        bus_path: BusPath | None, metrics: Metrics, instance: str, audit: AuditLog | None = None,
+        self, settings: DispatcherSettings, store: TaskStore, fleet: Fleet, router: Router, paths: CallPaths,
+        checks: ResultChecks, metrics: Metrics, instance: str, audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
         self.router = router
-        self.executor = executor
-        self.bus_path = bus_path
+        self.paths = paths
+        self.bus_path: BusPath | None = paths.bus
+        self.checks = checks
         self.metrics = metrics
         self.instance = instance
         self.audit = audit  # creations and cancels (status changes are audited by the store itself)
@@ -206,9 +211,12 @@ class TaskRunner:
             self.audit.record("task.status", task=record.id, status=record.status, owner=record.owner, tool=record.tool,
                               origin=record.origin, path=record.path or None)
 
-    async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
+    async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
+                         identity: Identity | None = None) -> None:
         """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
         params = _with_progress_token(params, record.id)
+        # A task goes over the bus whenever the agent consumes it, even for tools whose
+        # ordinary calls go direct: its work then survives this dispatcher.
         if entry.handler is None and self.bus_path is not None and self.bus_path.serves(entry):
             record.path = "bus"
             await self._create(record)
@@ -222,7 +230,7 @@ class TaskRunner:
         record.path = "builtin" if entry.handler is not None else "direct"
         record.runner = self.instance
         await self._create(record, lease_until_ms=now_ms() + self.lease_ms)
-        self._spawn(record, entry, params, order)
+        self._spawn(record, entry, params, order, identity)
 
     async def record_answered(self, record: TaskRecord, result: dict[str, Any]) -> None:
         """A task whose answer is known before any work (e.g. invalid arguments): created, then completed."""
@@ -309,33 +317,35 @@ class TaskRunner:
 
     # -- finishing -----------------------------------------------------------------------
     async def finish(self, task_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
-                     *, route: dict[str, str] | None = None) -> str:
+                     *, route: Route | None = None) -> str:
         """Record the call's answer: ``completed`` with its result (even a tool error:
         isError is a result), or ``failed`` with its JSON-RPC error. A task cancelled
         meanwhile stays cancelled (the store refuses the move)."""
-        route = route or {}
+        where = route.fields() if route is not None else {}
         if result is not None:
             message = "The tool reported an error." if result.get("isError") else "Completed."
             outcome = await self.store.transition(task_id, COMPLETED, message=message, result=result,
-                                                  region=route.get("region"), replica=route.get("replica"))
+                                                  region=where.get("region"), replica=where.get("replica"))
             status = COMPLETED
         else:
-            error = error or {"code": -32603, "message": "no answer"}
+            error = error or EdgefleetError("The task ended without an answer.").to_jsonrpc()
             outcome = await self.store.transition(task_id, FAILED, message=str(error.get("message", "failed"))[:500], error=error,
-                                                  region=route.get("region"), replica=route.get("replica"))
+                                                  region=where.get("region"), replica=where.get("replica"))
             status = FAILED
         if outcome == "ok":
             self._count(status)
         return outcome
 
     # -- in-process work -----------------------------------------------------------------
-    def _spawn(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
-        work = asyncio.create_task(self._run_local(record, entry, params, order), name=f"task-{record.id[:8]}")
+    def _spawn(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
+               identity: Identity | None = None) -> None:
+        work = asyncio.create_task(self._run_local(record, entry, params, order, identity), name=f"task-{record.id[:8]}")
         work.add_done_callback(_log_crash)
         self.running[record.id] = work
         work.add_done_callback(lambda _: (self.running.pop(record.id, None), self._cancelled.discard(record.id)))
 
-    async def _run_local(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder) -> None:
+    async def _run_local(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
+                         identity: Identity | None) -> None:
         writer = ProgressWriter(self.store, record.id)
         sink = TaskSink(on_progress=writer.report)
         remaining = max(0.001, record.deadline_ms / 1000 - time.time())
@@ -349,14 +359,11 @@ class TaskRunner:
             obs.routed(order)
             try:
                 async with asyncio.timeout(remaining):
-                    if entry.handler is not None:
-                        result = await entry.handler(params.get("arguments") or {}, order=order, timeout_s=remaining)
-                    else:
-                        meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
-                        telemetry.inject_into(meta)
-                        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {**params, "_meta": meta}})
-                        await self.executor.call(entry, 1, body, sink, order=order, timeout_s=remaining, obs=obs)
-                        result, error = sink.outcome()
+                    meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
+                    telemetry.inject_into(meta)
+                    call = ToolCall(entry, 1, {**params, "_meta": meta}, order, remaining, obs=obs, identity=identity, modern=False)
+                    await self.paths.call(call, sink)
+                    result, error = sink.outcome()
             except EdgefleetError as exc:
                 obs.failed(exc)
                 error = exc.to_jsonrpc()
@@ -372,8 +379,7 @@ class TaskRunner:
                 raise  # this dispatcher is stopping: the lease is released, another one recovers it
             except Exception as exc:  # noqa: BLE001 - a bug must end the task, not leave it to be re-run forever
                 log.exception("task %s (%s): the call raised", record.id, entry.public_name)
-                error = {"code": -32603, "message": f"Internal error running the task: {type(exc).__name__}",
-                         "data": {"code": "internal"}}
+                error = EdgefleetError(f"Internal error running the task: {type(exc).__name__}").to_jsonrpc()
                 obs.answered_with_error(error)
             if result is not None and result.get("isError"):
                 obs.outcome = "tool_error"
@@ -495,7 +501,7 @@ class TaskRunner:
         except ValidationError:
             log.warning("dropping a malformed task reply")
             return
-        route = {"region": reply.region, "replica": reply.replica}
+        route = Route("bus", region=reply.region, replica=reply.replica, task=reply.task_id)
         if reply.kind == "progress":
             notification = reply.notification or {}
             params = notification.get("params")
@@ -515,15 +521,16 @@ class TaskRunner:
                 return
             await self.finish(reply.task_id, reply.result, None, route=route)
         else:
-            await self.finish(reply.task_id, None, reply.error or {"code": -31002, "message": "failed"}, route=route)
+            error = reply.error or UpstreamError("The agent's bus worker answered without a result.").to_jsonrpc()
+            await self.finish(reply.task_id, None, error, route=route)
 
     async def _refused_result(self, reply: Reply, size: int) -> EdgefleetError | None:
         """The same checks as a call's answer on the bus path (size, outputSchema)."""
         record = await self.store.get(reply.task_id)
         entry = self.fleet.catalog.get(record.tool) if record is not None else None
-        if entry is None or self.bus_path is None:
+        if entry is None:
             return None
-        return self.bus_path.result_error(entry, reply.task_id, reply, size)
+        return self.checks.refused(entry, reply.result, size, replica=reply.replica or "-", task=reply.task_id)
 
     def _count(self, status: str) -> None:
         self.metrics.task_transitions.labels(status).inc()

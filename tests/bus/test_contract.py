@@ -14,7 +14,7 @@ from edgefleet import bus
 from edgefleet.bus import Bus, Delivery
 from edgefleet.shared.errors import BusUnavailable, ConfigError
 
-# Group timeouts short enough for tests (INFRA.md: defaults make a rejoin take 18 s).
+# Group timeouts short enough for tests (docs/infrastructure.md: defaults make a rejoin take 18 s).
 FAST_KAFKA = {"session_timeout_ms": 1000, "heartbeat_interval_ms": 200, "rebalance_timeout_ms": 1000, "partitions": 2}
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edgefleet.dispatcher.routing.balancing import least_outstanding, p2c_ewma
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.fleet.fleet import Replica
+    from edgefleet.dispatcher.fleet.replica import Replica
 
 Policy = Callable[[Sequence["Replica"]], list["Replica"]]
 

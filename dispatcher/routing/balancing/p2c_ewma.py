@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgefleet.dispatcher.fleet.fleet import Replica
+    from edgefleet.dispatcher.fleet.replica import Replica
 
 
 def rank(replicas: Sequence[Replica]) -> list[Replica]:

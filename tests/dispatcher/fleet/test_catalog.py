@@ -2,7 +2,7 @@ from typing import Any
 
 from edgefleet.dispatcher.fleet.breaker import BreakerPolicy, CircuitBreaker
 from edgefleet.dispatcher.fleet.catalog import Catalog
-from edgefleet.dispatcher.fleet.fleet import Replica
+from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.shared.models import ReplicaRecord
 
 TOOL = {"name": "keywords", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}, "top": {"type": "integer", "minimum": 1}}, "required": ["text"]},

@@ -5,27 +5,22 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.dispatcher.observability.metrics import Metrics
-from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.observability.metrics import Metrics, ReplicaState, StateSources
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "compose" / "observability" / "grafana" / "dashboards" / "edgefleet.json"
 PROMETHEUS = ROOT / "compose" / "observability" / "prometheus.yml"
 
 
-class _Pool:
-    def connection_counts(self) -> tuple[int, int]:
-        return 3, 1
-
-
 def _metrics() -> Metrics:
     metrics = Metrics()
-    fleet = SimpleNamespace(replicas={}, catalog=SimpleNamespace(entries={"a.b": None}))
-    metrics.watch(fleet, _Pool(), ResultCache(10))  # type: ignore[arg-type]
+    metrics.watch(StateSources(
+        replicas=lambda: [ReplicaState("a", "eu-west", "a-1", 0, True, 2, 0.004)], pool=lambda: (3, 1),
+        cache=lambda: (5, 7, 1), catalog_tools=lambda: 1, refused=[lambda: {"tool": 2}, lambda: {"open_tasks": 1}],
+    ))
     return metrics
 
 
@@ -83,15 +78,15 @@ def test_agent_errors_get_bounded_labels() -> None:
     assert error_label("nonsense") == ("error", "agent_error")
 
     obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
-    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError": true}}', sse=False)
+    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError": true}}', stream=False)
     assert obs.outcome == "tool_error"
     obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
     sse = (b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"error":1}}\n\n'
            b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}\n\n')
-    _classify(obs, sse, sse=True)
+    _classify(obs, sse, stream=True)
     assert (obs.outcome, obs.code) == ("error", "agent_error")
     obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
-    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"error":"a field named error"},"isError":false}}', sse=False)
+    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"error":"a field named error"},"isError":false}}', stream=False)
     assert obs.outcome == "ok"
 
 

@@ -15,12 +15,19 @@ from opentelemetry.trace import INVALID_SPAN
 
 from edgefleet.dispatcher.fleet.breaker import CircuitBreaker
 from edgefleet.dispatcher.fleet.catalog import Catalog
-from edgefleet.dispatcher.paths.direct import Executor
-from edgefleet.dispatcher.fleet.fleet import Fleet, Replica
+from edgefleet.dispatcher.paths.answer import HttpAnswer
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.paths.call import ToolCall
+from edgefleet.dispatcher.paths.checks import ResultChecks
+from edgefleet.dispatcher.paths.direct import DirectPath
+from edgefleet.dispatcher.paths.dispatch import CallPaths
+from edgefleet.dispatcher.fleet.fleet import Fleet
+from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.routing.router import Router
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
 from edgefleet.shared.errors import InvalidToolResult, ResultTooLarge
+from edgefleet.shared.constants import META_EDGE_CACHE_TTL
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 
@@ -70,9 +77,11 @@ class Harness:
         self.pool = UpstreamPool(self.settings)
         self.fleet = Fleet(self.settings, aioredis.from_url("redis://127.0.0.1:1"), self.pool)
         self.router = Router(self.settings, [])
-        self.executor = Executor(self.fleet, self.router)
+        self.checks = ResultChecks(self.settings.max_result_bytes, self.settings.validate_results)
+        self.cache = ResultCache(100)
+        self.paths = CallPaths(DirectPath(self.fleet, self.router, self.checks), None, self.cache)
         self.servers: list[asyncio.AbstractServer] = []
-        self.captured: tuple[bool, bytes] | None = None
+        self.captured: bytes | None = None  # what the result cache kept of the last call
         self.relaying = asyncio.Event()  # set once a body chunk reached the client
 
     async def replica(self, script: Script, region: str, era: str = "modern") -> Replica:
@@ -84,9 +93,11 @@ class Harness:
 
     async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0, output_schema: dict[str, Any] | None = None,
                    capture: bool = False, obs: CallObservation | None = None) -> list[dict[str, Any]]:
+        # capture: a read-only tool with a cache TTL, so a good answer lands in the result cache.
+        annotations = {"idempotentHint": idempotent, **({"readOnlyHint": True} if capture else {})}
         for r in replicas:
-            r.record.tools = [{"name": "t", "annotations": {"idempotentHint": idempotent},
-                               **({"outputSchema": output_schema} if output_schema else {})}]
+            r.record.tools = [{"name": "t", "annotations": annotations, **({"outputSchema": output_schema} if output_schema else {}),
+                               **({"_meta": {META_EDGE_CACHE_TTL: 60}} if capture else {})}]
         entry = Catalog.build(replicas).get("a.t")
         assert entry is not None
         sent: list[dict[str, Any]] = []
@@ -97,8 +108,13 @@ class Harness:
                 self.relaying.set()
 
         order = self.router.order("127.0.0.1", {}, frozenset(r.record.region for r in replicas))
-        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}})
-        self.captured = await self.executor.call(entry, 1, body, send, order=order, timeout_s=timeout_s, capture=capture, obs=obs)
+        self.cache.entries.clear()
+        call = ToolCall(entry, 1, {"name": "t", "arguments": {}}, order, timeout_s, obs=obs)
+        try:
+            await self.paths.call(call, HttpAnswer(send))
+        finally:
+            kept = list(self.cache.entries.values())
+            self.captured = kept[0][1] if kept else None
         return sent
 
 
@@ -295,27 +311,28 @@ async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_er
     assert harness.captured is None
 
 
-async def test_conforming_results_and_tool_errors_pass_and_are_captured(harness: Harness) -> None:
+async def test_conforming_results_and_tool_errors_pass_and_conforming_ones_are_cached(harness: Harness) -> None:
     good = {"content": [], "structuredContent": {"celsius": 21.5}}
     tool_error = {"content": [{"type": "text", "text": "no such city"}], "isError": True}
     for result in (good, tool_error):
         for raw in (json_answer(result), sse_answer(result)):
             a = await harness.replica(answers(raw), "eu-west")
             sent = await harness.call([a], idempotent=False, output_schema=SCHEMA, capture=True)
-            assert answer_of(sent)["result"] == result and harness.captured is not None
+            assert answer_of(sent)["result"] == result
+            assert (harness.captured is not None) == (result is good)  # tool errors are never cached
 
 
 async def test_results_are_not_checked_without_a_schema_or_with_validation_off(harness: Harness) -> None:
     bad = json_answer({"content": [], "structuredContent": {"celsius": "warm"}})
     a = await harness.replica(answers(bad), "eu-west")
     assert answer_of(await harness.call([a], idempotent=False))["result"]["structuredContent"] == {"celsius": "warm"}
-    harness.executor.validate_results = False
+    harness.checks.validate = False
     b = await harness.replica(answers(bad), "eu-west")
     assert answer_of(await harness.call([b], idempotent=False, output_schema=SCHEMA))["result"]["structuredContent"] == {"celsius": "warm"}
 
 
 async def test_a_json_answer_over_the_limit_is_refused_and_not_retried_elsewhere(harness: Harness) -> None:
-    harness.executor.max_result_bytes = 4096
+    harness.checks.limit = 4096
     calls = []
 
     async def other(writer: asyncio.StreamWriter) -> None:
@@ -332,7 +349,7 @@ async def test_a_json_answer_over_the_limit_is_refused_and_not_retried_elsewhere
 
 async def test_an_endless_chunked_json_answer_is_cut_off_at_the_limit(harness: Harness) -> None:
     """No Content-Length: counted as read, and the connection is dropped (the agent stops)."""
-    harness.executor.max_result_bytes = 4096
+    harness.checks.limit = 4096
     stopped = asyncio.Event()
 
     async def endless(writer: asyncio.StreamWriter) -> None:
@@ -352,7 +369,7 @@ async def test_an_endless_chunked_json_answer_is_cut_off_at_the_limit(harness: H
 
 
 async def test_a_stream_growing_past_the_limit_ends_with_result_too_large_inside_it(harness: Harness) -> None:
-    harness.executor.max_result_bytes = 4096
+    harness.checks.limit = 4096
     stopped = asyncio.Event()
 
     async def progress_forever(writer: asyncio.StreamWriter) -> None:

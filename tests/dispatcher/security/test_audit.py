@@ -7,7 +7,8 @@ import redis.asyncio as aioredis
 import pytest
 
 from edgefleet.dispatcher.security import audit
-from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, bearer, fingerprint
+from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
+from edgefleet.dispatcher.security.auth import bearer
 from edgefleet.dispatcher.security.auth import hash_key
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
 
@@ -54,4 +55,4 @@ def test_arguments_are_names_unless_configured_and_credentials_are_fingerprints(
     names.record("call")
     assert not names._buffer
     assert fingerprint(bearer("Bearer ef_key")) == hash_key("ef_key")[:12] and fingerprint(bearer(None)) is None
-    assert bearer("Basic dXNlcg==") == "Basic dXNlcg=="
+    assert bearer("Basic dXNlcg==") is None and bearer("Bearer  ") is None and bearer("bearer x ") == "x"

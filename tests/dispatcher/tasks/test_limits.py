@@ -28,6 +28,9 @@ from edgefleet.dispatcher.tasks.client import TaskHandle, TasksExtension
 from edgefleet.dispatcher.tasks.methods import TaskMethods
 from edgefleet.dispatcher.tasks.model import COMPLETED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.runner import TaskRunner, new_task_id
+from edgefleet.dispatcher.paths.answer import HttpAnswer
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.paths.dispatch import CallPaths
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
 from edgefleet.shared.errors import RateLimited, TooManyTasks
@@ -61,7 +64,8 @@ def settings(redis_url: str, redis_prefix: str, **values: Any) -> DispatcherSett
 async def test_each_request_counts_once_however_long_it_waits(store: TaskStore, redis_url: str, redis_prefix: str) -> None:
     config = settings(redis_url, redis_prefix, task_rate_limit="4/minute", rate_limit="1/minute", max_open_tasks=5)
     limits = RateLimits(config)
-    runner = TaskRunner(config, store, None, None, None, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
+    paths = CallPaths(None, None, ResultCache(0))  # type: ignore[arg-type]  # adopting runs no call
+    runner = TaskRunner(config, store, None, None, paths, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
     methods = TaskMethods(store, runner, limits=limits)
     alice, bob = Identity("alice"), Identity("bob")
     task = record()
@@ -71,7 +75,7 @@ async def test_each_request_counts_once_however_long_it_waits(store: TaskStore, 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    waiting = asyncio.create_task(methods.legacy_result(1, {"taskId": task.id}, alice, send, sse=False))
+    waiting = asyncio.create_task(methods.legacy_result(1, {"taskId": task.id}, alice, HttpAnswer(send), stream=False))
     deadline = asyncio.get_running_loop().time() + 5
     while task.id not in store.events.waiters:  # tasks/result is now waiting for changes
         assert not waiting.done() and asyncio.get_running_loop().time() < deadline
@@ -109,7 +113,8 @@ async def test_the_task_rate_limit_fails_open_without_redis(caplog: pytest.LogCa
 
 async def test_a_call_is_not_adopted_when_its_owner_is_at_the_cap(store: TaskStore, redis_url: str, redis_prefix: str) -> None:
     config = settings(redis_url, redis_prefix, max_open_tasks=1)
-    runner = TaskRunner(config, store, None, None, None, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
+    paths = CallPaths(None, None, ResultCache(0))  # type: ignore[arg-type]  # adopting runs no call
+    runner = TaskRunner(config, store, None, None, paths, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
     await store.create(record(), max_open=1)
     release = asyncio.Event()
 

@@ -11,6 +11,8 @@ import redis.asyncio as aioredis
 
 from edgefleet.dispatcher.observability.metrics import Metrics
 from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, TaskRecord
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.paths.dispatch import CallPaths
 from edgefleet.dispatcher.tasks.runner import TaskRunner, new_task_id
 from edgefleet.dispatcher.tasks.store import BadCursor, TaskStore, now_ms
 from edgefleet.shared.constants import RedisKeys
@@ -217,7 +219,8 @@ async def test_every_terminal_status_frees_the_slot_and_input_required_keeps_it(
 
 async def test_the_deadline_sweep_frees_the_slot(store: TaskStore) -> None:
     settings = DispatcherSettings(fleet_token="t", max_open_tasks=1)
-    runner = TaskRunner(settings, store, None, None, None, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
+    paths = CallPaths(None, None, ResultCache(0))  # type: ignore[arg-type]  # the sweep runs no call
+    runner = TaskRunner(settings, store, None, None, paths, None, Metrics(), "dispatcher-a")  # type: ignore[arg-type]
     late = record()
     late.deadline_ms = now_ms() - 1
     await store.create(late, max_open=1)

@@ -1,0 +1,135 @@
+"""The 2025-11-25 era (and earlier) on ``/mcp``: ``initialize`` opens a session
+(``Mcp-Session-Id``, stored in Redis so any dispatcher replica can serve it);
+``notifications/cancelled`` cancels a call; DELETE ends the session."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from edgefleet.dispatcher.mcp.calls import CallRequest
+from edgefleet.dispatcher.mcp.cancellation import disconnected
+from edgefleet.dispatcher.mcp.capabilities import CAPABILITIES, INSTRUCTIONS, LEGACY_TASK_CAPABILITIES, SERVER_INFO, TASKS_LEGACY_VERSION
+from edgefleet.dispatcher.paths.answer import HttpAnswer
+from edgefleet.shared import jsonrpc
+from edgefleet.shared.asgi import Receive, TrackingSend, respond
+from edgefleet.shared.constants import HEADER_SESSION_ID, LATEST_LEGACY_VERSION, LEGACY_PROTOCOL_VERSIONS
+from edgefleet.shared.errors import (
+    EdgefleetError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    SessionNotFound,
+    SessionRequired,
+)
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.mcp.calls import ToolCalls
+    from edgefleet.dispatcher.mcp.sessions import Session, SessionStore
+    from edgefleet.dispatcher.security.auth import Identity
+    from edgefleet.dispatcher.tasks.methods import TaskMethods
+
+# JSON-RPC-level errors in this era ride an HTTP 200 (the HTTP exchange worked).
+RPC_LEVEL = (MethodNotFound, InvalidParams)
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class LegacyEra:
+    def __init__(self, calls: ToolCalls, sessions: SessionStore, tasks: TaskMethods | None) -> None:
+        self.calls = calls
+        self.sessions = sessions
+        self.tasks = tasks
+
+    async def initialize(self, message: jsonrpc.Message, send: TrackingSend, identity: Identity) -> None:
+        if message.kind != "request":
+            raise InvalidRequest("initialize must be a request (with an id).")
+        params = message.params
+        requested = params.get("protocolVersion")
+        negotiated = requested if requested in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
+        client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
+        capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
+        offered = LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
+        result = {"protocolVersion": negotiated, "capabilities": offered, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
+        await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
+
+    async def delete(self, headers: dict[str, str], send: TrackingSend, identity: Identity) -> None:
+        session_id = headers.get(HEADER_SESSION_ID)
+        if not session_id:
+            raise SessionRequired("DELETE ends a 2025-era session: send its Mcp-Session-Id.")
+        session = await self.sessions.get(session_id)
+        if session is None or session.owner != identity.name or not await self.sessions.delete(session_id):
+            raise SessionNotFound()
+        await respond(send, 200, content_type=None)
+
+    async def handle(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend,
+                     peer: str | None, identity: Identity) -> None:
+        session_id = headers.get(HEADER_SESSION_ID)
+        if not session_id:
+            raise SessionRequired(data={"id": message.id})
+        session = await self.sessions.get(session_id)
+        # A session belongs to the identity that opened it; to anyone else it does not exist.
+        if session is None or session.owner != identity.name:
+            raise SessionNotFound(data={"id": message.id})
+        if message.kind != "request":
+            request_id = message.params.get("requestId")
+            if message.method == "notifications/cancelled" and isinstance(request_id, (str, int)):
+                self.calls.cancellation.cancel_legacy(session.id, request_id)
+            await respond(send, 202, content_type=None)
+            return
+        try:
+            await self._request(message, session, receive, send, headers, peer, identity)
+        except RPC_LEVEL as exc:
+            await respond(send, 200, jsonrpc.error_body(message.id, exc))
+
+    async def _request(self, message: jsonrpc.Message, session: Session, receive: Receive, send: TrackingSend,
+                       headers: dict[str, str], peer: str | None, identity: Identity) -> None:
+        method = message.method
+        if method == "tools/call":
+            await self.calls.handle(CallRequest(message, headers, peer, identity, modern=False, receive=receive, session=session), send)
+        elif method is not None and method.startswith("tasks/") and self.tasks is not None and session.protocol_version == TASKS_LEGACY_VERSION:
+            # tasks/result may block for long: stop waiting when the client goes away.
+            work = asyncio.ensure_future(self._task_method(message, identity, headers, send))
+            gone = asyncio.create_task(disconnected(receive))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not work.done():
+                    work.cancel()
+            if not work.cancelled():
+                work.result()
+        elif method == "tools/list":
+            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self.calls.tools_for(identity)}))
+        elif method == "ping":
+            await respond(send, 200, jsonrpc.result_body(message.id, {}))
+        elif method == "logging/setLevel":
+            level = message.params.get("level")
+            if level not in LOG_LEVELS:
+                raise InvalidParams(f"Unknown log level {level!r}.")
+            session.log_level = level
+            await self.sessions.save(session)
+            await respond(send, 200, jsonrpc.result_body(message.id, {}))
+        else:
+            raise MethodNotFound(f"Method not found: {method}")
+
+    async def _task_method(self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend) -> None:
+        assert self.tasks is not None
+        method, params = message.method, message.params
+        try:
+            if method == "tasks/get":
+                result = await self.tasks.legacy_get(params, identity)
+            elif method == "tasks/list":
+                result = await self.tasks.legacy_list(params, identity)
+            elif method == "tasks/cancel":
+                result = await self.tasks.legacy_cancel(params, identity)
+            elif method == "tasks/result":
+                stream = "text/event-stream" in headers.get("accept", "")
+                await self.tasks.legacy_result(message.id, params, identity, HttpAnswer(send), stream=stream)
+                return
+            else:
+                raise MethodNotFound(f"Method not found: {method}")
+        except EdgefleetError as exc:
+            exc.data.setdefault("id", message.id)  # e.g. a rate-limit refusal: the client matches it to its request
+            raise
+        await respond(send, 200, jsonrpc.result_body(message.id, result))

@@ -1,0 +1,145 @@
+"""The 2026-07-28 era on ``/mcp``: every POST stands alone. Version, client info and
+capabilities are in ``params._meta`` and mirrored in ``MCP-Protocol-Version`` /
+``Mcp-Method`` / ``Mcp-Name`` headers, which must agree with the body; closing the
+response stream cancels the call."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.dispatcher.mcp.calls import CallRequest
+from edgefleet.dispatcher.mcp.capabilities import (
+    CAPABILITIES,
+    INSTRUCTIONS,
+    MISSING_TASKS_EXTENSION,
+    MODERN_CAPABILITIES,
+    SERVER_INFO,
+    declares_tasks,
+)
+from edgefleet.shared import jsonrpc
+from edgefleet.shared.asgi import Receive, TrackingSend, respond
+from edgefleet.shared.constants import (
+    HEADER_METHOD,
+    HEADER_NAME,
+    META_CLIENT_CAPABILITIES,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
+    MODERN_PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    TASKS_EXTENSION,
+)
+from edgefleet.shared.errors import EdgefleetError, HeaderMismatch, InvalidParams, InvalidRequest, MethodNotFound, MissingClientCapability
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.mcp.calls import ToolCalls
+    from edgefleet.dispatcher.security.auth import Identity
+    from edgefleet.dispatcher.tasks.methods import TaskMethods
+
+TASK_METHODS = ("tasks/get", "tasks/update", "tasks/cancel")
+
+
+class ModernEra:
+    def __init__(self, calls: ToolCalls, tasks: TaskMethods | None) -> None:
+        self.calls = calls
+        self.tasks = tasks
+
+    async def handle(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend,
+                     peer: str | None, identity: Identity) -> None:
+        if message.kind == "response":
+            raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
+        self._check_envelope(message, headers)
+        if message.kind == "notification":
+            await respond(send, 202, content_type=None)
+            return
+        method = message.method
+        if method == "tools/call":
+            name = message.params.get("name")
+            _check_name_header(headers, name, message.id, "body value")
+            forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
+            await self.calls.handle(CallRequest(message, headers, peer, identity, modern=True, receive=receive,
+                                                extra_headers=forwarded or None), send)
+        elif method == "tools/list":
+            result = {"resultType": "complete", "tools": self.calls.tools_for(identity), "ttlMs": 0, "cacheScope": "private"}
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method in TASK_METHODS:
+            try:
+                result = await self._task_method(message, headers, identity)
+            except InvalidParams as exc:  # unknown task, finished task: a JSON-RPC answer, not an HTTP failure
+                await respond(send, 200, jsonrpc.error_body(message.id, exc))
+                return
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method == "server/discover":
+            result = {
+                "resultType": "complete",
+                "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
+                "capabilities": MODERN_CAPABILITIES if self.tasks is not None else CAPABILITIES,
+                "instructions": INSTRUCTIONS,
+                "ttlMs": 0,
+                "cacheScope": "public",
+                "_meta": {META_SERVER_INFO: SERVER_INFO},
+            }
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
+        else:
+            raise MethodNotFound(f"Method not found: {method}", data={"id": message.id})
+
+    @staticmethod
+    def _check_envelope(message: jsonrpc.Message, headers: dict[str, str]) -> None:
+        meta = message.params.get("_meta")
+        if not isinstance(meta, dict) or META_PROTOCOL_VERSION not in meta or META_CLIENT_CAPABILITIES not in meta:
+            raise InvalidParams(
+                f"Requests on {MODERN_PROTOCOL_VERSION} must carry params._meta with "
+                f"'{META_PROTOCOL_VERSION}' and '{META_CLIENT_CAPABILITIES}'.",
+                data={"id": message.id},
+            )
+        if meta[META_PROTOCOL_VERSION] != MODERN_PROTOCOL_VERSION:
+            raise HeaderMismatch(
+                f"Header mismatch: MCP-Protocol-Version header {MODERN_PROTOCOL_VERSION!r} does not match "
+                f"body value {meta[META_PROTOCOL_VERSION]!r}",
+                data={"id": message.id},
+            )
+        if headers.get(HEADER_METHOD) != message.method:
+            raise HeaderMismatch(
+                f"Header mismatch: Mcp-Method header {headers.get(HEADER_METHOD)!r} does not match body value {message.method!r}",
+                data={"id": message.id},
+            )
+
+    async def _task_method(self, message: jsonrpc.Message, headers: dict[str, str], identity: Identity) -> dict[str, Any]:
+        if self.tasks is None:
+            raise MethodNotFound(f"Method not found: {message.method} (tasks need the task store)", data={"id": message.id})
+        if not declares_tasks(message.params.get("_meta")):
+            raise MissingClientCapability(
+                f"{message.method} needs the {TASKS_EXTENSION} extension in the request's client capabilities.",
+                data={"id": message.id, **MISSING_TASKS_EXTENSION},
+            )
+        if headers.get(HEADER_NAME) is not None:
+            _check_name_header(headers, message.params.get("taskId"), message.id, "body taskId")
+        try:
+            if message.method == "tasks/get":
+                return await self.tasks.modern_get(message.params, identity)
+            if message.method == "tasks/cancel":
+                return await self.tasks.modern_cancel(message.params, identity)
+            return await self.tasks.modern_update(message.params, identity)
+        except EdgefleetError as exc:
+            exc.data.setdefault("id", message.id)
+            raise
+
+
+def _check_name_header(headers: dict[str, str], expected: Any, request_id: Any, what: str) -> None:
+    header_name = decode_header(headers.get(HEADER_NAME))
+    if header_name != expected:
+        raise HeaderMismatch(
+            f"Header mismatch: Mcp-Name header {header_name!r} does not match {what} {expected!r}",
+            data={"id": request_id},
+        )
+
+
+def decode_header(value: str | None) -> str | None:
+    """Undo the spec's ``=?base64?...?=`` sentinel (strictly: bad base64 never matches)."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    return None

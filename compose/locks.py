@@ -194,10 +194,11 @@ def check(lock: Lock, pyproject: Path = ROOT / "pyproject.toml", lock_dir: Path 
         return [str(exc)]
     problems = direct_problems(lock, pyproject, text)
     # Re-resolve as the lock was made (same cut-off date, its pins as preferences): a lock
-    # that still satisfies pyproject.toml comes back identical.
+    # that still satisfies pyproject.toml comes back identical. The preferences carry no
+    # hashes, so uv reads them from the index again instead of reusing the lock's.
     with tempfile.TemporaryDirectory() as tmp:
         again = Path(tmp) / path.name
-        shutil.copy(path, again)
+        again.write_text("".join(f"{name}=={version}\n" for name, version in pins(text).items()))
         try:
             resolve(lock, pyproject, again, exclude_newer)
         except LockError as exc:

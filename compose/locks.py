@@ -103,7 +103,7 @@ def resolve(lock: Lock, pyproject: Path, output: Path, exclude_newer: str, *, up
             args.append("--upgrade")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
         env["UV_NO_CONFIG"] = "1"  # no uv.toml of the user: the lock depends on this file only
-        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=pyproject.parent, timeout=300)
+        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=pyproject.parent, timeout=300, check=False)
     if done.returncode != 0:
         raise LockError(f"uv could not resolve {lock.name} ({lock.purpose()}):\n{done.stderr.strip()}")
     body = output.read_text()
@@ -121,7 +121,7 @@ class LockError(Exception):
 
 
 def exclude_newer_of(text: str) -> str:
-    found = re.search(rf"^{re.escape(HEADER_MARK)}--exclude-newer (\S+)$", text, re.M)
+    found = re.search(rf"^{re.escape(HEADER_MARK)}--exclude-newer (\S+)$", text, re.MULTILINE)
     if not found:
         raise LockError(f"no '{HEADER_MARK}--exclude-newer ...' line: the lock was not made by compose/locks.py")
     return found.group(1)
@@ -156,6 +156,7 @@ def direct_problems(lock: Lock, pyproject: Path, text: str) -> list[str]:
     from packaging.requirements import Requirement
 
     data = tomllib.loads(pyproject.read_text())
+    wanted: list[tuple[str, str | None]]
     if lock.build_system:
         wanted = [(r, None) for r in data["build-system"]["requires"]]
     else:
@@ -168,9 +169,9 @@ def direct_problems(lock: Lock, pyproject: Path, text: str) -> list[str]:
             wanted += [(r, extra) for r in optional[extra]]
     locked = pins(text)
     problems = []
-    for raw, extra in wanted:
+    for raw, wanted_in in wanted:
         req = Requirement(raw)
-        if req.marker and not req.marker.evaluate({**MARKER_ENV, "extra": extra or ""}):
+        if req.marker and not req.marker.evaluate({**MARKER_ENV, "extra": wanted_in or ""}):
             continue
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         if name == "edgefleet":  # an extra that pulls in another extra of the project itself
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             print("the locks do not match pyproject.toml: run python compose/locks.py", file=sys.stderr)
         return 1 if failed else 0
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     for lock in chosen:
         resolve(lock, ROOT / "pyproject.toml", lock.path(), now, upgrade=args.upgrade)
         print(f"{lock.path().relative_to(ROOT)}: {len(pins(lock.path().read_text()))} pins")

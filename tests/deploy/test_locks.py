@@ -45,7 +45,7 @@ def problems(where: Path, name: str) -> list[str]:
 
 def edit(path: Path, pattern: str, replacement: str) -> None:
     text = path.read_text()
-    changed, count = re.subn(pattern, replacement, text, flags=re.M)
+    changed, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
     assert count, f"{pattern!r} not in {path}"
     path.write_text(changed)
 
@@ -96,7 +96,7 @@ def test_a_pin_that_conflicts_with_another_packages_requirement_fails(copy: Path
 
 
 def test_a_package_nothing_requires_any_more_fails(copy: Path) -> None:
-    numpy = re.search(r"^numpy==.*\n(?:    .*\n)*", (copy / "locks" / "agent.txt").read_text(), re.M)
+    numpy = re.search(r"^numpy==.*\n(?:    .*\n)*", (copy / "locks" / "agent.txt").read_text(), re.MULTILINE)
     assert numpy
     with (copy / "locks" / "dispatcher.txt").open("a") as lock:
         lock.write(numpy.group(0))

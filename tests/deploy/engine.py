@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,15 +93,21 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+_APT = threading.Lock()
+
+
 def apt_install(*packages: str) -> None:
     if not is_root():
         raise EngineError(f"{', '.join(packages)} missing and not root, so not installable here. {HOW_TO_PROVIDE}")
     if not shutil.which("apt-get"):
         raise EngineError(f"{', '.join(packages)} missing and no apt-get to install it. {HOW_TO_PROVIDE}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-q"], timeout=300, env=env, what="apt-get update")
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], timeout=600, env=env,
-        what=f"apt-get install {' '.join(packages)}")
+    # Wait for another apt run rather than fail on its lock; retry downloads.
+    options = ["-o", "DPkg::Lock::Timeout=300", "-o", "Acquire::Retries=3"]
+    with _APT:
+        run(["apt-get", *options, "update", "-q"], timeout=600, env=env, what="apt-get update")
+        run(["apt-get", *options, "install", "-y", "-q", "--no-install-recommends", *packages], timeout=900, env=env,
+            what=f"apt-get install {' '.join(packages)}")
 
 
 def docker_cli() -> str:
@@ -319,12 +326,16 @@ def _rootfs_tarball(name: str, packages: Sequence[str], *, data_dir_owner: str |
     tarball = CACHE / f"{name}.tar"
     if tarball.exists():
         return tarball
-    if not shutil.which("debootstrap"):
-        apt_install("debootstrap")
     rootfs = CACHE / f"{name}.rootfs"
-    shutil.rmtree(rootfs, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, rootfs, MIRROR],
-        timeout=1200, what=f"debootstrap {SUITE} with {', '.join(packages)} (EDGEFLEET_TEST_DEBIAN_MIRROR={MIRROR})")
+    for attempt in (1, 2):  # a mirror hiccup should not fail the run
+        shutil.rmtree(rootfs, ignore_errors=True)
+        try:
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, rootfs, MIRROR],
+                timeout=1200, what=f"debootstrap {SUITE} with {', '.join(packages)} (EDGEFLEET_TEST_DEBIAN_MIRROR={MIRROR})")
+            break
+        except EngineError:
+            if attempt == 2:
+                raise
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for path in (rootfs / junk).glob("*"):
             if path.is_file():
@@ -345,6 +356,8 @@ def base_images(engine: Engine) -> dict[str, float]:
         raise EngineError("debootstrap needs root to make the base images. " + HOW_TO_PROVIDE)
     make_cache()
     started = time.monotonic()
+    if not shutil.which("debootstrap") and not all((CACHE / f"{n}.tar").exists() for n in ("bookworm-python", "bookworm-redis")):
+        apt_install("debootstrap")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         python = pool.submit(_rootfs_tarball, "bookworm-python", ["python3", "python3-venv"])
         redis = pool.submit(_rootfs_tarball, "bookworm-redis", ["redis-server"], data_dir_owner="redis")

@@ -48,6 +48,7 @@ MARKER_ENV = {
     "platform_machine": "x86_64", "os_name": "posix",
 }
 HEADER_MARK = "# resolved with: "
+_UV_KEPT = {"UV_CACHE_DIR", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_CONCURRENT_DOWNLOADS"}
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,10 @@ def resolve(lock: Lock, pyproject: Path, output: Path, exclude_newer: str, *, up
                 "--exclude-newer", exclude_newer, "--quiet", "-o", str(output)]
         if upgrade:
             args.append("--upgrade")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
-        env["UV_NO_CONFIG"] = "1"  # no uv.toml of the user: the lock depends on this file only
+        # The lock depends on this file only: no uv.toml and no UV_* setting that changes the
+        # resolution; where the index is reached from (a PyPI mirror, TLS, cache) may vary.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k in _UV_KEPT}
+        env["UV_NO_CONFIG"] = "1"
         done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=pyproject.parent, timeout=300, check=False)
     if done.returncode != 0:
         raise LockError(f"uv could not resolve {lock.name} ({lock.purpose()}):\n{done.stderr.strip()}")

@@ -164,12 +164,25 @@ class Agent:
                 return
             names = BusNames(bus_info.get("prefix") or DEFAULT_REDIS_PREFIX)
             bus_client = bus.connect(url)
-            worker.append(BusWorker(
-                bus_client, names, agent=self.name, region=settings.region, replica_id=registrar.replica_id, mcp_url=public_url,
-                max_inflight=settings.bus_max_inflight, visibility_s=settings.bus_visibility_s,
-            ))
+            worker.append(
+                BusWorker(
+                    bus_client,
+                    names,
+                    agent=self.name,
+                    region=settings.region,
+                    replica_id=registrar.replica_id,
+                    mcp_url=public_url,
+                    max_inflight=settings.bus_max_inflight,
+                    visibility_s=settings.bus_visibility_s,
+                )
+            )
             worker[0].start()
-            log.info("agent %s (%s) consuming bus calls from %s", self.name, settings.region, names.calls(self.name, settings.region))
+            log.info(
+                "agent %s (%s) consuming bus calls from %s",
+                self.name,
+                settings.region,
+                names.calls(self.name, settings.region),
+            )
 
         if settings.dispatcher_url:
             registrar = Registrar(
@@ -204,7 +217,9 @@ class Agent:
             # of it (calls already routed here still arrive); then finish what runs.
             if registrar is not None:
                 await registrar.aclose()
-                log.info("left the fleet; serving %.1f s more while dispatchers stop routing here", settings.drain_delay_s)
+                log.info(
+                    "left the fleet; serving %.1f s more while dispatchers stop routing here", settings.drain_delay_s
+                )
                 await asyncio.sleep(settings.drain_delay_s)
             if worker:  # unfinished bus calls stay unacked: another replica takes them over
                 await worker[0].aclose(drain_s=settings.drain_timeout_s)
@@ -214,14 +229,25 @@ class Agent:
 
     def main(self, argv: Sequence[str] | None = None) -> None:
         """Command-line entry: ``python -m edgefleet.agents.<name> [--region R] [--port P] [--dispatcher URL]``."""
-        parser = argparse.ArgumentParser(prog=f"python -m edgefleet.agents.{self.name}", description=f"Run the {self.name!r} agent.")
+        parser = argparse.ArgumentParser(
+            prog=f"python -m edgefleet.agents.{self.name}", description=f"Run the {self.name!r} agent."
+        )
         parser.add_argument("--region", help="region of this replica (EDGEFLEET_AGENT_REGION)")
         parser.add_argument("--host", help="interface to listen on (EDGEFLEET_AGENT_HOST)")
         parser.add_argument("--port", type=int, help="port to listen on, 0 = any free (EDGEFLEET_AGENT_PORT)")
         parser.add_argument("--dispatcher", help="dispatcher URL to register with (EDGEFLEET_DISPATCHER_URL)")
         args = parser.parse_args(argv)
         check_environment()
-        overrides = {k: v for k, v in {"region": args.region, "host": args.host, "port": args.port, "dispatcher_url": args.dispatcher}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "region": args.region,
+                "host": args.host,
+                "port": args.port,
+                "dispatcher_url": args.dispatcher,
+            }.items()
+            if v is not None
+        }
         settings = AgentSettings(**overrides)
         # Replaces the root handler the MCP SDK's MCPServer installed when the agent was built.
         logsetup.configure(settings.log_level, settings.log_format)
@@ -259,6 +285,10 @@ async def _warm_up(url: str) -> None:
         async with httpx.AsyncClient(timeout=5) as http:
             for method, name, params in requests:
                 extra = {HEADER_METHOD: method, **({HEADER_NAME: name} if name else {})}
-                await http.post(url, json={"jsonrpc": "2.0", "id": 0, "method": method, "params": params}, headers={**headers, **extra})
+                await http.post(
+                    url,
+                    json={"jsonrpc": "2.0", "id": 0, "method": method, "params": params},
+                    headers={**headers, **extra},
+                )
     except httpx.HTTPError as exc:  # warm-up is an optimisation: never a reason not to start
         log.warning("warm-up of %s failed: %s", url, exc)

@@ -59,7 +59,9 @@ class InflightCounter:
         except TimeoutError:
             log.warning("a call outlived its %d ms deadline and was stopped", deadline_ms)
             if not started:
-                await send({"type": "http.response.start", "status": 504, "headers": [(b"content-type", b"text/plain")]})
+                await send(
+                    {"type": "http.response.start", "status": 504, "headers": [(b"content-type", b"text/plain")]}
+                )
                 await send({"type": "http.response.body", "body": b"deadline exceeded"})
 
 

@@ -44,7 +44,11 @@ from edgefleet.shared.errors import BusUnavailable
 log = logging.getLogger("edgefleet.agent.bus")
 _tracer = telemetry.tracer("edgefleet.agent")
 
-DEADLINE_EXCEEDED = {"code": -31003, "message": "The call's deadline passed before it could run.", "data": {"code": "upstream_timeout"}}
+DEADLINE_EXCEEDED = {
+    "code": -31003,
+    "message": "The call's deadline passed before it could run.",
+    "data": {"code": "upstream_timeout"},
+}
 
 
 class BusWorker:
@@ -74,7 +78,9 @@ class BusWorker:
         self.running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}  # task id -> work
         self._slot = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=max_inflight))
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=max_inflight)
+        )
         self.handled = 0
         self.ready = False  # receiving work (reported in heartbeats; the dispatcher prefers ready replicas)
         self._cancelled: set[str] = set()  # task ids the dispatcher cancelled (acked, never rerun)
@@ -133,12 +139,18 @@ class BusWorker:
                     for delivery in await self.bus.reclaim(
                         self.stream, self.group, self.replica_id, idle_ms=int(self.visibility_s * 1000), count=free
                     ):
-                        log.info("took over call %s left pending by another replica (delivery %d)", delivery.id, delivery.deliveries)
+                        log.info(
+                            "took over call %s left pending by another replica (delivery %d)",
+                            delivery.id,
+                            delivery.deliveries,
+                        )
                         self._spawn(delivery)
                     free = self.max_inflight - len(self.running)
                     if free <= 0:
                         continue
-                for delivery in await self.bus.consume(self.stream, self.group, self.replica_id, count=free, block_ms=1000):
+                for delivery in await self.bus.consume(
+                    self.stream, self.group, self.replica_id, count=free, block_ms=1000
+                ):
                     self._spawn(delivery)
                 if not self.ready and await self.bus.ready(self.stream, self.group, self.replica_id):
                     self.ready = True
@@ -234,15 +246,26 @@ class BusWorker:
         # CONSUMER span, child of the dispatcher's publish span; the MCP server span of the
         # actual execution (the SDK's) becomes its child through _meta.traceparent.
         parent = telemetry.context_from({"traceparent": envelope.traceparent}) if envelope.traceparent else None
-        with _tracer.start_as_current_span(f"process {self.stream}", context=parent, kind=SpanKind.CONSUMER,
-                                           record_exception=False, set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            f"process {self.stream}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             if span.is_recording():
-                span.set_attributes({
-                    "messaging.system": self.system, "messaging.operation.type": "process",
-                    "messaging.destination.name": self.stream, "messaging.consumer.group.name": self.group,
-                    "messaging.message.id": envelope.task_id, "messaging.message.delivery_count": delivery.deliveries,
-                    "gen_ai.tool.name": envelope.tool, "edgefleet.replica": self.replica_id,
-                })
+                span.set_attributes(
+                    {
+                        "messaging.system": self.system,
+                        "messaging.operation.type": "process",
+                        "messaging.destination.name": self.stream,
+                        "messaging.consumer.group.name": self.group,
+                        "messaging.message.id": envelope.task_id,
+                        "messaging.message.delivery_count": delivery.deliveries,
+                        "gen_ai.tool.name": envelope.tool,
+                        "edgefleet.replica": self.replica_id,
+                    }
+                )
             await self._handle_traced(delivery, envelope, span)
 
     async def _handle_traced(self, delivery: Delivery, envelope: CallEnvelope, span: Any) -> None:
@@ -282,7 +305,12 @@ class BusWorker:
         meta = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}, **envelope.meta}
         meta.pop("tracestate", None)
         telemetry.inject_into(meta)  # parent of the execution: our process span (or the caller's context)
-        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": envelope.tool, "arguments": envelope.arguments, "_meta": meta}}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": envelope.tool, "arguments": envelope.arguments, "_meta": meta},
+        }
         headers = {
             "accept": "application/json, text/event-stream",
             HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION,
@@ -300,15 +328,25 @@ class BusWorker:
                             if "method" in message:
                                 # Best effort: a lost progress update must not abort the call.
                                 with contextlib.suppress(Exception):
-                                    await self._reply(envelope, Reply(task_id=envelope.task_id, kind="progress", notification=message))
+                                    await self._reply(
+                                        envelope, Reply(task_id=envelope.task_id, kind="progress", notification=message)
+                                    )
                             elif "result" in message or "error" in message:
                                 return _outcome(envelope.task_id, message)
-                        return Reply(task_id=envelope.task_id, kind="error", error={"code": -31002, "message": "the agent ended its stream without a result"})
+                        return Reply(
+                            task_id=envelope.task_id,
+                            kind="error",
+                            error={"code": -31002, "message": "the agent ended its stream without a result"},
+                        )
                     return _outcome(envelope.task_id, orjson.loads(await resp.aread()))
         except TimeoutError:
             return Reply(task_id=envelope.task_id, kind="error", error=DEADLINE_EXCEEDED)
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
-            return Reply(task_id=envelope.task_id, kind="error", error={"code": -31002, "message": f"the agent failed: {type(exc).__name__}: {exc}"})
+            return Reply(
+                task_id=envelope.task_id,
+                kind="error",
+                error={"code": -31002, "message": f"the agent failed: {type(exc).__name__}: {exc}"},
+            )
 
     async def _reply(self, envelope: CallEnvelope, reply: Reply) -> None:
         await self.bus.publish(envelope.reply_to, reply.dumps(), {"task-id": envelope.task_id}, key=envelope.task_id)
@@ -328,10 +366,18 @@ class BusWorker:
 
 def _outcome(task_id: str, message: Any) -> Reply:
     if not isinstance(message, dict):
-        return Reply(task_id=task_id, kind="error", error={"code": -31002, "message": "the agent answered something that is not JSON-RPC"})
+        return Reply(
+            task_id=task_id,
+            kind="error",
+            error={"code": -31002, "message": "the agent answered something that is not JSON-RPC"},
+        )
     if isinstance(message.get("result"), dict):
         return Reply(task_id=task_id, kind="result", result=message["result"])
-    error = message.get("error") if isinstance(message.get("error"), dict) else {"code": -31002, "message": "malformed answer"}
+    error = (
+        message.get("error")
+        if isinstance(message.get("error"), dict)
+        else {"code": -31002, "message": "malformed answer"}
+    )
     return Reply(task_id=task_id, kind="error", error=error)
 
 

@@ -58,8 +58,14 @@ class Registrar:
         self._task = asyncio.create_task(self._run(), name=f"registrar-{self.replica_id}")
 
     async def _register(self) -> bool:
-        body = {"replica_id": self.replica_id, "name": self.agent, "region": self.region, "url": self.url,
-                "version": self.version, "bus": self.bus}
+        body = {
+            "replica_id": self.replica_id,
+            "name": self.agent,
+            "region": self.region,
+            "url": self.url,
+            "version": self.version,
+            "bus": self.bus,
+        }
         resp = await self._client.post(f"{self.base}/v1/agents", json=body)
         if resp.status_code in (200, 201):
             info = resp.json()

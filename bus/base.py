@@ -60,7 +60,9 @@ class Bus(ABC):
         backends just see "no new entries" while it is gone)."""
 
     @abstractmethod
-    async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:
+    async def publish(
+        self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None
+    ) -> str:
         """Append ``payload``; returns the entry id. ``key`` keeps related entries in order (Kafka partitioning)."""
 
     @abstractmethod

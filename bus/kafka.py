@@ -31,9 +31,16 @@ from edgefleet.bus.base import Backlog, Bus, Delivery
 from edgefleet.shared.errors import BusUnavailable
 
 # Errors that mean "the broker cannot be reached or did not answer".
-_DOWN = (aiokafka.errors.KafkaConnectionError, aiokafka.errors.KafkaTimeoutError, aiokafka.errors.NodeNotReadyError,
-         aiokafka.errors.RequestTimedOutError, aiokafka.errors.NoBrokersAvailable, aiokafka.errors.UnknownTopicOrPartitionError,
-         asyncio.TimeoutError, OSError)
+_DOWN = (
+    aiokafka.errors.KafkaConnectionError,
+    aiokafka.errors.KafkaTimeoutError,
+    aiokafka.errors.NodeNotReadyError,
+    aiokafka.errors.RequestTimedOutError,
+    aiokafka.errors.NoBrokersAvailable,
+    aiokafka.errors.UnknownTopicOrPartitionError,
+    asyncio.TimeoutError,
+    OSError,
+)
 
 
 URL_OPTIONS = ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms", "partitions")
@@ -147,7 +154,10 @@ class KafkaBus(Bus):
             if self.producer is not None:
                 return self.producer
             producer = aiokafka.AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, linger_ms=0, acks="all", enable_idempotence=False,
+                bootstrap_servers=self.bootstrap,
+                linger_ms=0,
+                acks="all",
+                enable_idempotence=False,
                 request_timeout_ms=int(self.timeout_s * 1000),
             )
             try:
@@ -198,8 +208,12 @@ class KafkaBus(Bus):
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
         try:
             await self._guard(admin.start())
-            new = NewTopic(topic, num_partitions=partitions or self.partitions, replication_factor=1,
-                           topic_configs={"retention.ms": str(self.retention_ms)})
+            new = NewTopic(
+                topic,
+                num_partitions=partitions or self.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(self.retention_ms)},
+            )
             try:
                 await self._guard(admin.create_topics([new]))
             except aiokafka.errors.TopicAlreadyExistsError:
@@ -208,13 +222,19 @@ class KafkaBus(Bus):
             await admin.close()
         self.topics.add(topic)
 
-    async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:
+    async def publish(
+        self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None
+    ) -> str:
         await self._ensure_topic(stream)
         producer = await self._producer()
-        meta = await self._guard(producer.send_and_wait(
-            stream, payload, key=key.encode() if key else None,
-            headers=[(k, v.encode()) for k, v in (headers or {}).items()],
-        ))
+        meta = await self._guard(
+            producer.send_and_wait(
+                stream,
+                payload,
+                key=key.encode() if key else None,
+                headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+            )
+        )
         return f"{meta.partition}:{meta.offset}"
 
     async def ensure_group(self, stream: str, group: str) -> None:
@@ -230,8 +250,14 @@ class KafkaBus(Bus):
                 return self.groups[key]
             await self._ensure_topic(stream)
             kafka_consumer = aiokafka.AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=group, client_id=consumer, enable_auto_commit=False,
-                auto_offset_reset="earliest", fetch_max_wait_ms=10, max_poll_interval_ms=300_000, **self.group_timeouts,
+                bootstrap_servers=self.bootstrap,
+                group_id=group,
+                client_id=consumer,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=10,
+                max_poll_interval_ms=300_000,
+                **self.group_timeouts,
             )
             state = _Group(kafka_consumer)
             kafka_consumer.subscribe([stream], listener=_Rebalance(state))
@@ -282,8 +308,12 @@ class KafkaBus(Bus):
         if consumer is None:
             await self._ensure_topic(stream, partitions=1)
             consumer = aiokafka.AIOKafkaConsumer(
-                stream, bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="latest", fetch_max_wait_ms=10,
+                stream,
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=10,
             )
             try:
                 await self._guard(consumer.start())
@@ -296,15 +326,20 @@ class KafkaBus(Bus):
         except _DOWN as exc:
             raise BusUnavailable(f"Kafka bus at {self.bootstrap} unreachable: {type(exc).__name__}") from None
         out = [
-            Delivery(stream, f"{tp.partition}:{r.offset}", r.value or b"", {k: v.decode() for k, v in (r.headers or ())})
-            for tp, records in batches.items() for r in records
+            Delivery(
+                stream, f"{tp.partition}:{r.offset}", r.value or b"", {k: v.decode() for k, v in (r.headers or ())}
+            )
+            for tp, records in batches.items()
+            for r in records
         ]
         return out, out[-1].id if out else (after or "latest")
 
     async def backlog(self, stream: str, group: str) -> Backlog | None:
         if self._admin is None or self._offsets is None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000))
-            offsets = aiokafka.AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            offsets = aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
+            )
             try:
                 await self._guard(admin.start())
                 await self._guard(offsets.start())
@@ -325,7 +360,10 @@ class KafkaBus(Bus):
         ends = await self._guard(self._offsets.end_offsets(tps))
         # A partition the group never committed on has everything retained still to do.
         starts = await self._guard(self._offsets.beginning_offsets(tps))
-        lag = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])) for tp in tps)
+        lag = sum(
+            max(0, ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp]))
+            for tp in tps
+        )
         return Backlog(lag=lag, pending=None)
 
     async def expire(self, stream: str, seconds: int) -> None:

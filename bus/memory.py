@@ -45,7 +45,9 @@ class MemoryBus(Bus):
     async def close(self) -> None:
         self.streams.clear()
 
-    async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:
+    async def publish(
+        self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None
+    ) -> str:
         s = self._stream(stream)
         entry_id = f"{next(self._ids)}-0"
         s.entries.append(Delivery(stream, entry_id, payload, dict(headers or {})))

@@ -35,8 +35,12 @@ class RedisStreamsBus(Bus):
         # A blocking pool: a burst of calls waits for a connection (backpressure) instead of
         # failing with "Too many connections" (redis-py's default pool caps at 100 and raises).
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s,
-            socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=10,
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            health_check_interval=10,
         )
         self.redis = aioredis.Redis(connection_pool=pool)
 
@@ -56,7 +60,9 @@ class RedisStreamsBus(Bus):
             # (BlockingConnectionPool's "no connection available in time" is a ConnectionError too.)
             raise BusUnavailable(f"Redis bus at {_safe(self.url)} unreachable: {exc}") from None
 
-    async def publish(self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None) -> str:
+    async def publish(
+        self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None
+    ) -> str:
         fields = {_PAYLOAD: payload, _HEADERS: orjson.dumps(dict(headers or {}))}
         entry_id = await self._run(self.redis.xadd(stream, fields, maxlen=self.maxlen, approximate=True))  # type: ignore[arg-type]
         return entry_id.decode()
@@ -87,7 +93,9 @@ class RedisStreamsBus(Bus):
         if not pending:
             return []
         times = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        claimed = await self._run(self.redis.xclaim(stream, group, consumer, min_idle_time=idle_ms, message_ids=list(times)))
+        claimed = await self._run(
+            self.redis.xclaim(stream, group, consumer, min_idle_time=idle_ms, message_ids=list(times))
+        )
         out = []
         for entry_id, fields in claimed:
             if fields:  # an entry trimmed away while pending comes back empty: nothing to run
@@ -97,7 +105,9 @@ class RedisStreamsBus(Bus):
         return out
 
     async def touch(self, delivery: Delivery, group: str, consumer: str) -> None:
-        await self._run(self.redis.xclaim(delivery.stream, group, consumer, min_idle_time=0, message_ids=[delivery.id], justid=True))
+        await self._run(
+            self.redis.xclaim(delivery.stream, group, consumer, min_idle_time=0, message_ids=[delivery.id], justid=True)
+        )
 
     async def listen(self, stream: str, *, block_ms: int, after: str | None = None) -> tuple[list[Delivery], str]:
         position = after or "$"
@@ -107,7 +117,9 @@ class RedisStreamsBus(Bus):
             return out, out[-1].id
         if position == "$":
             # Pin "now" so entries written between two listen calls are not skipped.
-            last = await self._run(self.redis.xinfo_stream(stream)) if await self._run(self.redis.exists(stream)) else None
+            last = (
+                await self._run(self.redis.xinfo_stream(stream)) if await self._run(self.redis.exists(stream)) else None
+            )
             return [], (last["last-generated-id"].decode() if last else "0-0")
         return [], position
 

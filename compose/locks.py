@@ -43,12 +43,24 @@ PYTHON_VERSION = "3.11"
 PYTHON_PLATFORM = "x86_64-manylinux_2_36"
 # The environment the locks are resolved for, to evaluate markers of pyproject.toml.
 MARKER_ENV = {
-    "python_version": "3.11", "python_full_version": "3.11.2", "implementation_name": "cpython",
-    "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
-    "platform_machine": "x86_64", "os_name": "posix",
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
 }
 HEADER_MARK = "# resolved with: "
-_UV_KEPT = {"UV_CACHE_DIR", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_CONCURRENT_DOWNLOADS"}
+_UV_KEPT = {
+    "UV_CACHE_DIR",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_NATIVE_TLS",
+    "UV_HTTP_TIMEOUT",
+    "UV_CONCURRENT_DOWNLOADS",
+}
 
 
 @dataclass(frozen=True)
@@ -96,17 +108,34 @@ def resolve(lock: Lock, pyproject: Path, output: Path, exclude_newer: str, *, up
     """Run uv pip compile; ``output`` may already hold a lock, whose pins uv keeps when
     they still fit."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [uv(), "pip", "compile", *_sources(lock, pyproject, Path(tmp)),
-                "--python-version", PYTHON_VERSION, "--python-platform", PYTHON_PLATFORM,
-                "--only-binary", ":all:", "--generate-hashes", "--no-header",
-                "--exclude-newer", exclude_newer, "--quiet", "-o", str(output)]
+        args = [
+            uv(),
+            "pip",
+            "compile",
+            *_sources(lock, pyproject, Path(tmp)),
+            "--python-version",
+            PYTHON_VERSION,
+            "--python-platform",
+            PYTHON_PLATFORM,
+            "--only-binary",
+            ":all:",
+            "--generate-hashes",
+            "--no-header",
+            "--exclude-newer",
+            exclude_newer,
+            "--quiet",
+            "-o",
+            str(output),
+        ]
         if upgrade:
             args.append("--upgrade")
         # The lock depends on this file only: no uv.toml and no UV_* setting that changes the
         # resolution; where the index is reached from (a PyPI mirror, TLS, cache) may vary.
         env = {k: v for k, v in os.environ.items() if not k.startswith("UV_") or k in _UV_KEPT}
         env["UV_NO_CONFIG"] = "1"
-        done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=pyproject.parent, timeout=300, check=False)
+        done = subprocess.run(
+            args, capture_output=True, text=True, env=env, cwd=pyproject.parent, timeout=300, check=False
+        )
     if done.returncode != 0:
         raise LockError(f"uv could not resolve {lock.name} ({lock.purpose()}):\n{done.stderr.strip()}")
     body = output.read_text()

@@ -71,46 +71,106 @@ class Dispatcher:
         self.router = Router(settings, config.region_specs())
         self.cache = ResultCache(settings.result_cache_entries)
         # Blocking pool: bursts wait for a connection instead of failing (redis-py caps at 100).
-        self.redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=128, timeout=5.0, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
-        ))
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=128,
+                timeout=5.0,
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
+                health_check_interval=10,
+            )
+        )
         self.pool = UpstreamPool(settings)
-        self.fleet = Fleet(settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica)
+        self.fleet = Fleet(
+            settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica
+        )
         self.sessions = SessionStore(self.redis, keys, settings.session_ttl_s)
         self.checks = ResultChecks(settings.max_result_bytes, settings.validate_results)
         self.direct = DirectPath(self.fleet, self.router, self.checks)
-        self.bus_path = BusPath(settings, self.checks, instance=self.instance, metrics=self.metrics,
-                                streams=self._bus_streams) if settings.bus_url else None
+        self.bus_path = (
+            BusPath(settings, self.checks, instance=self.instance, metrics=self.metrics, streams=self._bus_streams)
+            if settings.bus_url
+            else None
+        )
         self.paths = CallPaths(self.direct, self.bus_path, self.cache)
         self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics)
         self.fleet.add_builtin(builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker)))
         for name, spec in config.pipelines.items():
-            self.fleet.add_builtin(builtin_entry(pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)))
+            self.fleet.add_builtin(
+                builtin_entry(
+                    pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)
+                )
+            )
         if settings.auth == "none":
-            log.warning("AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
-                        "For local development only.", settings.host, settings.port)
-        self.audit = AuditLog(self.redis if settings.audit else None, keys.audit, maxlen=settings.audit_maxlen,
-                              arguments=settings.audit_arguments, source=self.instance)
-        self.task_store = TaskStore(self.redis, keys, max_ttl_ms=int(settings.task_max_ttl_s * 1000),
-                                    audit_maxlen=settings.audit_maxlen if settings.audit else 0, audit_source=self.instance)
-        self.tasks = TaskRunner(settings, self.task_store, self.fleet, self.router, self.paths, self.checks, self.metrics,
-                                self.instance, audit=self.audit)
+            log.warning(
+                "AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
+                "For local development only.",
+                settings.host,
+                settings.port,
+            )
+        self.audit = AuditLog(
+            self.redis if settings.audit else None,
+            keys.audit,
+            maxlen=settings.audit_maxlen,
+            arguments=settings.audit_arguments,
+            source=self.instance,
+        )
+        self.task_store = TaskStore(
+            self.redis,
+            keys,
+            max_ttl_ms=int(settings.task_max_ttl_s * 1000),
+            audit_maxlen=settings.audit_maxlen if settings.audit else 0,
+            audit_source=self.instance,
+        )
+        self.tasks = TaskRunner(
+            settings,
+            self.task_store,
+            self.fleet,
+            self.router,
+            self.paths,
+            self.checks,
+            self.metrics,
+            self.instance,
+            audit=self.audit,
+        )
         self.auth = Authenticator.from_settings(settings)
         self.limits = RateLimits(settings)
         self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
-        self.calls = ToolCalls(settings, self.fleet, self.router, self.paths, self.limits, self.metrics, runner=self.tasks,
-                               audit=self.audit)
-        self.mcp = MCPEndpoint(settings, self.calls, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit)
-        self.metrics.watch(StateSources(
-            replicas=self.fleet.replica_states, pool=self.pool.connection_counts,
-            cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
-            catalog_tools=lambda: len(self.fleet.catalog.entries),
-            refused=[lambda: dict(self.limits.refused), lambda: {"open_tasks": self.tasks.refused_open}],
-        ))
+        self.calls = ToolCalls(
+            settings,
+            self.fleet,
+            self.router,
+            self.paths,
+            self.limits,
+            self.metrics,
+            runner=self.tasks,
+            audit=self.audit,
+        )
+        self.mcp = MCPEndpoint(
+            settings, self.calls, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit
+        )
+        self.metrics.watch(
+            StateSources(
+                replicas=self.fleet.replica_states,
+                pool=self.pool.connection_counts,
+                cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
+                catalog_tools=lambda: len(self.fleet.catalog.entries),
+                refused=[lambda: dict(self.limits.refused), lambda: {"open_tasks": self.tasks.refused_open}],
+            )
+        )
         agent_keys = load_agent_keys(settings.agent_keys_file) if settings.agent_keys_file else {}
         self.registry_auth = AgentAuthenticator(settings.fleet_token.get_secret_value(), agent_keys, self.auth)
-        self.api = build_api(self.fleet, settings.fleet_token.get_secret_value(), self.lifespan, self.metrics, tasks=self.task_methods,
-                             auth=self.auth, audit=self.audit, registry_auth=self.registry_auth)
+        self.api = build_api(
+            self.fleet,
+            settings.fleet_token.get_secret_value(),
+            self.lifespan,
+            self.metrics,
+            tasks=self.task_methods,
+            auth=self.auth,
+            audit=self.audit,
+            registry_auth=self.registry_auth,
+        )
 
     async def _exercise_replica(self, replica: Replica) -> None:
         await warmup.exercise_replica(self.direct, replica)
@@ -148,9 +208,19 @@ class Dispatcher:
         for request in self.static_agents:
             try:
                 record = await admit(request, self.fleet, allow_unreachable=True)
-                self.audit.record("agent.register", by="config-file", credential_kind="static-config", agent=record.agent,
-                                  region=record.region, replica=record.replica_id, url=record.url, tools=len(record.tools))
-                log.info("static agent %s (%s) at %s: %d tools", record.agent, record.region, record.url, len(record.tools))
+                self.audit.record(
+                    "agent.register",
+                    by="config-file",
+                    credential_kind="static-config",
+                    agent=record.agent,
+                    region=record.region,
+                    replica=record.replica_id,
+                    url=record.url,
+                    tools=len(record.tools),
+                )
+                log.info(
+                    "static agent %s (%s) at %s: %d tools", record.agent, record.region, record.url, len(record.tools)
+                )
             except EdgefleetError as exc:
                 log.error("static agent %s from %s refused: %s", request.name, self.settings.config_file, exc.message)
             except (redis.exceptions.RedisError, OSError) as exc:
@@ -165,7 +235,9 @@ class Dispatcher:
         await warmup.exercise_endpoint(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
-            self.settings.region, len(self.fleet.replicas), len(self.fleet.catalog.entries),
+            self.settings.region,
+            len(self.fleet.replicas),
+            len(self.fleet.catalog.entries),
         )
 
     async def aclose(self) -> None:

@@ -54,8 +54,15 @@ async def exercise_replica(direct: DirectPath, replica: Replica) -> None:
     enters the catalog): the first real call to it then finds nothing left to set up."""
     if replica.client.era != "modern" or WARM_UP_TOOL in replica.tool_names:
         return  # a 2025-era server's unknown-tool answer would go through its upstream session
-    entry = ToolEntry(public_name=WARM_UP_TOOL, agent=replica.record.agent, upstream_name=WARM_UP_TOOL,
-                      definition={}, idempotent=True, validator=None, replicas=[replica])
+    entry = ToolEntry(
+        public_name=WARM_UP_TOOL,
+        agent=replica.record.agent,
+        upstream_name=WARM_UP_TOOL,
+        definition={},
+        idempotent=True,
+        validator=None,
+        replicas=[replica],
+    )
     order = RouteOrder((replica.record.region,), None, "warm-up", None)
     call = ToolCall(entry, 0, {"name": WARM_UP_TOOL, "arguments": {}, "_meta": _META}, order, 2.0)
     for _ in range(ROUNDS):
@@ -78,11 +85,19 @@ async def _request(app: ASGIApp, method: str, name: str | None, params: dict[str
     ]
     if name:
         headers.append((b"mcp-name", name.encode()))
-    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": headers, "client": ("127.0.0.1", 0),
-             "query_string": b"", "http_version": "1.1", "scheme": "http",
-             # Set in-process only (no client can put keys in an ASGI scope): the warm-up
-             # runs the authenticated path without holding a credential.
-             SCOPE_IDENTITY: WARM_UP_IDENTITY}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "headers": headers,
+        "client": ("127.0.0.1", 0),
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        # Set in-process only (no client can put keys in an ASGI scope): the warm-up
+        # runs the authenticated path without holding a credential.
+        SCOPE_IDENTITY: WARM_UP_IDENTITY,
+    }
     sent = False
 
     async def receive() -> dict[str, Any]:

@@ -41,7 +41,13 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def respond(send: Send, status: int, body: bytes = b"", headers: Iterable[tuple[bytes, bytes]] = (), content_type: bytes | None = b"application/json") -> None:
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    content_type: bytes | None = b"application/json",
+) -> None:
     raw_headers = [(b"content-type", content_type)] if content_type and body else []
     raw_headers.extend(headers)
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})

@@ -44,43 +44,64 @@ class DispatcherSettings(BaseSettings):
     config_file: Path | None = Field(None, description="TOML or YAML file listing static (unmodified) MCP servers.")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="A replica without a heartbeat for this long drops out.")
     registry_sync_s: float = Field(1.0, gt=0, description="How often each dispatcher re-reads the registry.")
-    warm_connections: int = Field(4, ge=1, le=256, description="Keep-alive connections opened to a replica before it is routable.")
+    warm_connections: int = Field(
+        4, ge=1, le=256, description="Keep-alive connections opened to a replica before it is routable."
+    )
     max_connections_per_replica: int = Field(256, ge=1, description="Upper bound of pooled connections per replica.")
     probe_interval_s: float = Field(2.0, gt=0, description="Active health probe interval per replica.")
     probe_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
-    unhealthy_after: int = Field(2, ge=1, description="Consecutive failed probes/calls that open a replica's circuit breaker.")
-    eject_error_rate: float = Field(0.5, gt=0, le=1, description="Error rate over eject_window_s that opens the breaker (with eject_min_calls).")
+    unhealthy_after: int = Field(
+        2, ge=1, description="Consecutive failed probes/calls that open a replica's circuit breaker."
+    )
+    eject_error_rate: float = Field(
+        0.5, gt=0, le=1, description="Error rate over eject_window_s that opens the breaker (with eject_min_calls)."
+    )
     eject_min_calls: int = Field(20, ge=1, description="Calls in the window before the error rate counts.")
     eject_window_s: float = Field(10.0, gt=0, description="Window of the error-rate check.")
-    eject_base_s: float = Field(5.0, gt=0, description="First ejection time; doubles per repeated ejection, then a half-open trial.")
+    eject_base_s: float = Field(
+        5.0, gt=0, description="First ejection time; doubles per repeated ejection, then a half-open trial."
+    )
     eject_max_s: float = Field(60.0, gt=0, description="Longest ejection time.")
     replica_policy: Literal["p2c-ewma", "least-outstanding"] = Field(
         "p2c-ewma", description="Replica choice inside a region: p2c-ewma (latency-aware) or least-outstanding."
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="CIDRs whose X-Forwarded-For/Forwarded headers are believed (comma-separated)."
+        default_factory=list,
+        description="CIDRs whose X-Forwarded-For/Forwarded headers are believed (comma-separated).",
     )
     forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
-        "x-forwarded-for", description="The one header trusted proxies write the client address to (the other is ignored)."
+        "x-forwarded-for",
+        description="The one header trusted proxies write the client address to (the other is ignored).",
     )
-    geoip_city_db: Path | None = Field(None, description="GeoIP2/GeoLite2 City .mmdb: caller coordinates -> nearest region.")
-    geoip_private_db: Path | None = Field(None, description="Custom .mmdb whose records carry 'region' (private networks).")
+    geoip_city_db: Path | None = Field(
+        None, description="GeoIP2/GeoLite2 City .mmdb: caller coordinates -> nearest region."
+    )
+    geoip_private_db: Path | None = Field(
+        None, description="Custom .mmdb whose records carry 'region' (private networks)."
+    )
     region_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static CIDR=region table, e.g. 10.1.0.0/16=eu-west,10.2.0.0/16=us-east."
     )
     region_order: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Region order for callers of unknown location (empty: own region, then nearest)."
+        default_factory=list,
+        description="Region order for callers of unknown location (empty: own region, then nearest).",
     )
     region_hint: bool = Field(True, description="Honour the X-Edge-Region header (preferred or only regions).")
     bus_url: str | None = Field(
-        None, description="Bus for bus-path calls: redis://, rediss://, unix:// or kafka://host:port (unset: direct path only)."
+        None,
+        description="Bus for bus-path calls: redis://, rediss://, unix:// or kafka://host:port (unset: direct path only).",
     )
-    bus_public_url: str | None = Field(None, description="Bus URL handed to agents at registration when theirs differs (default: bus_url).")
+    bus_public_url: str | None = Field(
+        None, description="Bus URL handed to agents at registration when theirs differs (default: bus_url)."
+    )
     bus_tools: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Tools (globs over agent.tool) sent over the bus, e.g. trainer.*,data.describe."
+        default_factory=list,
+        description="Tools (globs over agent.tool) sent over the bus, e.g. trainer.*,data.describe.",
     )
     bus_stream_maxlen: int = Field(100_000, ge=100, description="Bound of each Redis stream (approximate MAXLEN).")
-    result_cache_entries: int = Field(10000, ge=0, description="Results kept for read-only tools that declare a cache TTL (0: off).")
+    result_cache_entries: int = Field(
+        10000, ge=0, description="Results kept for read-only tools that declare a cache TTL (0: off)."
+    )
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a replica.")
     call_timeout_s: float = Field(300.0, gt=0, description="Default deadline of one tool call.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
@@ -90,44 +111,88 @@ class DispatcherSettings(BaseSettings):
         description="Browser Origins allowed on /mcp (scheme://host, any port); others get 403.",
     )
     session_ttl_s: float = Field(3600.0, gt=0, description="Idle lifetime of a 2025-era MCP session.")
-    task_ttl_s: float = Field(86400.0, gt=0, description="How long a task and its result are kept from creation when the client asks for no ttl.")
-    task_max_ttl_s: float = Field(7 * 86400.0, gt=0, description="Longest task retention a client may ask for (longer asks are cut to this).")
-    task_timeout_s: float = Field(3600.0, gt=0, description="Deadline of the work of one task (a task past it fails with upstream_timeout).")
+    task_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        description="How long a task and its result are kept from creation when the client asks for no ttl.",
+    )
+    task_max_ttl_s: float = Field(
+        7 * 86400.0, gt=0, description="Longest task retention a client may ask for (longer asks are cut to this)."
+    )
+    task_timeout_s: float = Field(
+        3600.0, gt=0, description="Deadline of the work of one task (a task past it fails with upstream_timeout)."
+    )
     task_poll_interval_ms: int = Field(1000, ge=50, description="pollInterval suggested to clients polling tasks/get.")
     task_after_ms: int = Field(
-        10_000, ge=0,
+        10_000,
+        ge=0,
         description="2026-era clients that declare the tasks extension: a call still running after this long is answered with a task (0: never).",
     )
-    task_lease_s: float = Field(10.0, gt=0, description="A task run inside a dispatcher that stops renewing its lease this long is recovered by another dispatcher.")
+    task_lease_s: float = Field(
+        10.0,
+        gt=0,
+        description="A task run inside a dispatcher that stops renewing its lease this long is recovered by another dispatcher.",
+    )
     log_level: str = Field("info", description="debug | info | warning | error.")
     log_format: str = Field("json", description="json (one object per line) or text (for humans).")
     auth: Literal["required", "none"] = Field(
-        "required", description="Client authentication on /mcp: required (API keys and/or JWT must be configured) or none (dev only).",
+        "required",
+        description="Client authentication on /mcp: required (API keys and/or JWT must be configured) or none (dev only).",
     )
-    api_keys_file: Path | None = Field(None, description="YAML file of API keys (hashed), each with identity, scopes, tools, regions.")
+    api_keys_file: Path | None = Field(
+        None, description="YAML file of API keys (hashed), each with identity, scopes, tools, regions."
+    )
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret for JWT bearer tokens.")
     jwt_jwks: str | None = Field(None, description="JWKS file path or https URL with the keys of RS256/ES256 tokens.")
     jwt_issuer: str | None = Field(None, description="Required `iss` of JWTs (unset: not checked).")
-    jwt_audience: str | None = Field(None, description="Required `aud` of JWTs, usually this server's /mcp URL (unset: not checked).")
+    jwt_audience: str | None = Field(
+        None, description="Required `aud` of JWTs, usually this server's /mcp URL (unset: not checked)."
+    )
     jwt_leeway_s: float = Field(30.0, ge=0, description="Clock skew tolerated on exp/nbf.")
     agent_networks: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="CIDRs agent URLs must resolve into (comma-separated; unset: any but link-local/metadata).",
+        default_factory=list,
+        description="CIDRs agent URLs must resolve into (comma-separated; unset: any but link-local/metadata).",
     )
-    rate_limit: str | None = Field(None, description="Calls per identity across all dispatchers on one Redis, e.g. 600/minute (unset: none).")
+    rate_limit: str | None = Field(
+        None, description="Calls per identity across all dispatchers on one Redis, e.g. 600/minute (unset: none)."
+    )
     tool_rate_limits: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
+        default_factory=list,
+        description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
     )
-    max_concurrent_calls: int = Field(0, ge=0, description="Calls one identity may have in flight on one dispatcher (0: no cap).")
-    task_rate_limit: str | None = Field(None, description="tasks/* requests and /v1/tasks reads per identity across all dispatchers, e.g. 20/second (unset: none).")
-    max_open_tasks: int = Field(100, ge=0, description="Unfinished tasks one identity may have across the fleet (0: no cap).")
-    max_result_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest tool answer relayed to a client (result_too_large above).")
-    validate_results: bool = Field(True, description="Check structuredContent against the tool's outputSchema (invalid_tool_result when it does not match).")
-    agent_keys_file: Path | None = Field(None, description="YAML file of per-agent credentials (hashed), each bound to one agent name.")
-    audit: bool = Field(True, description="Write the audit stream (Redis stream <prefix>:audit): registrations, calls, tasks, auth failures, limit hits.")
-    audit_arguments: bool = Field(False, description="Include tool argument values in the audit stream's call events (off: names only).")
-    audit_maxlen: int = Field(1_000_000, ge=1000, description="Events kept in the audit stream (approximate MAXLEN; older ones are trimmed).")
+    max_concurrent_calls: int = Field(
+        0, ge=0, description="Calls one identity may have in flight on one dispatcher (0: no cap)."
+    )
+    task_rate_limit: str | None = Field(
+        None,
+        description="tasks/* requests and /v1/tasks reads per identity across all dispatchers, e.g. 20/second (unset: none).",
+    )
+    max_open_tasks: int = Field(
+        100, ge=0, description="Unfinished tasks one identity may have across the fleet (0: no cap)."
+    )
+    max_result_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest tool answer relayed to a client (result_too_large above)."
+    )
+    validate_results: bool = Field(
+        True,
+        description="Check structuredContent against the tool's outputSchema (invalid_tool_result when it does not match).",
+    )
+    agent_keys_file: Path | None = Field(
+        None, description="YAML file of per-agent credentials (hashed), each bound to one agent name."
+    )
+    audit: bool = Field(
+        True,
+        description="Write the audit stream (Redis stream <prefix>:audit): registrations, calls, tasks, auth failures, limit hits.",
+    )
+    audit_arguments: bool = Field(
+        False, description="Include tool argument values in the audit stream's call events (off: names only)."
+    )
+    audit_maxlen: int = Field(
+        1_000_000, ge=1000, description="Events kept in the audit stream (approximate MAXLEN; older ones are trimmed)."
+    )
     oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
+        default_factory=list,
+        description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
 
     @field_validator("region")
@@ -137,8 +202,17 @@ class DispatcherSettings(BaseSettings):
             raise ValueError("region names are lowercase letters, digits and '-', starting with a letter")
         return value
 
-    @field_validator("allowed_origins", "trusted_proxies", "region_networks", "region_order", "bus_tools",
-                     "oauth_authorization_servers", "tool_rate_limits", "agent_networks", mode="before")
+    @field_validator(
+        "allowed_origins",
+        "trusted_proxies",
+        "region_networks",
+        "region_order",
+        "bus_tools",
+        "oauth_authorization_servers",
+        "tool_rate_limits",
+        "agent_networks",
+        mode="before",
+    )
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
@@ -202,11 +276,17 @@ class AgentSettings(BaseSettings):
     port: int = Field(0, ge=0, le=65535, description="Port of the agent (0: pick a free one).")
     public_url: str | None = Field(None, description="MCP URL the dispatcher uses to reach this replica.")
     heartbeat_s: float = Field(1.0, gt=0, description="Heartbeat interval.")
-    drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM: keep serving this long after leaving the fleet (routing catches up).")
+    drain_delay_s: float = Field(
+        1.0, ge=0, description="On SIGTERM: keep serving this long after leaving the fleet (routing catches up)."
+    )
     drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM: longest wait for in-flight calls to finish.")
-    bus_url: str | None = Field(None, description="Bus URL override (default: the one the dispatcher hands out at registration).")
+    bus_url: str | None = Field(
+        None, description="Bus URL override (default: the one the dispatcher hands out at registration)."
+    )
     bus_max_inflight: int = Field(16, ge=1, le=4096, description="Bus calls one replica runs at once (backpressure).")
-    bus_visibility_s: float = Field(15.0, gt=0, description="A bus call pending this long on a dead replica goes to another.")
+    bus_visibility_s: float = Field(
+        15.0, gt=0, description="A bus call pending this long on a dead replica goes to another."
+    )
     log_level: str = Field("info", description="debug | info | warning | error.")
     log_format: str = Field("text", description="text (for humans) or json (one object per line, with trace ids).")
 
@@ -234,7 +314,12 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     known = _known_names()
     for name in environ:
-        if name.startswith(ENV_PREFIX) and not name.startswith(_TEST_PREFIX) and name not in known and name not in _CLIENT_VARIABLES:
+        if (
+            name.startswith(ENV_PREFIX)
+            and not name.startswith(_TEST_PREFIX)
+            and name not in known
+            and name not in _CLIENT_VARIABLES
+        ):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             raise ConfigError(f"Unknown setting {name}.{hint} The README's configuration table lists every setting.")
@@ -246,7 +331,11 @@ def settings_table() -> list[tuple[str, str, str]]:
     for cls, prefix in ((DispatcherSettings, ENV_PREFIX), (AgentSettings, ENV_PREFIX + "AGENT_")):
         for name, field in cls.model_fields.items():
             alias = field.validation_alias
-            var = next((c for c in alias.choices if isinstance(c, str) and c.isupper()), None) if isinstance(alias, AliasChoices) else None
+            var = (
+                next((c for c in alias.choices if isinstance(c, str) and c.isupper()), None)
+                if isinstance(alias, AliasChoices)
+                else None
+            )
             var = var or prefix + name.upper()
             default = field.get_default(call_default_factory=True)
             if isinstance(default, list):  # as it is written in the environment

@@ -42,7 +42,9 @@ class PassThroughTracer(trace.Tracer):
         return trace.get_current_span(context)
 
     @contextlib.contextmanager  # type: ignore[override]
-    def start_as_current_span(self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any) -> Iterator[Span]:
+    def start_as_current_span(
+        self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any
+    ) -> Iterator[Span]:
         if context is None:
             yield trace.get_current_span()
             return
@@ -88,7 +90,11 @@ def configure(service_name: str, **resource: str | None) -> str:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
     if choice == "otlp" and protocol != "http/protobuf":
         log.warning("OTLP protocol %s is not bundled; exporting with http/protobuf (port 4318)", protocol)
     attributes: dict[str, str] = {k.replace("_", "."): v for k, v in resource.items() if v}
@@ -132,7 +138,9 @@ def recording() -> bool:
     return trace.get_current_span().is_recording()
 
 
-def context_from(meta: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None) -> otel_context.Context | None:
+def context_from(
+    meta: Mapping[str, Any] | None, headers: Mapping[str, str] | None = None
+) -> otel_context.Context | None:
     """The caller's trace context: ``_meta.traceparent`` first (the MCP-level carrier),
     then the HTTP ``traceparent`` header; None when neither holds a valid one."""
     for carrier in (meta, headers):
@@ -170,6 +178,15 @@ def ids() -> tuple[str, str] | None:
 
 
 __all__ = [
-    "SpanKind", "configure", "context_from", "current_traceparent", "exporter_choice", "ids", "inject_into",
-    "flush", "recording", "tracer", "tracing",
+    "SpanKind",
+    "configure",
+    "context_from",
+    "current_traceparent",
+    "exporter_choice",
+    "ids",
+    "inject_into",
+    "flush",
+    "recording",
+    "tracer",
+    "tracing",
 ]

@@ -35,11 +35,15 @@ async def test_official_client_lists_and_calls_every_example_agent(example_fleet
         assert {"text.keywords", "text.summarize", "text.detect_language", "data.describe", "trainer.train"} <= names
         assert all(name.count(".") >= 1 for name in names)
 
-        keywords = await client.call_tool("text.keywords", {"text": "edge edge edge routing routing dispatcher", "top": 2})
+        keywords = await client.call_tool(
+            "text.keywords", {"text": "edge edge edge routing routing dispatcher", "top": 2}
+        )
         assert not keywords.is_error, keywords.content
         assert "edge" in str(keywords.structured_content)
 
-        language = await client.call_tool("text.detect_language", {"text": "Der schnelle braune Fuchs springt über den faulen Hund und die Katze."})
+        language = await client.call_tool(
+            "text.detect_language", {"text": "Der schnelle braune Fuchs springt über den faulen Hund und die Katze."}
+        )
         assert not language.is_error and "de" in str(language.structured_content)
 
         stats = await client.call_tool("data.describe", {"data": "a,b\n1,2\n3,4\n5,9\n"})
@@ -110,7 +114,10 @@ async def test_calls_fail_over_to_another_replica_when_one_dies(fleet: Fleet) ->
 async def test_two_dispatchers_share_one_registry(fleet: Fleet) -> None:
     second = fleet.start_dispatcher()
     fleet.start_agent("edgefleet.agents.examples.text", "eu-west")  # registers with the first dispatcher only
-    fleet.wait_for(lambda: any(a["name"] == "text" and a["replicas"][0]["routable"] for a in fleet.agents_view(second)), "second dispatcher warm")
+    fleet.wait_for(
+        lambda: any(a["name"] == "text" and a["replicas"][0]["routable"] for a in fleet.agents_view(second)),
+        "second dispatcher warm",
+    )
     async with Client(second + "/mcp") as client:
         result = await client.call_tool("text.stats", {"text": "served by the other dispatcher"})
     assert not result.is_error

@@ -15,18 +15,39 @@ FOLDERS = ("dispatcher", "agents", "bus", "shared")
 
 
 def test_the_wheel_installs_one_top_level_name_holding_every_module(tmp_path: Path) -> None:
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("edgefleet-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/", 1)[0] for n in names} == {"edgefleet", wheel.name.split("-py")[0] + ".dist-info"}
     # Installed: exactly one importable top-level name, and every module of the four folders in it.
     target = tmp_path / "site"
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                               capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr
-    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin") == ["edgefleet"]
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin") == [
+        "edgefleet"
+    ]
     for folder in FOLDERS:
         for module in (ROOT / folder).rglob("*.py"):
             assert (target / "edgefleet" / module.relative_to(ROOT)).is_file(), module
@@ -36,5 +57,11 @@ def test_the_wheel_installs_one_top_level_name_holding_every_module(tmp_path: Pa
 def test_the_editable_install_adds_no_generic_names(tmp_path: Path) -> None:
     # In a fresh interpreter outside the checkout (pytest itself puts the repository root on sys.path).
     probe = "import importlib.util as u, sys; print([n for n in sys.argv[1:] if u.find_spec(n)])"
-    found = subprocess.run([sys.executable, "-c", probe, "edgefleet.agents", *FOLDERS], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    found = subprocess.run(
+        [sys.executable, "-c", probe, "edgefleet.agents", *FOLDERS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert found.stdout.strip() == "['edgefleet.agents']", found.stderr

@@ -275,8 +275,6 @@ def histogram(data: str, column: str, bins: int = 10, fmt: Format = "auto") -> H
     }
 
 
-
-
 agent = Agent(
     "data",
     description="Descriptive statistics, correlations and histograms over CSV or JSON data.",

@@ -14,7 +14,9 @@ import time
 from edgefleet.agents import Agent, ToolAnnotations, ToolError
 
 log = logging.getLogger("edgefleet.agent.echo")
-agent = Agent("echo", description="Returns its input; used by `edgefleet bench` and the routing tests.", version="1.0.0")
+agent = Agent(
+    "echo", description="Returns its input; used by `edgefleet bench` and the routing tests.", version="1.0.0"
+)
 
 
 @agent.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))

@@ -204,8 +204,6 @@ def text_stats(text: str, words_per_minute: int = 238) -> TextStats:
     }
 
 
-
-
 agent = Agent(
     "text",
     description="Text analysis: keywords, extractive summaries, language detection and statistics.",

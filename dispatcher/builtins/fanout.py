@@ -41,7 +41,9 @@ DEFINITION: dict[str, Any] = {
         "type": "object",
         "properties": {
             "calls": {
-                "type": "array", "minItems": 1, "maxItems": MAX_SUBTASKS,
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_SUBTASKS,
                 "items": {
                     "type": "object",
                     "properties": {
@@ -86,8 +88,9 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
 
     async def sub(index: int, call: dict[str, Any]) -> None:
         remaining = max(0.001, deadline - time.monotonic())
-        with _tracer.start_as_current_span("fanout.subtask", kind=SpanKind.INTERNAL, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            "fanout.subtask", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
+        ) as span:
             try:
                 outcomes[index] = outcome = await invoker.call(
                     call["tool"], call.get("arguments") or {}, parent=parent, order=orders[index], timeout_s=remaining
@@ -97,9 +100,14 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
                     span.set_attributes({"edgefleet.subtask.index": index, "edgefleet.subtask.status": "cancelled"})
                 raise
             if span.is_recording():
-                span.set_attributes({"edgefleet.subtask.index": index, "gen_ai.tool.name": call["tool"],
-                                     "edgefleet.subtask.status": outcome.status,
-                                     "edgefleet.region": (outcome.route.region if outcome.route else None) or "-"})
+                span.set_attributes(
+                    {
+                        "edgefleet.subtask.index": index,
+                        "gen_ai.tool.name": call["tool"],
+                        "edgefleet.subtask.status": outcome.status,
+                        "edgefleet.region": (outcome.route.region if outcome.route else None) or "-",
+                    }
+                )
                 if not outcome.ok:
                     span.set_status(StatusCode.ERROR, outcome.status)
 
@@ -135,6 +143,8 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
         "duration_ms": round((time.monotonic() - started) * 1000, 3),
         "results": results,
     }
-    text = (f"{succeeded}/{len(calls)} sub-tasks succeeded ({failed} failed, {cancelled} cancelled) "
-            f"in {summary['duration_ms']:.0f} ms; strategy {summary['strategy']} {'satisfied' if satisfied else 'NOT satisfied'}.")
+    text = (
+        f"{succeeded}/{len(calls)} sub-tasks succeeded ({failed} failed, {cancelled} cancelled) "
+        f"in {summary['duration_ms']:.0f} ms; strategy {summary['strategy']} {'satisfied' if satisfied else 'NOT satisfied'}."
+    )
     return {"content": [{"type": "text", "text": text}], "structuredContent": summary, "isError": not satisfied}

@@ -70,20 +70,27 @@ class Invoker:
         if region is None:
             return base
         if region not in self.fleet.regions and not self.router.table.knows(region):
-            raise InvalidParams(f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region})
+            raise InvalidParams(
+                f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region}
+            )
         return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
 
-    async def call(self, tool: str, arguments: dict[str, Any], *, parent: ToolCall, order: RouteOrder, timeout_s: float) -> Outcome:
+    async def call(
+        self, tool: str, arguments: dict[str, Any], *, parent: ToolCall, order: RouteOrder, timeout_s: float
+    ) -> Outcome:
         """One internal call on behalf of ``parent``'s caller: its own span (a child of the
         fan-out's or pipeline step's), metrics and a debug-level log line (the client's call
         has the info line)."""
         started = time.monotonic()
         entry = self.fleet.catalog.get(tool)
         label = tool if entry is not None else "unknown"
-        with _tracer.start_as_current_span(f"tools/call {label}", kind=SpanKind.INTERNAL, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            f"tools/call {label}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
+        ) as span:
             if span.is_recording():
-                span.set_attributes({"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "edgefleet.internal": True})
+                span.set_attributes(
+                    {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "edgefleet.internal": True}
+                )
             obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
             obs.routed(order)
             try:
@@ -103,8 +110,15 @@ class Invoker:
         outcome.duration_ms = (time.monotonic() - started) * 1000
         return outcome
 
-    async def _call(self, tool: str, arguments: dict[str, Any], parent: ToolCall, order: RouteOrder, timeout_s: float,
-                    obs: CallObservation) -> Outcome:
+    async def _call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        parent: ToolCall,
+        order: RouteOrder,
+        timeout_s: float,
+        obs: CallObservation,
+    ) -> Outcome:
         entry = self.fleet.catalog.get(tool)
         if entry is None or entry.path == "builtin":
             raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
@@ -119,7 +133,9 @@ class Invoker:
         await self.paths.call(call, answer)
         response = answer.response()
         if response is None:
-            return Outcome(tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route)
+            return Outcome(
+                tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route
+            )
         if isinstance(response.get("error"), dict):
             error = response["error"]
             status = "timeout" if error.get("code") == UpstreamTimeout.jsonrpc_code else "error"

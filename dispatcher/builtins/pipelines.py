@@ -124,7 +124,9 @@ def lookup(context: dict[str, Any], path: str) -> Any:
     value: Any = context
     for part in path.strip().split("."):
         if isinstance(value, dict) and part == "text" and part not in value and isinstance(value.get("content"), list):
-            value = next((c.get("text") for c in value["content"] if isinstance(c, dict) and c.get("type") == "text"), None)
+            value = next(
+                (c.get("text") for c in value["content"] if isinstance(c, dict) and c.get("type") == "text"), None
+            )
         elif isinstance(value, dict):
             if part not in value:
                 raise KeyError(path)
@@ -168,8 +170,9 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
         entry: dict[str, Any] = {"name": step.name, "tool": step.tool, "status": "running", "attempts": 0}
         trace.append(entry)
         # One span per step; each attempt is a call span under it.
-        with _tracer.start_as_current_span(f"pipeline.step {step.name}", kind=SpanKind.INTERNAL, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            f"pipeline.step {step.name}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
+        ) as span:
             try:
                 await _run_step(step, entry)
             except asyncio.CancelledError:
@@ -179,8 +182,15 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
                 if invoker.metrics is not None:
                     invoker.metrics.steps.labels(pipeline, entry["status"]).inc()
                 if span.is_recording():
-                    span.set_attributes({"edgefleet.pipeline": pipeline, "edgefleet.step": step.name, "gen_ai.tool.name": step.tool,
-                                         "edgefleet.step.status": entry["status"], "edgefleet.step.attempts": entry["attempts"]})
+                    span.set_attributes(
+                        {
+                            "edgefleet.pipeline": pipeline,
+                            "edgefleet.step": step.name,
+                            "gen_ai.tool.name": step.tool,
+                            "edgefleet.step.status": entry["status"],
+                            "edgefleet.step.attempts": entry["attempts"],
+                        }
+                    )
                     if entry["status"] == "failed":
                         span.set_status(StatusCode.ERROR, str((entry.get("error") or {}).get("message", "failed")))
 
@@ -189,7 +199,9 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
         try:
             arguments = render(step.arguments, context)
         except KeyError as exc:
-            entry.update(status="failed", error=InvalidParams(f"argument mapping: no value at {exc.args[0]}").to_jsonrpc())
+            entry.update(
+                status="failed", error=InvalidParams(f"argument mapping: no value at {exc.args[0]}").to_jsonrpc()
+            )
             raise _Failed(Outcome(step.tool, "error", error=entry["error"])) from None
         outcome = await _with_retries(invoker, step, arguments, call, deadline, entry)
         entry["duration_ms"] = round((time.monotonic() - step_started) * 1000, 3)
@@ -228,7 +240,12 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
     finally:
         # Steps never started are part of the trace too, so the picture is complete.
         seen = {t["name"] for t in trace}
-        trace.extend({"name": s.name, "tool": s.tool, "status": "skipped", "attempts": 0} for g in spec.groups() for s in g if s.name not in seen)
+        trace.extend(
+            {"name": s.name, "tool": s.tool, "status": "skipped", "attempts": 0}
+            for g in spec.groups()
+            for s in g
+            if s.name not in seen
+        )
 
     compensations = await _compensate(invoker, completed, context, call) if failed else []
     if invoker.metrics is not None:
@@ -249,8 +266,10 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
         summary["output"] = (output or {}).get("structuredContent", output)
     if failed:
         message = (failed.get("error") or {}).get("message", "failed")
-        text = f"Pipeline {pipeline} failed at step {failed['step']} ({failed['tool']}): {message}. " \
-               f"Compensated: {', '.join(c['step'] for c in compensations) or 'nothing'}."
+        text = (
+            f"Pipeline {pipeline} failed at step {failed['step']} ({failed['tool']}): {message}. "
+            f"Compensated: {', '.join(c['step'] for c in compensations) or 'nothing'}."
+        )
     else:
         text = f"Pipeline {pipeline} completed {len(trace)} steps in {summary['duration_ms']:.0f} ms."
     return {"content": [{"type": "text", "text": text}], "structuredContent": summary, "isError": bool(failed)}
@@ -273,8 +292,13 @@ async def _with_retries(
             if entry["attempts"] > 1:
                 trace_api.get_current_span().add_event("retry", {"attempt": entry["attempts"]})
             remaining = max(0.001, min(step.timeout_s, deadline - time.monotonic()))
-            outcome = await invoker.call(step.tool, arguments, parent=parent, order=invoker.order_for(parent.order, step.region),
-                                         timeout_s=remaining)
+            outcome = await invoker.call(
+                step.tool,
+                arguments,
+                parent=parent,
+                order=invoker.order_for(parent.order, step.region),
+                timeout_s=remaining,
+            )
         if attempt.retry_state.outcome is not None and not attempt.retry_state.outcome.failed:
             attempt.retry_state.set_result(outcome)
     assert outcome is not None
@@ -292,7 +316,9 @@ def _tool_error(outcome: Outcome) -> dict[str, Any]:
     return {"code": "tool_error", "message": text or "the tool reported an error"}
 
 
-async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str, Any], parent: ToolCall) -> list[dict[str, Any]]:
+async def _compensate(
+    invoker: Invoker, completed: list[Step], context: dict[str, Any], parent: ToolCall
+) -> list[dict[str, Any]]:
     """Undo completed steps, last completed first. A failing compensation is recorded and
     the others still run (there is no one left to undo it for us)."""
     done = []
@@ -307,10 +333,18 @@ async def _compensate(invoker: Invoker, completed: list[Step], context: dict[str
             done.append(item)
             continue
         # The undo goes where the step ran (a step pinned to a region is undone there).
-        with _tracer.start_as_current_span(f"pipeline.compensate {step.name}", kind=SpanKind.INTERNAL,
-                                           attributes={"edgefleet.step": step.name, "gen_ai.tool.name": step.compensate.tool}):
-            outcome = await invoker.call(step.compensate.tool, arguments, parent=parent, order=invoker.order_for(parent.order, step.region),
-                                         timeout_s=step.compensate.timeout_s)
+        with _tracer.start_as_current_span(
+            f"pipeline.compensate {step.name}",
+            kind=SpanKind.INTERNAL,
+            attributes={"edgefleet.step": step.name, "gen_ai.tool.name": step.compensate.tool},
+        ):
+            outcome = await invoker.call(
+                step.compensate.tool,
+                arguments,
+                parent=parent,
+                order=invoker.order_for(parent.order, step.region),
+                timeout_s=step.compensate.timeout_s,
+            )
         item.update(status="completed" if outcome.ok else "failed", duration_ms=round(outcome.duration_ms, 3))
         if not outcome.ok:
             item["error"] = outcome.error or _tool_error(outcome)

@@ -26,14 +26,18 @@ def add_parser(sub: Any, *, url_help: str) -> None:
     audit = sub.add_parser("audit", help="the audit stream: who did what (operators: fleet token or admin key)")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     tail = audit_sub.add_parser("tail", help="print the last events, and with -f the new ones as they come")
-    tail.add_argument("-n", "--lines", type=int, default=20, help="how many of the last events to print first (default 20)")
+    tail.add_argument(
+        "-n", "--lines", type=int, default=20, help="how many of the last events to print first (default 20)"
+    )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
     tail.add_argument("--event", default="", help="only these events, comma-separated prefixes (e.g. call,auth. )")
     tail.add_argument("--identity", default=None, help="only events of this identity")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--url", default=None, help=url_help)
     tail.add_argument("--key", default=None, help="admin API key or token (default: EDGEFLEET_API_KEY)")
-    tail.add_argument("--token", default=None, help="fleet token (default: EDGEFLEET_FLEET_TOKEN or the running `edgefleet dev`)")
+    tail.add_argument(
+        "--token", default=None, help="fleet token (default: EDGEFLEET_FLEET_TOKEN or the running `edgefleet dev`)"
+    )
 
 
 def _credential(args: argparse.Namespace) -> str:
@@ -47,7 +51,11 @@ def _wanted(event: dict[str, Any], kinds: list[str], identity: str | None) -> bo
 
 
 def format_event(event: dict[str, Any]) -> str:
-    when = datetime.fromtimestamp(event.get("ts", 0) / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    when = (
+        datetime.fromtimestamp(event.get("ts", 0) / 1000, tz=timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
     parts = [when, str(event.get("event", "?"))]
     for name in ("identity", "tool", "outcome", "code"):
         if event.get(name) not in (None, ""):
@@ -55,7 +63,10 @@ def format_event(event: dict[str, Any]) -> str:
     if "duration_ms" in event:
         parts.append(f"{event['duration_ms']:.1f}ms")
     rest = {k: v for k, v in event.items() if k not in _LEAD and v not in (None, "", "-")}
-    parts.extend(f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v, separators=(',', ':'))}" for k, v in rest.items())
+    parts.extend(
+        f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v, separators=(',', ':'))}"
+        for k, v in rest.items()
+    )
     return " ".join(parts)
 
 

@@ -46,7 +46,10 @@ def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
 
 
 def _unreachable(base: str, exc: BaseException) -> int:
-    print(f"edgefleet: cannot reach the dispatcher at {base} ({_root_cause(exc)}). Is `edgefleet dev` running? Use --url to point elsewhere.", file=sys.stderr)
+    print(
+        f"edgefleet: cannot reach the dispatcher at {base} ({_root_cause(exc)}). Is `edgefleet dev` running? Use --url to point elsewhere.",
+        file=sys.stderr,
+    )
     return 3
 
 
@@ -105,10 +108,24 @@ def _auth_problem(base: str, key: str | None) -> str | None:
     """When the dispatcher refused our credentials, its own words and what to do (the MCP
     SDK reports a 401 only as "an error response")."""
     credential = key or os.environ.get("EDGEFLEET_API_KEY")
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
-               "mcp-method": "server/discover", **({"authorization": f"Bearer {credential}"} if credential else {})}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "server/discover",
+        **({"authorization": f"Bearer {credential}"} if credential else {}),
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "server/discover",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
+    }
     try:
         resp = httpx.post(f"{base}/mcp", json=body, headers=headers, timeout=10)
     except httpx.HTTPError:
@@ -145,7 +162,9 @@ def tools(url: str | None, key: str | None = None) -> int:
         return 1
 
 
-def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *, legacy: bool = False, key: str | None = None) -> int:
+def call(
+    url: str | None, tool: str, pairs: list[str], json_args: str | None, *, legacy: bool = False, key: str | None = None
+) -> int:
     from mcp import MCPError
 
     base = resolve_url(url)
@@ -158,7 +177,9 @@ def call(url: str | None, tool: str, pairs: list[str], json_args: str | None, *,
         print(f"[{params.level}] {params.data}", file=sys.stderr)
 
     async def run() -> int:
-        async with _mcp_client(base, key, mode="legacy" if legacy else "auto", logging_callback=on_log, log_level="info") as client:
+        async with _mcp_client(
+            base, key, mode="legacy" if legacy else "auto", logging_callback=on_log, log_level="info"
+        ) as client:
             result = await client.call_tool(tool, arguments, progress_callback=bar)
         bar.close()
         if result.structured_content is not None:
@@ -193,7 +214,9 @@ def agents(args: argparse.Namespace) -> int:
             if args.agents_command == "list":
                 resp = http.get("/v1/agents")
             elif args.agents_command == "add":
-                resp = http.post("/v1/agents", json={"name": args.name, "url": args.mcp_url, "region": args.region, "static": True})
+                resp = http.post(
+                    "/v1/agents", json={"name": args.name, "url": args.mcp_url, "region": args.region, "static": True}
+                )
             else:
                 resp = http.delete(f"/v1/agents/{args.name}")
     except httpx.HTTPError as exc:
@@ -237,12 +260,16 @@ def create_key(path: Path, identity: str, *, tools: list[str], regions: list[str
 
     current = ApiKeysFile.model_validate(yaml.safe_load(path.read_text()) or {}) if path.exists() else ApiKeysFile()
     key = new_key()
-    current.keys.append(ApiKeyEntry(identity=identity, sha256=hash_key(key), scopes=scopes, tools=tools, regions=regions))
+    current.keys.append(
+        ApiKeyEntry(identity=identity, sha256=hash_key(key), scopes=scopes, tools=tools, regions=regions)
+    )
     path.write_text(yaml.safe_dump(current.model_dump(), sort_keys=False))
     path.chmod(0o600)
     print(key)
-    print(f"edgefleet: added {identity!r} to {path}; the key above is not stored anywhere; dispatchers read the file at start-up.",
-          file=sys.stderr)
+    print(
+        f"edgefleet: added {identity!r} to {path}; the key above is not stored anywhere; dispatchers read the file at start-up.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -259,11 +286,17 @@ def create_agent_key(path: Path, agent: str, *, regions: list[str]) -> int:
     try:
         current.agents.append(AgentKeyEntry(agent=agent, sha256=hash_key(key), regions=regions))
     except ValidationError:
-        print(f"edgefleet: {agent!r} is not an agent name (lowercase letters, digits and '-', starting with a letter)", file=sys.stderr)
+        print(
+            f"edgefleet: {agent!r} is not an agent name (lowercase letters, digits and '-', starting with a letter)",
+            file=sys.stderr,
+        )
         return 2
     path.write_text(yaml.safe_dump(current.model_dump(), sort_keys=False))
     path.chmod(0o600)
     print(key)
-    print(f"edgefleet: added a key for agent {agent!r} to {path}; give it to the agent as EDGEFLEET_AGENT_KEY "
-          "(it is not stored anywhere); dispatchers read the file at start-up.", file=sys.stderr)
+    print(
+        f"edgefleet: added a key for agent {agent!r} to {path}; give it to the agent as EDGEFLEET_AGENT_KEY "
+        "(it is not stored anywhere); dispatchers read the file at start-up.",
+        file=sys.stderr,
+    )
     return 0

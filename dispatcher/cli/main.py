@@ -1,16 +1,16 @@
 """The ``edgefleet`` command: a thin layer over the same code the services run.
 
-    edgefleet dev                       the whole local fleet, no Docker, no servers
-    edgefleet serve                     one dispatcher (production entry point)
-    edgefleet agent NAME                one example agent replica (text, data, trainer)
-    edgefleet tools                     list the federated tools through /mcp
-    edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
-    edgefleet tasks list|get|watch|cancel  durable MCP tasks (REST /v1/tasks)
-    edgefleet agents list|add|remove    the registry
-    edgefleet audit tail [-f]           the audit stream: who did what
-    edgefleet keys create [--agent]     a client API key, or an agent's own key
-    edgefleet bench                     through the dispatcher vs direct, one run
-    edgefleet config                    every EDGEFLEET_* setting with its default
+edgefleet dev                       the whole local fleet, no Docker, no servers
+edgefleet serve                     one dispatcher (production entry point)
+edgefleet agent NAME                one example agent replica (text, data, trainer)
+edgefleet tools                     list the federated tools through /mcp
+edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
+edgefleet tasks list|get|watch|cancel  durable MCP tasks (REST /v1/tasks)
+edgefleet agents list|add|remove    the registry
+edgefleet audit tail [-f]           the audit stream: who did what
+edgefleet keys create [--agent]     a client API key, or an agent's own key
+edgefleet bench                     through the dispatcher vs direct, one run
+edgefleet config                    every EDGEFLEET_* setting with its default
 """
 
 from __future__ import annotations
@@ -30,18 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgefleet",
         description="An MCP edge dispatcher: one URL in front of a regional fleet of agents.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with `edgefleet dev`, then `edgefleet tools` and `edgefleet call text.keywords text=\"...\"`.",
+        epilog='Start with `edgefleet dev`, then `edgefleet tools` and `edgefleet call text.keywords text="..."`.',
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dev = sub.add_parser("dev", help="run a whole local fleet: embedded Redis, dispatcher, example agents in 3 regions")
     dev.add_argument("--port", type=int, default=8700, help="dispatcher port (default 8700)")
     dev.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
-    dev.add_argument("--agents", default="text@eu-west,text@us-east,text@ap-southeast,data@eu-west,data@us-east,trainer@us-east,trainer@ap-southeast",
-                     help="comma-separated NAME@REGION replicas to start")
+    dev.add_argument(
+        "--agents",
+        default="text@eu-west,text@us-east,text@ap-southeast,data@eu-west,data@us-east,trainer@us-east,trainer@ap-southeast",
+        help="comma-separated NAME@REGION replicas to start",
+    )
     dev.add_argument("--region", default="eu-west", help="region of the dev dispatcher (default eu-west)")
-    dev.add_argument("--bus", choices=("redis", "kafka"), default="redis",
-                     help="bus for bus-path tools: the embedded Redis (default) or the bundled Kafka-compatible broker")
+    dev.add_argument(
+        "--bus",
+        choices=("redis", "kafka"),
+        default="redis",
+        help="bus for bus-path tools: the embedded Redis (default) or the bundled Kafka-compatible broker",
+    )
     dev.add_argument("--bus-tools", default="trainer.*", help="tools sent over the bus (globs, default trainer.*)")
 
     serve = sub.add_parser("serve", help="run one dispatcher (settings from EDGEFLEET_* variables)")
@@ -63,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     call = sub.add_parser("call", help="call a tool: edgefleet call text.keywords text='hello world' top=3")
     call.add_argument("tool")
-    call.add_argument("args", nargs="*", metavar="KEY=VALUE", help="arguments; values are parsed as JSON when they parse, else strings")
+    call.add_argument(
+        "args",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="arguments; values are parsed as JSON when they parse, else strings",
+    )
     call.add_argument("--json", dest="json_args", help="all arguments as one JSON object")
     call.add_argument("--url", help=url_help)
     call.add_argument("--key", help=key_help)
@@ -95,17 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,16", help="comma-separated concurrent sessions (default 1,16)")
     bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
-    bench.add_argument("--no-tracing", action="store_true", help="skip the third path: a dispatcher exporting its spans over OTLP")
-    bench.add_argument("--trace-ratio", type=float, default=1.0, help="share of calls the traced dispatcher samples (default 1 = all)")
-    bench.add_argument("--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)")
-    bench.add_argument("--paths", default="direct,redis,kafka", help="fan-out bench: direct and/or buses (default direct,redis,kafka)")
+    bench.add_argument(
+        "--no-tracing", action="store_true", help="skip the third path: a dispatcher exporting its spans over OTLP"
+    )
+    bench.add_argument(
+        "--trace-ratio", type=float, default=1.0, help="share of calls the traced dispatcher samples (default 1 = all)"
+    )
+    bench.add_argument(
+        "--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)"
+    )
+    bench.add_argument(
+        "--paths", default="direct,redis,kafka", help="fan-out bench: direct and/or buses (default direct,redis,kafka)"
+    )
 
     keys = sub.add_parser("keys", help="client API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k_create = keys_sub.add_parser("create", help="make a key: prints it ONCE and adds its hash to the keys file")
-    k_create.add_argument("identity", help="who holds the key (shown in logs and the audit trail); with --agent, the agent name")
-    k_create.add_argument("--file", required=True, help="the EDGEFLEET_API_KEYS_FILE (or, with --agent, EDGEFLEET_AGENT_KEYS_FILE) to add it to")
-    k_create.add_argument("--agent", action="store_true", help="an agent key: bound to the agent name IDENTITY (its tool namespace)")
+    k_create.add_argument(
+        "identity", help="who holds the key (shown in logs and the audit trail); with --agent, the agent name"
+    )
+    k_create.add_argument(
+        "--file",
+        required=True,
+        help="the EDGEFLEET_API_KEYS_FILE (or, with --agent, EDGEFLEET_AGENT_KEYS_FILE) to add it to",
+    )
+    k_create.add_argument(
+        "--agent", action="store_true", help="an agent key: bound to the agent name IDENTITY (its tool namespace)"
+    )
     k_create.add_argument("--tools", default="", help="comma-separated globs of tools it may call (default: all)")
     k_create.add_argument("--regions", default="", help="comma-separated regions it may be served in (default: all)")
     k_create.add_argument("--scopes", default="", help="comma-separated scopes, e.g. admin")
@@ -125,8 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             from edgefleet.dispatcher.devtools.devfleet import run_dev
 
-            return run_dev(port=args.port, redis_url=args.redis_url, agents=args.agents, region=args.region,
-                           bus=args.bus, bus_tools=args.bus_tools)
+            return run_dev(
+                port=args.port,
+                redis_url=args.redis_url,
+                agents=args.agents,
+                region=args.region,
+                bus=args.bus,
+                bus_tools=args.bus_tools,
+            )
         if args.command == "serve":
             return _serve(args)
         if args.command == "agent":
@@ -139,12 +173,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fanout:
                 from edgefleet.dispatcher.devtools.bench_fanout import run_fanout_bench
 
-                return run_fanout_bench(sizes=[int(n) for n in args.fanout.split(",")], paths=args.paths.split(","),
-                                        rounds=max(1, args.rounds))
+                return run_fanout_bench(
+                    sizes=[int(n) for n in args.fanout.split(",")],
+                    paths=args.paths.split(","),
+                    rounds=max(1, args.rounds),
+                )
             from edgefleet.dispatcher.devtools.bench import run_bench
 
-            return run_bench(concurrency=[int(c) for c in args.concurrency.split(",")], seconds=args.seconds, rounds=args.rounds,
-                             tracing=not args.no_tracing, trace_ratio=args.trace_ratio)
+            return run_bench(
+                concurrency=[int(c) for c in args.concurrency.split(",")],
+                seconds=args.seconds,
+                rounds=args.rounds,
+                tracing=not args.no_tracing,
+                trace_ratio=args.trace_ratio,
+            )
         if args.command == "config":
             from edgefleet.shared.settings import settings_table
 
@@ -173,8 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys" and args.agent:
             return client_cli.create_agent_key(Path(args.file), args.identity, regions=_csv(args.regions))
         if args.command == "keys":
-            return client_cli.create_key(Path(args.file), args.identity, tools=_csv(args.tools), regions=_csv(args.regions),
-                                         scopes=_csv(args.scopes))
+            return client_cli.create_key(
+                Path(args.file),
+                args.identity,
+                tools=_csv(args.tools),
+                regions=_csv(args.regions),
+                scopes=_csv(args.scopes),
+            )
         if args.command == "agents":
             return client_cli.agents(args)
     except ConfigError as exc:
@@ -191,8 +238,17 @@ def _serve(args: argparse.Namespace) -> int:
     from edgefleet.shared.settings import DispatcherSettings, check_environment
 
     check_environment()
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "redis_url": args.redis_url,
-                                   "region": args.region, "config_file": args.config}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "redis_url": args.redis_url,
+            "region": args.region,
+            "config_file": args.config,
+        }.items()
+        if v is not None
+    }
     try:
         settings = DispatcherSettings(**overrides)
     except Exception as exc:  # pydantic's message names the bad variable

@@ -58,23 +58,38 @@ def _refusal(resp: httpx.Response, *, key: str | None, task_id: str | None = Non
         code, message, details = "", "", {}
     if resp.status_code == 401:
         hint = "check the key or token" if _credential(key) else "pass --key KEY or set EDGEFLEET_API_KEY"
-        return TaskCliError(f"the dispatcher refused the request (HTTP 401): {message or 'authentication required'} ({hint})")
+        return TaskCliError(
+            f"the dispatcher refused the request (HTTP 401): {message or 'authentication required'} ({hint})"
+        )
     if code == "task_not_found":
-        return TaskCliError(f"task {task_id} not found (it may have expired, or belong to someone else); "
-                            "`edgefleet tasks list` shows yours")
+        return TaskCliError(
+            f"task {task_id} not found (it may have expired, or belong to someone else); "
+            "`edgefleet tasks list` shows yours"
+        )
     if code == "task_finished":
         status = details.get("status") if isinstance(details, dict) else None
-        return TaskCliError(f"task {task_id} already finished{f' ({status})' if status else ''}; only working tasks can be cancelled")
+        return TaskCliError(
+            f"task {task_id} already finished{f' ({status})' if status else ''}; only working tasks can be cancelled"
+        )
     if resp.status_code == 404 and not code:
-        return TaskCliError(f"{resp.request.url.copy_with(query=None)} does not exist: this dispatcher has no task API "
-                            "(tasks disabled, or an older version)")
+        return TaskCliError(
+            f"{resp.request.url.copy_with(query=None)} does not exist: this dispatcher has no task API "
+            "(tasks disabled, or an older version)"
+        )
     if code:
         return TaskCliError(f"{code}: {message}")
     return TaskCliError(f"HTTP {resp.status_code}: {resp.text[:300]}")
 
 
-def _request(base: str, key: str | None, method: str, path: str, *, task_id: str | None = None,
-             params: dict[str, Any] | None = None) -> Any:
+def _request(
+    base: str,
+    key: str | None,
+    method: str,
+    path: str,
+    *,
+    task_id: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     try:
         with httpx.Client(base_url=base, headers=_headers(key), timeout=30.0) as http:
             resp = http.request(method, path, params={k: v for k, v in (params or {}).items() if v is not None})
@@ -85,7 +100,9 @@ def _request(base: str, key: str | None, method: str, path: str, *, task_id: str
     try:
         return resp.json()
     except ValueError:
-        raise TaskCliError(f"the dispatcher answered HTTP {resp.status_code} with something that is not JSON: {resp.text[:200]}") from None
+        raise TaskCliError(
+            f"the dispatcher answered HTTP {resp.status_code} with something that is not JSON: {resp.text[:200]}"
+        ) from None
 
 
 # -- formatting ------------------------------------------------------------------------
@@ -118,8 +135,17 @@ def _progress(view: dict[str, Any]) -> str:
 
 def _print_table(tasks: list[dict[str, Any]]) -> None:
     now = time.time()
-    rows = [(t["id"], t.get("tool", ""), t.get("status", ""), _progress(t), _age(t.get("created_at"), now), t.get("owner", ""))
-            for t in tasks]
+    rows = [
+        (
+            t["id"],
+            t.get("tool", ""),
+            t.get("status", ""),
+            _progress(t),
+            _age(t.get("created_at"), now),
+            t.get("owner", ""),
+        )
+        for t in tasks
+    ]
     header = ("ID", "TOOL", "STATUS", "PROGRESS", "AGE", "OWNER")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -189,7 +215,9 @@ def _print_view(view: dict[str, Any]) -> None:
 
 
 # -- commands --------------------------------------------------------------------------
-def list_tasks(base: str, key: str | None, *, owner: str | None, cursor: str | None, limit: int | None, as_json: bool) -> int:
+def list_tasks(
+    base: str, key: str | None, *, owner: str | None, cursor: str | None, limit: int | None, as_json: bool
+) -> int:
     page = _request(base, key, "GET", "/v1/tasks", params={"owner": owner, "cursor": cursor, "limit": limit})
     if as_json:
         print(json.dumps(page, indent=2, ensure_ascii=False))
@@ -246,7 +274,9 @@ async def _follow(base: str, key: str | None, task_id: str, bar: TaskProgress) -
     timeout = httpx.Timeout(30.0, read=60.0)  # the server sends a keep-alive every 15 s
     connected_once = False
     failures = 0
-    async with httpx.AsyncClient(base_url=base, headers={**_headers(key), "accept": "text/event-stream"}, timeout=timeout) as http:
+    async with httpx.AsyncClient(
+        base_url=base, headers={**_headers(key), "accept": "text/event-stream"}, timeout=timeout
+    ) as http:
         while True:
             try:
                 async with http.stream("GET", _task_path(task_id, "/events")) as resp:
@@ -270,9 +300,13 @@ async def _follow(base: str, key: str | None, task_id: str, bar: TaskProgress) -
                             try:
                                 payload = json.loads("\n".join(data))
                             except ValueError:
-                                raise TaskCliError(f"the event stream sent something that is not JSON: {data[0][:200]}") from None
+                                raise TaskCliError(
+                                    f"the event stream sent something that is not JSON: {data[0][:200]}"
+                                ) from None
                             if event == "error":
-                                raise TaskCliError(f"task {task_id} is gone: {_error_text(payload.get('error', payload))}")
+                                raise TaskCliError(
+                                    f"task {task_id} is gone: {_error_text(payload.get('error', payload))}"
+                                )
                             if event == "task":
                                 failures = 0
                                 await bar.show(payload)
@@ -285,8 +319,10 @@ async def _follow(base: str, key: str | None, task_id: str, bar: TaskProgress) -
                     raise TaskCliError(None, _unreachable(base, exc)) from None
                 failures += 1
                 if failures > 5:
-                    raise TaskCliError(f"lost the event stream of task {task_id} ({_root_cause(exc)}); "
-                                       f"`edgefleet tasks get {task_id}` shows where it is") from None
+                    raise TaskCliError(
+                        f"lost the event stream of task {task_id} ({_root_cause(exc)}); "
+                        f"`edgefleet tasks get {task_id}` shows where it is"
+                    ) from None
                 await asyncio.sleep(min(0.5 * failures, 3.0))
 
 
@@ -297,7 +333,10 @@ def watch_task(base: str, key: str | None, task_id: str, *, as_json: bool) -> in
         view = asyncio.run(_follow(base, key, task_id, bar))
     except KeyboardInterrupt:
         bar.close()
-        print(f"edgefleet: stopped watching; task {task_id} goes on (`edgefleet tasks cancel {task_id}` stops it)", file=sys.stderr)
+        print(
+            f"edgefleet: stopped watching; task {task_id} goes on (`edgefleet tasks cancel {task_id}` stops it)",
+            file=sys.stderr,
+        )
         return 130
     except TaskCliError:
         bar.close()
@@ -309,10 +348,16 @@ def watch_task(base: str, key: str | None, task_id: str, *, as_json: bool) -> in
     if as_json:
         print(json.dumps(view, indent=2, ensure_ascii=False))
     else:
-        detail = "" if status == "completed" else f": {_error_text(view['error']) if view.get('error') is not None else view.get('message') or ''}"
+        detail = (
+            ""
+            if status == "completed"
+            else f": {_error_text(view['error']) if view.get('error') is not None else view.get('message') or ''}"
+        )
         tail = " (the tool reported an error)" if status == "completed" and not ok else ""
-        print(f"task {task_id} {status}{detail}{tail} [{view.get('tool')}, watched {time.monotonic() - started:.1f} s]",
-              file=sys.stderr)
+        print(
+            f"task {task_id} {status}{detail}{tail} [{view.get('tool')}, watched {time.monotonic() - started:.1f} s]",
+            file=sys.stderr,
+        )
         if result is not None:
             print(_result_text(result))
     return 0 if ok else 1
@@ -340,23 +385,32 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, *, url_help: str) -> argparse.ArgumentParser:
     """The ``tasks`` subcommand's parser (cli.py calls this so the help stays in one place)."""
-    tasks = sub.add_parser("tasks", help="durable MCP tasks: list, get, watch or cancel them (REST /v1/tasks)",
-                           description="Durable MCP tasks through the dispatcher's REST mirror. You see your own tasks "
-                                       "(by --key); an admin sees everyone's.")
+    tasks = sub.add_parser(
+        "tasks",
+        help="durable MCP tasks: list, get, watch or cancel them (REST /v1/tasks)",
+        description="Durable MCP tasks through the dispatcher's REST mirror. You see your own tasks "
+        "(by --key); an admin sees everyone's.",
+    )
     tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     t_list = tasks_sub.add_parser("list", help="your tasks, newest first: id, tool, status, progress, age, owner")
     t_list.add_argument("--owner", help="only this owner's tasks (admins; others always see their own)")
     t_list.add_argument("--limit", type=int, help="tasks per page (server default 50)")
     t_list.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     t_get = tasks_sub.add_parser("get", help="one task: status, progress, history, result or error")
-    t_watch = tasks_sub.add_parser("watch", help="follow a task with a progress bar until it ends, then print its result "
-                                                 "(exit 0 only if it completed without a tool error; Ctrl-C stops watching, not the task)")
+    t_watch = tasks_sub.add_parser(
+        "watch",
+        help="follow a task with a progress bar until it ends, then print its result "
+        "(exit 0 only if it completed without a tool error; Ctrl-C stops watching, not the task)",
+    )
     t_cancel = tasks_sub.add_parser("cancel", help="cancel a working task and print it")
     for p in (t_get, t_watch, t_cancel):
         p.add_argument("id", metavar="ID", help="the task id (`edgefleet tasks list` shows them)")
     for p in (t_list, t_get, t_watch, t_cancel):
-        p.add_argument("--json", action="store_true",
-                       help="the final task as raw JSON" if p is t_watch else "raw JSON as the dispatcher returns it")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="the final task as raw JSON" if p is t_watch else "raw JSON as the dispatcher returns it",
+        )
         p.add_argument("--url", help=url_help)
         p.add_argument("--key", help="API key or bearer token, as for /mcp (default: EDGEFLEET_API_KEY)")
     return tasks

@@ -54,10 +54,21 @@ class Result:
 
 
 async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result:
-    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": tool, "arguments": {"text": "hello"}, "_meta": META}})
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+    body = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": "hello"}, "_meta": META},
+        }
+    )
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
     result = Result()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -91,10 +102,21 @@ async def first_call(url: str, tool: str, then: int = 50) -> tuple[float, float]
     on one client connection. The client warms its own side first (session, connection,
     its POST path) with ``server/discover`` requests, which the server answers without
     touching any tool: that set-up is the client's cost, the same for any server."""
-    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                         "params": {"name": tool, "arguments": {"text": "first"}, "_meta": META}})
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+    body = orjson.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": "first"}, "_meta": META},
+        }
+    )
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
     discover = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}})
     discover_headers = {**headers, "mcp-method": "server/discover"}
     del discover_headers["mcp-name"]
@@ -131,16 +153,28 @@ def _start_dispatcher(env: dict[str, str], redis_url: str, procs: list[subproces
     # Default log level on purpose: the per-call log line is part of the measured cost.
     # No client auth: the bench measures the forwarding path (an API key adds a SHA-256 per call).
     d_env = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_AUTH": "none"}
-    procs.append(subprocess.Popen([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.dispatcher", "serve"],
+            env=d_env,
+            preexec_fn=die_with_parent,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     base = f"http://127.0.0.1:{port}"
     _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
     return base
 
 
 def _start_sink(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
-    sink = subprocess.Popen([sys.executable, "-m", "edgefleet.dispatcher.devtools.otlp_sink", "--count-only", "--port", str(free_port())], env=env,
-                            preexec_fn=die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.dispatcher.devtools.otlp_sink", "--count-only", "--port", str(free_port())],
+        env=env,
+        preexec_fn=die_with_parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(sink)
     assert sink.stdout is not None
     match = re.search(r"endpoint=(\S+)", sink.stdout.readline().decode())
@@ -149,7 +183,9 @@ def _start_sink(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> st
     return match.group(1)
 
 
-def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: bool = True, trace_ratio: float = 1.0) -> int:
+def run_bench(
+    *, concurrency: list[int], seconds: float, rounds: int, tracing: bool = True, trace_ratio: float = 1.0
+) -> int:
     token = "bench-" + os.urandom(6).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
     env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
@@ -158,8 +194,13 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: b
         try:
             base = _start_dispatcher(env, redis.url, procs)
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_LOG_LEVEL": "warning"}
-            agent = subprocess.Popen([sys.executable, "-m", "edgefleet.agents.examples.echo", "--port", "0"], env=a_env, preexec_fn=die_with_parent,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "edgefleet.agents.examples.echo", "--port", "0"],
+                env=a_env,
+                preexec_fn=die_with_parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(agent)
             assert agent.stdout is not None
             line = agent.stdout.readline().decode()
@@ -167,6 +208,7 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: b
             if not match:
                 raise RuntimeError(f"bench: echo agent did not start: {line!r}")
             direct = match.group(1)
+
             def routable(url: str) -> bool:
                 agents = httpx.get(url + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"]
                 return any(r["routable"] for a in agents for r in a["replicas"])
@@ -182,11 +224,15 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: b
                 sink = _start_sink(env, procs)
                 traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
                 if trace_ratio < 1.0:
-                    traced_env.update({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(trace_ratio)})
+                    traced_env.update(
+                        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(trace_ratio)}
+                    )
                 traced = _start_dispatcher(traced_env, redis.url, procs)
                 _wait(lambda: routable(traced), 30, "echo agent in the traced dispatcher")
                 paths["traced"] = (traced + "/mcp", "echo.echo")
-            print(f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n")
+            print(
+                f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n"
+            )
             print(f"{'path':12} {'conc':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
             for conc in concurrency:
                 totals = {name: Result() for name in paths}
@@ -194,21 +240,31 @@ def run_bench(*, concurrency: list[int], seconds: float, rounds: int, tracing: b
                     for name, (url, tool) in paths.items():
                         totals[name].merge(asyncio.run(drive(url, tool, conc, seconds)))
                 for name, res in totals.items():
-                    print(f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}")
+                    print(
+                        f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}"
+                    )
                 d, v = totals["direct"], totals["dispatcher"]
-                print(f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
-                      "(throughput via/direct; added p50/p99 ms)")
+                print(
+                    f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
+                    "(throughput via/direct; added p50/p99 ms)"
+                )
                 if "traced" in totals:
                     t = totals["traced"]
-                    print(f"{'tracing':12} {conc:>4} {t.rate / v.rate:>9.2f} {t.pct(0.5) - v.pct(0.5):>+8.2f} {t.pct(0.99) - v.pct(0.99):>+8.2f}   "
-                          "(throughput traced/untraced dispatcher; added p50/p99 ms)")
+                    print(
+                        f"{'tracing':12} {conc:>4} {t.rate / v.rate:>9.2f} {t.pct(0.5) - v.pct(0.5):>+8.2f} {t.pct(0.99) - v.pct(0.99):>+8.2f}   "
+                        "(throughput traced/untraced dispatcher; added p50/p99 ms)"
+                    )
                 print()
             if sink is not None:
                 time.sleep(1.0)  # the last batch (5 s schedule delay at most; most arrive sooner)
-                print(f"traced dispatcher: sampling {trace_ratio:g} of calls; spans received by the OTLP sink: {httpx.get(sink + '/count').text}")
+                print(
+                    f"traced dispatcher: sampling {trace_ratio:g} of calls; spans received by the OTLP sink: {httpx.get(sink + '/count').text}"
+                )
             print("first call after start-up (one connection; p50 of the 50 calls that follow it):")
-            print(f"  dispatcher {first_via:.2f} ms vs {next_via:.2f} ms = {first_via / next_via:.2f}x   "
-                  f"(direct, after it: {first_direct:.2f} ms vs {next_direct:.2f} ms)")
+            print(
+                f"  dispatcher {first_via:.2f} ms vs {next_via:.2f} ms = {first_via / next_via:.2f}x   "
+                f"(direct, after it: {first_direct:.2f} ms vs {next_direct:.2f} ms)"
+            )
         finally:
             stop_all(procs)
     return 0

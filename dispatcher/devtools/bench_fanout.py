@@ -39,8 +39,10 @@ async def _fanout_once(url: str, n: int) -> tuple[float, float, int]:
 
 
 def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
-    print(f"edgefleet bench --fanout: sub-tasks of echo.wait({WORK_S:g} s) over 3 regions, {rounds} rounds each; "
-          "overhead = wall time - 1 s of work\n")
+    print(
+        f"edgefleet bench --fanout: sub-tasks of echo.wait({WORK_S:g} s) over 3 regions, {rounds} rounds each; "
+        "overhead = wall time - 1 s of work\n"
+    )
     print(f"{'path':8} {'subtasks':>8} {'wall s':>8} {'overhead ms':>12} {'slowest sub s':>14} {'failed':>6}")
     for path in paths:
         with ExitStack() as stack:
@@ -55,19 +57,35 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                 d_env.update({"EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": "echo.*"})
             procs: list[subprocess.Popen[bytes]] = []
             stack.callback(stop_all, procs)
-            procs.append(subprocess.Popen([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env=d_env, preexec_fn=die_with_parent,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "edgefleet.dispatcher", "serve"],
+                    env=d_env,
+                    preexec_fn=die_with_parent,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             base = f"http://127.0.0.1:{port}"
             _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_BUS_MAX_INFLIGHT": str(max(sizes))}
             for region in REGIONS:
-                procs.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agents.examples.echo", "--port", "0", "--region", region], env=a_env,
-                                              preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "edgefleet.agents.examples.echo", "--port", "0", "--region", region],
+                        env=a_env,
+                        preexec_fn=die_with_parent,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
 
             def ready() -> bool:
                 agents = httpx.get(base + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"]
                 replicas = [r for a in agents for r in a["replicas"]]
-                return len(replicas) == 3 and all(r["routable"] and (path == "direct" or r["load"].get("bus_ready")) for r in replicas)
+                return len(replicas) == 3 and all(
+                    r["routable"] and (path == "direct" or r["load"].get("bus_ready")) for r in replicas
+                )
 
             _wait(ready, 60, "three echo agents")
             asyncio.run(_fanout_once(base + "/mcp", 3))  # one warm-up round (first calls, group joins)

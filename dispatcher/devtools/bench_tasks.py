@@ -65,11 +65,13 @@ POLL_MS = 1000
 TOOL = "docs.search"
 REQUEST = {"arguments": {"query": "redis memory per key", "limit": 5}, "name": TOOL}
 RESULT = {
-    "content": [{
-        "type": "text",
-        "text": "Found 3 documents: 'Memory optimization' (redis.io), 'MEMORY USAGE' (redis.io), "
-                "'Hash encodings and listpack thresholds' (redis.io).",
-    }],
+    "content": [
+        {
+            "type": "text",
+            "text": "Found 3 documents: 'Memory optimization' (redis.io), 'MEMORY USAGE' (redis.io), "
+            "'Hash encodings and listpack thresholds' (redis.io).",
+        }
+    ],
     "isError": False,
 }
 REGION = "eu-west"
@@ -80,9 +82,20 @@ def make_record(owner: str) -> TaskRecord:
     """A bus-path task as ``TaskRunner.new_record`` + ``start_task`` create it."""
     now = now_ms()
     return TaskRecord(
-        id=new_task_id(), owner=owner, tool=TOOL, status=WORKING, created_ms=now, updated_ms=now, ttl_ms=TTL_MS,
-        poll_ms=POLL_MS, deadline_ms=now + min(TIMEOUT_MS, TTL_MS), path="bus", origin="requested", era="legacy",
-        request=dict(REQUEST), message="The operation is now in progress.",
+        id=new_task_id(),
+        owner=owner,
+        tool=TOOL,
+        status=WORKING,
+        created_ms=now,
+        updated_ms=now,
+        ttl_ms=TTL_MS,
+        poll_ms=POLL_MS,
+        deadline_ms=now + min(TIMEOUT_MS, TTL_MS),
+        path="bus",
+        origin="requested",
+        era="legacy",
+        request=dict(REQUEST),
+        message="The operation is now in progress.",
     )
 
 
@@ -93,8 +106,13 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def summary(samples_ms: list[float]) -> dict[str, float | int]:
-    return {"n": len(samples_ms), "p50_ms": percentile(samples_ms, 50), "p95_ms": percentile(samples_ms, 95),
-            "p99_ms": percentile(samples_ms, 99), "max_ms": max(samples_ms)}
+    return {
+        "n": len(samples_ms),
+        "p50_ms": percentile(samples_ms, 50),
+        "p95_ms": percentile(samples_ms, 95),
+        "p99_ms": percentile(samples_ms, 99),
+        "max_ms": max(samples_ms),
+    }
 
 
 async def timed(call: Callable[[], Awaitable[Any]]) -> float:
@@ -153,7 +171,7 @@ async def delete_prefix(redis: aioredis.Redis, prefix: str) -> int:
 async def gather_chunked(calls: Iterable[Callable[[], Awaitable[Any]]], width: int = 64) -> None:
     pending = list(calls)
     for i in range(0, len(pending), width):
-        await asyncio.gather(*(call() for call in pending[i:i + width]))
+        await asyncio.gather(*(call() for call in pending[i : i + width]))
 
 
 async def concurrent_creates(store: TaskStore, total: int, workers: int) -> tuple[float, list[float]]:
@@ -173,9 +191,16 @@ async def concurrent_creates(store: TaskStore, total: int, workers: int) -> tupl
 
 
 async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedded: bool) -> dict[str, Any]:
-    redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        redis_url, max_connections=128, timeout=5.0, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
-    ))
+    redis = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=128,
+            timeout=5.0,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=10,
+        )
+    )
     prefix = f"efbench-{uuid.uuid4().hex[:12]}"
     keys = RedisKeys(prefix)
     store = TaskStore(redis, keys)
@@ -185,9 +210,12 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
     try:
         server = await redis.info("server")
         mem_info = await redis.info("memory")
-        out["redis"] = {"version": server["redis_version"], "allocator": mem_info.get("mem_allocator"),
-                        "embedded": embedded,
-                        "hash_max_listpack_value": next(iter((await redis.config_get("hash-max-*-value")).values()), None)}
+        out["redis"] = {
+            "version": server["redis_version"],
+            "allocator": mem_info.get("mem_allocator"),
+            "embedded": embedded,
+            "hash_max_listpack_value": next(iter((await redis.config_get("hash-max-*-value")).values()), None),
+        }
         out["host"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 
         # Warm-up on the same prefix (removed again below): open the pool's connections,
@@ -220,10 +248,12 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
         before = await used_memory(redis)
         transition_ms: list[float] = []
         for task_id in ids:
+
             async def complete(task_id: str = task_id) -> None:
                 outcome = await store.transition(task_id, COMPLETED, message="Completed.", result=RESULT, region=REGION)
                 if outcome != "ok":
                     raise RuntimeError(f"transition of {task_id}: {outcome}")
+
             transition_ms.append(await timed(complete))
         completed_delta = await used_memory(redis) - before
         completed_check = await per_task_cross_check(redis, keys, sample.id, heavy)
@@ -239,7 +269,9 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
             _, mid_cursor = await store.list(heavy, cursor=mid_cursor, limit=step)
         list_runs = max(50, samples // 10)
         list_heavy_ms = [await timed(lambda: store.list(heavy, limit=PAGE)) for _ in range(list_runs)]
-        list_heavy_mid_ms = [await timed(lambda: store.list(heavy, cursor=mid_cursor, limit=PAGE)) for _ in range(list_runs)]
+        list_heavy_mid_ms = [
+            await timed(lambda: store.list(heavy, cursor=mid_cursor, limit=PAGE)) for _ in range(list_runs)
+        ]
         list_light_ms = [await timed(lambda: store.list(light, limit=PAGE)) for _ in range(list_runs)]
         page, _ = await store.list(light, limit=PAGE)
         if len(page) != PAGE:
@@ -252,8 +284,10 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
 
         out["memory"] = {
             "working": {"used_memory_delta_per_task_bytes": round(working_total / n, 1), "cross_check": working_check},
-            "completed": {"used_memory_delta_per_task_bytes": round((working_total + completed_delta) / n, 1),
-                          "cross_check": completed_check},
+            "completed": {
+                "used_memory_delta_per_task_bytes": round((working_total + completed_delta) / n, 1),
+                "cross_check": completed_check,
+            },
             "request_json_bytes": len(orjson.dumps(REQUEST)),
             "result_json_bytes": len(orjson.dumps(RESULT)),
         }
@@ -267,11 +301,13 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
             f"list{PAGE}_owner_100_of_{n + 100}": summary(list_light_ms),
             f"create_{concurrency}_concurrent": summary(concurrent_ms),
         }
-        out["throughput"] = {"sequential_creates_per_s": round(n / (sum(create_ms) / 1000), 1),
-                             "concurrent_creates_per_s": round(n / wall_s, 1),
-                             "concurrent_wall_s": round(wall_s, 3),
-                             "concurrent_redis_cpu_pct": round(100 * server_cpu / wall_s, 1),
-                             "concurrent_client_cpu_pct": round(100 * client_cpu / wall_s, 1)}
+        out["throughput"] = {
+            "sequential_creates_per_s": round(n / (sum(create_ms) / 1000), 1),
+            "concurrent_creates_per_s": round(n / wall_s, 1),
+            "concurrent_wall_s": round(wall_s, 3),
+            "concurrent_redis_cpu_pct": round(100 * server_cpu / wall_s, 1),
+            "concurrent_client_cpu_pct": round(100 * client_cpu / wall_s, 1),
+        }
     finally:
         out["cleanup_deleted_keys"] = await delete_prefix(redis, prefix)
         out["cleanup_left_keys"] = len([k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)])
@@ -294,12 +330,16 @@ def render(out: dict[str, Any]) -> str:
         m = mem[state]
         parts = m["cross_check"]["parts_bytes"]
         indexes = sum(v for k, v in parts.items() if k not in ("hash", "history"))
-        lines.append(f"{state:10} {m['used_memory_delta_per_task_bytes']:>12.0f} B {m['cross_check']['total_bytes']:>15.0f} B "
-                     f"{parts['hash']:>6.0f} {parts['history']:>8.0f} {indexes:>8.0f}  {m['cross_check']['hash_encoding']} "
-                     f"({m['cross_check']['hash_fields']} fields, {m['cross_check']['hash_field_bytes']} B of data)")
+        lines.append(
+            f"{state:10} {m['used_memory_delta_per_task_bytes']:>12.0f} B {m['cross_check']['total_bytes']:>15.0f} B "
+            f"{parts['hash']:>6.0f} {parts['history']:>8.0f} {indexes:>8.0f}  {m['cross_check']['hash_encoding']} "
+            f"({m['cross_check']['hash_fields']} fields, {m['cross_check']['hash_field_bytes']} B of data)"
+        )
     lines += ["", f"{'TaskStore call':34} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"]
     for name, s in out["latency"].items():
-        lines.append(f"{name:34} {s['n']:>6} {s['p50_ms']:>8.3f} {s['p95_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.2f}")
+        lines.append(
+            f"{name:34} {s['n']:>6} {s['p50_ms']:>8.3f} {s['p95_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.2f}"
+        )
     t = out["throughput"]
     lines += [
         "",
@@ -315,7 +355,9 @@ def render(out: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgefleet.dispatcher.devtools.bench_tasks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgefleet.dispatcher.devtools.bench_tasks", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--redis-url", help="measure this Redis (default: start an embedded redis-server)")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks in the store (default 10000)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent creators (default 32)")

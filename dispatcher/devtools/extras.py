@@ -19,6 +19,8 @@ def missing(*modules: str) -> str | None:
     for module in modules:
         if importlib.util.find_spec(module) is None:
             extra, purpose = NEEDS[module]
-            return (f"{module} is not installed ({purpose}). Install the '{extra}' extra: "
-                    f"pip install 'edgefleet[{extra}]' (from a checkout: pip install -e '.[{extra}]').")
+            return (
+                f"{module} is not installed ({purpose}). Install the '{extra}' extra: "
+                f"pip install 'edgefleet[{extra}]' (from a checkout: pip install -e '.[{extra}]')."
+            )
     return None

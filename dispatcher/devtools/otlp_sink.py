@@ -19,7 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -53,12 +56,19 @@ def decode(body: bytes) -> list[ReceivedSpan]:
         resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                out.append(ReceivedSpan(
-                    trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
-                    name=span.name, kind=KINDS.get(span.kind, str(span.kind)), service=str(resource.get("service.name", "")),
-                    status={0: "unset", 1: "ok", 2: "error"}.get(span.status.code, "unset"),
-                    attributes={a.key: _value(a.value) for a in span.attributes}, events=[e.name for e in span.events],
-                ))
+                out.append(
+                    ReceivedSpan(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        name=span.name,
+                        kind=KINDS.get(span.kind, str(span.kind)),
+                        service=str(resource.get("service.name", "")),
+                        status={0: "unset", 1: "ok", 2: "error"}.get(span.status.code, "unset"),
+                        attributes={a.key: _value(a.value) for a in span.attributes},
+                        events=[e.name for e in span.events],
+                    )
+                )
     return out
 
 
@@ -135,7 +145,9 @@ class Sink:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m edgefleet.dispatcher.devtools.otlp_sink", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgefleet.dispatcher.devtools.otlp_sink", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4318)
     parser.add_argument("--count-only", action="store_true", help="count spans instead of decoding and keeping them")

@@ -26,7 +26,9 @@ def static_replica_id(name: str, region: str, url: str) -> str:
 
 async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bool = False) -> ReplicaRecord:
     replica_id = request.replica_id or (
-        static_replica_id(request.name, request.region, request.url) if request.static else f"{request.name}-{request.region}-{uuid.uuid4().hex[:10]}"
+        static_replica_id(request.name, request.region, request.url)
+        if request.static
+        else f"{request.name}-{request.region}-{uuid.uuid4().hex[:10]}"
     )
     await check_agent_url(request.url, fleet.settings.agent_networks)
     client = ReplicaClient(fleet.pool, request.url)

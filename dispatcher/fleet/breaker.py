@@ -35,8 +35,19 @@ class BreakerPolicy:
 
 
 class CircuitBreaker:
-    __slots__ = ("policy", "clock", "state", "consecutive", "ejections", "open_until", "trial_inflight",
-                 "window_start", "window_calls", "window_failures", "last_change")
+    __slots__ = (
+        "policy",
+        "clock",
+        "state",
+        "consecutive",
+        "ejections",
+        "open_until",
+        "trial_inflight",
+        "window_start",
+        "window_calls",
+        "window_failures",
+        "last_change",
+    )
 
     def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
@@ -136,5 +147,9 @@ class CircuitBreaker:
 
     def snapshot(self) -> dict[str, object]:
         retry_in = max(0.0, self.open_until - self.clock()) if self.state == OPEN else 0.0
-        return {"state": self.state, "consecutive_failures": self.consecutive, "ejections": self.ejections,
-                "retry_in_s": round(retry_in, 3)}
+        return {
+            "state": self.state,
+            "consecutive_failures": self.consecutive,
+            "ejections": self.ejections,
+            "retry_in_s": round(retry_in, 3),
+        }

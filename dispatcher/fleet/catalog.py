@@ -73,7 +73,9 @@ class ToolEntry:
         try:
             error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
         except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the agent validates instead
-            log.warning("tool %s: inputSchema cannot be evaluated (%s); passing arguments unvalidated", self.public_name, exc)
+            log.warning(
+                "tool %s: inputSchema cannot be evaluated (%s); passing arguments unvalidated", self.public_name, exc
+            )
             return None
         if error is None:
             return None
@@ -96,7 +98,9 @@ class ToolEntry:
                 return None
             error = jsonschema.exceptions.best_match(self.output_validator.iter_errors(structured))
         except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the schema, not the agent, is broken
-            log.warning("tool %s: outputSchema cannot be evaluated (%s); passing results unchecked", self.public_name, exc)
+            log.warning(
+                "tool %s: outputSchema cannot be evaluated (%s); passing results unchecked", self.public_name, exc
+            )
             return None
         if error is None:
             return None
@@ -150,7 +154,10 @@ def public_definition(agent: str, public: str, upstream: str, tool: dict[str, An
         meta[META_EDGE_UPSTREAM_NAME] = upstream
     definition["_meta"] = meta
     definition.setdefault("inputSchema", {"type": "object"})
-    definition["execution"] = {**(tool.get("execution") if isinstance(tool.get("execution"), dict) else {}), "taskSupport": task_support(tool)}
+    definition["execution"] = {
+        **(tool.get("execution") if isinstance(tool.get("execution"), dict) else {}),
+        "taskSupport": task_support(tool),
+    }
     return definition
 
 
@@ -167,7 +174,9 @@ class Catalog:
         return self.entries.get(name)
 
     @classmethod
-    def build(cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = (), builtins: Sequence[ToolEntry] = ()) -> Catalog:
+    def build(
+        cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = (), builtins: Sequence[ToolEntry] = ()
+    ) -> Catalog:
         by_agent: dict[str, list[Replica]] = defaultdict(list)
         for replica in replicas:
             if replica.warm:
@@ -199,7 +208,9 @@ class Catalog:
                     validator=_compile(tool.get("inputSchema"), public),
                     replicas=[r for r in members if upstream in r.tool_names],
                     cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
-                    path="bus" if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools) else "direct",
+                    path="bus"
+                    if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools)
+                    else "direct",
                     task_support=task_support(tool),
                     long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
                     output_validator=_compile(tool.get("outputSchema"), public, "outputSchema"),
@@ -213,8 +224,13 @@ def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[d
     agent = name.split(".", 1)[0]
     annotations = definition.get("annotations") or {}
     return ToolEntry(
-        public_name=name, agent=agent, upstream_name=name,
+        public_name=name,
+        agent=agent,
+        upstream_name=name,
         definition=public_definition(agent, name, name.split(".", 1)[1], definition),
-        idempotent=bool(annotations.get("idempotentHint")), validator=_compile(definition.get("inputSchema"), name),
-        path="builtin", handler=handler, task_support=task_support(definition),
+        idempotent=bool(annotations.get("idempotentHint")),
+        validator=_compile(definition.get("inputSchema"), name),
+        path="builtin",
+        handler=handler,
+        task_support=task_support(definition),
     )

@@ -43,8 +43,13 @@ def _known_era(record: ReplicaRecord) -> str | None:
 
 class Fleet:
     def __init__(
-        self, settings: DispatcherSettings, redis: aioredis.Redis, pool: UpstreamPool, *,
-        on_warm: Callable[[Replica], Awaitable[None]] | None = None, on_leave: Callable[[Replica], None] | None = None,
+        self,
+        settings: DispatcherSettings,
+        redis: aioredis.Redis,
+        pool: UpstreamPool,
+        *,
+        on_warm: Callable[[Replica], Awaitable[None]] | None = None,
+        on_leave: Callable[[Replica], None] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -86,7 +91,9 @@ class Fleet:
         for replica in self.replicas.values():
             if replica.warm_task:
                 replica.warm_task.cancel()
-        await asyncio.gather(*self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True
+        )
 
     async def wait_warm(self, timeout: float) -> None:
         """Wait for the first sync and for every replica known then to be warmed (or failed)."""
@@ -176,8 +183,11 @@ class Fleet:
                 replica.warm = True
                 log.info(
                     "replica %s (%s, %s) warm: %d connections in %.1f ms",
-                    replica.id, replica.record.agent, replica.record.region,
-                    self.settings.warm_connections, (time.perf_counter() - started) * 1000,
+                    replica.id,
+                    replica.record.agent,
+                    replica.record.region,
+                    self.settings.warm_connections,
+                    (time.perf_counter() - started) * 1000,
                 )
                 self.rebuild()
                 return
@@ -228,12 +238,22 @@ class Fleet:
             snap = replica.breaker.snapshot()
             log.warning(
                 "replica %s (%s, %s) ejected for %.1f s (ejection %d): %s",
-                replica.id, replica.record.agent, replica.record.region, snap["retry_in_s"], snap["ejections"], error,
+                replica.id,
+                replica.record.agent,
+                replica.record.region,
+                snap["retry_in_s"],
+                snap["ejections"],
+                error,
             )
 
     def report_success(self, replica: Replica, *, trial: bool = False) -> None:
         if replica.breaker.success(trial):
-            log.info("replica %s (%s, %s) healthy again: breaker closed", replica.id, replica.record.agent, replica.record.region)
+            log.info(
+                "replica %s (%s, %s) healthy again: breaker closed",
+                replica.id,
+                replica.record.agent,
+                replica.record.region,
+            )
 
     def add_builtin(self, entry: ToolEntry) -> None:
         """One of the dispatcher's own tools (fan-out, a pipeline) joins the catalog."""
@@ -243,8 +263,15 @@ class Fleet:
     def replica_states(self) -> list[ReplicaState]:
         """Every replica's health and load, for /metrics (read at scrape time)."""
         return [
-            ReplicaState(r.record.agent, r.record.region, r.id, BREAKER_LEVEL.get(r.breaker.state, 2), r.warm, r.inflight,
-                         r.latency_ewma_ms / 1000)
+            ReplicaState(
+                r.record.agent,
+                r.record.region,
+                r.id,
+                BREAKER_LEVEL.get(r.breaker.state, 2),
+                r.warm,
+                r.inflight,
+                r.latency_ewma_ms / 1000,
+            )
             for r in list(self.replicas.values())
         ]
 

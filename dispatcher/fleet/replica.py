@@ -40,7 +40,9 @@ class Replica:
         return self.warm and self.healthy
 
     def observe_latency(self, ms: float) -> None:
-        self.latency_ewma_ms = ms if self.latency_ewma_ms == 0.0 else self.latency_ewma_ms + EWMA_ALPHA * (ms - self.latency_ewma_ms)
+        self.latency_ewma_ms = (
+            ms if self.latency_ewma_ms == 0.0 else self.latency_ewma_ms + EWMA_ALPHA * (ms - self.latency_ewma_ms)
+        )
 
     @property
     def id(self) -> str:

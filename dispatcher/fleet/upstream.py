@@ -160,7 +160,9 @@ class ReplicaClient:
         return headers
 
     # -- control-plane JSON-RPC ----------------------------------------------------------
-    async def rpc(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 5.0, call_pool: bool = False) -> dict[str, Any]:
+    async def rpc(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 5.0, call_pool: bool = False
+    ) -> dict[str, Any]:
         """One request/response exchange; returns ``result`` or raises ``UpstreamError``."""
         if self.era is None:
             await self.connect(timeout=timeout)
@@ -171,23 +173,32 @@ class ReplicaClient:
             if self.era == "modern":
                 params["_meta"] = {**modern_meta(), **params.get("_meta", {})}
             body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            status, content_type, raw = await self._post(body, self.call_headers(method, params.get("name")), timeout, call_pool=call_pool)
+            status, content_type, raw = await self._post(
+                body, self.call_headers(method, params.get("name")), timeout, call_pool=call_pool
+            )
             if status == 404 and self.era == "legacy" and attempt == 0:
                 await self._open_legacy_session(timeout, force=True)
                 continue
             message = parse_rpc_response(raw, content_type, request_id) if raw else {}
             if "error" in message:
                 err = message["error"]
-                raise UpstreamError(f"{method} failed on the agent: {err.get('message')} ({err.get('code')})", data={"upstream_error": err})
+                raise UpstreamError(
+                    f"{method} failed on the agent: {err.get('message')} ({err.get('code')})",
+                    data={"upstream_error": err},
+                )
             if status >= 400 or "result" not in message:
                 raise UpstreamError(f"{method}: the agent answered HTTP {status}")
             return message["result"]
         raise UpstreamError(f"{method}: the agent keeps forgetting its session")
 
-    async def _post(self, body: dict[str, Any], headers: dict[str, str], timeout: float, *, call_pool: bool = False) -> tuple[int, str, bytes]:
+    async def _post(
+        self, body: dict[str, Any], headers: dict[str, str], timeout: float, *, call_pool: bool = False
+    ) -> tuple[int, str, bytes]:
         session = self.pool.session if call_pool else self.pool.control
         try:
-            async with session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
+            async with session.post(
+                self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)
+            ) as resp:
                 return resp.status, resp.headers.get("content-type", ""), await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Every transport failure becomes ours, so callers (warm loop, admission) see one error type.
@@ -195,8 +206,18 @@ class ReplicaClient:
 
     async def connect(self, *, timeout: float = 5.0) -> str:
         """Detect the era (spec: try a modern request, fall back to ``initialize``)."""
-        body = {"jsonrpc": "2.0", "id": "edge-discover", "method": "server/discover", "params": {"_meta": modern_meta()}}
-        headers = {"content-type": "application/json", "accept": ACCEPT, HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, HEADER_METHOD: "server/discover"}
+        body = {
+            "jsonrpc": "2.0",
+            "id": "edge-discover",
+            "method": "server/discover",
+            "params": {"_meta": modern_meta()},
+        }
+        headers = {
+            "content-type": "application/json",
+            "accept": ACCEPT,
+            HEADER_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION,
+            HEADER_METHOD: "server/discover",
+        }
         status, content_type, raw = await self._post(body, headers, timeout)
         message: dict[str, Any] = {}
         if raw:
@@ -205,7 +226,11 @@ class ReplicaClient:
             except UpstreamError:
                 message = {}
         result = message.get("result")
-        if status == 200 and isinstance(result, dict) and MODERN_PROTOCOL_VERSION in result.get("supportedVersions", []):
+        if (
+            status == 200
+            and isinstance(result, dict)
+            and MODERN_PROTOCOL_VERSION in result.get("supportedVersions", [])
+        ):
             self.era = "modern"
             return self.era
         self.era = "legacy"
@@ -224,7 +249,9 @@ class ReplicaClient:
             }
             headers = {"content-type": "application/json", "accept": ACCEPT}
             try:
-                async with self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)) as resp:
+                async with self.pool.session.post(
+                    self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)
+                ) as resp:
                     raw = await resp.read()
                     session_id = resp.headers.get(HEADER_SESSION_ID)
                     message = parse_rpc_response(raw, resp.headers.get("content-type", ""), "edge-init")
@@ -264,7 +291,12 @@ class ReplicaClient:
 
 def encode_header_value(value: str) -> str:
     """Spec value encoding for Mcp-Name / Mcp-Param-*: plain ASCII or the base64 sentinel."""
-    if value.isascii() and value.isprintable() and value == value.strip() and not (value.startswith("=?base64?") and value.endswith("?=")):
+    if (
+        value.isascii()
+        and value.isprintable()
+        and value == value.strip()
+        and not (value.startswith("=?base64?") and value.endswith("?="))
+    ):
         return value
     import base64
 

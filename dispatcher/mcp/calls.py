@@ -79,8 +79,15 @@ class CallRequest:
 
 class ToolCalls:
     def __init__(
-        self, settings: DispatcherSettings, fleet: Fleet, router: Router, paths: CallPaths, limits: RateLimits,
-        metrics: Metrics, runner: TaskRunner | None = None, audit: AuditLog | None = None,
+        self,
+        settings: DispatcherSettings,
+        fleet: Fleet,
+        router: Router,
+        paths: CallPaths,
+        limits: RateLimits,
+        metrics: Metrics,
+        runner: TaskRunner | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
@@ -122,13 +129,28 @@ class ToolCalls:
             attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": str(name)}
             if request.session is not None:
                 attributes["mcp.session.id"] = request.session.id
-        with _tracer.start_as_current_span(f"tools/call {label}", context=parent, kind=SpanKind.SERVER, attributes=attributes,
-                                           record_exception=False, set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            f"tools/call {label}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             # The start-up exercise of this path is not traffic: no metrics, no info line.
             warm_up = identity is WARM_UP_IDENTITY
-            obs = CallObservation(None if warm_up else self.metrics, span, label, "direct", self.settings.region,
-                                  level=logging.DEBUG if warm_up else logging.INFO, audit=None if warm_up else self.audit,
-                                  identity=identity, requested=name, arguments=params.get("arguments"))
+            obs = CallObservation(
+                None if warm_up else self.metrics,
+                span,
+                label,
+                "direct",
+                self.settings.region,
+                level=logging.DEBUG if warm_up else logging.INFO,
+                audit=None if warm_up else self.audit,
+                identity=identity,
+                requested=name,
+                arguments=params.get("arguments"),
+            )
             obs.address = request.peer or "-"
             self.metrics.inflight.inc()
             cancelled = False
@@ -164,7 +186,9 @@ class ToolCalls:
             await self._refuse(send, message.id, obs, UnknownTool(f"Unknown tool: {name}", data={"tool": name}))
             return
         if not identity.may_call(entry.public_name):
-            error = ToolForbidden(f"{identity.name!r} may not call {entry.public_name}.", data={"tool": entry.public_name})
+            error = ToolForbidden(
+                f"{identity.name!r} may not call {entry.public_name}.", data={"tool": entry.public_name}
+            )
             await self._refuse(send, message.id, obs, error)
             return
         await self.limits.admit(identity.name, entry.public_name)  # RateLimited -> HTTP 429 + Retry-After
@@ -189,7 +213,9 @@ class ToolCalls:
 
         def make_record(origin: str, ttl_ms: int | None = None) -> TaskRecord:
             assert runner is not None
-            return runner.new_record(owner=identity.name, entry=entry, params=upstream_params, era=era, origin=origin, ttl_ms=ttl_ms)
+            return runner.new_record(
+                owner=identity.name, entry=entry, params=upstream_params, era=era, origin=origin, ttl_ms=ttl_ms
+            )
 
         if mode == "create":
             assert runner is not None
@@ -199,8 +225,17 @@ class ToolCalls:
             result: dict[str, Any] = {"resultType": "task", **record.modern()} if modern else {"task": record.legacy()}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
             return
-        call = ToolCall(entry, message.id, upstream_params, order, self._timeout(request.headers), obs=obs, identity=identity,
-                        extra_headers=request.extra_headers, modern=modern)
+        call = ToolCall(
+            entry,
+            message.id,
+            upstream_params,
+            order,
+            self._timeout(request.headers),
+            obs=obs,
+            identity=identity,
+            extra_headers=request.extra_headers,
+            modern=modern,
+        )
         answer = HttpAnswer(send)
         if mode == "promote":
             assert request.receive is not None
@@ -209,8 +244,9 @@ class ToolCalls:
             await self.cancellation.by_disconnect(call, self.paths, answer, request.receive)
         else:
             assert session is not None
-            await self.cancellation.by_notification(call, self.paths, answer, session, request.receive,
-                                                    make_record if runner is not None else None)
+            await self.cancellation.by_notification(
+                call, self.paths, answer, session, request.receive, make_record if runner is not None else None
+            )
 
     @staticmethod
     async def _refuse(send: TrackingSend, request_id: Any, obs: CallObservation, error: EdgefleetError) -> None:
@@ -218,7 +254,13 @@ class ToolCalls:
         await respond(send, 200, jsonrpc.error_body(request_id, error))
 
     async def _invalid_arguments(
-        self, request: CallRequest, send: TrackingSend, obs: CallObservation, entry: ToolEntry, problem: str, mode: str | None,
+        self,
+        request: CallRequest,
+        send: TrackingSend,
+        obs: CallObservation,
+        entry: ToolEntry,
+        problem: str,
+        mode: str | None,
     ) -> None:
         """Spec: input validation failures are tool execution errors the model can fix."""
         message, modern = request.message, request.modern
@@ -226,8 +268,14 @@ class ToolCalls:
         result: dict[str, Any] = {"content": [{"type": "text", "text": problem}], "isError": True}
         if mode == "create" and self.runner is not None:
             # Asked for a task: the task is created, and completed with that same answer.
-            record = self.runner.new_record(owner=request.identity.name, entry=entry, params=message.params,
-                                            era="modern" if modern else "legacy", origin="requested", ttl_ms=_asked_ttl(message.params))
+            record = self.runner.new_record(
+                owner=request.identity.name,
+                entry=entry,
+                params=message.params,
+                era="modern" if modern else "legacy",
+                origin="requested",
+                ttl_ms=_asked_ttl(message.params),
+            )
             await self.runner.record_answered(record, result)
             result = {"resultType": "task", **record.modern()} if modern else {"task": record.legacy()}
         elif modern:
@@ -259,7 +307,9 @@ class ToolCalls:
             upstream["_meta"] = meta
         return upstream
 
-    def task_mode(self, message: jsonrpc.Message, entry: ToolEntry, *, modern: bool, session: Session | None) -> str | None:
+    def task_mode(
+        self, message: jsonrpc.Message, entry: ToolEntry, *, modern: bool, session: Session | None
+    ) -> str | None:
         """How this call meets tasks: "create" (answer a task now), "promote" (answer a task
         if it runs long) or None (an ordinary call)."""
         if self.runner is None:
@@ -280,14 +330,20 @@ class ToolCalls:
         task = message.params.get("task")
         if task is None:
             if entry.task_support == "required":
-                raise MethodNotFound(f"{entry.public_name} must be called as a task (execution.taskSupport is required).",
-                                     data={"id": message.id, "tool": entry.public_name})
+                raise MethodNotFound(
+                    f"{entry.public_name} must be called as a task (execution.taskSupport is required).",
+                    data={"id": message.id, "tool": entry.public_name},
+                )
             return None
         if not isinstance(task, dict):
-            raise InvalidParams("params.task must be an object (optionally with ttl in milliseconds).", data={"id": message.id})
+            raise InvalidParams(
+                "params.task must be an object (optionally with ttl in milliseconds).", data={"id": message.id}
+            )
         if entry.task_support == "forbidden":
-            raise MethodNotFound(f"{entry.public_name} cannot be called as a task (execution.taskSupport is forbidden).",
-                                 data={"id": message.id, "tool": entry.public_name})
+            raise MethodNotFound(
+                f"{entry.public_name} cannot be called as a task (execution.taskSupport is forbidden).",
+                data={"id": message.id, "tool": entry.public_name},
+            )
         return "create"
 
     def _timeout(self, headers: dict[str, str]) -> float:

@@ -77,14 +77,21 @@ class Cancellation:
             watcher.cancel()
 
     async def by_notification(
-        self, call: ToolCall, paths: CallPaths, answer: HttpAnswer, session: Session, receive: Receive | None,
+        self,
+        call: ToolCall,
+        paths: CallPaths,
+        answer: HttpAnswer,
+        session: Session,
+        receive: Receive | None,
         make_record: MakeRecord | None,
     ) -> None:
         key = (session.id, call.request_id)
         sink = TaskSink(forward=answer)
         task = asyncio.ensure_future(_run(call, paths, sink))
         self.legacy_inflight[key] = task
-        watcher = asyncio.create_task(disconnected(receive)) if receive is not None and make_record is not None else None
+        watcher = (
+            asyncio.create_task(disconnected(receive)) if receive is not None and make_record is not None else None
+        )
         try:
             await asyncio.wait({task} if watcher is None else {task, watcher}, return_when=asyncio.FIRST_COMPLETED)
             forward = await sink.take_over() if not task.done() and make_record is not None else None
@@ -112,7 +119,9 @@ class Cancellation:
                 call.obs.outcome = "cancelled"
             # notifications/cancelled: the spec says no response follows; close the stream cleanly.
             if not answer.started:
-                await answer.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+                await answer.send(
+                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+                )
                 await answer.send({"type": "http.response.body", "body": b""})
             else:
                 await answer.close_stream()
@@ -122,7 +131,12 @@ class Cancellation:
                 watcher.cancel()
 
     async def promotable(
-        self, call: ToolCall, paths: CallPaths, answer: HttpAnswer, receive: Receive, make_record: MakeRecord,
+        self,
+        call: ToolCall,
+        paths: CallPaths,
+        answer: HttpAnswer,
+        receive: Receive,
+        make_record: MakeRecord,
     ) -> None:
         """2026 era, client declared the tasks extension: an ordinary call, relayed as it
         runs, unless it is still running after ``task_after_ms`` - then its answer is a task
@@ -132,8 +146,9 @@ class Cancellation:
         work = asyncio.ensure_future(_run(call, paths, sink))
         watcher = asyncio.create_task(disconnected(receive))
         try:
-            done, _ = await asyncio.wait({work, watcher}, timeout=self.settings.task_after_ms / 1000,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {work, watcher}, timeout=self.settings.task_after_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+            )
             if watcher in done and not work.done():
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
@@ -153,8 +168,9 @@ class Cancellation:
         finally:
             watcher.cancel()
 
-    async def _promote(self, call: ToolCall, sink: TaskSink, work: asyncio.Future[None], forward: Answer,
-                       make_record: MakeRecord) -> None:
+    async def _promote(
+        self, call: ToolCall, sink: TaskSink, work: asyncio.Future[None], forward: Answer, make_record: MakeRecord
+    ) -> None:
         record = make_record("promoted")
         assert self.runner is not None
         try:
@@ -167,7 +183,9 @@ class Cancellation:
         if call.obs is not None:
             call.obs.outcome = "task"
         # An SSE stream already open: the task is its last event; else the whole answer.
-        await send_message(forward, jsonrpc.result_body(call.request_id, {"resultType": "task", **record.modern()}), None)
+        await send_message(
+            forward, jsonrpc.result_body(call.request_id, {"resultType": "task", **record.modern()}), None
+        )
 
 
 async def _run(call: ToolCall, paths: CallPaths, answer: Answer) -> None:

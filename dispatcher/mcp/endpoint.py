@@ -18,7 +18,17 @@ from edgefleet.dispatcher.mcp.modern import ModernEra
 from edgefleet.dispatcher.security.audit import fingerprint
 from edgefleet.dispatcher.security.auth import SCOPE_IDENTITY, Authenticator, Identity, bearer, challenge, resource_urls
 from edgefleet.shared import jsonrpc
-from edgefleet.shared.asgi import ClientDisconnected, Receive, Scope, Send, TrackingSend, body_too_large, header_map, read_body, respond
+from edgefleet.shared.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    TrackingSend,
+    body_too_large,
+    header_map,
+    read_body,
+    respond,
+)
 from edgefleet.shared.constants import (
     HEADER_PROTOCOL_VERSION,
     HEADER_SESSION_ID,
@@ -48,8 +58,13 @@ log = logging.getLogger("edgefleet.mcp")
 
 class MCPEndpoint:
     def __init__(
-        self, settings: DispatcherSettings, calls: ToolCalls, sessions: SessionStore, auth: Authenticator,
-        tasks: TaskMethods | None = None, audit: AuditLog | None = None,
+        self,
+        settings: DispatcherSettings,
+        calls: ToolCalls,
+        sessions: SessionStore,
+        auth: Authenticator,
+        tasks: TaskMethods | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.calls = calls
@@ -87,24 +102,39 @@ class MCPEndpoint:
             await respond(tracked, 401, jsonrpc.error_body(None, exc), headers=[(b"www-authenticate", header.encode())])
         except EdgefleetError as exc:
             if isinstance(exc, (RateLimited, ForbiddenOrigin)):
-                self._audit_refusal("limit.hit" if isinstance(exc, RateLimited) else "access.denied", exc, identity, peer, headers)
+                self._audit_refusal(
+                    "limit.hit" if isinstance(exc, RateLimited) else "access.denied", exc, identity, peer, headers
+                )
             if not tracked.started:
                 request_id = exc.data.pop("id", None) if "id" in exc.data else None
-                extra = [(b"retry-after", str(exc.data["retry_after_s"]).encode())] if isinstance(exc, RateLimited) else []
+                extra = (
+                    [(b"retry-after", str(exc.data["retry_after_s"]).encode())] if isinstance(exc, RateLimited) else []
+                )
                 await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc), headers=extra)
         except Exception:  # a bug must not take the dispatcher down or leak a traceback
             log.exception("unhandled error on /mcp")
             if not tracked.started:
                 await respond(tracked, 500, jsonrpc.error_body(None, EdgefleetError()))
 
-    def _audit_refusal(self, event: str, exc: EdgefleetError, identity: Identity | None, peer: str | None, headers: dict[str, str]) -> None:
+    def _audit_refusal(
+        self, event: str, exc: EdgefleetError, identity: Identity | None, peer: str | None, headers: dict[str, str]
+    ) -> None:
         if self.audit is None or not self.audit.enabled:
             return
         data = exc.data
         self.audit.record(
-            event, code=exc.code, reason=exc.message, identity=identity.name if identity else None, caller=peer, path="/mcp",
-            credential=fingerprint(bearer(headers.get("authorization")) or headers.get("authorization")) if identity is None else None,
-            scope=data.get("scope"), limit=str(data["limit"]) if "limit" in data else None, tool=data.get("tool"),
+            event,
+            code=exc.code,
+            reason=exc.message,
+            identity=identity.name if identity else None,
+            caller=peer,
+            path="/mcp",
+            credential=fingerprint(bearer(headers.get("authorization")) or headers.get("authorization"))
+            if identity is None
+            else None,
+            scope=data.get("scope"),
+            limit=str(data["limit"]) if "limit" in data else None,
+            tool=data.get("tool"),
             origin=headers.get("origin") if isinstance(exc, ForbiddenOrigin) else None,
         )
 
@@ -119,7 +149,9 @@ class MCPEndpoint:
                 return
         raise ForbiddenOrigin(f"Origin {origin!r} is not allowed; add it to EDGEFLEET_ALLOWED_ORIGINS if it is yours.")
 
-    async def _post(self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None, identity: Identity) -> None:
+    async def _post(
+        self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None, identity: Identity
+    ) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
             raise UnsupportedMediaType()

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 from edgefleet.dispatcher.mcp.calls import CallRequest
 from edgefleet.dispatcher.mcp.cancellation import disconnected
-from edgefleet.dispatcher.mcp.capabilities import CAPABILITIES, INSTRUCTIONS, LEGACY_TASK_CAPABILITIES, SERVER_INFO, TASKS_LEGACY_VERSION
+from edgefleet.dispatcher.mcp.capabilities import (
+    CAPABILITIES,
+    INSTRUCTIONS,
+    LEGACY_TASK_CAPABILITIES,
+    SERVER_INFO,
+    TASKS_LEGACY_VERSION,
+)
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.shared import jsonrpc
 from edgefleet.shared.asgi import Receive, TrackingSend, respond
@@ -49,9 +55,21 @@ class LegacyEra:
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
         capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
         session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
-        offered = LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
-        result = {"protocolVersion": negotiated, "capabilities": offered, "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
-        await respond(send, 200, jsonrpc.result_body(message.id, result), headers=[(HEADER_SESSION_ID.encode(), session.id.encode())])
+        offered = (
+            LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
+        )
+        result = {
+            "protocolVersion": negotiated,
+            "capabilities": offered,
+            "serverInfo": SERVER_INFO,
+            "instructions": INSTRUCTIONS,
+        }
+        await respond(
+            send,
+            200,
+            jsonrpc.result_body(message.id, result),
+            headers=[(HEADER_SESSION_ID.encode(), session.id.encode())],
+        )
 
     async def delete(self, headers: dict[str, str], send: TrackingSend, identity: Identity) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
@@ -62,8 +80,15 @@ class LegacyEra:
             raise SessionNotFound()
         await respond(send, 200, content_type=None)
 
-    async def handle(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend,
-                     peer: str | None, identity: Identity) -> None:
+    async def handle(
+        self,
+        message: jsonrpc.Message,
+        headers: dict[str, str],
+        receive: Receive,
+        send: TrackingSend,
+        peer: str | None,
+        identity: Identity,
+    ) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired(data={"id": message.id})
@@ -82,12 +107,27 @@ class LegacyEra:
         except RPC_LEVEL as exc:
             await respond(send, 200, jsonrpc.error_body(message.id, exc))
 
-    async def _request(self, message: jsonrpc.Message, session: Session, receive: Receive, send: TrackingSend,
-                       headers: dict[str, str], peer: str | None, identity: Identity) -> None:
+    async def _request(
+        self,
+        message: jsonrpc.Message,
+        session: Session,
+        receive: Receive,
+        send: TrackingSend,
+        headers: dict[str, str],
+        peer: str | None,
+        identity: Identity,
+    ) -> None:
         method = message.method
         if method == "tools/call":
-            await self.calls.handle(CallRequest(message, headers, peer, identity, modern=False, receive=receive, session=session), send)
-        elif method is not None and method.startswith("tasks/") and self.tasks is not None and session.protocol_version == TASKS_LEGACY_VERSION:
+            await self.calls.handle(
+                CallRequest(message, headers, peer, identity, modern=False, receive=receive, session=session), send
+            )
+        elif (
+            method is not None
+            and method.startswith("tasks/")
+            and self.tasks is not None
+            and session.protocol_version == TASKS_LEGACY_VERSION
+        ):
             # tasks/result may block for long: stop waiting when the client goes away.
             work = asyncio.ensure_future(self._task_method(message, identity, headers, send))
             gone = asyncio.create_task(disconnected(receive))
@@ -113,7 +153,9 @@ class LegacyEra:
         else:
             raise MethodNotFound(f"Method not found: {method}")
 
-    async def _task_method(self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend) -> None:
+    async def _task_method(
+        self, message: jsonrpc.Message, identity: Identity, headers: dict[str, str], send: TrackingSend
+    ) -> None:
         assert self.tasks is not None
         method, params = message.method, message.params
         try:

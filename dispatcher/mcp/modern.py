@@ -31,7 +31,14 @@ from edgefleet.shared.constants import (
     SUPPORTED_PROTOCOL_VERSIONS,
     TASKS_EXTENSION,
 )
-from edgefleet.shared.errors import EdgefleetError, HeaderMismatch, InvalidParams, InvalidRequest, MethodNotFound, MissingClientCapability
+from edgefleet.shared.errors import (
+    EdgefleetError,
+    HeaderMismatch,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    MissingClientCapability,
+)
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.calls import ToolCalls
@@ -46,8 +53,15 @@ class ModernEra:
         self.calls = calls
         self.tasks = tasks
 
-    async def handle(self, message: jsonrpc.Message, headers: dict[str, str], receive: Receive, send: TrackingSend,
-                     peer: str | None, identity: Identity) -> None:
+    async def handle(
+        self,
+        message: jsonrpc.Message,
+        headers: dict[str, str],
+        receive: Receive,
+        send: TrackingSend,
+        peer: str | None,
+        identity: Identity,
+    ) -> None:
         if message.kind == "response":
             raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
         self._check_envelope(message, headers)
@@ -59,10 +73,19 @@ class ModernEra:
             name = message.params.get("name")
             _check_name_header(headers, name, message.id, "body value")
             forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
-            await self.calls.handle(CallRequest(message, headers, peer, identity, modern=True, receive=receive,
-                                                extra_headers=forwarded or None), send)
+            await self.calls.handle(
+                CallRequest(
+                    message, headers, peer, identity, modern=True, receive=receive, extra_headers=forwarded or None
+                ),
+                send,
+            )
         elif method == "tools/list":
-            result = {"resultType": "complete", "tools": self.calls.tools_for(identity), "ttlMs": 0, "cacheScope": "private"}
+            result = {
+                "resultType": "complete",
+                "tools": self.calls.tools_for(identity),
+                "ttlMs": 0,
+                "cacheScope": "private",
+            }
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method in TASK_METHODS:
             try:
@@ -106,9 +129,13 @@ class ModernEra:
                 data={"id": message.id},
             )
 
-    async def _task_method(self, message: jsonrpc.Message, headers: dict[str, str], identity: Identity) -> dict[str, Any]:
+    async def _task_method(
+        self, message: jsonrpc.Message, headers: dict[str, str], identity: Identity
+    ) -> dict[str, Any]:
         if self.tasks is None:
-            raise MethodNotFound(f"Method not found: {message.method} (tasks need the task store)", data={"id": message.id})
+            raise MethodNotFound(
+                f"Method not found: {message.method} (tasks need the task store)", data={"id": message.id}
+            )
         if not declares_tasks(message.params.get("_meta")):
             raise MissingClientCapability(
                 f"{message.method} needs the {TASKS_EXTENSION} extension in the request's client capabilities.",

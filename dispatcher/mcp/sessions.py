@@ -28,8 +28,13 @@ class Session:
 
     def to_json(self) -> bytes:
         return orjson.dumps(
-            {"protocol_version": self.protocol_version, "client_info": self.client_info,
-             "capabilities": self.capabilities, "log_level": self.log_level, "owner": self.owner}
+            {
+                "protocol_version": self.protocol_version,
+                "client_info": self.client_info,
+                "capabilities": self.capabilities,
+                "log_level": self.log_level,
+                "owner": self.owner,
+            }
         )
 
 
@@ -45,9 +50,21 @@ class SessionStore:
         self.cache_size = cache_size
 
     async def create(
-        self, protocol_version: str, client_info: dict[str, Any], capabilities: dict[str, Any], *, owner: str = "anonymous"
+        self,
+        protocol_version: str,
+        client_info: dict[str, Any],
+        capabilities: dict[str, Any],
+        *,
+        owner: str = "anonymous",
     ) -> Session:
-        session = Session(secrets.token_urlsafe(24), protocol_version, client_info, capabilities, touched=time.monotonic(), owner=owner)
+        session = Session(
+            secrets.token_urlsafe(24),
+            protocol_version,
+            client_info,
+            capabilities,
+            touched=time.monotonic(),
+            owner=owner,
+        )
         await self.redis.set(self.keys.session(session.id), session.to_json(), px=self.ttl_ms)
         self._remember(session)
         return session
@@ -68,8 +85,15 @@ class SessionStore:
         if raw is None:
             return None
         data = orjson.loads(raw)
-        session = Session(session_id, data["protocol_version"], data.get("client_info") or {},
-                          data.get("capabilities") or {}, data.get("log_level"), touched=now, owner=data.get("owner", "anonymous"))
+        session = Session(
+            session_id,
+            data["protocol_version"],
+            data.get("client_info") or {},
+            data.get("capabilities") or {},
+            data.get("log_level"),
+            touched=now,
+            owner=data.get("owner", "anonymous"),
+        )
         await self.redis.pexpire(self.keys.session(session_id), self.ttl_ms)
         self._remember(session)
         return session

@@ -63,53 +63,84 @@ class Metrics:
         gc_collector.GCCollector(registry=self.registry)
         r = self.registry
         self.calls = Counter(
-            "edgefleet_calls", "Tool calls answered, by tool, serving region, path and outcome "
+            "edgefleet_calls",
+            "Tool calls answered, by tool, serving region, path and outcome "
             "(ok | error | timeout | cancelled; code = the stable error code).",
-            ["tool", "region", "path", "outcome", "code"], registry=r,
+            ["tool", "region", "path", "outcome", "code"],
+            registry=r,
         )
         self.call_duration = Histogram(
-            "edgefleet_call_duration_seconds", "Time from request to the end of the answer, by tool, serving region and path.",
-            ["tool", "region", "path"], buckets=DURATION_BUCKETS, registry=r,
+            "edgefleet_call_duration_seconds",
+            "Time from request to the end of the answer, by tool, serving region and path.",
+            ["tool", "region", "path"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.inflight = Gauge("edgefleet_calls_inflight", "Tool calls in progress.", registry=r)
         self.task_transitions = Counter(
-            "edgefleet_task_transitions", "Tasks entering a status (working = created) through this dispatcher.",
-            ["status"], registry=r,
+            "edgefleet_task_transitions",
+            "Tasks entering a status (working = created) through this dispatcher.",
+            ["status"],
+            registry=r,
         )
-        self.tasks_running = Gauge("edgefleet_tasks_running", "Tasks whose work runs inside this dispatcher process.", registry=r)
+        self.tasks_running = Gauge(
+            "edgefleet_tasks_running", "Tasks whose work runs inside this dispatcher process.", registry=r
+        )
         self.upstream = Counter(
-            "edgefleet_upstream_requests", "Direct-path attempts to replicas (ok | connect_error | timeout | error).",
-            ["agent", "region", "replica", "outcome"], registry=r,
+            "edgefleet_upstream_requests",
+            "Direct-path attempts to replicas (ok | connect_error | timeout | error).",
+            ["agent", "region", "replica", "outcome"],
+            registry=r,
         )
         self.upstream_duration = Histogram(
-            "edgefleet_upstream_duration_seconds", "Time to a replica's response headers, per replica.",
-            ["agent", "region", "replica"], buckets=DURATION_BUCKETS, registry=r,
+            "edgefleet_upstream_duration_seconds",
+            "Time to a replica's response headers, per replica.",
+            ["agent", "region", "replica"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.routes = Counter(
-            "edgefleet_route_decisions", "Routing decisions: caller's region, first-choice region, reason.",
-            ["caller_region", "region", "reason"], registry=r,
+            "edgefleet_route_decisions",
+            "Routing decisions: caller's region, first-choice region, reason.",
+            ["caller_region", "region", "reason"],
+            registry=r,
         )
         self.failovers = Counter(
-            "edgefleet_failovers", "Calls moved to another replica (scope=replica) or another region (scope=region).",
-            ["agent", "scope"], registry=r,
+            "edgefleet_failovers",
+            "Calls moved to another replica (scope=replica) or another region (scope=region).",
+            ["agent", "scope"],
+            registry=r,
         )
         self.bus_pending = Gauge(
-            "edgefleet_bus_pending", "Calls delivered to a consumer and not yet acknowledged, per calls stream/topic.",
-            ["stream"], registry=r,
+            "edgefleet_bus_pending",
+            "Calls delivered to a consumer and not yet acknowledged, per calls stream/topic.",
+            ["stream"],
+            registry=r,
         )
         self.bus_lag = Gauge(
-            "edgefleet_bus_lag", "Calls not yet delivered to any consumer, per calls stream/topic.", ["stream"], registry=r,
+            "edgefleet_bus_lag",
+            "Calls not yet delivered to any consumer, per calls stream/topic.",
+            ["stream"],
+            registry=r,
         )
         self.bus_replies = Counter(
-            "edgefleet_bus_replies", "Replies read from the bus (result | error | progress | duplicate | too_large).", ["kind"], registry=r,
+            "edgefleet_bus_replies",
+            "Replies read from the bus (result | error | progress | duplicate | too_large).",
+            ["kind"],
+            registry=r,
         )
         self.subtasks = Counter("edgefleet_fanout_subtasks", "Fan-out sub-tasks by status.", ["status"], registry=r)
         self.steps = Counter(
-            "edgefleet_pipeline_steps", "Pipeline steps by pipeline and status (attempts counted once per step).",
-            ["pipeline", "status"], registry=r,
+            "edgefleet_pipeline_steps",
+            "Pipeline steps by pipeline and status (attempts counted once per step).",
+            ["pipeline", "status"],
+            registry=r,
         )
         self.compensations = Counter(
-            "edgefleet_pipeline_compensations", "Compensations run, by pipeline and status.", ["pipeline", "status"], registry=r,
+            "edgefleet_pipeline_compensations",
+            "Compensations run, by pipeline and status.",
+            ["pipeline", "status"],
+            registry=r,
         )
         # Children cached by label tuple: .labels() costs a dict lookup plus validation.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
@@ -147,10 +178,20 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["agent", "region", "replica"]
-        state = GaugeMetricFamily("edgefleet_breaker_state", "Circuit breaker per replica: 0 closed, 1 half-open, 2 open (ejected).", labels=labels)
-        warm = GaugeMetricFamily("edgefleet_replica_warm", "1 once the replica's pool is warm and it takes calls.", labels=labels)
-        inflight = GaugeMetricFamily("edgefleet_replica_inflight", "Direct-path calls in flight per replica.", labels=labels)
-        ewma = GaugeMetricFamily("edgefleet_replica_latency_ewma_seconds", "Latency EWMA the balancer uses, per replica.", labels=labels)
+        state = GaugeMetricFamily(
+            "edgefleet_breaker_state",
+            "Circuit breaker per replica: 0 closed, 1 half-open, 2 open (ejected).",
+            labels=labels,
+        )
+        warm = GaugeMetricFamily(
+            "edgefleet_replica_warm", "1 once the replica's pool is warm and it takes calls.", labels=labels
+        )
+        inflight = GaugeMetricFamily(
+            "edgefleet_replica_inflight", "Direct-path calls in flight per replica.", labels=labels
+        )
+        ewma = GaugeMetricFamily(
+            "edgefleet_replica_latency_ewma_seconds", "Latency EWMA the balancer uses, per replica.", labels=labels
+        )
         for replica in self.sources.replicas():
             values = [replica.agent, replica.region, replica.replica]
             state.add_metric(values, replica.breaker)
@@ -158,20 +199,27 @@ class _StateCollector(Collector):
             inflight.add_metric(values, replica.inflight)
             ewma.add_metric(values, replica.latency_ewma_s)
         yield from (state, warm, inflight, ewma)
-        pool = GaugeMetricFamily("edgefleet_pool_connections", "Upstream keep-alive connections (idle | active).", labels=["state"])
+        pool = GaugeMetricFamily(
+            "edgefleet_pool_connections", "Upstream keep-alive connections (idle | active).", labels=["state"]
+        )
         idle, active = self.sources.pool()
         pool.add_metric(["idle"], idle)
         pool.add_metric(["active"], active)
         yield pool
         hits, misses, entries = self.sources.cache()
-        lookups = CounterMetricFamily("edgefleet_cache_requests", "Result-cache lookups (hit | miss).", labels=["result"])
+        lookups = CounterMetricFamily(
+            "edgefleet_cache_requests", "Result-cache lookups (hit | miss).", labels=["result"]
+        )
         lookups.add_metric(["hit"], hits)
         lookups.add_metric(["miss"], misses)
         yield lookups
         yield GaugeMetricFamily("edgefleet_cache_entries", "Results held in the result cache.", value=entries)
         yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=self.sources.catalog_tools())
-        refused = CounterMetricFamily("edgefleet_rate_limited", "Requests refused by a limit (identity | tool | concurrency | task | open_tasks).",
-                                      labels=["scope"])
+        refused = CounterMetricFamily(
+            "edgefleet_rate_limited",
+            "Requests refused by a limit (identity | tool | concurrency | task | open_tasks).",
+            labels=["scope"],
+        )
         counts: dict[str, int] = {}
         for source in self.sources.refused:
             for scope, count in source().items():

@@ -53,13 +53,41 @@ def error_label(error: object) -> tuple[str, str]:
 
 class CallObservation:
     __slots__ = (
-        "metrics", "span", "tool", "path", "region", "replica", "attempts", "reason", "caller_region", "address",
-        "outcome", "code", "started", "level", "regions", "audit", "identity", "requested", "arguments",
+        "metrics",
+        "span",
+        "tool",
+        "path",
+        "region",
+        "replica",
+        "attempts",
+        "reason",
+        "caller_region",
+        "address",
+        "outcome",
+        "code",
+        "started",
+        "level",
+        "regions",
+        "audit",
+        "identity",
+        "requested",
+        "arguments",
     )
 
-    def __init__(self, metrics: Metrics | None, span: Span, tool: str, path: str, region: str, *, level: int = logging.INFO,
-                 audit: AuditLog | None = None, identity: Identity | None = None, requested: object = None,
-                 arguments: object = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        span: Span,
+        tool: str,
+        path: str,
+        region: str,
+        *,
+        level: int = logging.INFO,
+        audit: AuditLog | None = None,
+        identity: Identity | None = None,
+        requested: object = None,
+        arguments: object = None,
+    ) -> None:
         self.metrics = metrics
         self.span = span
         self.tool = tool
@@ -87,7 +115,9 @@ class CallObservation:
         self.address = order.address or "-"
         self.regions = order.regions
         if self.metrics is not None:
-            self.metrics.routes.labels(self.caller_region, order.regions[0] if order.regions else "-", order.reason).inc()
+            self.metrics.routes.labels(
+                self.caller_region, order.regions[0] if order.regions else "-", order.reason
+            ).inc()
 
     def attempt(self, agent: str, replica: str, region: str) -> None:
         """A try on one replica; from the second on, a failover (to a replica or a region)."""
@@ -97,8 +127,16 @@ class CallObservation:
             if self.metrics is not None:
                 self.metrics.failovers.labels(agent, scope).inc()
             if self.span.is_recording():
-                self.span.add_event("failover", {"from.replica": self.replica, "from.region": self.region,
-                                                 "to.replica": replica, "to.region": region, "attempt": self.attempts})
+                self.span.add_event(
+                    "failover",
+                    {
+                        "from.replica": self.replica,
+                        "from.region": self.region,
+                        "to.replica": replica,
+                        "to.region": region,
+                        "attempt": self.attempts,
+                    },
+                )
         self.replica = replica
         self.region = region
 
@@ -121,11 +159,17 @@ class CallObservation:
             # One call with everything (each set_attributes call costs a lock and validation).
             # The routing decision: where the caller is, why, where it was served.
             attributes = {
-                "edgefleet.path": self.path, "edgefleet.region": self.region, "edgefleet.replica": self.replica,
-                "edgefleet.caller.region": self.caller_region, "edgefleet.route.reason": self.reason, "client.address": self.address,
+                "edgefleet.path": self.path,
+                "edgefleet.region": self.region,
+                "edgefleet.replica": self.replica,
+                "edgefleet.caller.region": self.caller_region,
+                "edgefleet.route.reason": self.reason,
+                "client.address": self.address,
             }
             if self.attempts > 1:
-                attributes.update({"edgefleet.attempts": self.attempts, "edgefleet.route.regions": list(self.regions[:4])})
+                attributes.update(
+                    {"edgefleet.attempts": self.attempts, "edgefleet.route.regions": list(self.regions[:4])}
+                )
             if self.outcome != "ok":
                 attributes["edgefleet.outcome"] = self.outcome
             span.set_attributes(attributes)
@@ -139,12 +183,31 @@ class CallObservation:
             self._audit(seconds)
         if log.isEnabledFor(self.level):
             log.log(
-                self.level, "call %s -> %s region=%s caller=%s caller_region=%s reason=%s path=%s attempts=%d %.2f ms %s%s",
-                self.tool, self.replica, self.region, self.address, self.caller_region, self.reason, self.path,
-                self.attempts, seconds * 1000, self.outcome, f" {self.code}" if self.code else "",
-                extra={"tool": self.tool, "replica": self.replica, "region": self.region, "path": self.path,
-                       "outcome": self.outcome, "code": self.code or None, "duration_ms": round(seconds * 1000, 3),
-                       "attempts": self.attempts, "caller_region": self.caller_region, "reason": self.reason},
+                self.level,
+                "call %s -> %s region=%s caller=%s caller_region=%s reason=%s path=%s attempts=%d %.2f ms %s%s",
+                self.tool,
+                self.replica,
+                self.region,
+                self.address,
+                self.caller_region,
+                self.reason,
+                self.path,
+                self.attempts,
+                seconds * 1000,
+                self.outcome,
+                f" {self.code}" if self.code else "",
+                extra={
+                    "tool": self.tool,
+                    "replica": self.replica,
+                    "region": self.region,
+                    "path": self.path,
+                    "outcome": self.outcome,
+                    "code": self.code or None,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "attempts": self.attempts,
+                    "caller_region": self.caller_region,
+                    "reason": self.reason,
+                },
             )
 
     def _audit(self, seconds: float) -> None:
@@ -152,9 +215,19 @@ class CallObservation:
         context = self.span.get_span_context()
         requested = self.requested if isinstance(self.requested, str) else repr(self.requested)
         self.audit.record(
-            "call", identity=self.identity.name if self.identity else None, auth=self.identity.method if self.identity else None,
-            tool=requested[:200], outcome=self.outcome, code=self.code or None, path=self.path, region=self.region,
-            replica=self.replica, attempts=self.attempts, duration_ms=round(seconds * 1000, 3), caller=self.address,
-            caller_region=self.caller_region, trace_id=format(context.trace_id, "032x") if context.is_valid else None,
+            "call",
+            identity=self.identity.name if self.identity else None,
+            auth=self.identity.method if self.identity else None,
+            tool=requested[:200],
+            outcome=self.outcome,
+            code=self.code or None,
+            path=self.path,
+            region=self.region,
+            replica=self.replica,
+            attempts=self.attempts,
+            duration_ms=round(seconds * 1000, 3),
+            caller=self.address,
+            caller_region=self.caller_region,
+            trace_id=format(context.trace_id, "032x") if context.is_valid else None,
             **self.audit.call_arguments(self.arguments),
         )

@@ -34,7 +34,14 @@ from edgefleet.dispatcher.paths.route import Route
 from edgefleet.shared import jsonrpc, sse, telemetry
 from edgefleet.shared.constants import BusNames
 from edgefleet.shared.envelope import CallEnvelope, CancelRequest, Reply
-from edgefleet.shared.errors import AgentUnavailable, BusUnavailable, EdgefleetError, ResultTooLarge, UpstreamError, UpstreamTimeout
+from edgefleet.shared.errors import (
+    AgentUnavailable,
+    BusUnavailable,
+    EdgefleetError,
+    ResultTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from edgefleet.bus.base import Delivery
@@ -57,13 +64,26 @@ SAMPLE_EVERY_S = 5.0
 
 class BusPath:
     def __init__(
-        self, settings: DispatcherSettings, checks: ResultChecks, *, instance: str, metrics: Metrics | None = None,
+        self,
+        settings: DispatcherSettings,
+        checks: ResultChecks,
+        *,
+        instance: str,
+        metrics: Metrics | None = None,
         streams: Callable[[], Iterable[tuple[str, str]]] = lambda: (),
     ) -> None:
         assert settings.bus_url
-        options: dict[str, Any] = {"maxlen": settings.bus_stream_maxlen} if not settings.bus_url.startswith("kafka") else {}
+        options: dict[str, Any] = (
+            {"maxlen": settings.bus_stream_maxlen} if not settings.bus_url.startswith("kafka") else {}
+        )
         self.bus = bus.connect(settings.bus_url, **options)
-        self.system = "kafka" if settings.bus_url.startswith("kafka") else "redis" if settings.bus_url.startswith("redis") else "memory"
+        self.system = (
+            "kafka"
+            if settings.bus_url.startswith("kafka")
+            else "redis"
+            if settings.bus_url.startswith("redis")
+            else "memory"
+        )
         self.names = BusNames(settings.redis_prefix)
         self.instance = instance
         self.reply_stream = self.names.replies(instance)
@@ -117,7 +137,9 @@ class BusPath:
                 self.connected = True
                 down_since = None
             except Exception as exc:  # noqa: BLE001 - this loop dying would silently stall every bus call
-                cause = exc if isinstance(exc, BusUnavailable) else BusUnavailable(f"the reply listener failed: {exc!r}")
+                cause = (
+                    exc if isinstance(exc, BusUnavailable) else BusUnavailable(f"the reply listener failed: {exc!r}")
+                )
                 now = time.monotonic()
                 if down_since is None:
                     down_since = now
@@ -159,10 +181,12 @@ class BusPath:
             return False  # parsed as usual: the call's own byte count refuses it
         waiter = self.waiters.get(task_id)
         if waiter is not None:
-            waiter.put_nowait(ResultTooLarge(
-                f"A reply of {len(delivery.payload)} bytes is larger than {self.checks.limit} (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
-                data={"task": task_id, "limit_bytes": self.checks.limit},
-            ))
+            waiter.put_nowait(
+                ResultTooLarge(
+                    f"A reply of {len(delivery.payload)} bytes is larger than {self.checks.limit} (EDGEFLEET_MAX_RESULT_BYTES); it was not relayed.",
+                    data={"task": task_id, "limit_bytes": self.checks.limit},
+                )
+            )
         if self.metrics is not None:
             self.metrics.bus_replies.labels("too_large" if waiter is not None else "duplicate").inc()
         return True
@@ -237,7 +261,9 @@ class BusPath:
         sent_at = time.monotonic()
         route = Route("bus", region=region, caller_region=order.caller_region, reason=order.reason, task=task_id)
         try:
-            await self._publish(entry, region, task_id, call.params, int((time.time() + call.timeout_s) * 1000), self.reply_stream)
+            await self._publish(
+                entry, region, task_id, call.params, int((time.time() + call.timeout_s) * 1000), self.reply_stream
+            )
             if obs is not None:
                 obs.region = region
             async with asyncio.timeout(call.timeout_s):
@@ -259,22 +285,33 @@ class BusPath:
                     route.replica = reply.replica or "-"
                     if reply.kind == "result" and reply.result is not None:
                         message = jsonrpc.result_body(call.request_id, reply.result)
-                        refused = self.checks.refused(entry, reply.result, relayed + len(message), replica=route.replica, task=task_id)
+                        refused = self.checks.refused(
+                            entry, reply.result, relayed + len(message), replica=route.replica, task=task_id
+                        )
                         if refused is not None:
                             await _fail(call, answer, refused)
                             return
                         if obs is not None and reply.result.get("isError"):
                             obs.outcome = "tool_error"
                     else:
-                        error = reply.error or UpstreamError("The agent's bus worker answered without a result.").to_jsonrpc()
+                        error = (
+                            reply.error
+                            or UpstreamError("The agent's bus worker answered without a result.").to_jsonrpc()
+                        )
                         message = orjson.dumps({"jsonrpc": "2.0", "id": call.request_id, "error": error})
                         if obs is not None:
                             obs.answered_with_error(error)
                     if obs is not None:
                         obs.attempt(entry.agent, route.replica, route.region)
                         if obs.span.is_recording():
-                            obs.span.add_event("bus.reply", {"messaging.message.id": task_id, "edgefleet.replica": route.replica,
-                                                             "edgefleet.bus.wait_ms": round((time.monotonic() - sent_at) * 1000, 3)})
+                            obs.span.add_event(
+                                "bus.reply",
+                                {
+                                    "messaging.message.id": task_id,
+                                    "edgefleet.replica": route.replica,
+                                    "edgefleet.bus.wait_ms": round((time.monotonic() - sent_at) * 1000, 3),
+                                },
+                            )
                     await send_message(answer, message, route)
                     return
         except TimeoutError:
@@ -294,7 +331,9 @@ class BusPath:
         await self._cancel(call.entry.agent, task_id, error.code)
         await _fail(call, answer, error)
 
-    async def submit(self, entry: ToolEntry, task_id: str, params: dict[str, Any], *, order: RouteOrder, deadline_ms: int) -> str:
+    async def submit(
+        self, entry: ToolEntry, task_id: str, params: dict[str, Any], *, order: RouteOrder, deadline_ms: int
+    ) -> str:
         """Publish a call that runs as a task and return the region it went to. The answer
         goes to the task replies stream every dispatcher consumes, not to this instance:
         the task completes even if this dispatcher is gone by then."""
@@ -313,20 +352,37 @@ class BusPath:
             raise BusUnavailable()
         return region
 
-    async def _publish(self, entry: ToolEntry, region: str, task_id: str, params: dict[str, Any], deadline_ms: int, reply_to: str) -> None:
+    async def _publish(
+        self, entry: ToolEntry, region: str, task_id: str, params: dict[str, Any], deadline_ms: int, reply_to: str
+    ) -> None:
         """One envelope on the agent's stream in ``region``, under a PRODUCER span (the
         agent's consume span is its child: the context rides in the envelope and in the
         message headers for other consumers)."""
         stream = self.names.calls(entry.agent, region)
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        with _tracer.start_as_current_span(f"publish {stream}", kind=SpanKind.PRODUCER, attributes={
-            "messaging.system": self.system, "messaging.operation.type": "publish", "messaging.destination.name": stream,
-            "messaging.message.id": task_id, "gen_ai.tool.name": entry.upstream_name,
-        } if telemetry.recording() else None):
+        with _tracer.start_as_current_span(
+            f"publish {stream}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": self.system,
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": stream,
+                "messaging.message.id": task_id,
+                "gen_ai.tool.name": entry.upstream_name,
+            }
+            if telemetry.recording()
+            else None,
+        ):
             traceparent = telemetry.current_traceparent()
             envelope = CallEnvelope(
-                task_id=task_id, agent=entry.agent, tool=entry.upstream_name, arguments=params.get("arguments") or {}, meta=meta,
-                deadline_ms=deadline_ms, reply_to=reply_to, traceparent=traceparent,
+                task_id=task_id,
+                agent=entry.agent,
+                tool=entry.upstream_name,
+                arguments=params.get("arguments") or {},
+                meta=meta,
+                deadline_ms=deadline_ms,
+                reply_to=reply_to,
+                traceparent=traceparent,
             )
             headers = {"task-id": task_id, **({"traceparent": traceparent} if traceparent else {})}
             try:
@@ -342,7 +398,9 @@ class BusPath:
 
     async def _cancel(self, agent: str, task_id: str, reason: str) -> None:
         with contextlib.suppress(BusUnavailable, EdgefleetError):
-            await self.bus.publish(self.names.cancels(agent), CancelRequest(task_id=task_id, reason=reason).model_dump_json().encode())
+            await self.bus.publish(
+                self.names.cancels(agent), CancelRequest(task_id=task_id, reason=reason).model_dump_json().encode()
+            )
 
 
 async def _fail(call: ToolCall, answer: Answer, error: EdgefleetError) -> None:

@@ -50,10 +50,14 @@ class ResultChecks:
         problem = entry.result_problem(result)
         if problem is None:
             return None
-        log.warning("%s answered %s with a result that breaks its outputSchema: %s", _who(where), entry.public_name, problem)
+        log.warning(
+            "%s answered %s with a result that breaks its outputSchema: %s", _who(where), entry.public_name, problem
+        )
         return InvalidToolResult(problem, data={"tool": entry.public_name, **where})
 
-    def refused(self, entry: ToolEntry, result: dict[str, Any] | None, size: int, **where: str) -> EdgefleetError | None:
+    def refused(
+        self, entry: ToolEntry, result: dict[str, Any] | None, size: int, **where: str
+    ) -> EdgefleetError | None:
         """Why a whole answer of ``size`` bytes (result, or None for an error answer) must
         not be delivered, or None."""
         if size > self.limit:

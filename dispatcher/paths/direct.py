@@ -68,7 +68,9 @@ class DirectPath:
         for replica in replicas if replicas is not None else self.router.candidates(entry, call.order):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                await self._fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
+                await self._fail(
+                    call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried})
+                )
                 return
             tried.append(replica.id)
             route = _route(replica, call.order, len(tried))
@@ -93,20 +95,32 @@ class DirectPath:
                     last_error = exc.error
                     log.warning("retrying idempotent %s elsewhere after %s", entry.public_name, exc.error.message)
                     continue
-                await self._fail(call, answer, OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}))
+                await self._fail(
+                    call,
+                    answer,
+                    OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}),
+                )
                 return
         if time.monotonic() >= deadline:
             await self._fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
         elif last_error is not None:
-            await self._fail(call, answer, AgentUnavailable(
-                f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
-                data={"agent": entry.agent, "replicas_tried": tried},
-            ))
+            await self._fail(
+                call,
+                answer,
+                AgentUnavailable(
+                    f"Every replica of agent {entry.agent!r} failed for {entry.public_name}: {last_error.message}",
+                    data={"agent": entry.agent, "replicas_tried": tried},
+                ),
+            )
         else:
-            await self._fail(call, answer, AgentUnavailable(
-                f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
-                data={"agent": entry.agent, "regions": list(call.order.regions)},
-            ))
+            await self._fail(
+                call,
+                answer,
+                AgentUnavailable(
+                    f"No healthy replica of agent {entry.agent!r} can serve {entry.public_name} right now.",
+                    data={"agent": entry.agent, "regions": list(call.order.regions)},
+                ),
+            )
 
     @staticmethod
     async def _fail(call: ToolCall, answer: Answer, error: EdgefleetError) -> None:
@@ -115,11 +129,27 @@ class DirectPath:
         await fail(answer, call.request_id, error)
 
     async def _traced_attempt(
-        self, call: ToolCall, replica: Replica, body: bytes, parent_tp: str, answer: Answer, timeout: float, route: Route,
+        self,
+        call: ToolCall,
+        replica: Replica,
+        body: bytes,
+        parent_tp: str,
+        answer: Answer,
+        timeout: float,
+        route: Route,
     ) -> None:
-        attributes = {"server.address": replica.record.url, "edgefleet.replica": replica.id, "edgefleet.attempt": route.attempt}
-        with _tracer.start_as_current_span(f"tools/call {call.entry.upstream_name}", kind=SpanKind.CLIENT, attributes=attributes,
-                                           record_exception=False, set_status_on_exception=False) as span:
+        attributes = {
+            "server.address": replica.record.url,
+            "edgefleet.replica": replica.id,
+            "edgefleet.attempt": route.attempt,
+        }
+        with _tracer.start_as_current_span(
+            f"tools/call {call.entry.upstream_name}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             traceparent = telemetry.current_traceparent() or parent_tp
             body = body.replace(parent_tp.encode(), traceparent.encode(), 1)
             headers = {**(call.extra_headers or {}), "traceparent": traceparent}
@@ -131,8 +161,14 @@ class DirectPath:
                 raise
 
     async def _attempt(
-        self, call: ToolCall, replica: Replica, body: bytes, answer: Answer, timeout: float,
-        extra_headers: dict[str, str] | None, route: Route,
+        self,
+        call: ToolCall,
+        replica: Replica,
+        body: bytes,
+        answer: Answer,
+        timeout: float,
+        extra_headers: dict[str, str] | None,
+        route: Route,
     ) -> None:
         entry, obs = call.entry, call.obs
         client = replica.client
@@ -158,7 +194,9 @@ class DirectPath:
         upstream = "error"
         try:
             try:
-                resp = await session.post(replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout))
+                resp = await session.post(
+                    replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout)
+                )
             except aiohttp.ConnectionTimeoutError:
                 upstream = "connect_error"
                 verdict = True
@@ -168,7 +206,9 @@ class DirectPath:
                 upstream = "connect_error"
                 verdict = True
                 self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
-                raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")) from None
+                raise _NotStarted(
+                    UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")
+                ) from None
             except asyncio.TimeoutError:
                 upstream = "timeout"
                 # The deadline of a slow tool is not the replica's fault: no health penalty,
@@ -178,7 +218,9 @@ class DirectPath:
             except aiohttp.ClientError as exc:
                 verdict = True
                 self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}", trial=trial)
-                raise _MaybeStarted(UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")) from None
+                raise _MaybeStarted(
+                    UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")
+                ) from None
             try:
                 if resp.status == 404 and client.era == "legacy":
                     # The upstream forgot our session (it restarted): reopen, then retry here.
@@ -196,7 +238,9 @@ class DirectPath:
                 replica.observe_latency(latency * 1000)
                 upstream = "ok"
                 if obs is not None and obs.metrics is not None:
-                    obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(latency)
+                    obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(
+                        latency
+                    )
                 verdict = True
                 self.fleet.report_success(replica, trial=trial)
                 relay = _Relay(call, replica, answer, route, self.checks, rename)
@@ -220,8 +264,15 @@ class _Relay:
 
     __slots__ = ("call", "replica", "answer", "route", "checks", "rename", "schema")
 
-    def __init__(self, call: ToolCall, replica: Replica, answer: Answer, route: Route, checks: ResultChecks,
-                 rename: _IdRename | None) -> None:
+    def __init__(
+        self,
+        call: ToolCall,
+        replica: Replica,
+        answer: Answer,
+        route: Route,
+        checks: ResultChecks,
+        rename: _IdRename | None,
+    ) -> None:
         self.call = call
         self.replica = replica
         self.answer = answer
@@ -239,7 +290,9 @@ class _Relay:
         try:
             data = await _read_limited(resp, self.checks.limit)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")) from None
+            raise _MaybeStarted(
+                UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")
+            ) from None
         except _TooLarge:
             resp.close()  # stop the transfer (and the agent's work) rather than drain it
             await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
@@ -295,7 +348,9 @@ class _Relay:
                 await self._forward(events)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if not answered:
-                raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")) from None
+                raise _MaybeStarted(
+                    UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")
+                ) from None
         else:
             last = splitter.rest()  # a last event without its blank line
             if self.rename is not None and last:
@@ -318,7 +373,9 @@ class _Relay:
             return False, True
         if self.call.obs is not None:
             _classify_message(self.call.obs, response)
-        problem = self.checks.invalid_response(self.call.entry, response, replica=self.replica.id) if self.schema else None
+        problem = (
+            self.checks.invalid_response(self.call.entry, response, replica=self.replica.id) if self.schema else None
+        )
         if problem is not None:
             await self.refuse(problem)
             return True, False
@@ -415,8 +472,14 @@ def _route(replica: Replica, order: RouteOrder, attempt: int) -> Route:
     reason = order.reason
     if order.regions and replica.record.region != order.regions[0]:
         reason += "+failover"
-    return Route("direct", region=replica.record.region, replica=replica.id, caller_region=order.caller_region,
-                 reason=reason, attempt=attempt)
+    return Route(
+        "direct",
+        region=replica.record.region,
+        replica=replica.id,
+        caller_region=order.caller_region,
+        reason=reason,
+        attempt=attempt,
+    )
 
 
 class _NotStarted(Exception):

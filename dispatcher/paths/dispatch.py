@@ -62,7 +62,11 @@ class CallPaths:
             await self.bus.call(call, answer)
             return
         # A caller pinned to regions (X-Edge-Region: ...;only) must not get a result computed elsewhere.
-        key = self.cache.key(entry.public_name, call.arguments) if entry.cache_ttl_s and self.cache.enabled and not call.order.only else None
+        key = (
+            self.cache.key(entry.public_name, call.arguments)
+            if entry.cache_ttl_s and self.cache.enabled and not call.order.only
+            else None
+        )
         if key is None:
             await self.direct.call(call, answer)
             return

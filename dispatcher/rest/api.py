@@ -16,18 +16,39 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from edgefleet.dispatcher.fleet.admission import admit
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, AgentCredential
 from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
-from edgefleet.dispatcher.security.auth import Authenticator, Identity, bearer, protected_resource_metadata, resource_urls
+from edgefleet.dispatcher.security.auth import (
+    Authenticator,
+    Identity,
+    bearer,
+    protected_resource_metadata,
+    resource_urls,
+)
 from edgefleet.dispatcher.tasks.methods import TaskMethods
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.observability.metrics import CONTENT_TYPE, Metrics
 from edgefleet.dispatcher.fleet.naming import public_name
-from edgefleet.shared.errors import EdgefleetError, Forbidden, InvalidParams, NotFound, RateLimited, RegistrationError, Unauthorized
+from edgefleet.shared.errors import (
+    EdgefleetError,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    RateLimited,
+    RegistrationError,
+    Unauthorized,
+)
 from edgefleet.shared.models import Heartbeat, RegisterRequest
 
 
 def build_api(
-    fleet: Fleet, token: str, lifespan: Any, metrics: Metrics | None = None, *, tasks: TaskMethods | None = None,
-    auth: Authenticator | None = None, audit: AuditLog | None = None, registry_auth: AgentAuthenticator | None = None,
+    fleet: Fleet,
+    token: str,
+    lifespan: Any,
+    metrics: Metrics | None = None,
+    *,
+    tasks: TaskMethods | None = None,
+    auth: Authenticator | None = None,
+    audit: AuditLog | None = None,
+    registry_auth: AgentAuthenticator | None = None,
 ) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
@@ -52,10 +73,19 @@ def build_api(
             event = "access.denied"
         else:
             return
-        audit.record(event, code=exc.code, reason=exc.message, path=request.url.path, method=request.method,
-                     caller=request.client.host if request.client else None,
-                     credential=fingerprint(bearer(request.headers.get("authorization")) or request.headers.get("authorization")),
-                     agent=exc.data.get("agent"), scope=exc.data.get("scope"))
+        audit.record(
+            event,
+            code=exc.code,
+            reason=exc.message,
+            path=request.url.path,
+            method=request.method,
+            caller=request.client.host if request.client else None,
+            credential=fingerprint(
+                bearer(request.headers.get("authorization")) or request.headers.get("authorization")
+            ),
+            agent=exc.data.get("agent"),
+            scope=exc.data.get("scope"),
+        )
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,29 +132,53 @@ def build_api(
     @api.get("/readyz")
     async def readyz() -> Response:
         if not fleet.synced.is_set() or not fleet.registry_ok:
-            return JSONResponse({"status": "not ready", "registry": fleet.registry_ok, "synced": fleet.synced.is_set()}, status_code=503)
+            return JSONResponse(
+                {"status": "not ready", "registry": fleet.registry_ok, "synced": fleet.synced.is_set()}, status_code=503
+            )
         warming = [r.id for r in fleet.replicas.values() if not r.warm]
-        return JSONResponse({"status": "ready", "replicas": len(fleet.replicas), "warming": warming, "tools": len(fleet.catalog.entries)})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "replicas": len(fleet.replicas),
+                "warming": warming,
+                "tools": len(fleet.catalog.entries),
+            }
+        )
 
     @api.post("/v1/agents", status_code=201)
     async def register(body: RegisterRequest, credential: AgentCredential = who_registers) -> dict[str, Any]:
         registry_auth.check_register(credential, body.name, body.region)
         record = await admit(body, fleet)
         if audit is not None:
-            audit.record("agent.register", by=credential.name, credential_kind=credential.kind, agent=record.agent, region=record.region,
-                         replica=record.replica_id, url=record.url, version=record.version or None, tools=len(record.tools))
+            audit.record(
+                "agent.register",
+                by=credential.name,
+                credential_kind=credential.kind,
+                agent=record.agent,
+                region=record.region,
+                replica=record.replica_id,
+                url=record.url,
+                version=record.version or None,
+                tools=len(record.tools),
+            )
         return {
             "replica_id": record.replica_id,
             "era": record.era,
             "tools": [public_name(record.agent, t["name"]) for t in record.tools],
             "heartbeat_ttl_s": fleet.settings.heartbeat_ttl_s,
             # Agents know one URL (ours); where the bus is, they learn here.
-            "bus": {"url": fleet.settings.bus_public_url or fleet.settings.bus_url, "prefix": fleet.settings.redis_prefix}
-            if fleet.settings.bus_url else None,
+            "bus": {
+                "url": fleet.settings.bus_public_url or fleet.settings.bus_url,
+                "prefix": fleet.settings.redis_prefix,
+            }
+            if fleet.settings.bus_url
+            else None,
         }
 
     @api.post("/v1/agents/replicas/{replica_id}/heartbeat")
-    async def heartbeat(replica_id: str, body: Heartbeat, credential: AgentCredential = who_registers) -> dict[str, Any]:
+    async def heartbeat(
+        replica_id: str, body: Heartbeat, credential: AgentCredential = who_registers
+    ) -> dict[str, Any]:
         if registry_auth.agent_keys:  # names are bound to keys: a heartbeat only for your own replicas
             registry_auth.check_replica(credential, await replica_agent(replica_id))
         if not await fleet.registry.heartbeat(replica_id, body.model_dump()):
@@ -138,7 +192,9 @@ def build_api(
         if not await fleet.registry.remove(replica_id):
             raise NotFound(f"Replica {replica_id} is not registered.")
         if audit is not None:
-            audit.record("agent.deregister", by=credential.name, credential_kind=credential.kind, agent=agent, replica=replica_id)
+            audit.record(
+                "agent.deregister", by=credential.name, credential_kind=credential.kind, agent=agent, replica=replica_id
+            )
         fleet.wake()
         return Response(status_code=204)
 
@@ -151,7 +207,9 @@ def build_api(
             await fleet.registry.remove(replica_id)
         fleet.wake()
         if audit is not None:
-            audit.record("agent.remove", by=credential.name, credential_kind=credential.kind, agent=name, replicas=removed)
+            audit.record(
+                "agent.remove", by=credential.name, credential_kind=credential.kind, agent=name, replicas=removed
+            )
         return {"removed": removed}
 
     @api.get("/v1/agents", dependencies=authorized)
@@ -160,26 +218,30 @@ def build_api(
         agents: dict[str, dict[str, Any]] = {}
         for record in await fleet.registry.live():
             local = fleet.replicas.get(record.replica_id)
-            agent = agents.setdefault(record.agent, {"name": record.agent, "regions": set(), "tools": set(), "replicas": []})
+            agent = agents.setdefault(
+                record.agent, {"name": record.agent, "regions": set(), "tools": set(), "replicas": []}
+            )
             agent["regions"].add(record.region)
             agent["tools"].update(public_name(record.agent, t["name"]) for t in record.tools)
-            agent["replicas"].append({
-                "id": record.replica_id,
-                "region": record.region,
-                "url": record.url,
-                "version": record.version,
-                "static": record.static,
-                "era": record.era,
-                "warm": bool(local and local.warm),
-                "healthy": bool(local and local.healthy),
-                "routable": bool(local and local.routable),
-                "inflight": local.inflight if local else 0,
-                "breaker": local.breaker.snapshot() if local else None,
-                "latency_ewma_ms": round(local.latency_ewma_ms, 3) if local else None,
-                "load": record.load,
-                "heartbeat_age_s": round(now - record.heartbeat_at, 2),
-                "last_error": local.last_error if local else None,
-            })
+            agent["replicas"].append(
+                {
+                    "id": record.replica_id,
+                    "region": record.region,
+                    "url": record.url,
+                    "version": record.version,
+                    "static": record.static,
+                    "era": record.era,
+                    "warm": bool(local and local.warm),
+                    "healthy": bool(local and local.healthy),
+                    "routable": bool(local and local.routable),
+                    "inflight": local.inflight if local else 0,
+                    "breaker": local.breaker.snapshot() if local else None,
+                    "latency_ewma_ms": round(local.latency_ewma_ms, 3) if local else None,
+                    "load": record.load,
+                    "heartbeat_age_s": round(now - record.heartbeat_at, 2),
+                    "last_error": local.last_error if local else None,
+                }
+            )
         items = [{**a, "regions": sorted(a["regions"]), "tools": sorted(a["tools"])} for a in agents.values()]
         return {"agents": sorted(items, key=lambda a: a["name"])}
 
@@ -187,7 +249,9 @@ def build_api(
         reader = AuditReader(audit.redis, audit.key)
 
         @api.get("/v1/audit", dependencies=authorized)
-        async def audit_events(after: str | None = None, last: int = 20, limit: int = 100, wait: float = 0.0) -> dict[str, Any]:
+        async def audit_events(
+            after: str | None = None, last: int = 20, limit: int = 100, wait: float = 0.0
+        ) -> dict[str, Any]:
             """The audit stream for operators: the ``last`` events, or those ``after`` a stream
             id (waiting up to ``wait`` s for one); ``next`` is the id to pass back."""
             if after is not None and not _STREAM_ID.match(after):
@@ -217,7 +281,9 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
     who = Depends(caller)
 
     @api.get("/v1/tasks")
-    async def list_tasks(owner: str | None = None, cursor: str | None = None, limit: int = 50, identity: Identity = who) -> dict[str, Any]:
+    async def list_tasks(
+        owner: str | None = None, cursor: str | None = None, limit: int = 50, identity: Identity = who
+    ) -> dict[str, Any]:
         return await tasks.rest_list(identity, owner=owner, cursor=cursor, limit=limit)
 
     @api.get("/v1/tasks/{task_id}")
@@ -258,7 +324,9 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
                         changes.get_nowait()
                     yield b": keep-alive\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
 
 
 _STREAM_ID = re.compile(r"^(0|\d{1,20}(-\d{1,20})?)$")

@@ -72,7 +72,9 @@ def forwarded_hops(headers: dict[str, str], header: str = "x-forwarded-for") -> 
     return []
 
 
-def client_address(peer: str | None, headers: dict[str, str], trusted: TrustedProxies, header: str = "x-forwarded-for") -> str | None:
+def client_address(
+    peer: str | None, headers: dict[str, str], trusted: TrustedProxies, header: str = "x-forwarded-for"
+) -> str | None:
     """The address routing should locate; None when a trusted proxy says it is unknown."""
     if not trusted or peer is None or not trusted.trusts(peer):
         return peer

@@ -57,7 +57,9 @@ def parse_networks(entries: Iterable[str]) -> list[tuple[ipaddress.IPv4Network |
 
 
 class Locator:
-    def __init__(self, *, networks: Iterable[str] = (), private_db: Path | None = None, city_db: Path | None = None) -> None:
+    def __init__(
+        self, *, networks: Iterable[str] = (), private_db: Path | None = None, city_db: Path | None = None
+    ) -> None:
         self.networks = parse_networks(networks)
         self.private = self._open(private_db, maxminddb.open_database) if private_db else None
         self.city = self._open(city_db, geoip2.database.Reader) if city_db else None
@@ -113,5 +115,7 @@ class Locator:
         lat, lon = where.get("latitude"), where.get("longitude")
         point = (float(lat), float(lon)) if isinstance(lat, (int, float)) and isinstance(lon, (int, float)) else None
         if isinstance(region, str) or point is not None:
-            return Location(address, region=region if isinstance(region, str) else None, point=point, source="private-db")
+            return Location(
+                address, region=region if isinstance(region, str) else None, point=point, source="private-db"
+            )
         return None

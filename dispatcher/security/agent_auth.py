@@ -73,7 +73,9 @@ def load_agent_keys(path: Path) -> dict[str, AgentKeyEntry]:
 
 
 class AgentAuthenticator:
-    def __init__(self, fleet_token: str, agent_keys: dict[str, AgentKeyEntry], clients: Authenticator | None = None) -> None:
+    def __init__(
+        self, fleet_token: str, agent_keys: dict[str, AgentKeyEntry], clients: Authenticator | None = None
+    ) -> None:
         self.fleet_token = fleet_token.encode()
         self.agent_keys = agent_keys
         self.bound_names = frozenset(entry.agent for entry in agent_keys.values())
@@ -99,7 +101,9 @@ class AgentAuthenticator:
             else:
                 if identity.admin:
                     return AgentCredential("admin", identity.name)
-                raise Forbidden(f"{identity.name!r} has no admin scope: the registry needs the fleet token, an agent key or an admin.")
+                raise Forbidden(
+                    f"{identity.name!r} has no admin scope: the registry needs the fleet token, an agent key or an admin."
+                )
         raise Unauthorized("Wrong fleet token.", data={"auth_error": "invalid_token"})
 
     def check_register(self, credential: AgentCredential, name: str, region: str) -> None:
@@ -111,8 +115,10 @@ class AgentAuthenticator:
                     data={"agent": name, "bound_to": credential.agent},
                 )
             if credential.regions and region not in credential.regions:
-                raise NamespaceForbidden(f"Agent {name!r}'s key may register only in {', '.join(credential.regions)}, not {region!r}.",
-                                         data={"agent": name, "region": region})
+                raise NamespaceForbidden(
+                    f"Agent {name!r}'s key may register only in {', '.join(credential.regions)}, not {region!r}.",
+                    data={"agent": name, "region": region},
+                )
         elif name in self.bound_names:
             raise NamespaceForbidden(
                 f"Agent name {name!r} has its own key (EDGEFLEET_AGENT_KEYS_FILE): only that key registers it.",
@@ -124,13 +130,19 @@ class AgentAuthenticator:
         if operator_ok and credential.operator:
             return
         if credential.agent is not None and credential.agent != agent:
-            raise NamespaceForbidden(f"This key belongs to agent {credential.agent!r}, not {agent!r}.", data={"agent": agent})
+            raise NamespaceForbidden(
+                f"This key belongs to agent {credential.agent!r}, not {agent!r}.", data={"agent": agent}
+            )
         if credential.agent is None and credential.kind == "fleet-token" and agent in self.bound_names:
-            raise NamespaceForbidden(f"Agent {agent!r} has its own key: only that key manages its replicas.", data={"agent": agent})
+            raise NamespaceForbidden(
+                f"Agent {agent!r} has its own key: only that key manages its replicas.", data={"agent": agent}
+            )
 
     def check_operator(self, credential: AgentCredential) -> None:
         if not credential.operator:
-            raise Forbidden("Agent keys only register their own agent; listing and removing agents needs the fleet token or an admin.")
+            raise Forbidden(
+                "Agent keys only register their own agent; listing and removing agents needs the fleet token or an admin."
+            )
 
 
 def new_agent_key() -> str:

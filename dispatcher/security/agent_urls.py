@@ -37,8 +37,13 @@ async def check_agent_url(url: str, allowed: list[str]) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if address.is_multicast or any(address in net for net in ALWAYS_REFUSED if net.version == address.version):
-            raise AgentUrlForbidden(f"Agent URL {url!r} resolves to {address}, which agents may not use (link-local, metadata, "
-                                    "unspecified or multicast).", data={"url": url, "address": str(address)})
+            raise AgentUrlForbidden(
+                f"Agent URL {url!r} resolves to {address}, which agents may not use (link-local, metadata, "
+                "unspecified or multicast).",
+                data={"url": url, "address": str(address)},
+            )
         if networks and not any(address in net for net in networks if net.version == address.version):
-            raise AgentUrlForbidden(f"Agent URL {url!r} resolves to {address}, outside EDGEFLEET_AGENT_NETWORKS.",
-                                    data={"url": url, "address": str(address)})
+            raise AgentUrlForbidden(
+                f"Agent URL {url!r} resolves to {address}, outside EDGEFLEET_AGENT_NETWORKS.",
+                data={"url": url, "address": str(address)},
+            )

@@ -107,14 +107,20 @@ def load_api_keys(path: Path) -> dict[str, Identity]:
     for entry in parsed.keys:
         if entry.sha256 in out:
             raise ConfigError(f"EDGEFLEET_API_KEYS_FILE {path}: two entries share one key hash ({entry.identity})")
-        out[entry.sha256] = Identity(entry.identity, frozenset(entry.scopes), tuple(entry.tools), tuple(entry.regions), "api-key")
+        out[entry.sha256] = Identity(
+            entry.identity, frozenset(entry.scopes), tuple(entry.tools), tuple(entry.regions), "api-key"
+        )
     return out
 
 
 class JwtVerifier:
-    def __init__(self, *, secret: str | None, jwks: str | None, issuer: str | None, audience: str | None, leeway_s: float) -> None:
+    def __init__(
+        self, *, secret: str | None, jwks: str | None, issuer: str | None, audience: str | None, leeway_s: float
+    ) -> None:
         if not secret and not jwks:
-            raise ConfigError("JWT verification needs EDGEFLEET_JWT_SECRET (HS256) or EDGEFLEET_JWT_JWKS (file or URL).")
+            raise ConfigError(
+                "JWT verification needs EDGEFLEET_JWT_SECRET (HS256) or EDGEFLEET_JWT_JWKS (file or URL)."
+            )
         self.secret = secret
         self.issuer = issuer
         self.audience = audience
@@ -147,9 +153,18 @@ class JwtVerifier:
     def verify(self, token: str) -> tuple[Identity, float]:
         """The token's identity and expiry (epoch seconds), or a jwt exception."""
         key, algorithms = self._key(token)
-        options = {"require": ["exp", "sub"], "verify_aud": self.audience is not None, "verify_iss": self.issuer is not None}
+        options = {
+            "require": ["exp", "sub"],
+            "verify_aud": self.audience is not None,
+            "verify_iss": self.issuer is not None,
+        }
         claims = jwt.decode(
-            token, key, algorithms=algorithms, audience=self.audience, issuer=self.issuer, leeway=self.leeway_s,
+            token,
+            key,
+            algorithms=algorithms,
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway_s,
             options=options,  # type: ignore[arg-type]
         )
         raw = claims.get("scope", claims.get("scp", ""))
@@ -211,8 +226,11 @@ class Authenticator:
         verifier = None
         if settings.jwt_secret is not None or settings.jwt_jwks:
             verifier = JwtVerifier(
-                secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret is not None else None, jwks=settings.jwt_jwks,
-                issuer=settings.jwt_issuer, audience=settings.jwt_audience, leeway_s=settings.jwt_leeway_s,
+                secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret is not None else None,
+                jwks=settings.jwt_jwks,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                leeway_s=settings.jwt_leeway_s,
             )
         if not keys and verifier is None:
             raise ConfigError(
@@ -233,7 +251,9 @@ class Authenticator:
                 return found
             raise Unauthorized("Unknown API key.", data={"auth_error": "invalid_token"})
         if self.jwt is None:
-            raise Unauthorized("Bearer tokens are not accepted here; use an API key.", data={"auth_error": "invalid_token"})
+            raise Unauthorized(
+                "Bearer tokens are not accepted here; use an API key.", data={"auth_error": "invalid_token"}
+            )
         cached = self._verified.get(credential)
         if cached is not None:
             return cached

@@ -55,8 +55,12 @@ class RateLimits:
         self.inflight: dict[str, int] = defaultdict(int)
         self.limiter: MovingWindowRateLimiter | None = None
         if self.per_identity is not None or self.per_tool or self.per_task_method is not None:
-            storage = RedisStorage("async+" + settings.redis_url, implementation="redispy",
-                                   key_prefix=f"{settings.redis_prefix}:ratelimit", wrap_exceptions=True)
+            storage = RedisStorage(
+                "async+" + settings.redis_url,
+                implementation="redispy",
+                key_prefix=f"{settings.redis_prefix}:ratelimit",
+                wrap_exceptions=True,
+            )
             self.limiter = MovingWindowRateLimiter(storage)
         self.refused: dict[str, int] = defaultdict(int)  # kind -> count, for /metrics
 
@@ -68,10 +72,14 @@ class RateLimits:
         """Count one call; raise RateLimited (with the seconds to wait) when over a limit."""
         if self.limiter is None:
             return
-        if self.per_identity is not None and not await self._hit("identity", self.per_identity, (identity,), f"{identity!r}"):
+        if self.per_identity is not None and not await self._hit(
+            "identity", self.per_identity, (identity,), f"{identity!r}"
+        ):
             return
         for pattern, item in self.per_tool:
-            if fnmatch.fnmatchcase(tool, pattern) and not await self._hit("tool", item, (identity, pattern), f"{identity!r} on {tool}"):
+            if fnmatch.fnmatchcase(tool, pattern) and not await self._hit(
+                "tool", item, (identity, pattern), f"{identity!r} on {tool}"
+            ):
                 return
 
     async def admit_task_method(self, identity: str) -> None:
@@ -88,20 +96,26 @@ class RateLimits:
                 return True
             stats = await self.limiter.get_window_stats(item, *keys)
         except Exception as exc:  # noqa: BLE001 - fail open: see the module docstring
-            log.warning("rate limit not checked (Redis: %s); %s let through", exc, "task request" if kind == "task" else "call")
+            log.warning(
+                "rate limit not checked (Redis: %s); %s let through", exc, "task request" if kind == "task" else "call"
+            )
             return False
         self.refused[kind] += 1
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        raise RateLimited(f"Rate limit {item} exceeded for {what}; retry in {retry_after} s.",
-                          data={"retry_after_s": retry_after, "limit": str(item), "scope": kind})
+        raise RateLimited(
+            f"Rate limit {item} exceeded for {what}; retry in {retry_after} s.",
+            data={"retry_after_s": retry_after, "limit": str(item), "scope": kind},
+        )
 
     @contextmanager
     def slot(self, identity: str) -> Iterator[None]:
         """Hold one of the identity's concurrent-call slots in this dispatcher."""
         if self.max_concurrent and self.inflight[identity] >= self.max_concurrent:
             self.refused["concurrency"] += 1
-            raise RateLimited(f"{identity!r} already has {self.max_concurrent} calls in flight here; retry when one ends.",
-                              data={"retry_after_s": 1, "limit": self.max_concurrent, "scope": "concurrency"})
+            raise RateLimited(
+                f"{identity!r} already has {self.max_concurrent} calls in flight here; retry when one ends.",
+                data={"retry_after_s": 1, "limit": self.max_concurrent, "scope": "concurrency"},
+            )
         self.inflight[identity] += 1
         try:
             yield

@@ -83,8 +83,13 @@ async def cancel_task(session: Any, task_id: str) -> None:
 class TasksExtension(ClientExtension):
     identifier = TASKS_EXTENSION
 
-    def __init__(self, *, on_task: Callable[[TaskHandle], Awaitable[None] | None] | None = None,
-                 min_poll_s: float = 0.05, max_poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        on_task: Callable[[TaskHandle], Awaitable[None] | None] | None = None,
+        min_poll_s: float = 0.05,
+        max_poll_s: float = 5.0,
+    ) -> None:
         self.on_task = on_task
         self.min_poll_s = min_poll_s
         self.max_poll_s = max_poll_s
@@ -105,6 +110,8 @@ class TasksExtension(ClientExtension):
             if task.status == "completed" and task.result is not None:
                 return CallToolResult.model_validate(task.result, by_name=False)
             if task.status in ("failed", "cancelled"):
-                error = task.error or {"code": -31499 if task.status == "cancelled" else -32603,
-                                       "message": task.status_message or f"task {task.status}"}
+                error = task.error or {
+                    "code": -31499 if task.status == "cancelled" else -32603,
+                    "message": task.status_message or f"task {task.status}",
+                }
                 raise MCPError.from_error_data(ErrorData.model_validate(error))

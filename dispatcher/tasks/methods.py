@@ -68,20 +68,25 @@ class TaskMethods:
         await self.admit(identity)
         return await self.find(task_id, identity)
 
-    async def _page(self, owner: str | None, cursor: str | None, limit: int, bad_cursor: str) -> tuple[list[TaskRecord], str | None]:
+    async def _page(
+        self, owner: str | None, cursor: str | None, limit: int, bad_cursor: str
+    ) -> tuple[list[TaskRecord], str | None]:
         try:
             return await self.store.list(owner, cursor=cursor, limit=limit)
         except BadCursor:
             raise InvalidParams(bad_cursor) from None
 
     # -- REST (operators, non-MCP callers) -------------------------------------------------
-    async def rest_list(self, identity: Identity, *, owner: str | None = None, cursor: str | None = None,
-                        limit: int = 50) -> dict[str, Any]:
+    async def rest_list(
+        self, identity: Identity, *, owner: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
         """GET /v1/tasks: the caller's tasks, newest first; an admin's are everyone's, or ``owner``'s."""
         await self.admit(identity)
         if not identity.admin:
             owner = identity.name  # everyone else sees only their own
-        records, next_cursor = await self._page(owner, cursor, limit, "Unknown cursor: pass back the next_cursor of a previous page.")
+        records, next_cursor = await self._page(
+            owner, cursor, limit, "Unknown cursor: pass back the next_cursor of a previous page."
+        )
         return {"tasks": [r.rest(detail=False) for r in records], "next_cursor": next_cursor}
 
     # -- 2025-11-25 ----------------------------------------------------------------------
@@ -95,8 +100,12 @@ class TaskMethods:
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("params.cursor must be a string from a previous tasks/list.")
         # What tasks/get would show must be listable: an admin's list is everyone's.
-        records, next_cursor = await self._page(None if identity.admin else identity.name, cursor, 50,
-                                                "Unknown cursor: pass back the nextCursor of a previous tasks/list.")
+        records, next_cursor = await self._page(
+            None if identity.admin else identity.name,
+            cursor,
+            50,
+            "Unknown cursor: pass back the nextCursor of a previous tasks/list.",
+        )
         result: dict[str, Any] = {"tasks": [r.legacy() for r in records]}
         if next_cursor:
             result["nextCursor"] = next_cursor
@@ -108,7 +117,9 @@ class TaskMethods:
         await self.runner.cancel(record, identity.name)
         return (await self.find(record.id, identity)).legacy()
 
-    async def legacy_result(self, request_id: Any, params: dict[str, Any], identity: Identity, answer: Answer, *, stream: bool) -> None:
+    async def legacy_result(
+        self, request_id: Any, params: dict[str, Any], identity: Identity, answer: Answer, *, stream: bool
+    ) -> None:
         """Block until the task is terminal, then answer what the call would have answered.
 
         With an SSE-capable client the wait is a stream: progress the agent reports is
@@ -117,7 +128,11 @@ class TaskMethods:
         await self.admit(identity)
         task_id = task_id_of(params)
         record = await self.find(task_id, identity)
-        token = (record.request.get("_meta") or {}).get("progressToken") if isinstance(record.request.get("_meta"), dict) else None
+        token = (
+            (record.request.get("_meta") or {}).get("progressToken")
+            if isinstance(record.request.get("_meta"), dict)
+            else None
+        )
         related = {META_RELATED_TASK: {"taskId": task_id}}
         # Progress is relayed only to a client that waits for it (not after the fact).
         last_progress: Any = record.progress if record.terminal else None
@@ -126,8 +141,11 @@ class TaskMethods:
             while True:
                 if stream and token is not None and record.progress and record.progress != last_progress:
                     last_progress = record.progress
-                    note = {"jsonrpc": "2.0", "method": "notifications/progress",
-                            "params": {"progressToken": token, **record.progress, "_meta": related}}
+                    note = {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {"progressToken": token, **record.progress, "_meta": related},
+                    }
                     await answer.open_stream(None)
                     await answer.send_events(sse.frame(orjson.dumps(note)))
                 if record.terminal:
@@ -170,8 +188,9 @@ class TaskMethods:
         record = await self.find(task_id_of(params), identity)
         responses = params.get("inputResponses")
         if not isinstance(responses, dict):
-            raise InvalidParams("params.inputResponses must be an object keyed by inputRequests keys.", data={"taskId": record.id})
+            raise InvalidParams(
+                "params.inputResponses must be an object keyed by inputRequests keys.", data={"taskId": record.id}
+            )
         # Tasks hosted here never ask for input (no inputRequests are outstanding), and the
         # spec says responses to keys that are not outstanding are ignored: acknowledge.
         return {"resultType": "complete"}
-

@@ -101,9 +101,18 @@ class TaskRecord:
 
     def to_hash(self) -> dict[str, str | bytes | int]:
         fields: dict[str, str | bytes | int] = {
-            "owner": self.owner, "tool": self.tool, "status": self.status, "created": self.created_ms,
-            "updated": self.updated_ms, "ttl": self.ttl_ms, "poll": self.poll_ms, "deadline": self.deadline_ms,
-            "path": self.path, "origin": self.origin, "era": self.era, "request": orjson.dumps(self.request),
+            "owner": self.owner,
+            "tool": self.tool,
+            "status": self.status,
+            "created": self.created_ms,
+            "updated": self.updated_ms,
+            "ttl": self.ttl_ms,
+            "poll": self.poll_ms,
+            "deadline": self.deadline_ms,
+            "path": self.path,
+            "origin": self.origin,
+            "era": self.era,
+            "request": orjson.dumps(self.request),
             "attempts": self.attempts,
         }
         if self.message:
@@ -115,8 +124,11 @@ class TaskRecord:
     # -- wire forms --------------------------------------------------------------------
     def _task(self, ttl_key: str, poll_key: str) -> dict[str, Any]:
         task: dict[str, Any] = {
-            "taskId": self.id, "status": self.status, "createdAt": iso(self.created_ms),
-            "lastUpdatedAt": iso(self.updated_ms), ttl_key: self.ttl_ms,
+            "taskId": self.id,
+            "status": self.status,
+            "createdAt": iso(self.created_ms),
+            "lastUpdatedAt": iso(self.updated_ms),
+            ttl_key: self.ttl_ms,
         }
         if self.message:
             task["statusMessage"] = self.message
@@ -142,9 +154,18 @@ class TaskRecord:
     def rest(self, *, history: list[dict[str, Any]] | None = None, detail: bool = True) -> dict[str, Any]:
         """The operator's view (REST, CLI): everything but the request's arguments."""
         view: dict[str, Any] = {
-            "id": self.id, "tool": self.tool, "owner": self.owner, "status": self.status, "message": self.message,
-            "progress": self.progress, "created_at": iso(self.created_ms), "updated_at": iso(self.updated_ms),
-            "ttl_ms": self.ttl_ms, "deadline_at": iso(self.deadline_ms), "path": self.path, "origin": self.origin,
+            "id": self.id,
+            "tool": self.tool,
+            "owner": self.owner,
+            "status": self.status,
+            "message": self.message,
+            "progress": self.progress,
+            "created_at": iso(self.created_ms),
+            "updated_at": iso(self.updated_ms),
+            "ttl_ms": self.ttl_ms,
+            "deadline_at": iso(self.deadline_ms),
+            "path": self.path,
+            "origin": self.origin,
             "attempts": self.attempts,
         }
         if self.region:

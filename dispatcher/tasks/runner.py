@@ -134,8 +134,16 @@ class ProgressWriter:
 
 class TaskRunner:
     def __init__(
-        self, settings: DispatcherSettings, store: TaskStore, fleet: Fleet, router: Router, paths: CallPaths,
-        checks: ResultChecks, metrics: Metrics, instance: str, audit: AuditLog | None = None,
+        self,
+        settings: DispatcherSettings,
+        store: TaskStore,
+        fleet: Fleet,
+        router: Router,
+        paths: CallPaths,
+        checks: ResultChecks,
+        metrics: Metrics,
+        instance: str,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -184,19 +192,34 @@ class TaskRunner:
         await self.store.events.aclose()
 
     # -- creating tasks ----------------------------------------------------------------
-    def new_record(self, *, owner: str, entry: ToolEntry, params: dict[str, Any], era: str, origin: str,
-                   ttl_ms: int | None = None) -> TaskRecord:
+    def new_record(
+        self, *, owner: str, entry: ToolEntry, params: dict[str, Any], era: str, origin: str, ttl_ms: int | None = None
+    ) -> TaskRecord:
         now = now_ms()
         max_ttl = int(self.settings.task_max_ttl_s * 1000)
-        ttl = min(max(ttl_ms, MIN_TTL_MS), max_ttl) if isinstance(ttl_ms, int) and ttl_ms > 0 else int(self.settings.task_ttl_s * 1000)
+        ttl = (
+            min(max(ttl_ms, MIN_TTL_MS), max_ttl)
+            if isinstance(ttl_ms, int) and ttl_ms > 0
+            else int(self.settings.task_ttl_s * 1000)
+        )
         # The work may not outlive its record, and its failure at the deadline must stay
         # readable for a while before the record expires.
         deadline = now + min(int(self.settings.task_timeout_s * 1000), max(ttl // 2, ttl - 60_000))
         request = {k: params[k] for k in ("arguments", "_meta") if k in params}
         request["name"] = entry.public_name
         return TaskRecord(
-            id=new_task_id(), owner=owner, tool=entry.public_name, status=WORKING, created_ms=now, updated_ms=now, ttl_ms=ttl,
-            poll_ms=self.settings.task_poll_interval_ms, deadline_ms=deadline, origin=origin, era=era, request=request,
+            id=new_task_id(),
+            owner=owner,
+            tool=entry.public_name,
+            status=WORKING,
+            created_ms=now,
+            updated_ms=now,
+            ttl_ms=ttl,
+            poll_ms=self.settings.task_poll_interval_ms,
+            deadline_ms=deadline,
+            origin=origin,
+            era=era,
+            request=request,
             message="The operation is now in progress.",
         )
 
@@ -208,11 +231,24 @@ class TaskRunner:
             raise
         self._count(WORKING)
         if self.audit is not None:
-            self.audit.record("task.status", task=record.id, status=record.status, owner=record.owner, tool=record.tool,
-                              origin=record.origin, path=record.path or None)
+            self.audit.record(
+                "task.status",
+                task=record.id,
+                status=record.status,
+                owner=record.owner,
+                tool=record.tool,
+                origin=record.origin,
+                path=record.path or None,
+            )
 
-    async def start_task(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
-                         identity: Identity | None = None) -> None:
+    async def start_task(
+        self,
+        record: TaskRecord,
+        entry: ToolEntry,
+        params: dict[str, Any],
+        order: RouteOrder,
+        identity: Identity | None = None,
+    ) -> None:
         """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
         params = _with_progress_token(params, record.id)
         # A task goes over the bus whenever the agent consumes it, even for tools whose
@@ -221,7 +257,9 @@ class TaskRunner:
             record.path = "bus"
             await self._create(record)
             try:
-                region = await self.bus_path.submit(entry, record.id, params, order=order, deadline_ms=record.deadline_ms)
+                region = await self.bus_path.submit(
+                    entry, record.id, params, order=order, deadline_ms=record.deadline_ms
+                )
             except EdgefleetError as exc:
                 await self.finish(record.id, None, exc.to_jsonrpc())
                 return
@@ -261,8 +299,12 @@ class TaskRunner:
                     return  # this dispatcher is stopping: the lease is released, another one recovers it
                 if work.cancelled() and record.id not in self._cancelled:
                     # Cancelled by its client (a notifications/cancelled racing the take-over).
-                    await self._stored(record.id, lambda: self.store.transition(
-                        record.id, CANCELLED, message="Cancelled by its client.", error=TaskCancelled().to_jsonrpc()))
+                    await self._stored(
+                        record.id,
+                        lambda: self.store.transition(
+                            record.id, CANCELLED, message="Cancelled by its client.", error=TaskCancelled().to_jsonrpc()
+                        ),
+                    )
                     return
             except Exception as exc:  # noqa: BLE001 - the call's own handler logs; the task must still end
                 log.warning("task %s: the adopted call raised %r", record.id, exc)
@@ -293,16 +335,22 @@ class TaskRunner:
     # -- cancelling ----------------------------------------------------------------------
     async def cancel(self, record: TaskRecord, by: str) -> None:
         """``cancelled`` in the store before this returns; then the work is stopped wherever it runs."""
-        outcome = await self.store.transition(record.id, CANCELLED, message=f"Cancelled by {by}.", error=TaskCancelled().to_jsonrpc())
+        outcome = await self.store.transition(
+            record.id, CANCELLED, message=f"Cancelled by {by}.", error=TaskCancelled().to_jsonrpc()
+        )
         if outcome != "ok":
-            raise TaskFinished(f"Task {record.id} is already {outcome}; only working tasks can be cancelled.",
-                               data={"taskId": record.id, "status": outcome})
+            raise TaskFinished(
+                f"Task {record.id} is already {outcome}; only working tasks can be cancelled.",
+                data={"taskId": record.id, "status": outcome},
+            )
         self._count(CANCELLED)
         if self.audit is not None:
             self.audit.record("task.cancel", task=record.id, owner=record.owner, tool=record.tool, by=by)
         if record.path == "bus" and self.bus_path is not None:
             entry = self.fleet.catalog.get(record.tool)
-            await self.bus_path.cancel(entry.agent if entry else record.tool.split(".", 1)[0], record.id, f"task cancelled by {by}")
+            await self.bus_path.cancel(
+                entry.agent if entry else record.tool.split(".", 1)[0], record.id, f"task cancelled by {by}"
+            )
         self._stop_local(record.id)  # other dispatchers hear the store's event
 
     def _on_event(self, task_id: str, kind: str) -> None:
@@ -316,43 +364,66 @@ class TaskRunner:
             work.cancel()
 
     # -- finishing -----------------------------------------------------------------------
-    async def finish(self, task_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None,
-                     *, route: Route | None = None) -> str:
+    async def finish(
+        self, task_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None, *, route: Route | None = None
+    ) -> str:
         """Record the call's answer: ``completed`` with its result (even a tool error:
         isError is a result), or ``failed`` with its JSON-RPC error. A task cancelled
         meanwhile stays cancelled (the store refuses the move)."""
         where = route.fields() if route is not None else {}
         if result is not None:
             message = "The tool reported an error." if result.get("isError") else "Completed."
-            outcome = await self.store.transition(task_id, COMPLETED, message=message, result=result,
-                                                  region=where.get("region"), replica=where.get("replica"))
+            outcome = await self.store.transition(
+                task_id,
+                COMPLETED,
+                message=message,
+                result=result,
+                region=where.get("region"),
+                replica=where.get("replica"),
+            )
             status = COMPLETED
         else:
             error = error or EdgefleetError("The task ended without an answer.").to_jsonrpc()
-            outcome = await self.store.transition(task_id, FAILED, message=str(error.get("message", "failed"))[:500], error=error,
-                                                  region=where.get("region"), replica=where.get("replica"))
+            outcome = await self.store.transition(
+                task_id,
+                FAILED,
+                message=str(error.get("message", "failed"))[:500],
+                error=error,
+                region=where.get("region"),
+                replica=where.get("replica"),
+            )
             status = FAILED
         if outcome == "ok":
             self._count(status)
         return outcome
 
     # -- in-process work -----------------------------------------------------------------
-    def _spawn(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
-               identity: Identity | None = None) -> None:
-        work = asyncio.create_task(self._run_local(record, entry, params, order, identity), name=f"task-{record.id[:8]}")
+    def _spawn(
+        self,
+        record: TaskRecord,
+        entry: ToolEntry,
+        params: dict[str, Any],
+        order: RouteOrder,
+        identity: Identity | None = None,
+    ) -> None:
+        work = asyncio.create_task(
+            self._run_local(record, entry, params, order, identity), name=f"task-{record.id[:8]}"
+        )
         work.add_done_callback(_log_crash)
         self.running[record.id] = work
         work.add_done_callback(lambda _: (self.running.pop(record.id, None), self._cancelled.discard(record.id)))
 
-    async def _run_local(self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder,
-                         identity: Identity | None) -> None:
+    async def _run_local(
+        self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder, identity: Identity | None
+    ) -> None:
         writer = ProgressWriter(self.store, record.id)
         sink = TaskSink(on_progress=writer.report)
         remaining = max(0.001, record.deadline_ms / 1000 - time.time())
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
-        with _tracer.start_as_current_span(f"task {entry.public_name}", kind=SpanKind.INTERNAL, record_exception=False,
-                                           set_status_on_exception=False) as span:
+        with _tracer.start_as_current_span(
+            f"task {entry.public_name}", kind=SpanKind.INTERNAL, record_exception=False, set_status_on_exception=False
+        ) as span:
             if span.is_recording():
                 span.set_attributes({"gen_ai.tool.name": entry.public_name, "mcp.task.id": record.id})
             obs = CallObservation(self.metrics, span, entry.public_name, record.path, self.settings.region)
@@ -361,15 +432,19 @@ class TaskRunner:
                 async with asyncio.timeout(remaining):
                     meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
                     telemetry.inject_into(meta)
-                    call = ToolCall(entry, 1, {**params, "_meta": meta}, order, remaining, obs=obs, identity=identity, modern=False)
+                    call = ToolCall(
+                        entry, 1, {**params, "_meta": meta}, order, remaining, obs=obs, identity=identity, modern=False
+                    )
                     await self.paths.call(call, sink)
                     result, error = sink.outcome()
             except EdgefleetError as exc:
                 obs.failed(exc)
                 error = exc.to_jsonrpc()
             except TimeoutError:
-                error = UpstreamTimeout(f"The task did not finish within its deadline ({remaining:.0f} s).",
-                                        data={"tool": entry.public_name}).to_jsonrpc()
+                error = UpstreamTimeout(
+                    f"The task did not finish within its deadline ({remaining:.0f} s).",
+                    data={"tool": entry.public_name},
+                ).to_jsonrpc()
                 obs.answered_with_error(error)
             except asyncio.CancelledError:
                 obs.finish(cancelled=True)
@@ -429,8 +504,10 @@ class TaskRunner:
             if record is None:
                 await self.store.forget(task_id)
                 continue
-            error = UpstreamTimeout(f"The task did not finish within its deadline ({self.settings.task_timeout_s:.0f} s).",
-                                    data={"tool": record.tool, "taskId": task_id})
+            error = UpstreamTimeout(
+                f"The task did not finish within its deadline ({self.settings.task_timeout_s:.0f} s).",
+                data={"tool": record.tool, "taskId": task_id},
+            )
             if await self.finish(task_id, None, error.to_jsonrpc()) == "ok":
                 log.warning("task %s (%s) failed: past its deadline", task_id, record.tool)
                 if record.path == "bus" and self.bus_path is not None:
@@ -446,8 +523,15 @@ class TaskRunner:
         entry = self.fleet.catalog.get(record.tool)
         previous = record.runner or "another dispatcher"
         if entry is not None and entry.idempotent:
-            log.warning("task %s (%s): %s stopped while running it; running it again (idempotent tool)", record.id, record.tool, previous)
-            params = _with_progress_token({k: v for k, v in record.request.items() if k in ("arguments", "_meta")}, record.id)
+            log.warning(
+                "task %s (%s): %s stopped while running it; running it again (idempotent tool)",
+                record.id,
+                record.tool,
+                previous,
+            )
+            params = _with_progress_token(
+                {k: v for k, v in record.request.items() if k in ("arguments", "_meta")}, record.id
+            )
             params["name"] = entry.upstream_name
             order = self.router.order(None, {}, self.fleet.regions)
             self._spawn(record, entry, params, order)
@@ -455,12 +539,14 @@ class TaskRunner:
         if entry is None:
             error: EdgefleetError = AgentUnavailable(
                 f"The dispatcher running this task ({previous}) stopped, and {record.tool} is no longer in the fleet.",
-                data={"tool": record.tool, "taskId": record.id})
+                data={"tool": record.tool, "taskId": record.id},
+            )
         else:
             error = OutcomeUnknown(
                 f"The dispatcher running this task ({previous}) stopped before it finished; {record.tool} is not "
                 "idempotent, so it was not run again and may or may not have taken effect.",
-                data={"tool": record.tool, "taskId": record.id})
+                data={"tool": record.tool, "taskId": record.id},
+            )
         log.warning("task %s (%s) failed: %s", record.id, record.tool, error.message)
         await self.finish(record.id, None, error.to_jsonrpc())
 
@@ -492,8 +578,11 @@ class TaskRunner:
     async def _apply_reply(self, payload: bytes, task_id: str | None = None) -> None:
         if task_id and len(payload) > self.settings.max_result_bytes:
             # Not even parsed: the task fails as a call's answer that large would.
-            error = ResultTooLarge(f"The task's answer is larger than {self.settings.max_result_bytes} bytes "
-                                   "(EDGEFLEET_MAX_RESULT_BYTES); it was not kept.", data={"taskId": task_id})
+            error = ResultTooLarge(
+                f"The task's answer is larger than {self.settings.max_result_bytes} bytes "
+                "(EDGEFLEET_MAX_RESULT_BYTES); it was not kept.",
+                data={"taskId": task_id},
+            )
             await self.finish(task_id, None, error.to_jsonrpc())
             return
         try:

@@ -25,7 +25,19 @@ _PROGRESS = b"notifications/progress"
 
 
 class TaskSink:
-    __slots__ = ("on_progress", "forward", "stream", "body", "response", "started", "ended", "route", "progress", "lock", "held")
+    __slots__ = (
+        "on_progress",
+        "forward",
+        "stream",
+        "body",
+        "response",
+        "started",
+        "ended",
+        "route",
+        "progress",
+        "lock",
+        "held",
+    )
 
     def __init__(self, on_progress: ProgressHook | None = None, forward: Answer | None = None) -> None:
         self.on_progress = on_progress
@@ -122,4 +134,6 @@ class TaskSink:
         result = response.get("result")
         if isinstance(result, dict):
             return result, None
-        return None, UpstreamError(f"The agent answered with a malformed result: {orjson.dumps(result)[:200]!r}").to_jsonrpc()
+        return None, UpstreamError(
+            f"The agent answered with a malformed result: {orjson.dumps(result)[:200]!r}"
+        ).to_jsonrpc()

@@ -221,8 +221,15 @@ class BadCursor(ValueError):
 
 
 class TaskStore:
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, max_ttl_ms: int = 7 * 86_400_000, audit_maxlen: int = 0,
-                 audit_source: str = "") -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        *,
+        max_ttl_ms: int = 7 * 86_400_000,
+        audit_maxlen: int = 0,
+        audit_source: str = "",
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.max_ttl_ms = max_ttl_ms
@@ -255,23 +262,54 @@ class TaskStore:
         for name, value in record.to_hash().items():
             fields += [name, value]
         refused = await self._create(
-            keys=[k.task(record.id), k.task_history(record.id), k.tasks_of(record.owner), k.tasks_all, k.task_deadlines,
-                  k.task_leases, self.open_tasks_key(record.owner), k.task_events],
-            args=[record.id, max_open, now_ms(), expire_at, _entry(record.status, record.created_ms, record.message),
-                  index_member(record.created_ms, record.id), index_member(max(0, record.created_ms - self.max_ttl_ms), ""),
-                  max(expire_at, record.created_ms + self.max_ttl_ms), record.deadline_ms,
-                  "" if lease_until_ms is None else lease_until_ms, record.status, k.task(""), *fields],
+            keys=[
+                k.task(record.id),
+                k.task_history(record.id),
+                k.tasks_of(record.owner),
+                k.tasks_all,
+                k.task_deadlines,
+                k.task_leases,
+                self.open_tasks_key(record.owner),
+                k.task_events,
+            ],
+            args=[
+                record.id,
+                max_open,
+                now_ms(),
+                expire_at,
+                _entry(record.status, record.created_ms, record.message),
+                index_member(record.created_ms, record.id),
+                index_member(max(0, record.created_ms - self.max_ttl_ms), ""),
+                max(expire_at, record.created_ms + self.max_ttl_ms),
+                record.deadline_ms,
+                "" if lease_until_ms is None else lease_until_ms,
+                record.status,
+                k.task(""),
+                *fields,
+            ],
         )
         if refused:
             raise TooManyTasks(
                 f"{record.owner!r} already has {refused} unfinished tasks, the most one identity may have; "
                 "retry when one ends, or cancel one.",
-                data={"retry_after_s": OPEN_TASKS_RETRY_S, "limit": max_open, "open": int(refused), "scope": "open_tasks"},
+                data={
+                    "retry_after_s": OPEN_TASKS_RETRY_S,
+                    "limit": max_open,
+                    "open": int(refused),
+                    "scope": "open_tasks",
+                },
             )
 
     async def transition(
-        self, task_id: str, to: str, *, message: str | None = None, result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None, region: str | None = None, replica: str | None = None,
+        self,
+        task_id: str,
+        to: str,
+        *,
+        message: str | None = None,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        region: str | None = None,
+        replica: str | None = None,
     ) -> str:
         """Move ``task_id`` to ``to`` if the spec allows it from where it is: "ok", else
         "missing" or the status it stays in (a terminal one, or an illegal move)."""
@@ -279,16 +317,30 @@ class TaskStore:
         k = self.keys
         outcome = await self._transition(
             keys=[k.task(task_id), k.task_history(task_id), k.task_deadlines, k.task_leases, k.task_events, k.audit],
-            args=[task_id, to, at, message or "", orjson.dumps(result) if result is not None else "",
-                  orjson.dumps(error) if error is not None else "", _entry(to, at, message), region or "", replica or "",
-                  "1" if result is not None and result.get("isError") else "0", self._open_prefix,
-                  self.audit_maxlen or "", self.audit_source, _error_code(error)],
+            args=[
+                task_id,
+                to,
+                at,
+                message or "",
+                orjson.dumps(result) if result is not None else "",
+                orjson.dumps(error) if error is not None else "",
+                _entry(to, at, message),
+                region or "",
+                replica or "",
+                "1" if result is not None and result.get("isError") else "0",
+                self._open_prefix,
+                self.audit_maxlen or "",
+                self.audit_source,
+                _error_code(error),
+            ],
         )
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     async def progress(self, task_id: str, progress: dict[str, Any], message: str | None = None) -> bool:
-        done = await self._progress(keys=[self.keys.task(task_id), self.keys.task_events],
-                                    args=[task_id, orjson.dumps(progress), now_ms(), message or ""])
+        done = await self._progress(
+            keys=[self.keys.task(task_id), self.keys.task_events],
+            args=[task_id, orjson.dumps(progress), now_ms(), message or ""],
+        )
         return bool(done)
 
     async def note_route(self, task_id: str, *, region: str | None, replica: str | None) -> None:
@@ -312,7 +364,11 @@ class TaskStore:
             await self.redis.zadd(self.keys.task_leases, dict.fromkeys(ids, 0), xx=True)
 
     async def claim(self, task_id: str, runner: str, until_ms: int) -> bool:
-        return bool(await self._claim(keys=[self.keys.task(task_id), self.keys.task_leases], args=[task_id, runner, until_ms, now_ms()]))
+        return bool(
+            await self._claim(
+                keys=[self.keys.task(task_id), self.keys.task_leases], args=[task_id, runner, until_ms, now_ms()]
+            )
+        )
 
     async def expired_leases(self, limit: int = 50) -> list[str]:
         found = await self.redis.zrangebyscore(self.keys.task_leases, "-inf", now_ms(), start=0, num=limit)
@@ -339,7 +395,9 @@ class TaskStore:
     async def history(self, task_id: str) -> list[dict[str, Any]]:
         return [orjson.loads(e) for e in await self.redis.lrange(self.keys.task_history(task_id), 0, -1)]
 
-    async def list(self, owner: str | None, *, cursor: str | None = None, limit: int = 50) -> tuple[list[TaskRecord], str | None]:
+    async def list(
+        self, owner: str | None, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[TaskRecord], str | None]:
         """A page of ``owner``'s tasks (None: everyone's), newest first, and the next cursor.
 
         Index members are ``<created ms, 13 digits>:<id>`` with one score, so lexical order is
@@ -375,7 +433,11 @@ class TaskStore:
             top = b"(" + last  # type: ignore[operator]
         if vanished:
             await self.redis.zrem(index, *vanished)
-        more = not exhausted and last is not None and bool(await self.redis.zrevrangebylex(index, b"(" + last, b"-", start=0, num=1))
+        more = (
+            not exhausted
+            and last is not None
+            and bool(await self.redis.zrevrangebylex(index, b"(" + last, b"-", start=0, num=1))
+        )
         return records, (_encode_cursor(last.decode()) if more and last is not None else None)
 
 

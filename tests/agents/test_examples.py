@@ -13,7 +13,14 @@ from mcp.types import LoggingMessageNotificationParams
 from edgefleet.agents.examples.data import agent as data_agent
 from edgefleet.agents.examples.data import correlate, describe, histogram
 from edgefleet.agents.examples.text import agent as text_agent
-from edgefleet.agents.examples.text import detect_language, keywords, score_sentences, split_sentences, summarize, text_stats
+from edgefleet.agents.examples.text import (
+    detect_language,
+    keywords,
+    score_sentences,
+    split_sentences,
+    summarize,
+    text_stats,
+)
 from edgefleet.agents.examples.trainer import MoonsTrainer, TrainConfig, fit, make_moons
 from edgefleet.agents.examples.trainer import agent as trainer_agent
 

@@ -72,7 +72,9 @@ async def test_publish_consume_ack_with_headers(one: Bus) -> None:
     await one.ensure_group(stream, "g")
     await one.publish(stream, b"hello", {"traceparent": "00-abc-def-01"}, key="task-1")
     (delivery,) = await drain(one, stream, "g", "c1", 1)
-    assert delivery.payload == b"hello" and delivery.headers["traceparent"] == "00-abc-def-01" and delivery.deliveries == 1
+    assert (
+        delivery.payload == b"hello" and delivery.headers["traceparent"] == "00-abc-def-01" and delivery.deliveries == 1
+    )
     await one.ack(delivery, "g")
     assert await one.consume(stream, "g", "c1", count=10, block_ms=100) == []
 
@@ -157,7 +159,11 @@ async def test_listen_sees_only_what_comes_after(one: Bus) -> None:
 async def test_unreachable_server_is_a_clear_error_not_a_hang(server_bus_url: str) -> None:
     from edgefleet.dispatcher.devtools.embedded_redis import free_port
 
-    dead_url = f"redis://127.0.0.1:{free_port()}/0" if server_bus_url.startswith("redis") else f"kafka://127.0.0.1:{free_port()}"
+    dead_url = (
+        f"redis://127.0.0.1:{free_port()}/0"
+        if server_bus_url.startswith("redis")
+        else f"kafka://127.0.0.1:{free_port()}"
+    )
     b = bus.connect(dead_url, timeout_s=1.0)
     started = asyncio.get_running_loop().time()
     with pytest.raises(BusUnavailable):

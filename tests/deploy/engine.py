@@ -73,13 +73,23 @@ class EngineError(Exception):
     """Something the engine test needs could not be had; the message says how to provide it."""
 
 
-def run(args: Sequence[str | Path], *, timeout: float, env: dict[str, str] | None = None, check: bool = True,
-        what: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    args: Sequence[str | Path],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     argv = [str(a) for a in args]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False
+        )
     except subprocess.TimeoutExpired as exc:
-        output = "".join(o.decode(errors="replace") if isinstance(o, bytes) else o for o in (exc.stdout, exc.stderr) if o)
+        output = "".join(
+            o.decode(errors="replace") if isinstance(o, bytes) else o for o in (exc.stdout, exc.stderr) if o
+        )
         raise EngineError(f"{what or shlex.join(argv)} took more than {timeout:.0f} s:\n{output[-6000:]}") from exc
     except FileNotFoundError as exc:
         raise EngineError(f"{argv[0]} is not installed ({what or shlex.join(argv)})") from exc
@@ -106,8 +116,12 @@ def apt_install(*packages: str) -> None:
     options = ["-o", "DPkg::Lock::Timeout=300", "-o", "Acquire::Retries=3"]
     with _APT:
         run(["apt-get", *options, "update", "-q"], timeout=600, env=env, what="apt-get update")
-        run(["apt-get", *options, "install", "-y", "-q", "--no-install-recommends", *packages], timeout=900, env=env,
-            what=f"apt-get install {' '.join(packages)}")
+        run(
+            ["apt-get", *options, "install", "-y", "-q", "--no-install-recommends", *packages],
+            timeout=900,
+            env=env,
+            what=f"apt-get install {' '.join(packages)}",
+        )
 
 
 def docker_cli() -> str:
@@ -122,8 +136,14 @@ def docker_cli() -> str:
 
 def answers(host: str) -> bool:
     try:
-        done = subprocess.run([docker_cli(), "-H", host, "version", "--format", "{{.Server.Version}}"],
-                              capture_output=True, text=True, timeout=15, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            [docker_cli(), "-H", host, "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0 and bool(done.stdout.strip())
@@ -185,26 +205,40 @@ class HostState:
 
     @classmethod
     def capture(cls) -> HostState:
-        return cls({tool: _saved(tool) for tool in ("iptables", "ip6tables")}, _links(),
-                   Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(), Path("/etc/docker").exists())
+        return cls(
+            {tool: _saved(tool) for tool in ("iptables", "ip6tables")},
+            _links(),
+            Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+            Path("/etc/docker").exists(),
+        )
 
     def restore(self) -> list[str]:
         """Undo what appeared since the snapshot; returns what could not be undone."""
         left: list[str] = []
         for tool, before in self.tables.items():
             for table, _kind, args in _changes(before, _saved(tool)):
-                done = subprocess.run([tool, "-w", "-t", table, *args], capture_output=True, text=True, timeout=30, check=False)
+                done = subprocess.run(
+                    [tool, "-w", "-t", table, *args], capture_output=True, text=True, timeout=30, check=False
+                )
                 if done.returncode:
                     left.append(f"{tool} -t {table} {shlex.join(args)}: {done.stderr.strip()}")
             # Tables that did not exist before are left empty; with the nf_tables backend
             # they can go too (iptables-legacy has no way to remove a table).
             family = {"iptables": "ip", "ip6tables": "ip6"}[tool]
-            if shutil.which("nft") and "nf_tables" in subprocess.run([tool, "-V"], capture_output=True, text=True, timeout=30, check=False).stdout:
+            if (
+                shutil.which("nft")
+                and "nf_tables"
+                in subprocess.run([tool, "-V"], capture_output=True, text=True, timeout=30, check=False).stdout
+            ):
                 for table in set(_saved(tool)) - set(before):
-                    subprocess.run(["nft", "delete", "table", family, table], capture_output=True, timeout=30, check=False)
+                    subprocess.run(
+                        ["nft", "delete", "table", family, table], capture_output=True, timeout=30, check=False
+                    )
         for name in sorted(_links() - self.links):
             if name.startswith(_OUR_LINKS):
-                done = subprocess.run(["ip", "link", "delete", name], capture_output=True, text=True, timeout=30, check=False)
+                done = subprocess.run(
+                    ["ip", "link", "delete", name], capture_output=True, text=True, timeout=30, check=False
+                )
                 if done.returncode and name in _links():
                     left.append(f"link {name}: {done.stderr.strip()}")
         Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
@@ -214,8 +248,12 @@ class HostState:
 
     def leftovers(self) -> list[str]:
         """What still differs from the snapshot (empty when restored)."""
-        out = [f"{tool} -t {table} {shlex.join(args)}" for tool, before in self.tables.items()
-               for table, kind, args in _changes(before, _saved(tool)) if kind != "chain" or args[0] == "-X"]
+        out = [
+            f"{tool} -t {table} {shlex.join(args)}"
+            for tool, before in self.tables.items()
+            for table, kind, args in _changes(before, _saved(tool))
+            if kind != "chain" or args[0] == "-X"
+        ]
         out += [f"link {name}" for name in sorted(_links() - self.links) if name.startswith(_OUR_LINKS)]
         if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != self.ip_forward:
             out.append("net.ipv4.ip_forward")
@@ -238,7 +276,13 @@ class Engine:
         return env
 
     def docker(self, *args: str | Path, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run([docker_cli(), *args], timeout=timeout, env=self.env(), check=check, what=f"docker {' '.join(map(str, args))}")
+        return run(
+            [docker_cli(), *args],
+            timeout=timeout,
+            env=self.env(),
+            check=check,
+            what=f"docker {' '.join(map(str, args))}",
+        )
 
     def log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -279,7 +323,9 @@ def provide_engine() -> Engine:
     explicit = os.environ.get("EDGEFLEET_TEST_DOCKER_HOST")
     if explicit:
         if not answers(explicit):
-            raise EngineError(f"EDGEFLEET_TEST_DOCKER_HOST={explicit} does not answer (docker -H {explicit} version failed).")
+            raise EngineError(
+                f"EDGEFLEET_TEST_DOCKER_HOST={explicit} does not answer (docker -H {explicit} version failed)."
+            )
         return Engine(explicit)
     default = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if (default != "unix:///var/run/docker.sock" or Path("/var/run/docker.sock").exists()) and answers(default):
@@ -304,17 +350,37 @@ def start_engine() -> Engine:
     started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            ["dockerd", "--host", f"unix://{sock}", "--data-root", str(CACHE / "docker"),
-             "--exec-root", str(run_dir / "exec"), "--pidfile", str(run_dir / "dockerd.pid")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    engine = Engine(f"unix://{sock}", started=True, process=process, run_dir=run_dir, host_state=state, log_path=log_path)
+            [
+                "dockerd",
+                "--host",
+                f"unix://{sock}",
+                "--data-root",
+                str(CACHE / "docker"),
+                "--exec-root",
+                str(run_dir / "exec"),
+                "--pidfile",
+                str(run_dir / "dockerd.pid"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    engine = Engine(
+        f"unix://{sock}", started=True, process=process, run_dir=run_dir, host_state=state, log_path=log_path
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             engine.stop()
-            raise EngineError(f"dockerd exited at start (exit {process.returncode}):\n{engine.log_tail()}\n{HOW_TO_PROVIDE}")
+            raise EngineError(
+                f"dockerd exited at start (exit {process.returncode}):\n{engine.log_tail()}\n{HOW_TO_PROVIDE}"
+            )
         if sock.exists() and answers(engine.host):
-            engine.timings = {"engine_install_s": round(installed, 1), "engine_start_s": round(time.monotonic() - started, 1)}
+            engine.timings = {
+                "engine_install_s": round(installed, 1),
+                "engine_start_s": round(time.monotonic() - started, 1),
+            }
             return engine
         time.sleep(0.3)
     left = engine.stop()
@@ -330,8 +396,11 @@ def _rootfs_tarball(name: str, packages: Sequence[str], *, data_dir_owner: str |
     for attempt in (1, 2):  # a mirror hiccup should not fail the run
         shutil.rmtree(rootfs, ignore_errors=True)
         try:
-            run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, rootfs, MIRROR],
-                timeout=1200, what=f"debootstrap {SUITE} with {', '.join(packages)} (EDGEFLEET_TEST_DEBIAN_MIRROR={MIRROR})")
+            run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, rootfs, MIRROR],
+                timeout=1200,
+                what=f"debootstrap {SUITE} with {', '.join(packages)} (EDGEFLEET_TEST_DEBIAN_MIRROR={MIRROR})",
+            )
             break
         except EngineError:
             if attempt == 2:
@@ -356,7 +425,9 @@ def base_images(engine: Engine) -> dict[str, float]:
         raise EngineError("debootstrap needs root to make the base images. " + HOW_TO_PROVIDE)
     make_cache()
     started = time.monotonic()
-    if not shutil.which("debootstrap") and not all((CACHE / f"{n}.tar").exists() for n in ("bookworm-python", "bookworm-redis")):
+    if not shutil.which("debootstrap") and not all(
+        (CACHE / f"{n}.tar").exists() for n in ("bookworm-python", "bookworm-redis")
+    ):
         apt_install("debootstrap")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         python = pool.submit(_rootfs_tarball, "bookworm-python", ["python3", "python3-venv"])
@@ -365,8 +436,20 @@ def base_images(engine: Engine) -> dict[str, float]:
     made = time.monotonic() - started
     started = time.monotonic()
     engine.docker("import", python_tar, PYTHON_BASE, timeout=300)
-    engine.docker("import", "--change", "USER redis", "--change", "WORKDIR /data", "--change", "EXPOSE 6379",
-                  "--change", 'CMD ["redis-server", "--protected-mode", "no"]', redis_tar, REDIS_IMAGE, timeout=300)
+    engine.docker(
+        "import",
+        "--change",
+        "USER redis",
+        "--change",
+        "WORKDIR /data",
+        "--change",
+        "EXPOSE 6379",
+        "--change",
+        'CMD ["redis-server", "--protected-mode", "no"]',
+        redis_tar,
+        REDIS_IMAGE,
+        timeout=300,
+    )
     return {"rootfs_s": round(made, 1), "import_s": round(time.monotonic() - started, 1)}
 
 
@@ -392,8 +475,12 @@ def wheelhouse(python: str) -> tuple[Path, float]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for lock in LOCK_FILES:  # one pip run per lock: they may pin a package differently
-        run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--only-binary=:all:", "-w", folder, "-r", lock],
-            timeout=900, env=pip_env(), what=f"pip wheel -r {lock.relative_to(ROOT)}")
+        run(
+            [python, "-m", "pip", "wheel", "-q", "--no-deps", "--only-binary=:all:", "-w", folder, "-r", lock],
+            timeout=900,
+            env=pip_env(),
+            what=f"pip wheel -r {lock.relative_to(ROOT)}",
+        )
     (folder / ".complete").write_text("")
     return folder, round(time.monotonic() - started, 1)
 
@@ -443,16 +530,25 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in self.engine.env().items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
-        env.update({
-            "EDGEFLEET_PYTHON_IMAGE": PYTHON_BASE, "EDGEFLEET_REDIS_IMAGE": REDIS_IMAGE,
-            "EDGEFLEET_PIP_EXTRA_ARGS": "--no-index", "EDGEFLEET_BUILD_NETWORK": "none",
-            "EDGEFLEET_PUBLISH_PORT": str(self.port),
-        })
+        env.update(
+            {
+                "EDGEFLEET_PYTHON_IMAGE": PYTHON_BASE,
+                "EDGEFLEET_REDIS_IMAGE": REDIS_IMAGE,
+                "EDGEFLEET_PIP_EXTRA_ARGS": "--no-index",
+                "EDGEFLEET_BUILD_NETWORK": "none",
+                "EDGEFLEET_PUBLISH_PORT": str(self.port),
+            }
+        )
         return env
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run([compose_binary(), "-f", COMPOSE_FILE, "-p", self.project, *args], timeout=timeout,
-                   env=self.env(), check=check, what=f"docker compose {' '.join(args)}")
+        return run(
+            [compose_binary(), "-f", COMPOSE_FILE, "-p", self.project, *args],
+            timeout=timeout,
+            env=self.env(),
+            check=check,
+            what=f"docker compose {' '.join(args)}",
+        )
 
     def config(self) -> dict[str, Any]:
         return dict(json.loads(self.compose("--profile", "kafka", "config", "--format", "json", timeout=60).stdout))

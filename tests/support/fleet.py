@@ -28,7 +28,9 @@ class Proc:
         self.name = name
         self.log_path = Path(tempfile.mkdtemp(prefix="edgefleet-test-")) / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.popen = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
 
     def output(self) -> str:
         self.log.flush()
@@ -98,9 +100,22 @@ class Fleet:
             time.sleep(0.05)
         raise RuntimeError(f"dispatcher not ready:\n{proc.output()}")
 
-    def start_agent(self, module: str, region: str, *, dispatcher: str | None = None, wait: bool = True, env: dict[str, str] | None = None,
-                    **settings: Any) -> Proc:
-        env = {**self.base_env, "EDGEFLEET_DISPATCHER_URL": dispatcher or self.url, "EDGEFLEET_AGENT_HEARTBEAT_S": "0.5", **(env or {})}
+    def start_agent(
+        self,
+        module: str,
+        region: str,
+        *,
+        dispatcher: str | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> Proc:
+        env = {
+            **self.base_env,
+            "EDGEFLEET_DISPATCHER_URL": dispatcher or self.url,
+            "EDGEFLEET_AGENT_HEARTBEAT_S": "0.5",
+            **(env or {}),
+        }
         env.update({f"EDGEFLEET_AGENT_{k.upper()}": str(v) for k, v in settings.items()})
         proc = Proc([sys.executable, "-m", module, "--region", region, "--port", "0"], env, f"{module}-{region}")
         self.agents.append(proc)
@@ -115,8 +130,11 @@ class Fleet:
         url = match.group(3).decode()
         # With a bus, also wait until its consumer receives work (first calls are then not
         # stuck behind a consumer-group join).
-        return any(r["url"] == url and r["routable"] and (not self.bus or r["load"].get("bus_ready"))
-                   for a in self.agents_view() for r in a["replicas"])
+        return any(
+            r["url"] == url and r["routable"] and (not self.bus or r["load"].get("bus_ready"))
+            for a in self.agents_view()
+            for r in a["replicas"]
+        )
 
     def agents_view(self, dispatcher: str | None = None) -> list[dict[str, Any]]:
         resp = httpx.get((dispatcher or self.url) + "/v1/agents", headers=self.auth(), timeout=5)
@@ -131,7 +149,9 @@ class Fleet:
             if predicate():
                 return time.monotonic() - started
             time.sleep(0.05)
-        logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for _, p in self.dispatchers) + (f"\n--- {proc.name}\n{proc.output()[-3000:]}" if proc else "")
+        logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for _, p in self.dispatchers) + (
+            f"\n--- {proc.name}\n{proc.output()[-3000:]}" if proc else ""
+        )
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
     def stop(self) -> None:

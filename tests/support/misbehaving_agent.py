@@ -43,10 +43,19 @@ BLOB_INPUT = {
 }
 BUS = {META_EDGE_PATH: "bus"}
 TOOLS = [
-    {"name": "weather", "description": "Weather, conforming to its outputSchema or not (mode).",
-     "inputSchema": WEATHER_INPUT, "outputSchema": WEATHER_OUTPUT},
-    {"name": "weather_bus", "description": "weather, over the bus.", "inputSchema": WEATHER_INPUT, "outputSchema": WEATHER_OUTPUT,
-     "_meta": BUS},
+    {
+        "name": "weather",
+        "description": "Weather, conforming to its outputSchema or not (mode).",
+        "inputSchema": WEATHER_INPUT,
+        "outputSchema": WEATHER_OUTPUT,
+    },
+    {
+        "name": "weather_bus",
+        "description": "weather, over the bus.",
+        "inputSchema": WEATHER_INPUT,
+        "outputSchema": WEATHER_OUTPUT,
+        "_meta": BUS,
+    },
     {"name": "blob", "description": "An answer of about `size` bytes (no outputSchema).", "inputSchema": BLOB_INPUT},
     {"name": "blob_bus", "description": "blob, over the bus.", "inputSchema": BLOB_INPUT, "_meta": BUS},
 ]
@@ -61,7 +70,9 @@ SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 def weather_result(mode: str) -> dict[str, Any]:
     if mode == "tool_error":
         return {"content": [{"type": "text", "text": "the weather station is unreachable"}], "isError": True}
-    result: dict[str, Any] = {"content": [{"type": "text", "text": orjson.dumps(WEATHER.get(mode, WEATHER["good"])).decode()}]}
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": orjson.dumps(WEATHER.get(mode, WEATHER["good"])).decode()}]
+    }
     if mode != "missing":
         result["structuredContent"] = WEATHER[mode]
     return result
@@ -96,7 +107,7 @@ class Call:
     async def json(self, body: bytes, *, chunked: bool = False) -> None:
         headers = JSON if chunked else [*JSON, (b"content-length", str(len(body)).encode())]
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
-        pieces = [body[i:i + PIECE] for i in range(0, len(body), PIECE)] if chunked else [body]
+        pieces = [body[i : i + PIECE] for i in range(0, len(body), PIECE)] if chunked else [body]
         for piece in pieces:
             if self.gone.is_set():
                 return
@@ -133,9 +144,16 @@ async def tools_call(call: Call, request_id: Any, params: dict[str, Any]) -> Non
         elif arguments.get("stream"):
             await call.stream(blob_events(request_id, size))
         else:
-            await call.json(response(request_id, {"content": [{"type": "text", "text": "x" * size}]}), chunked=bool(arguments.get("chunked")))
+            await call.json(
+                response(request_id, {"content": [{"type": "text", "text": "x" * size}]}),
+                chunked=bool(arguments.get("chunked")),
+            )
     else:
-        await call.json(orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"Unknown tool: {name}"}}))
+        await call.json(
+            orjson.dumps(
+                {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"Unknown tool: {name}"}}
+            )
+        )
 
 
 async def blob_events(request_id: Any, size: int) -> Any:
@@ -190,14 +208,25 @@ async def answer(call: Call, request_id: Any, method: Any, params: dict[str, Any
         await tools_call(call, request_id, params)
         return
     if method == "server/discover":
-        result: dict[str, Any] = {"supportedVersions": [MODERN_PROTOCOL_VERSION], "capabilities": {"tools": {}},
-                                  "serverInfo": {"name": "misbehaving", "version": "1.0.0"}}
+        result: dict[str, Any] = {
+            "supportedVersions": [MODERN_PROTOCOL_VERSION],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "misbehaving", "version": "1.0.0"},
+        }
     elif method == "tools/list":
         result = {"tools": TOOLS}
     elif method == "ping":
         result = {}
     else:
-        await call.json(orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": f"Method not found: {method}"}}))
+        await call.json(
+            orjson.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "error": {"code": -32601, "message": f"Method not found: {method}"},
+                }
+            )
+        )
         return
     await call.json(orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}))
 

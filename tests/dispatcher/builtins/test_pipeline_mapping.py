@@ -12,7 +12,9 @@ CONTEXT = {
 
 def test_whole_placeholders_keep_their_type_and_inline_ones_interpolate() -> None:
     assert render({"n": "${input.n}", "s": "n=${input.n}", "id": "${steps.a.structuredContent.ids.1}"}, CONTEXT) == {
-        "n": 3, "s": "n=3", "id": 8,
+        "n": 3,
+        "s": "n=3",
+        "id": 8,
     }
     assert render(["${steps.a.text}", 5], CONTEXT) == ["hello", 5]
     assert lookup(CONTEXT, "steps.a.content.0.text") == "hello"
@@ -26,7 +28,9 @@ def test_missing_paths_say_which() -> None:
 
 def test_step_names_must_be_unique_and_pipelines_named_like_tools() -> None:
     with pytest.raises(ValidationError):
-        PipelineSpec.model_validate({"steps": [{"name": "a", "tool": "x.y"}, {"parallel": [{"name": "a", "tool": "x.z"}]}]})
+        PipelineSpec.model_validate(
+            {"steps": [{"name": "a", "tool": "x.y"}, {"parallel": [{"name": "a", "tool": "x.z"}]}]}
+        )
     with pytest.raises(ValidationError):
         StaticConfig.model_validate({"pipelines": {"bad name": {"steps": [{"name": "a", "tool": "x.y"}]}}})
     with pytest.raises(ValidationError):

@@ -73,7 +73,10 @@ async def test_a_failing_third_step_compensates_steps_two_and_one_in_that_order(
     steps = {s["name"]: s for s in trace["steps"]}
     assert steps["reserve"]["status"] == steps["charge"]["status"] == "completed"
     assert steps["ship"]["status"] == "failed" and steps["ship"]["attempts"] == 3
-    assert [(c["step"], c["status"]) for c in trace["compensations"]] == [("charge", "completed"), ("reserve", "completed")]
+    assert [(c["step"], c["status"]) for c in trace["compensations"]] == [
+        ("charge", "completed"),
+        ("reserve", "completed"),
+    ]
     assert "ship" in result.content[0].text  # type: ignore[union-attr]
 
 

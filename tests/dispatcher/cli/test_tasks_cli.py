@@ -36,11 +36,17 @@ ADMIN = new_key()
 @pytest.fixture(scope="module")
 def task_fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
     keys = tmp_path_factory.mktemp("tasks-cli") / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [
-        {"identity": "alice", "sha256": hash_key(ALICE)},
-        {"identity": "bob", "sha256": hash_key(BOB)},
-        {"identity": "root", "sha256": hash_key(ADMIN), "scopes": ["admin"]},
-    ]}))
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"identity": "alice", "sha256": hash_key(ALICE)},
+                    {"identity": "bob", "sha256": hash_key(BOB)},
+                    {"identity": "root", "sha256": hash_key(ADMIN), "scopes": ["admin"]},
+                ]
+            }
+        )
+    )
     fleet = Fleet(redis_url, f"eftest-tasks-cli-{int(time.time() * 1000)}")
     fleet.default_auth = "required"
     try:
@@ -88,7 +94,10 @@ async def test_list_get_and_watch_a_training_task(task_fleet: Fleet) -> None:
     got = await asyncio.to_thread(cli, task_fleet, "get", task_id)
     assert got.returncode == 0, got.stderr
     assert f"id        {task_id}" in got.stdout and "tool      trainer.train" in got.stdout
-    assert any(line.startswith("status    ") and line.split()[1] in ("working", "completed") for line in got.stdout.splitlines())
+    assert any(
+        line.startswith("status    ") and line.split()[1] in ("working", "completed")
+        for line in got.stdout.splitlines()
+    )
 
     watched = await asyncio.to_thread(cli, task_fleet, "watch", task_id)
     assert watched.returncode == 0, watched.stderr
@@ -100,7 +109,11 @@ async def test_list_get_and_watch_a_training_task(task_fleet: Fleet) -> None:
     assert "status    completed" in done.stdout and "progress  5/5" in done.stdout
     assert "history" in done.stdout and "result" in done.stdout and '"epochs": 5' in done.stdout
     raw = json.loads((await asyncio.to_thread(cli, task_fleet, "get", task_id, "--json")).stdout)
-    assert raw["id"] == task_id and raw["status"] == "completed" and [h["status"] for h in raw["history"]] == ["working", "completed"]
+    assert (
+        raw["id"] == task_id
+        and raw["status"] == "completed"
+        and [h["status"] for h in raw["history"]] == ["working", "completed"]
+    )
 
     # Owners: bob sees neither the task nor its id; an admin sees everyone's and may filter.
     bob = await asyncio.to_thread(cli, task_fleet, "list", "--json", key=BOB)
@@ -117,13 +130,17 @@ async def test_cancel_ctrl_c_paging_and_errors(task_fleet: Fleet) -> None:
 
     # Ctrl-C on watch stops watching, not the task.
     run = [sys.executable, "-m", "edgefleet.dispatcher", "tasks", "watch", task_id, "--url", task_fleet.url]
-    watcher = subprocess.Popen(run, env=_env(ALICE), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(
+        run, env=_env(ALICE), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     await asyncio.sleep(2.0)
     watcher.send_signal(signal.SIGINT)
     _, err = await asyncio.to_thread(watcher.communicate, timeout=20)
     assert watcher.returncode == 130, err
     assert "[working]" in err and "stopped watching" in err
-    view = httpx.get(f"{task_fleet.url}/v1/tasks/{task_id}", headers={"authorization": f"Bearer {ALICE}"}, timeout=10).json()
+    view = httpx.get(
+        f"{task_fleet.url}/v1/tasks/{task_id}", headers={"authorization": f"Bearer {ALICE}"}, timeout=10
+    ).json()
     assert view["status"] == "working"
 
     page = await asyncio.to_thread(cli, task_fleet, "list", "--limit", "1")
@@ -135,7 +152,10 @@ async def test_cancel_ctrl_c_paging_and_errors(task_fleet: Fleet) -> None:
     assert "status    cancelled - Cancelled by alice." in cancelled.stdout
     again = await asyncio.to_thread(cli, task_fleet, "cancel", task_id)
     assert again.returncode == 1 and again.stdout == ""
-    assert again.stderr.strip() == f"edgefleet: task {task_id} already finished (cancelled); only working tasks can be cancelled"
+    assert (
+        again.stderr.strip()
+        == f"edgefleet: task {task_id} already finished (cancelled); only working tasks can be cancelled"
+    )
     ended = await asyncio.to_thread(cli, task_fleet, "watch", task_id)
     assert ended.returncode == 1 and f"task {task_id} cancelled" in ended.stderr
 
@@ -143,7 +163,11 @@ async def test_cancel_ctrl_c_paging_and_errors(task_fleet: Fleet) -> None:
     assert unknown.returncode == 1 and "not found" in unknown.stderr and len(unknown.stderr.splitlines()) == 1
 
     anonymous = await asyncio.to_thread(cli, task_fleet, "list", key=None)
-    assert anonymous.returncode == 1 and "HTTP 401" in anonymous.stderr and "pass --key KEY or set EDGEFLEET_API_KEY" in anonymous.stderr
+    assert (
+        anonymous.returncode == 1
+        and "HTTP 401" in anonymous.stderr
+        and "pass --key KEY or set EDGEFLEET_API_KEY" in anonymous.stderr
+    )
     wrong = await asyncio.to_thread(cli, task_fleet, "get", task_id, "--key", "ef_" + "0" * 40, key=None)
     assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and "check the key" in wrong.stderr
 
@@ -152,8 +176,12 @@ async def test_cancel_ctrl_c_paging_and_errors(task_fleet: Fleet) -> None:
 
 
 def test_help_names_every_action() -> None:
-    out = subprocess.run([sys.executable, "-m", "edgefleet.dispatcher", "tasks", "--help"], env=_env(None), cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.dispatcher", "tasks", "--help"],
+        env=_env(None),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and all(action in out.stdout for action in ("list", "get", "watch", "cancel"))
-
-

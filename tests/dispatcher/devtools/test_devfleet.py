@@ -34,8 +34,23 @@ def test_dev_fleet_serves_and_stops_without_orphans(tmp_path: Path, bus: str) ->
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     dev = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.dispatcher", "dev", "--port", str(port), "--agents", "text@eu-west,trainer@us-east", "--bus", bus],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.dispatcher",
+            "dev",
+            "--port",
+            str(port),
+            "--agents",
+            "text@eu-west,trainer@us-east",
+            "--bus",
+            bus,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert dev.stdout is not None
@@ -50,12 +65,24 @@ def test_dev_fleet_serves_and_stops_without_orphans(tmp_path: Path, bus: str) ->
         children = _children(dev.pid)
         assert len(children) >= (5 if bus == "kafka" else 4)  # redis, [kafka,] dispatcher, two agents
         # The CLI finds the dev fleet through .edgefleet/dev.json in the working directory.
-        call = subprocess.run([sys.executable, "-m", "edgefleet.dispatcher", "call", "text.stats", "text=one two three. four"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        call = subprocess.run(
+            [sys.executable, "-m", "edgefleet.dispatcher", "call", "text.stats", "text=one two three. four"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert call.returncode == 0, call.stderr
         assert '"words": 4' in call.stdout
-        progress = subprocess.run([sys.executable, "-m", "edgefleet.dispatcher", "call", "trainer.train", "epochs=3"],
-                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        progress = subprocess.run(
+            [sys.executable, "-m", "edgefleet.dispatcher", "call", "trainer.train", "epochs=3"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert progress.returncode == 0 and "3/3" in progress.stderr, progress.stderr
     finally:
         dev.send_signal(signal.SIGTERM)

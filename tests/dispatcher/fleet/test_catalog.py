@@ -5,15 +5,36 @@ from edgefleet.dispatcher.fleet.catalog import Catalog
 from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.shared.models import ReplicaRecord
 
-TOOL = {"name": "keywords", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}, "top": {"type": "integer", "minimum": 1}}, "required": ["text"]},
-        "annotations": {"idempotentHint": True}}
+TOOL = {
+    "name": "keywords",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"text": {"type": "string"}, "top": {"type": "integer", "minimum": 1}},
+        "required": ["text"],
+    },
+    "annotations": {"idempotentHint": True},
+}
 
 
-def replica(agent: str, version: str, tools: list[dict[str, Any]], *, warm: bool = True, registered_at: float = 0) -> Replica:
-    record = ReplicaRecord(replica_id=f"{agent}-{version}-{registered_at}", agent=agent, region="eu-west", url="http://x/mcp",
-                           version=version, tools=tools, registered_at=registered_at)
-    return Replica(record=record, client=None, breaker=CircuitBreaker(BreakerPolicy()), warm=warm,  # type: ignore[arg-type]
-                   tool_names=frozenset(t["name"] for t in tools))
+def replica(
+    agent: str, version: str, tools: list[dict[str, Any]], *, warm: bool = True, registered_at: float = 0
+) -> Replica:
+    record = ReplicaRecord(
+        replica_id=f"{agent}-{version}-{registered_at}",
+        agent=agent,
+        region="eu-west",
+        url="http://x/mcp",
+        version=version,
+        tools=tools,
+        registered_at=registered_at,
+    )
+    return Replica(
+        record=record,
+        client=None,
+        breaker=CircuitBreaker(BreakerPolicy()),
+        warm=warm,  # type: ignore[arg-type]
+        tool_names=frozenset(t["name"] for t in tools),
+    )
 
 
 def test_only_warm_replicas_contribute() -> None:
@@ -66,10 +87,18 @@ def test_replicas_are_grouped_by_region() -> None:
     assert entry.by_region == {"eu-west": [a], "us-east": [b]}
 
 
-WEATHER = {"name": "weather", "inputSchema": {"type": "object"},
-           "outputSchema": {"type": "object", "properties": {"celsius": {"type": "number"},
-                                                             "days": {"type": "array", "items": {"type": "object", "required": ["day"]}}},
-                            "required": ["celsius"]}}
+WEATHER = {
+    "name": "weather",
+    "inputSchema": {"type": "object"},
+    "outputSchema": {
+        "type": "object",
+        "properties": {
+            "celsius": {"type": "number"},
+            "days": {"type": "array", "items": {"type": "object", "required": ["day"]}},
+        },
+        "required": ["celsius"],
+    },
+}
 
 
 def weather_entry(tool: dict[str, Any] = WEATHER):  # type: ignore[no-untyped-def]
@@ -87,7 +116,11 @@ def test_a_conforming_structured_result_has_no_problem() -> None:
 def test_a_non_conforming_result_names_the_failing_field() -> None:
     entry = weather_entry()
     problem = entry.result_problem({"content": [], "structuredContent": {"celsius": "hot"}}) or ""
-    assert "w.weather" in problem and "'structuredContent/celsius'" in problem and "'hot' is not of type 'number'" in problem
+    assert (
+        "w.weather" in problem
+        and "'structuredContent/celsius'" in problem
+        and "'hot' is not of type 'number'" in problem
+    )
     nested = entry.result_problem({"content": [], "structuredContent": {"celsius": 1, "days": [{"day": 1}, {}]}}) or ""
     assert "'structuredContent/days/1'" in nested and "'day' is a required property" in nested
 
@@ -96,7 +129,9 @@ def test_missing_structured_content_is_a_problem_when_a_schema_is_declared() -> 
     problem = weather_entry().result_problem({"content": [{"type": "text", "text": "21.5"}]}) or ""
     assert "no structuredContent" in problem
     # Present but null is checked like any other value (the 2026 spec allows any JSON value).
-    assert "None is not of type 'object'" in (weather_entry().result_problem({"content": [], "structuredContent": None}) or "")
+    assert "None is not of type 'object'" in (
+        weather_entry().result_problem({"content": [], "structuredContent": None}) or ""
+    )
 
 
 def test_tool_errors_and_non_final_results_are_not_checked() -> None:
@@ -116,5 +151,7 @@ def test_tools_without_an_output_schema_are_never_checked() -> None:
 def test_an_unusable_output_schema_passes_results_unchecked() -> None:
     invalid = weather_entry({"name": "odd", "outputSchema": {"type": "nonsense"}})
     assert invalid.output_validator is None and invalid.result_problem({"content": []}) is None
-    dangling = weather_entry({"name": "refs", "outputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}})
+    dangling = weather_entry(
+        {"name": "refs", "outputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}
+    )
     assert dangling.result_problem({"content": [], "structuredContent": {"a": 1}}) is None

@@ -7,7 +7,12 @@ from edgefleet.shared.errors import ToolConflict
 
 @pytest.mark.parametrize(
     ("agent", "upstream", "expected"),
-    [("text", "keywords", "text.keywords"), ("text", "a.b", "text.a.b"), ("w", "get weather", "w.get_weather"), ("w", "café/x", "w.caf__x")],
+    [
+        ("text", "keywords", "text.keywords"),
+        ("text", "a.b", "text.a.b"),
+        ("w", "get weather", "w.get_weather"),
+        ("w", "café/x", "w.caf__x"),
+    ],
 )
 def test_public_names_are_valid_mcp_names(agent: str, upstream: str, expected: str) -> None:
     assert public_name(agent, upstream) == expected

@@ -25,7 +25,9 @@ def test_registration_requires_the_fleet_token(fleet: Fleet) -> None:
 
 
 def test_invalid_registration_names_the_field(fleet: Fleet) -> None:
-    resp = httpx.post(fleet.url + "/v1/agents", json={"name": "Bad Name", "region": "eu-west", "url": "ftp://x"}, headers=fleet.auth())
+    resp = httpx.post(
+        fleet.url + "/v1/agents", json={"name": "Bad Name", "region": "eu-west", "url": "ftp://x"}, headers=fleet.auth()
+    )
     assert resp.status_code == 422
     fields = {p["field"] for p in resp.json()["error"]["details"]["problems"]}
     assert {"name", "url"} <= fields
@@ -46,8 +48,12 @@ def test_unreachable_agent_is_refused_clearly(fleet: Fleet) -> None:
 
 def _plain_server() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "tests/support/plain_mcp_server.py", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "tests/support/plain_mcp_server.py", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -64,17 +70,41 @@ async def test_existing_mcp_server_joins_unchanged_via_the_cli(fleet: Fleet) -> 
     proc, url = _plain_server()
     try:
         cli = subprocess.run(
-            [sys.executable, "-m", "edgefleet.dispatcher", "agents", "add", "weather", url, "--region", "us-east", "--url", fleet.url, "--token", fleet.token],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "edgefleet.dispatcher",
+                "agents",
+                "add",
+                "weather",
+                url,
+                "--region",
+                "us-east",
+                "--url",
+                fleet.url,
+                "--token",
+                fleet.token,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert cli.returncode == 0, cli.stderr
-        fleet.wait_for(lambda: any(a["name"] == "weather" and a["replicas"][0]["routable"] for a in fleet.agents_view()), "static agent warm")
+        fleet.wait_for(
+            lambda: any(a["name"] == "weather" and a["replicas"][0]["routable"] for a in fleet.agents_view()),
+            "static agent warm",
+        )
         async with Client(fleet.mcp_url) as client:
             result = await client.call_tool("weather.forecast", {"city": "Lisbon", "days": 2})
         assert not result.is_error and "Lisbon" in str(result.content)
         # A second, different server claiming the same name and version is a collision, not a silent override.
-        clash = httpx.post(fleet.url + "/v1/agents", json={"name": "weather", "region": "eu-west", "url": fleet.mcp_url, "version": ""},
-                           headers=fleet.auth(), timeout=30)
+        clash = httpx.post(
+            fleet.url + "/v1/agents",
+            json={"name": "weather", "region": "eu-west", "url": fleet.mcp_url, "version": ""},
+            headers=fleet.auth(),
+            timeout=30,
+        )
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "tool_conflict"
     finally:
         proc.kill()
@@ -95,7 +125,14 @@ def test_static_agents_from_the_config_file(fleet: Fleet, tmp_path) -> None:  # 
 
 def test_unknown_setting_is_refused_at_start(fleet: Fleet) -> None:
     env = {**fleet.base_env, "EDGEFLEET_REDIS_ULR": "redis://x"}
-    out = subprocess.run([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.dispatcher", "serve"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "EDGEFLEET_REDIS_URL" in out.stderr
 
 

@@ -9,13 +9,22 @@ import pytest
 
 from tests.support.fleet import Fleet
 
-MODERN = {"mcp-protocol-version": "2026-07-28", "content-type": "application/json", "accept": "application/json, text/event-stream"}
+MODERN = {
+    "mcp-protocol-version": "2026-07-28",
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+}
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 def modern_call(name: str, arguments: Any, **extra_headers: str) -> tuple[dict[str, str], dict[str, Any]]:
     headers = {**MODERN, "mcp-method": "tools/call", "mcp-name": name, **extra_headers}
-    return headers, {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": arguments, "_meta": META}}
+    return headers, {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": META},
+    }
 
 
 @pytest.fixture
@@ -38,9 +47,17 @@ def test_invalid_utf8_is_a_parse_error(text_fleet: Fleet) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32700
 
 
-@pytest.mark.parametrize("body", [[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}], 42, {"jsonrpc": "1.0", "id": 1, "method": "x"},
-                                  {"jsonrpc": "2.0", "id": None, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 1, "method": 5},
-                                  {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": [1]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}],
+        42,
+        {"jsonrpc": "1.0", "id": 1, "method": "x"},
+        {"jsonrpc": "2.0", "id": None, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 1, "method": 5},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": [1]},
+    ],
+)
 def test_invalid_jsonrpc_envelopes(text_fleet: Fleet, body: Any) -> None:
     resp = post(text_fleet, body, {**MODERN, "mcp-method": "tools/list"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32600
@@ -108,7 +125,12 @@ def test_unknown_session_is_404(text_fleet: Fleet) -> None:
 
 
 def test_legacy_session_lifecycle_and_delete(text_fleet: Fleet) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     resp = post(text_fleet, init, {k: v for k, v in MODERN.items() if k != "mcp-protocol-version"})
     assert resp.status_code == 200 and resp.json()["result"]["protocolVersion"] == "2025-11-25"
     session = resp.headers["mcp-session-id"]
@@ -151,10 +173,22 @@ def test_dispatcher_still_serves_after_the_bad_requests(text_fleet: Fleet) -> No
 
 
 def test_hostile_legacy_input_is_answered_not_crashed(text_fleet: Fleet) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}}}
-    session = post(text_fleet, init, {k: v for k, v in MODERN.items() if k != "mcp-protocol-version"}).headers["mcp-session-id"]
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}},
+    }
+    session = post(text_fleet, init, {k: v for k, v in MODERN.items() if k != "mcp-protocol-version"}).headers[
+        "mcp-session-id"
+    ]
     legacy = {**MODERN, "mcp-protocol-version": "2025-11-25", "mcp-session-id": session}
-    odd_meta = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "text.stats", "arguments": {"text": "a b"}, "_meta": [1]}}
+    odd_meta = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "text.stats", "arguments": {"text": "a b"}, "_meta": [1]},
+    }
     assert post(text_fleet, odd_meta, legacy).status_code < 500
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": {"not": "hashable"}}}
     assert post(text_fleet, cancel, legacy).status_code == 202

@@ -27,40 +27,113 @@ CAPS, TASKS = "io.modelcontextprotocol/clientCapabilities", "io.modelcontextprot
 FUZZ = settings(max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40), st.floats(allow_nan=False),
-    st.text(max_size=40), st.sampled_from(["tools/call", "tools/list", "initialize", "echo.echo", "2026-07-28", "2025-11-25", "\x00", "\ud7ff"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=40),
+    st.sampled_from(
+        ["tools/call", "tools/list", "initialize", "echo.echo", "2026-07-28", "2025-11-25", "\x00", "\ud7ff"]
+    ),
 )
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
-                          max_leaves=25)
-methods = st.sampled_from(["tools/call", "tools/list", "initialize", "ping", "server/discover", "notifications/cancelled",
-                           "logging/setLevel", "resources/list", "", "tools/call\x00",
-                           "tasks/get", "tasks/result", "tasks/list", "tasks/cancel", "tasks/update"])
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
+    max_leaves=25,
+)
+methods = st.sampled_from(
+    [
+        "tools/call",
+        "tools/list",
+        "initialize",
+        "ping",
+        "server/discover",
+        "notifications/cancelled",
+        "logging/setLevel",
+        "resources/list",
+        "",
+        "tools/call\x00",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "tasks/update",
+    ]
+)
 envelope = st.fixed_dictionaries(
     {"jsonrpc": st.one_of(st.just("2.0"), json_value), "method": st.one_of(methods, json_value)},
-    optional={"id": json_value, "params": st.one_of(
-        json_value,
-        st.fixed_dictionaries({"name": st.one_of(st.sampled_from(["echo.echo", "echo.where", "nope", "edgefleet.fanout"]), json_value)},
-                              optional={"arguments": json_value, "_meta": st.one_of(st.just(META), json_value,
-                                                                                     st.just({**META, "traceparent": 5, "baggage": [1]}),
-                                                                                     json_value.map(lambda v: {**META, CAPS: {"extensions": {TASKS: v}}})),
-                                        "task": json_value, "taskId": json_value, "cursor": json_value, "inputResponses": json_value}),
-    )},
+    optional={
+        "id": json_value,
+        "params": st.one_of(
+            json_value,
+            st.fixed_dictionaries(
+                {
+                    "name": st.one_of(
+                        st.sampled_from(["echo.echo", "echo.where", "nope", "edgefleet.fanout"]), json_value
+                    )
+                },
+                optional={
+                    "arguments": json_value,
+                    "_meta": st.one_of(
+                        st.just(META),
+                        json_value,
+                        st.just({**META, "traceparent": 5, "baggage": [1]}),
+                        json_value.map(lambda v: {**META, CAPS: {"extensions": {TASKS: v}}}),
+                    ),
+                    "task": json_value,
+                    "taskId": json_value,
+                    "cursor": json_value,
+                    "inputResponses": json_value,
+                },
+            ),
+        ),
+    },
 )
 # (values an HTTP client can send: h11 refuses leading/trailing whitespace)
-header_values = st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip),
-                          st.sampled_from(["2026-07-28", "2025-11-25", "application/json", "tools/call", "echo.echo",
-                                           "=?base64?ZWNoby5lY2hv?=", "=?base64?!!?="]))
+header_values = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(str.strip),
+    st.sampled_from(
+        [
+            "2026-07-28",
+            "2025-11-25",
+            "application/json",
+            "tools/call",
+            "echo.echo",
+            "=?base64?ZWNoby5lY2hv?=",
+            "=?base64?!!?=",
+        ]
+    ),
+)
 headers = st.dictionaries(
-    st.sampled_from(["mcp-protocol-version", "mcp-method", "mcp-name", "mcp-session-id", "content-type", "accept", "origin",
-                     "x-edge-region", "edgefleet-timeout-ms", "traceparent", "x-forwarded-for", "forwarded"]),
-    header_values, max_size=6,
+    st.sampled_from(
+        [
+            "mcp-protocol-version",
+            "mcp-method",
+            "mcp-name",
+            "mcp-session-id",
+            "content-type",
+            "accept",
+            "origin",
+            "x-edge-region",
+            "edgefleet-timeout-ms",
+            "traceparent",
+            "x-forwarded-for",
+            "forwarded",
+        ]
+    ),
+    header_values,
+    max_size=6,
 )
 bodies = st.one_of(
     envelope.map(lambda e: json.dumps(e).encode()),
     st.lists(envelope, max_size=3).map(lambda b: json.dumps(b).encode()),  # batches
     st.binary(max_size=200),  # bad UTF-8 and garbage
     st.integers(min_value=1, max_value=400).map(lambda d: b"[" * d + b"]" * d),  # deep nesting
-    st.just(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo.echo","arguments":{"text":' + b'"x' * 10 + b'"}}}'),
+    st.just(
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo.echo","arguments":{"text":'
+        + b'"x' * 10
+        + b'"}}}'
+    ),
 )
 
 
@@ -101,16 +174,40 @@ def test_hostile_mcp_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Cli
 
 
 def test_hostile_rest_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Client) -> None:
-    paths = st.sampled_from(["/v1/agents", "/v1/agents/replicas/x/heartbeat", "/v1/agents/ghost", "/readyz", "/metrics",
-                             "/v1/tasks", "/v1/tasks?cursor=%ff%fe&limit=-5", "/v1/tasks?limit=99999999999999999999", "/v1/tasks/x",
-                             "/v1/tasks/" + "a" * 300, "/v1/tasks/x/cancel", "/v1/tasks/x/events", "/v1/tasks?owner=%00",
-                             "/.well-known/oauth-protected-resource", "/v1/agents/replicas/%00/heartbeat", "/mcp/../v1/agents",
-                             "/v1/audit", "/v1/audit?after=%ff&wait=1e9", "/v1/audit?last=-1", "/v1/audit?after=0&limit=0",
-                             "/v1/audit?after=99999999999999999999999-1", "/v1/audit?after=1-1&wait=0.01&limit=1000"])
+    paths = st.sampled_from(
+        [
+            "/v1/agents",
+            "/v1/agents/replicas/x/heartbeat",
+            "/v1/agents/ghost",
+            "/readyz",
+            "/metrics",
+            "/v1/tasks",
+            "/v1/tasks?cursor=%ff%fe&limit=-5",
+            "/v1/tasks?limit=99999999999999999999",
+            "/v1/tasks/x",
+            "/v1/tasks/" + "a" * 300,
+            "/v1/tasks/x/cancel",
+            "/v1/tasks/x/events",
+            "/v1/tasks?owner=%00",
+            "/.well-known/oauth-protected-resource",
+            "/v1/agents/replicas/%00/heartbeat",
+            "/mcp/../v1/agents",
+            "/v1/audit",
+            "/v1/audit?after=%ff&wait=1e9",
+            "/v1/audit?last=-1",
+            "/v1/audit?after=0&limit=0",
+            "/v1/audit?after=99999999999999999999999-1",
+            "/v1/audit?after=1-1&wait=0.01&limit=1000",
+        ]
+    )
 
     @FUZZ
-    @given(path=paths, method=st.sampled_from(["GET", "POST", "DELETE", "PUT"]), body=st.one_of(json_value.map(lambda v: json.dumps(v).encode()), st.binary(max_size=100)),
-           token=st.sampled_from([None, "nope", "efa_" + "x" * 43, fuzz_fleet.token]))
+    @given(
+        path=paths,
+        method=st.sampled_from(["GET", "POST", "DELETE", "PUT"]),
+        body=st.one_of(json_value.map(lambda v: json.dumps(v).encode()), st.binary(max_size=100)),
+        token=st.sampled_from([None, "nope", "efa_" + "x" * 43, fuzz_fleet.token]),
+    )
     def one(path: str, method: str, body: bytes, token: str | None) -> None:
         sent = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
         _check(http.request(method, fuzz_fleet.url + path, content=body, headers=sent), (method, path, body[:100]))
@@ -121,9 +218,22 @@ def test_hostile_rest_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Cl
 async def test_the_fleet_still_serves_after_the_fuzzing(fuzz_fleet: Fleet, http: httpx.Client) -> None:
     for _, proc in fuzz_fleet.dispatchers:
         assert proc.popen.poll() is None, proc.output()[-2000:]
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo.echo", "arguments": {"text": "still here"}, "_meta": META}}
-    resp = http.post(fuzz_fleet.mcp_url, json=body, headers={
-        "accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
-        "mcp-name": "echo.echo", "authorization": f"Bearer {KEY}"})
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo.echo", "arguments": {"text": "still here"}, "_meta": META},
+    }
+    resp = http.post(
+        fuzz_fleet.mcp_url,
+        json=body,
+        headers={
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": "echo.echo",
+            "authorization": f"Bearer {KEY}",
+        },
+    )
     assert resp.status_code == 200 and "still here" in resp.text
     assert "Traceback" not in fuzz_fleet.dispatchers[0][1].output()

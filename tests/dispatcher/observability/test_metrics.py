@@ -17,10 +17,15 @@ PROMETHEUS = ROOT / "compose" / "observability" / "prometheus.yml"
 
 def _metrics() -> Metrics:
     metrics = Metrics()
-    metrics.watch(StateSources(
-        replicas=lambda: [ReplicaState("a", "eu-west", "a-1", 0, True, 2, 0.004)], pool=lambda: (3, 1),
-        cache=lambda: (5, 7, 1), catalog_tools=lambda: 1, refused=[lambda: {"tool": 2}, lambda: {"open_tasks": 1}],
-    ))
+    metrics.watch(
+        StateSources(
+            replicas=lambda: [ReplicaState("a", "eu-west", "a-1", 0, True, 2, 0.004)],
+            pool=lambda: (3, 1),
+            cache=lambda: (5, 7, 1),
+            catalog_tools=lambda: 1,
+            refused=[lambda: {"tool": 2}, lambda: {"open_tasks": 1}],
+        )
+    )
     return metrics
 
 
@@ -41,11 +46,22 @@ def test_exposition_parses_and_counts_calls() -> None:
     metrics.call("echo.echo", "eu-west", "direct", "ok", "", 0.002)
     metrics.call("echo.echo", "eu-west", "direct", "ok", "", 0.004)
     metrics.call("echo.echo", "eu-west", "direct", "error", "agent_unavailable", 0.001)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(metrics.exposition().decode())
+        for s in f.samples
+    }
     ok = (("code", ""), ("outcome", "ok"), ("path", "direct"), ("region", "eu-west"), ("tool", "echo.echo"))
     assert samples[("edgefleet_calls_total", ok)] == 2
-    assert samples[("edgefleet_call_duration_seconds_count", (("path", "direct"), ("region", "eu-west"), ("tool", "echo.echo")))] == 3
+    assert (
+        samples[
+            (
+                "edgefleet_call_duration_seconds_count",
+                (("path", "direct"), ("region", "eu-west"), ("tool", "echo.echo")),
+            )
+        ]
+        == 3
+    )
     assert samples[("edgefleet_pool_connections", (("state", "idle"),))] == 3
     assert samples[("edgefleet_catalog_tools", ())] == 1
 
@@ -72,8 +88,14 @@ def test_agent_errors_get_bounded_labels() -> None:
     from edgefleet.dispatcher.observability.observe import CallObservation, error_label
     from opentelemetry.trace import INVALID_SPAN
 
-    assert error_label({"code": -32602, "message": "bad", "data": {"code": "whatever-the-agent-says"}}) == ("error", "agent_error")
-    assert error_label({"code": -31003, "message": "late", "data": {"code": "upstream_timeout"}}) == ("timeout", "upstream_timeout")
+    assert error_label({"code": -32602, "message": "bad", "data": {"code": "whatever-the-agent-says"}}) == (
+        "error",
+        "agent_error",
+    )
+    assert error_label({"code": -31003, "message": "late", "data": {"code": "upstream_timeout"}}) == (
+        "timeout",
+        "upstream_timeout",
+    )
     assert error_label({"code": -31003, "message": "late"}) == ("timeout", "upstream_timeout")
     assert error_label("nonsense") == ("error", "agent_error")
 
@@ -81,12 +103,18 @@ def test_agent_errors_get_bounded_labels() -> None:
     _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError": true}}', stream=False)
     assert obs.outcome == "tool_error"
     obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
-    sse = (b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"error":1}}\n\n'
-           b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}\n\n')
+    sse = (
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"error":1}}\n\n'
+        b'event: message\ndata: {"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}\n\n'
+    )
     _classify(obs, sse, stream=True)
     assert (obs.outcome, obs.code) == ("error", "agent_error")
     obs = CallObservation(None, INVALID_SPAN, "echo.echo", "direct", "eu-west")
-    _classify(obs, b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"error":"a field named error"},"isError":false}}', stream=False)
+    _classify(
+        obs,
+        b'{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"error":"a field named error"},"isError":false}}',
+        stream=False,
+    )
     assert obs.outcome == "ok"
 
 

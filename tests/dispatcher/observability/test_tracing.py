@@ -82,7 +82,9 @@ def _has(spans: list[ReceivedSpan], **wanted: int) -> bool:
 
 
 def _one(spans: list[ReceivedSpan], *, service_prefix: str, kind: str, name_prefix: str = "") -> ReceivedSpan:
-    found = [s for s in spans if s.service.startswith(service_prefix) and s.kind == kind and s.name.startswith(name_prefix)]
+    found = [
+        s for s in spans if s.service.startswith(service_prefix) and s.kind == kind and s.name.startswith(name_prefix)
+    ]
     assert len(found) == 1, [(s.service, s.name, s.kind) for s in spans]
     return found[0]
 
@@ -100,7 +102,12 @@ def _bus_backends() -> list[str]:
 
 @pytest.mark.parametrize("backend", _bus_backends())
 async def test_direct_bus_fanout_and_pipeline_calls_are_single_traces(
-    backend: str, redis_url: str, redis_prefix: str, sink: Sink, tmp_path: Path, request: pytest.FixtureRequest,
+    backend: str,
+    redis_url: str,
+    redis_prefix: str,
+    sink: Sink,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     bus_url = redis_url if backend == "redis" else request.getfixturevalue("kafka_url")
     fleet = _traced_fleet(redis_url, redis_prefix, sink, tmp_path, bus_url)
@@ -108,7 +115,9 @@ async def test_direct_bus_fanout_and_pipeline_calls_are_single_traces(
         # Direct path: client → dispatcher SERVER → attempt CLIENT → agent SERVER (the MCP SDK's).
         trace_id, client_span = _parent()
         await _call(fleet, "echo.echo", {"text": "hi"}, trace_id, client_span)
-        spans = _trace(sink, trace_id, until=lambda s: _has(s, dispatcher_server=1, dispatcher_client=1, agent_server=1))
+        spans = _trace(
+            sink, trace_id, until=lambda s: _has(s, dispatcher_server=1, dispatcher_client=1, agent_server=1)
+        )
         server = _one(spans, service_prefix="edgefleet-dispatcher", kind="server")
         assert server.parent_span_id == client_span
         assert server.attributes["gen_ai.tool.name"] == "echo.echo"
@@ -123,7 +132,11 @@ async def test_direct_bus_fanout_and_pipeline_calls_are_single_traces(
         # Bus path: dispatcher SERVER → PRODUCER → agent CONSUMER → agent SERVER.
         trace_id, client_span = _parent()
         await _call(fleet, "echo.where", {}, trace_id, client_span)
-        spans = _trace(sink, trace_id, until=lambda s: _has(s, dispatcher_server=1, dispatcher_producer=1, agent_consumer=1, agent_server=1))
+        spans = _trace(
+            sink,
+            trace_id,
+            until=lambda s: _has(s, dispatcher_server=1, dispatcher_producer=1, agent_consumer=1, agent_server=1),
+        )
         server = _one(spans, service_prefix="edgefleet-dispatcher", kind="server")
         assert server.parent_span_id == client_span and server.attributes["edgefleet.path"] == "bus"
         assert "bus.reply" in server.events
@@ -138,10 +151,26 @@ async def test_direct_bus_fanout_and_pipeline_calls_are_single_traces(
 
         # Fan-out: one sub-task span per call, each with its own path down to the agent.
         trace_id, client_span = _parent()
-        await _call(fleet, "edgefleet.fanout", {"calls": [{"tool": "echo.echo", "arguments": {"text": "a"}}, {"tool": "echo.where"}]},
-                    trace_id, client_span)
-        spans = _trace(sink, trace_id, until=lambda s: _has(s, dispatcher_server=1, dispatcher_internal=4, dispatcher_client=1,
-                                                            dispatcher_producer=1, agent_consumer=1, agent_server=2))
+        await _call(
+            fleet,
+            "edgefleet.fanout",
+            {"calls": [{"tool": "echo.echo", "arguments": {"text": "a"}}, {"tool": "echo.where"}]},
+            trace_id,
+            client_span,
+        )
+        spans = _trace(
+            sink,
+            trace_id,
+            until=lambda s: _has(
+                s,
+                dispatcher_server=1,
+                dispatcher_internal=4,
+                dispatcher_client=1,
+                dispatcher_producer=1,
+                agent_consumer=1,
+                agent_server=2,
+            ),
+        )
         subtasks = [s for s in spans if s.name == "fanout.subtask"]
         assert sorted(s.attributes["gen_ai.tool.name"] for s in subtasks) == ["echo.echo", "echo.where"]
         assert all(s.attributes["edgefleet.subtask.status"] == "ok" for s in subtasks)
@@ -152,8 +181,19 @@ async def test_direct_bus_fanout_and_pipeline_calls_are_single_traces(
         # Pipeline: one span per step, the call of each step under it, the agent under that.
         trace_id, client_span = _parent()
         await _call(fleet, "edgefleet.relay", {"text": "x"}, trace_id, client_span)
-        spans = _trace(sink, trace_id, until=lambda s: _has(s, dispatcher_server=1, dispatcher_internal=4, dispatcher_client=1,
-                                                            dispatcher_producer=1, agent_consumer=1, agent_server=2))
+        spans = _trace(
+            sink,
+            trace_id,
+            until=lambda s: _has(
+                s,
+                dispatcher_server=1,
+                dispatcher_internal=4,
+                dispatcher_client=1,
+                dispatcher_producer=1,
+                agent_consumer=1,
+                agent_server=2,
+            ),
+        )
         steps = {s.attributes["edgefleet.step"]: s for s in spans if s.name.startswith("pipeline.step")}
         assert set(steps) == {"first", "second"}
         assert all(s.attributes["edgefleet.step.status"] == "completed" for s in steps.values())
@@ -174,11 +214,20 @@ async def test_metrics_parse_and_move(fleet: Fleet) -> None:
 
     def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(fleet.url + "/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
 
     def calls(samples: dict, outcome: str, tool: str = "echo.echo") -> float:
-        return sum(v for (name, labels), v in samples.items()
-                   if name == "edgefleet_calls_total" and dict(labels).get("tool") == tool and dict(labels)["outcome"] == outcome)
+        return sum(
+            v
+            for (name, labels), v in samples.items()
+            if name == "edgefleet_calls_total"
+            and dict(labels).get("tool") == tool
+            and dict(labels)["outcome"] == outcome
+        )
 
     before = scrape()
     # The dispatcher's start-up exercise of /mcp (a call of a nonexistent tool) is not traffic.
@@ -190,15 +239,20 @@ async def test_metrics_parse_and_move(fleet: Fleet) -> None:
     after = scrape()
     assert calls(after, "ok") - calls(before, "ok") == 3
     assert calls(after, "tool_error", "echo.fail") - calls(before, "tool_error", "echo.fail") == 1
-    count = [v for (name, labels), v in after.items() if name == "edgefleet_call_duration_seconds_count" and dict(labels)["tool"] == "echo.echo"]
+    count = [
+        v
+        for (name, labels), v in after.items()
+        if name == "edgefleet_call_duration_seconds_count" and dict(labels)["tool"] == "echo.echo"
+    ]
     assert sum(count) >= 3
     breaker = [(dict(labels), v) for (name, labels), v in after.items() if name == "edgefleet_breaker_state"]
     assert breaker and all(v == 0 for _, v in breaker) and {l["agent"] for l, _ in breaker} == {"echo"}
-    assert any(name == "edgefleet_upstream_requests_total" and dict(labels)["outcome"] == "ok" for (name, labels) in after)
+    assert any(
+        name == "edgefleet_upstream_requests_total" and dict(labels)["outcome"] == "ok" for (name, labels) in after
+    )
     assert any(name == "edgefleet_route_decisions_total" for (name, _l) in after)
     assert any(name == "process_resident_memory_bytes" for (name, _l) in after)
     # No per-call identifiers as labels: every label value comes from a small, known set.
-    for (name, labels) in after:
+    for name, labels in after:
         for key, value in labels:
             assert key not in ("task", "task_id", "request_id", "arguments"), (name, key)
-

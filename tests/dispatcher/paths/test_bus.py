@@ -31,12 +31,27 @@ def bus_fleet(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str)
         fleet.stop()
 
 
-async def call(session: aiohttp.ClientSession, url: str, request_id: int, tool: str, arguments: dict[str, Any],
-               meta: dict[str, Any] | None = None, timeout_ms: int | None = None) -> tuple[dict[str, Any], str, bytes]:
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": {**META, **(meta or {})}}}
-    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
-               "mcp-method": "tools/call", "mcp-name": tool}
+async def call(
+    session: aiohttp.ClientSession,
+    url: str,
+    request_id: int,
+    tool: str,
+    arguments: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    timeout_ms: int | None = None,
+) -> tuple[dict[str, Any], str, bytes]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": {**META, **(meta or {})}},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
     if timeout_ms is not None:
         headers["edgefleet-timeout-ms"] = str(timeout_ms)
     async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as resp:
@@ -63,7 +78,9 @@ async def test_bus_calls_return_results_and_progress(bus_fleet: Fleet) -> None:
         assert answer["result"]["content"][0]["text"] == "over the bus"
         assert "path=bus" in route
         # Progress of a bus call reaches the client as on the direct path.
-        answer, route, raw = await call(session, bus_fleet.mcp_url, 2, "trainer.train", {"epochs": 3}, {"progressToken": "p1"})
+        answer, route, raw = await call(
+            session, bus_fleet.mcp_url, 2, "trainer.train", {"epochs": 3}, {"progressToken": "p1"}
+        )
         assert "path=bus" in route and "error" not in answer and not answer["result"]["isError"]
         assert raw.count(b"notifications/progress") == 3 and b'"progressToken":"p1"' in raw
         # Tools not configured for the bus still go direct on the same dispatcher.
@@ -74,12 +91,16 @@ async def test_bus_calls_return_results_and_progress(bus_fleet: Fleet) -> None:
 async def test_no_call_lost_or_duplicated_when_a_replica_dies_mid_work(bus_fleet: Fleet) -> None:
     # The victim logs each bus call it starts and finishes (debug), so we can prove it died
     # with work in hand - work that must then complete elsewhere, exactly once for the client.
-    victim = bus_fleet.start_agent("edgefleet.agents.examples.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32, log_level="debug")
+    victim = bus_fleet.start_agent(
+        "edgefleet.agents.examples.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32, log_level="debug"
+    )
     bus_fleet.start_agent("edgefleet.agents.examples.echo", "eu-west", bus_visibility_s=2, bus_max_inflight=32)
     n = 500
     connector = aiohttp.TCPConnector(limit=n)
     async with aiohttp.ClientSession(connector=connector) as session:
-        calls = [asyncio.create_task(call(session, bus_fleet.mcp_url, i, "echo.wait", {"seconds": 0.3})) for i in range(n)]
+        calls = [
+            asyncio.create_task(call(session, bus_fleet.mcp_url, i, "echo.wait", {"seconds": 0.3})) for i in range(n)
+        ]
         deadline = time.monotonic() + 30
         while victim.output().count("started (wait)") < 40 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -100,7 +121,9 @@ async def test_no_call_lost_or_duplicated_when_a_replica_dies_mid_work(bus_fleet
 
 
 @pytest.mark.parametrize("backend", ["redis", "kafka"])
-async def test_bus_outage_gives_clear_errors_and_the_fleet_recovers_by_itself(backend: str, redis_url: str, redis_prefix: str) -> None:
+async def test_bus_outage_gives_clear_errors_and_the_fleet_recovers_by_itself(
+    backend: str, redis_url: str, redis_prefix: str
+) -> None:
     from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
     from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis, free_port
 
@@ -115,7 +138,9 @@ async def test_bus_outage_gives_clear_errors_and_the_fleet_recovers_by_itself(ba
         async with aiohttp.ClientSession() as session:
             answer, _, _ = await call(session, fleet.mcp_url, 0, "echo.echo", {"text": "before"})
             assert answer["result"]["content"][0]["text"] == "before"
-            running = [asyncio.create_task(call(session, fleet.mcp_url, i, "echo.wait", {"seconds": 5})) for i in range(1, 6)]
+            running = [
+                asyncio.create_task(call(session, fleet.mcp_url, i, "echo.wait", {"seconds": 5})) for i in range(1, 6)
+            ]
             await asyncio.sleep(1.0)
             assert server.process is not None
             server.process.kill()  # a crash, not a polite shutdown that lets the calls finish
@@ -137,7 +162,12 @@ async def test_bus_outage_gives_clear_errors_and_the_fleet_recovers_by_itself(ba
                     recovered = answer
                     break
                 await asyncio.sleep(0.5)
-            assert recovered is not None, f"no recovery: {answer}\n" + fleet.agents[0].output()[-3000:] + "\n----\n" + fleet.dispatchers[0][1].output()[-3000:]
+            assert recovered is not None, (
+                f"no recovery: {answer}\n"
+                + fleet.agents[0].output()[-3000:]
+                + "\n----\n"
+                + fleet.dispatchers[0][1].output()[-3000:]
+            )
             assert recovered["result"]["content"][0]["text"] == "after"
     finally:
         fleet.stop()

@@ -25,11 +25,16 @@ def test_final_result_from_json_and_sse_and_errors_are_not_cached() -> None:
     ok = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "hi"}], "isError": False}}
     assert orjson.loads(final_result(orjson.dumps(ok), stream=False) or b"") == ok["result"]
     progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
-    sse = b"event: message\ndata: " + orjson.dumps(progress) + b"\n\nevent: message\ndata: " + orjson.dumps(ok) + b"\n\n"
+    sse = (
+        b"event: message\ndata: " + orjson.dumps(progress) + b"\n\nevent: message\ndata: " + orjson.dumps(ok) + b"\n\n"
+    )
     assert orjson.loads(final_result(sse, stream=True) or b"") == ok["result"]
     crlf = sse.replace(b"\n", b"\r\n")  # the MCP SDK frames events with CRLF
     assert orjson.loads(final_result(crlf, stream=True) or b"") == ok["result"]
     failed = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": True}}
     assert final_result(orjson.dumps(failed), stream=False) is None
     assert final_result(b"not json", stream=False) is None
-    assert final_result(orjson.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}), stream=False) is None
+    assert (
+        final_result(orjson.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}}), stream=False)
+        is None
+    )

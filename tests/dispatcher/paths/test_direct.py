@@ -40,7 +40,9 @@ JSON_RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","tex
 
 
 def sse_head() -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
 
 
 def chunk(data: bytes) -> bytes:
@@ -57,7 +59,14 @@ async def serve(script: Script) -> tuple[asyncio.AbstractServer, str]:
         HANDLERS.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
             RECEIVED.append(await reader.readexactly(length))
             await script(writer)
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
@@ -88,16 +97,35 @@ class Harness:
         server, url = await serve(script)
         self.servers.append(server)
         record = ReplicaRecord(replica_id=f"a-{region}", agent="a", region=region, url=url, tools=[{"name": "t"}])
-        return Replica(record=record, client=ReplicaClient(self.pool, url, era=era), breaker=CircuitBreaker(self.fleet.breaker_policy),
-                       warm=True, tool_names=frozenset({"t"}))
+        return Replica(
+            record=record,
+            client=ReplicaClient(self.pool, url, era=era),
+            breaker=CircuitBreaker(self.fleet.breaker_policy),
+            warm=True,
+            tool_names=frozenset({"t"}),
+        )
 
-    async def call(self, replicas: list[Replica], *, idempotent: bool, timeout_s: float = 5.0, output_schema: dict[str, Any] | None = None,
-                   capture: bool = False, obs: CallObservation | None = None) -> list[dict[str, Any]]:
+    async def call(
+        self,
+        replicas: list[Replica],
+        *,
+        idempotent: bool,
+        timeout_s: float = 5.0,
+        output_schema: dict[str, Any] | None = None,
+        capture: bool = False,
+        obs: CallObservation | None = None,
+    ) -> list[dict[str, Any]]:
         # capture: a read-only tool with a cache TTL, so a good answer lands in the result cache.
         annotations = {"idempotentHint": idempotent, **({"readOnlyHint": True} if capture else {})}
         for r in replicas:
-            r.record.tools = [{"name": "t", "annotations": annotations, **({"outputSchema": output_schema} if output_schema else {}),
-                               **({"_meta": {META_EDGE_CACHE_TTL: 60}} if capture else {})}]
+            r.record.tools = [
+                {
+                    "name": "t",
+                    "annotations": annotations,
+                    **({"outputSchema": output_schema} if output_schema else {}),
+                    **({"_meta": {META_EDGE_CACHE_TTL: 60}} if capture else {}),
+                }
+            ]
         entry = Catalog.build(replicas).get("a.t")
         assert entry is not None
         sent: list[dict[str, Any]] = []
@@ -165,7 +193,10 @@ async def test_idempotent_call_broken_mid_event_continues_cleanly_on_the_next_re
         writer.transport.abort()
 
     async def answers_json(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_RESULT) + JSON_RESULT)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(JSON_RESULT)
+            + JSON_RESULT
+        )
         await writer.drain()
 
     a, b = await harness.replica(breaks, "eu-west"), await harness.replica(answers_json, "us-east")
@@ -237,7 +268,11 @@ async def test_a_shared_legacy_upstream_session_gets_unique_ids_mapped_back(harn
     async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
         upstream_id = orjson.loads(RECEIVED[-1])["id"]
         progress = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
-        result = b'data: ' + orjson.dumps({"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}) + b"\r\n\r\n"
+        result = (
+            b"data: "
+            + orjson.dumps({"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}})
+            + b"\r\n\r\n"
+        )
         writer.write(sse_head() + chunk(progress) + chunk(result) + b"0\r\n\r\n")
         await writer.drain()
 
@@ -263,7 +298,9 @@ def json_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
 
 
 def sse_answer(result: dict[str, Any], request_id: Any = 1) -> bytes:
-    event = b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\r\n\r\n"
+    event = (
+        b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\r\n\r\n"
+    )
     return sse_head() + chunk(PROGRESS) + chunk(event) + b"0\r\n\r\n"
 
 
@@ -280,7 +317,9 @@ def observation() -> CallObservation:
 
 
 async def test_a_json_result_breaking_the_output_schema_is_replaced_and_not_captured(harness: Harness) -> None:
-    a = await harness.replica(answers(json_answer({"content": [], "structuredContent": {"celsius": "warm"}})), "eu-west")
+    a = await harness.replica(
+        answers(json_answer({"content": [], "structuredContent": {"celsius": "warm"}})), "eu-west"
+    )
     obs = observation()
     with pytest.raises(InvalidToolResult) as caught:  # nothing was sent yet: the endpoint answers with a JSON error
         await harness.call([a], idempotent=True, output_schema=SCHEMA, capture=True, obs=obs)
@@ -290,13 +329,19 @@ async def test_a_json_result_breaking_the_output_schema_is_replaced_and_not_capt
     assert a.breaker.consecutive == 0, "a wrong answer is not a health failure"
 
 
-async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_error_under_the_clients_id(harness: Harness) -> None:
+async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_error_under_the_clients_id(
+    harness: Harness,
+) -> None:
     async def answers_with_the_id_it_got(writer: asyncio.StreamWriter) -> None:
         upstream_id = orjson.loads(RECEIVED[-1])["id"]
         writer.write(sse_head() + chunk(PROGRESS))
         await writer.drain()
         await harness.relaying.wait()  # the client's stream is open before the answer comes
-        result = {"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [], "isError": False}}  # no structuredContent
+        result = {
+            "jsonrpc": "2.0",
+            "id": upstream_id,
+            "result": {"content": [], "isError": False},
+        }  # no structuredContent
         writer.write(chunk(b"event: message\r\ndata: " + orjson.dumps(result) + b"\r\n\r\n") + b"0\r\n\r\n")
         await writer.drain()
 
@@ -307,7 +352,9 @@ async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_er
     stream = body_of(sent)
     assert b"notifications/progress" in stream  # relayed before the answer arrived
     (answer,) = responses(stream)
-    assert answer["id"] == 1 and answer["error"]["code"] == -31007 and "no structuredContent" in answer["error"]["message"]
+    assert (
+        answer["id"] == 1 and answer["error"]["code"] == -31007 and "no structuredContent" in answer["error"]["message"]
+    )
     assert harness.captured is None
 
 
@@ -328,7 +375,9 @@ async def test_results_are_not_checked_without_a_schema_or_with_validation_off(h
     assert answer_of(await harness.call([a], idempotent=False))["result"]["structuredContent"] == {"celsius": "warm"}
     harness.checks.validate = False
     b = await harness.replica(answers(bad), "eu-west")
-    assert answer_of(await harness.call([b], idempotent=False, output_schema=SCHEMA))["result"]["structuredContent"] == {"celsius": "warm"}
+    assert answer_of(await harness.call([b], idempotent=False, output_schema=SCHEMA))["result"][
+        "structuredContent"
+    ] == {"celsius": "warm"}
 
 
 async def test_a_json_answer_over_the_limit_is_refused_and_not_retried_elsewhere(harness: Harness) -> None:
@@ -353,7 +402,10 @@ async def test_an_endless_chunked_json_answer_is_cut_off_at_the_limit(harness: H
     stopped = asyncio.Event()
 
     async def endless(writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n" + chunk(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunk(b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"')
+        )
         try:
             while True:
                 writer.write(chunk(b"x" * 1024))

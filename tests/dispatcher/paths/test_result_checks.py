@@ -22,7 +22,11 @@ pytestmark = pytest.mark.integration
 
 LIMIT = 64 * 1024
 AGENT = "tests.support.misbehaving_agent"
-MODERN = {"mcp-protocol-version": "2026-07-28", "content-type": "application/json", "accept": "application/json, text/event-stream"}
+MODERN = {
+    "mcp-protocol-version": "2026-07-28",
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+}
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 GOOD_WEATHER = {"celsius": 21.5, "conditions": "sunny"}
 STOPPED = "MISBEHAVING_STREAM_STOPPED"
@@ -43,7 +47,12 @@ def checked_fleet(redis_url: str) -> Iterator[Fleet]:
 def call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[httpx.Response, dict[str, Any]]:
     """A raw 2026-era tools/call; the one JSON-RPC response, from a JSON body or an SSE stream."""
     headers = {**MODERN, "mcp-method": "tools/call", "mcp-name": tool}
-    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments, "_meta": META}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": META},
+    }
     resp = httpx.post(url, json=body, headers=headers, timeout=60)
     assert resp.status_code == 200, resp.text[:500]
     if not resp.headers["content-type"].startswith("text/event-stream"):
@@ -76,7 +85,9 @@ async def test_a_conforming_structured_result_reaches_the_official_client(checke
 
 @pytest.mark.parametrize("tool", ["misbehaving.weather", "misbehaving.weather_bus"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_a_result_breaking_the_output_schema_is_invalid_tool_result_naming_the_field(checked_fleet: Fleet, tool: str, stream: bool) -> None:
+def test_a_result_breaking_the_output_schema_is_invalid_tool_result_naming_the_field(
+    checked_fleet: Fleet, tool: str, stream: bool
+) -> None:
     resp, answer = call(checked_fleet.mcp_url, tool, {"mode": "wrong_type", "stream": stream})
     error = answer["error"]
     assert error["code"] == -31007 and error["data"]["code"] == "invalid_tool_result", answer
@@ -89,7 +100,9 @@ def test_a_result_breaking_the_output_schema_is_invalid_tool_result_naming_the_f
 
 
 @pytest.mark.parametrize("tool", ["misbehaving.weather", "misbehaving.weather_bus"])
-async def test_missing_structured_content_is_refused_when_an_output_schema_is_declared(checked_fleet: Fleet, tool: str) -> None:
+async def test_missing_structured_content_is_refused_when_an_output_schema_is_declared(
+    checked_fleet: Fleet, tool: str
+) -> None:
     async with Client(checked_fleet.mcp_url) as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool(tool, {"mode": "missing"})
@@ -103,15 +116,21 @@ async def test_tool_errors_are_not_checked_against_the_output_schema(checked_fle
     assert result.is_error and "weather station is unreachable" in str(result.content)
 
 
-@pytest.mark.parametrize(("tool", "arguments"), [
-    ("misbehaving.blob", {"size": 2 * LIMIT}),  # JSON with a Content-Length
-    ("misbehaving.blob", {"size": 2 * LIMIT, "chunked": True}),  # JSON without one: counted as read
-    ("misbehaving.blob", {"size": 2 * LIMIT, "stream": True}),  # SSE: log notifications count too
-    ("misbehaving.blob_bus", {"size": 2 * LIMIT}),  # one reply too large to relay
-    ("misbehaving.blob_bus", {"size": 2 * LIMIT, "stream": True}),  # progress replies adding up
-], ids=["json", "json-chunked", "sse", "bus", "bus-progress"])
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("misbehaving.blob", {"size": 2 * LIMIT}),  # JSON with a Content-Length
+        ("misbehaving.blob", {"size": 2 * LIMIT, "chunked": True}),  # JSON without one: counted as read
+        ("misbehaving.blob", {"size": 2 * LIMIT, "stream": True}),  # SSE: log notifications count too
+        ("misbehaving.blob_bus", {"size": 2 * LIMIT}),  # one reply too large to relay
+        ("misbehaving.blob_bus", {"size": 2 * LIMIT, "stream": True}),  # progress replies adding up
+    ],
+    ids=["json", "json-chunked", "sse", "bus", "bus-progress"],
+)
 def test_an_answer_over_the_limit_is_result_too_large_and_the_dispatcher_serves_on(
-    checked_fleet: Fleet, tool: str, arguments: dict[str, Any],
+    checked_fleet: Fleet,
+    tool: str,
+    arguments: dict[str, Any],
 ) -> None:
     _, under = call(checked_fleet.mcp_url, tool, {**arguments, "size": LIMIT // 2})
     assert "result" in under, "the same answer under the limit is relayed"
@@ -131,7 +150,9 @@ def test_a_stream_that_never_ends_is_cut_off_at_the_limit_and_the_agent_stops(ch
     assert len(resp.content) < LIMIT + 4096
     # The agent's handler saw its caller go (the dispatcher closed the connection, or on
     # the bus the worker obeyed our cancel) long before its own 60 s cap.
-    checked_fleet.wait_for(lambda: agent.output().count(STOPPED) > stopped_before, "the agent's stream to stop", timeout=20)
+    checked_fleet.wait_for(
+        lambda: agent.output().count(STOPPED) > stopped_before, "the agent's stream to stop", timeout=20
+    )
     assert f"{STOPPED} " in agent.output() and "caller_gone=True" in agent.output().split(STOPPED)[-1].splitlines()[0]
     assert_serves_good_calls(checked_fleet)
 
@@ -139,8 +160,12 @@ def test_a_stream_that_never_ends_is_cut_off_at_the_limit_and_the_agent_stops(ch
 def test_refused_answers_are_counted_as_errors_with_their_code(checked_fleet: Fleet) -> None:
     def errors(code: str) -> dict[tuple[str, str], float]:
         text = httpx.get(checked_fleet.url + "/metrics", timeout=10).text
-        return {(s.labels["tool"], s.labels["path"]): s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "edgefleet_calls_total" and s.labels["outcome"] == "error" and s.labels["code"] == code}
+        return {
+            (s.labels["tool"], s.labels["path"]): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "edgefleet_calls_total" and s.labels["outcome"] == "error" and s.labels["code"] == code
+        }
 
     invalid_before, large_before = errors("invalid_tool_result"), errors("result_too_large")
     call(checked_fleet.mcp_url, "misbehaving.weather", {"mode": "wrong_type"})
@@ -154,8 +179,13 @@ def test_refused_answers_are_counted_as_errors_with_their_code(checked_fleet: Fl
 
 def test_with_validation_off_a_bad_result_is_relayed_unchanged(checked_fleet: Fleet) -> None:
     other = checked_fleet.start_dispatcher(validate_results="false", max_result_bytes=LIMIT)
-    checked_fleet.wait_for(lambda: any(a["name"] == "misbehaving" and all(r["routable"] for r in a["replicas"])
-                                       for a in checked_fleet.agents_view(other)), "the agent routable on the second dispatcher")
+    checked_fleet.wait_for(
+        lambda: any(
+            a["name"] == "misbehaving" and all(r["routable"] for r in a["replicas"])
+            for a in checked_fleet.agents_view(other)
+        ),
+        "the agent routable on the second dispatcher",
+    )
     _, answer = call(other + "/mcp", "misbehaving.weather", {"mode": "wrong_type"})
     assert answer["result"]["structuredContent"] == {"celsius": "hot", "conditions": "sunny"}
     _, answer = call(other + "/mcp", "misbehaving.weather", {"mode": "missing"})

@@ -148,7 +148,9 @@ def test_region_hint_orders_or_narrows_and_rejects_unknown_regions() -> None:
 
 
 def _replica(name: str, region: str, *, admits: bool = True, inflight: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(id=name, record=SimpleNamespace(region=region), admits=lambda: admits, inflight=inflight, latency_ewma_ms=1.0)
+    return SimpleNamespace(
+        id=name, record=SimpleNamespace(region=region), admits=lambda: admits, inflight=inflight, latency_ewma_ms=1.0
+    )
 
 
 def test_candidates_walk_regions_nearest_first_and_skip_ejected_replicas() -> None:

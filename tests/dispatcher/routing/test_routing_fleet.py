@@ -52,12 +52,28 @@ async def served_region(client: Client, tool: str = "echo.where", arguments: dic
     return str(result.structured_content["region"])
 
 
-def raw_call(fleet: Fleet, address: str, headers: dict[str, str] | None = None, *, url: str | None = None) -> httpx.Response:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "echo.where", "arguments": {},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
-    base = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
-            "mcp-method": "tools/call", "mcp-name": "echo.where"}
+def raw_call(
+    fleet: Fleet, address: str, headers: dict[str, str] | None = None, *, url: str | None = None
+) -> httpx.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo.where",
+            "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    base = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo.where",
+    }
     with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10) as http:
         return http.post(url or fleet.mcp_url, json=body, headers={**base, **(headers or {})})
 
@@ -82,12 +98,21 @@ async def test_forwarded_headers_count_only_from_trusted_proxies(geo_fleet: Flee
     # A dispatcher trusting no proxy ignores the header even from loopback (the server
     # underneath must not rewrite the peer address on its own either).
     strict = geo_fleet.start_dispatcher(geoip_private_db=geo_fleet.private_db)
-    geo_fleet.wait_for(lambda: sum(r["routable"] for a in geo_fleet.agents_view(strict) for r in a["replicas"]) == 4, "second dispatcher warm")
+    geo_fleet.wait_for(
+        lambda: sum(r["routable"] for a in geo_fleet.agents_view(strict) for r in a["replicas"]) == 4,
+        "second dispatcher warm",
+    )
     unproxied = raw_call(geo_fleet, "127.0.0.1", {"x-forwarded-for": CALLERS["us-east"]}, url=strict + "/mcp")
-    assert "reason=default" in unproxied.headers["edgefleet-route"] and "region=eu-west;" in unproxied.headers["edgefleet-route"]
+    assert (
+        "reason=default" in unproxied.headers["edgefleet-route"]
+        and "region=eu-west;" in unproxied.headers["edgefleet-route"]
+    )
     # A region hint orders the choice; a hint naming no region is a clear error.
     hinted = raw_call(geo_fleet, CALLERS["eu-west"], {"x-edge-region": "ap-southeast"})
-    assert "region=ap-southeast;" in hinted.headers["edgefleet-route"] and "reason=hint" in hinted.headers["edgefleet-route"]
+    assert (
+        "region=ap-southeast;" in hinted.headers["edgefleet-route"]
+        and "reason=hint" in hinted.headers["edgefleet-route"]
+    )
     bad = raw_call(geo_fleet, CALLERS["eu-west"], {"x-edge-region": "atlantis"})
     assert bad.status_code == 400 and "atlantis" in bad.json()["error"]["message"]
 
@@ -138,11 +163,25 @@ async def test_read_only_tools_with_a_ttl_are_served_from_the_cache(fleet: Fleet
     fleet.start_agent("edgefleet.agents.examples.text", "eu-west")
 
     def detect(text: str) -> httpx.Response:
-        body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
-            "name": "text.detect_language", "arguments": {"text": text},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
-        headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2026-07-28",
-                   "mcp-method": "tools/call", "mcp-name": "text.detect_language"}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {
+                "name": "text.detect_language",
+                "arguments": {"text": text},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        }
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": "text.detect_language",
+        }
         return httpx.post(fleet.mcp_url, json=body, headers=headers, timeout=10)
 
     first = detect("Der Hund schläft und die Katze spielt im Garten.")

@@ -22,7 +22,9 @@ def _auth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[AgentAuth
     text_key = capsys.readouterr().out.strip()
     assert main(["keys", "create", "data", "--agent", "--file", str(path), "--regions", "us-east"]) == 0
     data_key = capsys.readouterr().out.strip()
-    assert text_key.startswith("efa_") and text_key not in path.read_text() and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert (
+        text_key.startswith("efa_") and text_key not in path.read_text() and oct(path.stat().st_mode & 0o777) == "0o600"
+    )
     return AgentAuthenticator(FLEET, load_agent_keys(path)), text_key, data_key
 
 
@@ -30,7 +32,9 @@ def _identity(name: str, *, admin: bool = False) -> Identity:
     return Identity(name, frozenset({"admin"}) if admin else frozenset(), method="api-key")
 
 
-def test_an_agent_key_registers_only_its_own_name_and_regions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_agent_key_registers_only_its_own_name_and_regions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     auth, text_key, data_key = _auth(tmp_path, capsys)
     text = auth.authenticate(f"Bearer {text_key}")
     assert (text.kind, text.agent) == ("agent-key", "text") and not text.operator
@@ -60,17 +64,26 @@ def test_the_fleet_token_cannot_take_a_name_that_has_a_key(tmp_path: Path, capsy
     auth.check_replica(fleet, "text", operator_ok=True)  # but an operator may remove its replicas
 
 
-def test_unknown_keys_wrong_tokens_and_non_admins_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_keys_wrong_tokens_and_non_admins_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     auth, _, _ = _auth(tmp_path, capsys)
-    for header, error in [(None, Unauthorized), ("Basic x", Unauthorized), ("Bearer efa_unknown", Unauthorized),
-                          ("Bearer wrong-fleet-token", Unauthorized), (f"Bearer {FLEET}x", Unauthorized)]:
+    for header, error in [
+        (None, Unauthorized),
+        ("Basic x", Unauthorized),
+        ("Bearer efa_unknown", Unauthorized),
+        ("Bearer wrong-fleet-token", Unauthorized),
+        (f"Bearer {FLEET}x", Unauthorized),
+    ]:
         with pytest.raises(error):
             auth.authenticate(header)
 
 
 def test_an_admin_client_credential_is_an_operator(tmp_path: Path) -> None:
     root, bob = new_key(), new_key()
-    clients = Authenticator(api_keys={hash_key(root): _identity("root", admin=True), hash_key(bob): _identity("bob")}, jwt_verifier=None)
+    clients = Authenticator(
+        api_keys={hash_key(root): _identity("root", admin=True), hash_key(bob): _identity("bob")}, jwt_verifier=None
+    )
     auth = AgentAuthenticator(FLEET, {}, clients)
     admin = auth.authenticate(f"Bearer {root}")
     assert admin.kind == "admin" and admin.name == "root" and admin.operator

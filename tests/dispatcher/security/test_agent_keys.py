@@ -27,11 +27,27 @@ BOB = new_key()  # client API key, no admin scope
 def keyed_fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
     tmp: Path = tmp_path_factory.mktemp("agentauth")
     agents = tmp / "agents.yaml"
-    agents.write_text(yaml.safe_dump({"agents": [{"agent": "echo", "sha256": hash_key(ECHO_KEY)},
-                                                 {"agent": "text", "sha256": hash_key(TEXT_KEY), "regions": ["eu-west"]}]}))
+    agents.write_text(
+        yaml.safe_dump(
+            {
+                "agents": [
+                    {"agent": "echo", "sha256": hash_key(ECHO_KEY)},
+                    {"agent": "text", "sha256": hash_key(TEXT_KEY), "regions": ["eu-west"]},
+                ]
+            }
+        )
+    )
     clients = tmp / "keys.yaml"
-    clients.write_text(yaml.safe_dump({"keys": [{"identity": "root", "sha256": hash_key(ROOT), "scopes": ["admin"]},
-                                                {"identity": "bob", "sha256": hash_key(BOB)}]}))
+    clients.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"identity": "root", "sha256": hash_key(ROOT), "scopes": ["admin"]},
+                    {"identity": "bob", "sha256": hash_key(BOB)},
+                ]
+            }
+        )
+    )
     fleet = Fleet(redis_url, "eftest-agentauth-" + str(int(time.time() * 1000)), region="eu-west")
     fleet.default_auth = "required"
     try:
@@ -48,7 +64,9 @@ def _bearer(credential: str) -> dict[str, str]:
 
 def _register(fleet: Fleet, credential: str | None, name: str, region: str = "eu-west") -> httpx.Response:
     body = {"name": name, "region": region, "url": "http://127.0.0.1:9/mcp"}
-    return httpx.post(fleet.url + "/v1/agents", json=body, headers=_bearer(credential) if credential else {}, timeout=30)
+    return httpx.post(
+        fleet.url + "/v1/agents", json=body, headers=_bearer(credential) if credential else {}, timeout=30
+    )
 
 
 def _code(resp: httpx.Response) -> str:
@@ -60,11 +78,27 @@ def _echo_replica(fleet: Fleet) -> str:
 
 
 def test_an_agent_with_its_own_key_joins_and_serves(keyed_fleet: Fleet) -> None:
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "echo.echo", "arguments": {"text": "keyed"},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
-    headers = {**_bearer(ROOT), "content-type": "application/json", "accept": "application/json, text/event-stream",
-               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo.echo"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo.echo",
+            "arguments": {"text": "keyed"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        **_bearer(ROOT),
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo.echo",
+    }
     resp = httpx.post(keyed_fleet.mcp_url, json=call, headers=headers, timeout=30)
     assert resp.status_code == 200 and "keyed" in resp.text
 
@@ -72,7 +106,11 @@ def test_an_agent_with_its_own_key_joins_and_serves(keyed_fleet: Fleet) -> None:
 def test_an_agent_cannot_register_in_another_agents_namespace(keyed_fleet: Fleet) -> None:
     # echo's key claiming "text" (tools text.*): refused before anything is contacted.
     resp = _register(keyed_fleet, ECHO_KEY, "text")
-    assert resp.status_code == 403 and _code(resp) == "namespace_forbidden" and "belongs to agent 'echo'" in resp.json()["error"]["message"]
+    assert (
+        resp.status_code == 403
+        and _code(resp) == "namespace_forbidden"
+        and "belongs to agent 'echo'" in resp.json()["error"]["message"]
+    )
     # The shared fleet token cannot take a name that has its own key.
     resp = _register(keyed_fleet, keyed_fleet.token, "echo")
     assert resp.status_code == 403 and _code(resp) == "namespace_forbidden"
@@ -84,7 +122,9 @@ def test_an_agent_cannot_register_in_another_agents_namespace(keyed_fleet: Fleet
 
 
 def test_a_real_agent_with_the_wrong_key_is_refused(keyed_fleet: Fleet) -> None:
-    proc = keyed_fleet.start_agent("edgefleet.agents.examples.text", "eu-west", wait=False, env={"EDGEFLEET_AGENT_KEY": ECHO_KEY})
+    proc = keyed_fleet.start_agent(
+        "edgefleet.agents.examples.text", "eu-west", wait=False, env={"EDGEFLEET_AGENT_KEY": ECHO_KEY}
+    )
     keyed_fleet.wait_for(lambda: "refused: HTTP 403" in proc.output(), "the agent's registration refused", proc=proc)
     assert "namespace_forbidden" in proc.output()
     assert "text" not in {a["name"] for a in keyed_fleet.agents_view()}
@@ -105,7 +145,10 @@ def test_heartbeats_and_removal_only_for_your_own_replicas(keyed_fleet: Fleet) -
     replica = _echo_replica(keyed_fleet)
     base = keyed_fleet.url + f"/v1/agents/replicas/{replica}"
     assert httpx.post(base + "/heartbeat", json={}, headers=_bearer(ECHO_KEY), timeout=10).status_code == 200
-    for call in (lambda h: httpx.post(base + "/heartbeat", json={}, headers=h, timeout=10), lambda h: httpx.delete(base, headers=h, timeout=10)):
+    for call in (
+        lambda h: httpx.post(base + "/heartbeat", json={}, headers=h, timeout=10),
+        lambda h: httpx.delete(base, headers=h, timeout=10),
+    ):
         resp = call(_bearer(TEXT_KEY))
         assert resp.status_code == 403 and _code(resp) == "namespace_forbidden"
     # The fleet token cannot heartbeat a keyed agent's replica (it could not register it either).

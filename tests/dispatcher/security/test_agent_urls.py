@@ -8,10 +8,18 @@ from edgefleet.dispatcher.security.agent_urls import check_agent_url
 from edgefleet.shared.errors import AgentUrlForbidden
 
 
-@pytest.mark.parametrize("url", [
-    "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:80/mcp", "http://0.0.0.0:9000/mcp",
-    "http://224.0.0.1/mcp", "file:///etc/passwd", "gopher://127.0.0.1:6379/_", "http:///mcp",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]:80/mcp",
+        "http://0.0.0.0:9000/mcp",
+        "http://224.0.0.1/mcp",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_",
+        "http:///mcp",
+    ],
+)
 async def test_metadata_link_local_and_odd_urls_are_refused(url: str) -> None:
     with pytest.raises(AgentUrlForbidden):
         await check_agent_url(url, [])

@@ -36,8 +36,12 @@ def test_a_bad_keys_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_jwt_scopes_become_tool_and_region_limits() -> None:
-    auth = Authenticator(api_keys=None, jwt_verifier=JwtVerifier(secret=SECRET, jwks=None, issuer=None, audience=None, leeway_s=0))
-    token = jwt.encode({"sub": "bob", "exp": int(time.time()) + 600, "scope": "tool:data.* region:us-east admin"}, SECRET)
+    auth = Authenticator(
+        api_keys=None, jwt_verifier=JwtVerifier(secret=SECRET, jwks=None, issuer=None, audience=None, leeway_s=0)
+    )
+    token = jwt.encode(
+        {"sub": "bob", "exp": int(time.time()) + 600, "scope": "tool:data.* region:us-east admin"}, SECRET
+    )
     bob = auth.authenticate(f"Bearer {token}")
     assert bob.name == "bob" and bob.method == "jwt" and bob.admin
     assert bob.may_call("data.query") and not bob.may_call("text.keywords") and bob.regions == ("us-east",)
@@ -45,7 +49,9 @@ def test_jwt_scopes_become_tool_and_region_limits() -> None:
 
 
 def test_a_token_without_expiry_is_refused() -> None:
-    auth = Authenticator(api_keys=None, jwt_verifier=JwtVerifier(secret=SECRET, jwks=None, issuer=None, audience=None, leeway_s=0))
+    auth = Authenticator(
+        api_keys=None, jwt_verifier=JwtVerifier(secret=SECRET, jwks=None, issuer=None, audience=None, leeway_s=0)
+    )
     with pytest.raises(Unauthorized, match="'exp'"):
         auth.authenticate("Bearer " + jwt.encode({"sub": "bob"}, SECRET))
 

@@ -28,8 +28,11 @@ SECRET = "test-jwt-secret-" + "x" * 32
 AUDIENCE = "https://edgefleet.test/mcp"
 ISSUER = "https://issuer.test"
 AUTH_SERVER = "https://login.example.test"
-MODERN = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-          "mcp-protocol-version": "2026-07-28"}
+MODERN = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+}
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
 ALICE = new_key()  # may call echo.echo only
@@ -47,18 +50,30 @@ def _jwks() -> dict[str, Any]:
 def auth_fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("auth")
     keys = tmp / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [
-        {"identity": "alice", "sha256": hash_key(ALICE), "tools": ["echo.echo"]},
-        {"identity": "root", "sha256": hash_key(ROOT), "scopes": ["admin"]},
-        {"identity": "bob", "sha256": hash_key(BOB)},
-    ]}))
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"identity": "alice", "sha256": hash_key(ALICE), "tools": ["echo.echo"]},
+                    {"identity": "root", "sha256": hash_key(ROOT), "scopes": ["admin"]},
+                    {"identity": "bob", "sha256": hash_key(BOB)},
+                ]
+            }
+        )
+    )
     jwks = tmp / "jwks.json"
     jwks.write_text(json.dumps(_jwks()))
     fleet = Fleet(redis_url, "eftest-auth-" + str(int(time.time() * 1000)), region="eu-west")
     fleet.default_auth = "required"
     try:
-        fleet.start_dispatcher(api_keys_file=keys, jwt_secret=SECRET, jwt_jwks=jwks, jwt_audience=AUDIENCE,
-                               jwt_issuer=ISSUER, oauth_authorization_servers=AUTH_SERVER)
+        fleet.start_dispatcher(
+            api_keys_file=keys,
+            jwt_secret=SECRET,
+            jwt_jwks=jwks,
+            jwt_audience=AUDIENCE,
+            jwt_issuer=ISSUER,
+            oauth_authorization_servers=AUTH_SERVER,
+        )
         fleet.start_agent("edgefleet.agents.examples.echo", "eu-west")
         yield fleet
     finally:
@@ -75,8 +90,14 @@ def _client(fleet: Fleet, credential: str, **options: Any) -> Client:
     return Client(streamable_http_client(fleet.mcp_url, http_client=http), **options)
 
 
-def _post(fleet: Fleet, authorization: str | None, method: str = "tools/list", params: dict | None = None) -> httpx.Response:
-    headers = {**MODERN, "mcp-method": method, **({"authorization": authorization} if authorization is not None else {})}
+def _post(
+    fleet: Fleet, authorization: str | None, method: str = "tools/list", params: dict | None = None
+) -> httpx.Response:
+    headers = {
+        **MODERN,
+        "mcp-method": method,
+        **({"authorization": authorization} if authorization is not None else {}),
+    }
     if method == "tools/call":
         headers["mcp-name"] = (params or {})["name"]
     body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**(params or {}), "_meta": META}}
@@ -86,7 +107,9 @@ def _post(fleet: Fleet, authorization: str | None, method: str = "tools/list", p
 def _assert_401(resp: httpx.Response, fleet: Fleet, *, error: str | None, message: str) -> None:
     assert resp.status_code == 401, resp.text
     challenge = resp.headers["www-authenticate"]
-    assert challenge.startswith("Bearer resource_metadata=") and "/.well-known/oauth-protected-resource/mcp" in challenge
+    assert (
+        challenge.startswith("Bearer resource_metadata=") and "/.well-known/oauth-protected-resource/mcp" in challenge
+    )
     assert (f'error="{error}"' in challenge) if error else ("error=" not in challenge)
     body = resp.json()
     assert body["error"]["code"] == -31401 and body["error"]["data"]["code"] == "unauthorized"
@@ -104,14 +127,36 @@ def test_every_credential_failure_is_a_401_with_a_challenge(auth_fleet: Fleet) -
     _assert_401(_post(auth_fleet, None), auth_fleet, error=None, message="Authentication required")
     _assert_401(_post(auth_fleet, "Basic dXNlcjpwYXNz"), auth_fleet, error=None, message="Authentication required")
     _assert_401(_post(auth_fleet, "Bearer " + new_key()), auth_fleet, error="invalid_token", message="Unknown API key")
-    _assert_401(_post(auth_fleet, "Bearer " + _token(exp=int(time.time()) - 120)), auth_fleet, error="invalid_token", message="expired")
-    _assert_401(_post(auth_fleet, "Bearer " + _token(aud="https://other.test/mcp")), auth_fleet, error="invalid_token", message="audience")
-    _assert_401(_post(auth_fleet, "Bearer " + _token(iss="https://evil.test")), auth_fleet, error="invalid_token", message="issuer")
-    _assert_401(_post(auth_fleet, "Bearer " + _token(key="wrong-secret-" + "y" * 32)), auth_fleet, error="invalid_token", message="invalid")
+    _assert_401(
+        _post(auth_fleet, "Bearer " + _token(exp=int(time.time()) - 120)),
+        auth_fleet,
+        error="invalid_token",
+        message="expired",
+    )
+    _assert_401(
+        _post(auth_fleet, "Bearer " + _token(aud="https://other.test/mcp")),
+        auth_fleet,
+        error="invalid_token",
+        message="audience",
+    )
+    _assert_401(
+        _post(auth_fleet, "Bearer " + _token(iss="https://evil.test")),
+        auth_fleet,
+        error="invalid_token",
+        message="issuer",
+    )
+    _assert_401(
+        _post(auth_fleet, "Bearer " + _token(key="wrong-secret-" + "y" * 32)),
+        auth_fleet,
+        error="invalid_token",
+        message="invalid",
+    )
     _assert_401(_post(auth_fleet, "Bearer " + _token(sub=None)), auth_fleet, error="invalid_token", message="'sub'")
     _assert_401(_post(auth_fleet, "Bearer not.a.jwt"), auth_fleet, error="invalid_token", message="invalid")
     # alg=none and an RS256 token signed by a key that is not in the JWKS
-    unsigned = jwt.encode({"sub": "x", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 60}, None, algorithm="none")
+    unsigned = jwt.encode(
+        {"sub": "x", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 60}, None, algorithm="none"
+    )
     _assert_401(_post(auth_fleet, "Bearer " + unsigned), auth_fleet, error="invalid_token", message="invalid")
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = _token(key=stranger, alg="RS256", headers={"kid": "k1"})
@@ -146,8 +191,12 @@ async def test_jwts_from_a_secret_and_from_a_jwks_file(auth_fleet: Fleet) -> Non
 
 
 async def test_a_legacy_session_belongs_to_the_identity_that_opened_it(auth_fleet: Fleet) -> None:
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
     opened = httpx.post(auth_fleet.mcp_url, json=init, headers={**headers, "authorization": f"Bearer {ALICE}"})
     session = opened.headers["mcp-session-id"]
@@ -159,7 +208,10 @@ async def test_a_legacy_session_belongs_to_the_identity_that_opened_it(auth_flee
     assert theirs.status_code == 404  # another identity's session does not exist for it
     gone = httpx.delete(auth_fleet.mcp_url, headers={**legacy, "authorization": f"Bearer {ROOT}"})
     assert gone.status_code == 404
-    assert httpx.post(auth_fleet.mcp_url, json=listing, headers={**legacy, "authorization": f"Bearer {ALICE}"}).status_code == 200
+    assert (
+        httpx.post(auth_fleet.mcp_url, json=listing, headers={**legacy, "authorization": f"Bearer {ALICE}"}).status_code
+        == 200
+    )
 
 
 async def test_only_the_owner_or_an_admin_sees_and_cancels_a_task(auth_fleet: Fleet) -> None:
@@ -179,8 +231,10 @@ async def test_only_the_owner_or_an_admin_sees_and_cancels_a_task(auth_fleet: Fl
         listed = await bob.session.send_request(types.ListTasksRequest(), types.ListTasksResult)
         assert task.task_id not in [t.task_id for t in listed.tasks]
         with pytest.raises(MCPError) as refused:
-            await bob.session.send_request(types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)),
-                                           types.CancelTaskResult)
+            await bob.session.send_request(
+                types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)),
+                types.CancelTaskResult,
+            )
         assert refused.value.code == -32602
     async with _client(auth_fleet, BOB, extensions=[TasksExtension()]) as bob_modern:
         for attempt in (get_task, cancel_task):
@@ -192,12 +246,16 @@ async def test_only_the_owner_or_an_admin_sees_and_cancels_a_task(auth_fleet: Fl
     assert httpx.get(f"{rest}/{task.task_id}", headers=as_bob, timeout=10).status_code == 404
     assert httpx.post(f"{rest}/{task.task_id}/cancel", headers=as_bob, timeout=10).status_code == 404
     assert task.task_id not in [t["id"] for t in httpx.get(rest, headers=as_bob, timeout=10).json()["tasks"]]
-    assert task.task_id not in [t["id"] for t in httpx.get(rest, headers=as_bob, params={"owner": "alice"}, timeout=10).json()["tasks"]]
+    assert task.task_id not in [
+        t["id"] for t in httpx.get(rest, headers=as_bob, params={"owner": "alice"}, timeout=10).json()["tasks"]
+    ]
     assert httpx.get(rest, timeout=10).status_code == 401
     # An admin sees everyone's tasks, and can reach this one (finished, so cancel says so).
     as_root = {"authorization": f"Bearer {ROOT}"}
     assert httpx.get(f"{rest}/{task.task_id}", headers=as_root, timeout=10).json()["owner"] == "alice"
-    assert task.task_id in [t["id"] for t in httpx.get(rest, headers=as_root, params={"owner": "alice"}, timeout=10).json()["tasks"]]
+    assert task.task_id in [
+        t["id"] for t in httpx.get(rest, headers=as_root, params={"owner": "alice"}, timeout=10).json()["tasks"]
+    ]
     assert httpx.post(f"{rest}/{task.task_id}/cancel", headers=as_root, timeout=10).status_code == 409
 
 
@@ -216,8 +274,14 @@ def test_serve_refuses_to_start_without_credentials_unless_told_auth_is_off(redi
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
     env.update({"EDGEFLEET_FLEET_TOKEN": "t", "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": "0"})
-    out = subprocess.run([sys.executable, "-m", "edgefleet.dispatcher", "serve"], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "No client credentials are configured" in out.stderr and "EDGEFLEET_AUTH=none" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.dispatcher", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        out.returncode == 2
+        and "No client credentials are configured" in out.stderr
+        and "EDGEFLEET_AUTH=none" in out.stderr
+    )
 
 
 def test_the_cli_client_sends_its_key(auth_fleet: Fleet) -> None:
@@ -231,10 +295,15 @@ def test_the_cli_client_sends_its_key(auth_fleet: Fleet) -> None:
     assert allowed.returncode == 0 and allowed.stdout.split()[0] == "echo.echo" and "echo.where" not in allowed.stdout
 
 
-def test_rate_limits_hold_across_two_dispatchers_sharing_redis(redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+def test_rate_limits_hold_across_two_dispatchers_sharing_redis(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
     keys = tmp_path / "keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"identity": "carol", "sha256": hash_key(ALICE)},
-                                             {"identity": "dave", "sha256": hash_key(ROOT)}]}))
+    keys.write_text(
+        yaml.safe_dump(
+            {"keys": [{"identity": "carol", "sha256": hash_key(ALICE)}, {"identity": "dave", "sha256": hash_key(ROOT)}]}
+        )
+    )
     fleet = Fleet(redis_url, redis_prefix, region="eu-west")
     fleet.default_auth = "required"
     try:
@@ -242,28 +311,67 @@ def test_rate_limits_hold_across_two_dispatchers_sharing_redis(redis_url: str, r
         first = fleet.start_dispatcher(**limits)
         second = fleet.start_dispatcher(**limits)
         fleet.start_agent("edgefleet.agents.examples.echo", "eu-west")
-        fleet.wait_for(lambda: all(any(r["routable"] for a in fleet.agents_view(d) for r in a["replicas"]) for d in (first, second)),
-                       "echo routable in both dispatchers")
+        fleet.wait_for(
+            lambda: all(
+                any(r["routable"] for a in fleet.agents_view(d) for r in a["replicas"]) for d in (first, second)
+            ),
+            "echo routable in both dispatchers",
+        )
         statuses = []
         for i in range(10):  # alternate dispatchers: one budget, counted in Redis
             base = (first, second)[i % 2]
-            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo.echo", "arguments": {"text": "x"}, "_meta": META}}
-            resp = httpx.post(base + "/mcp", json=body, timeout=10,
-                              headers={**MODERN, "mcp-method": "tools/call", "mcp-name": "echo.echo", "authorization": f"Bearer {ALICE}"})
+            body = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "echo.echo", "arguments": {"text": "x"}, "_meta": META},
+            }
+            resp = httpx.post(
+                base + "/mcp",
+                json=body,
+                timeout=10,
+                headers={
+                    **MODERN,
+                    "mcp-method": "tools/call",
+                    "mcp-name": "echo.echo",
+                    "authorization": f"Bearer {ALICE}",
+                },
+            )
             statuses.append(resp.status_code)
             if resp.status_code == 429:
                 error = resp.json()["error"]
                 assert error["code"] == -31429 and error["data"]["code"] == "rate_limited" and resp.json()["id"] == i
-                assert 1 <= int(resp.headers["retry-after"]) <= 60 and error["data"]["retry_after_s"] == int(resp.headers["retry-after"])
+                assert 1 <= int(resp.headers["retry-after"]) <= 60 and error["data"]["retry_after_s"] == int(
+                    resp.headers["retry-after"]
+                )
         assert statuses.count(200) == 6 and statuses.count(429) == 4, statuses
         # Another identity has its own budget; a per-tool limit is tighter than the identity's.
         where = []
         for i in range(3):
-            body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "echo.where", "arguments": {}, "_meta": META}}
-            where.append(httpx.post((first, second)[i % 2] + "/mcp", json=body, timeout=10, headers={
-                **MODERN, "mcp-method": "tools/call", "mcp-name": "echo.where", "authorization": f"Bearer {ROOT}"}).status_code)
+            body = {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "echo.where", "arguments": {}, "_meta": META},
+            }
+            where.append(
+                httpx.post(
+                    (first, second)[i % 2] + "/mcp",
+                    json=body,
+                    timeout=10,
+                    headers={
+                        **MODERN,
+                        "mcp-method": "tools/call",
+                        "mcp-name": "echo.where",
+                        "authorization": f"Bearer {ROOT}",
+                    },
+                ).status_code
+            )
         assert where == [200, 200, 429]
         metrics = httpx.get(first + "/metrics").text + httpx.get(second + "/metrics").text
-        assert 'edgefleet_rate_limited_total{scope="identity"}' in metrics and 'edgefleet_rate_limited_total{scope="tool"}' in metrics
+        assert (
+            'edgefleet_rate_limited_total{scope="identity"}' in metrics
+            and 'edgefleet_rate_limited_total{scope="tool"}' in metrics
+        )
     finally:
         fleet.stop()

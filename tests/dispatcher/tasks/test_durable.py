@@ -41,7 +41,9 @@ def kill_and_restart_dispatcher(fleet: Fleet, **settings: Any) -> None:
     fleet.start_dispatcher(port=port, **settings)
 
 
-async def test_a_60_second_task_survives_client_disconnect_and_dispatcher_kill9(redis_url: str, redis_prefix: str) -> None:
+async def test_a_60_second_task_survives_client_disconnect_and_dispatcher_kill9(
+    redis_url: str, redis_prefix: str
+) -> None:
     fleet = Fleet(redis_url, redis_prefix)
     try:
         settings = {"bus_url": redis_url, "task_poll_interval_ms": 500}
@@ -72,8 +74,11 @@ async def test_bus_task_moves_to_another_replica_when_its_replica_is_killed(redi
         first = fleet.start_agent("edgefleet.agents.examples.trainer", "eu-west", bus_visibility_s=2)
         async with Client(fleet.mcp_url, mode="legacy") as client:
             task = await create_task(client, "trainer.train", {"epochs": 40}, ttl=600_000)
-        fleet.wait_for(lambda: (view(fleet, task.task_id).get("progress") or {}).get("progress", 0) >= 2,
-                       "the first replica to be training", timeout=30)
+        fleet.wait_for(
+            lambda: (view(fleet, task.task_id).get("progress") or {}).get("progress", 0) >= 2,
+            "the first replica to be training",
+            timeout=30,
+        )
         second = fleet.start_agent("edgefleet.agents.examples.trainer", "eu-west", bus_visibility_s=2)
         first.kill9()
         done = wait_terminal(fleet, task.task_id, timeout=90)
@@ -111,8 +116,14 @@ async def test_in_process_tasks_of_a_killed_dispatcher_are_recovered(redis_url: 
         async with Client(fleet.mcp_url, mode="legacy") as client:
             idempotent = await create_task(client, "trainer.train", {"epochs": 60}, ttl=600_000)
             once_only = await create_task(client, "echo.wait", {"seconds": 60}, ttl=600_000)
-        fleet.wait_for(lambda: "wait started" in echo.output() and (view(fleet, idempotent.task_id).get("progress") or {}).get("progress"),
-                       "both tasks to be under way", timeout=30)
+        fleet.wait_for(
+            lambda: (
+                "wait started" in echo.output()
+                and (view(fleet, idempotent.task_id).get("progress") or {}).get("progress")
+            ),
+            "both tasks to be under way",
+            timeout=30,
+        )
         kill_and_restart_dispatcher(fleet, **settings)
         rerun = wait_terminal(fleet, idempotent.task_id, timeout=60)
         assert rerun["status"] == "completed" and rerun["attempts"] == 2, rerun
@@ -124,8 +135,9 @@ async def test_in_process_tasks_of_a_killed_dispatcher_are_recovered(redis_url: 
 
 
 @pytest.mark.parametrize("backend", ["redis", "kafka"])
-async def test_bus_tasks_complete_and_cancel_on_each_backend(backend: str, request: pytest.FixtureRequest, redis_url: str,
-                                                             redis_prefix: str) -> None:
+async def test_bus_tasks_complete_and_cancel_on_each_backend(
+    backend: str, request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
+) -> None:
     """The store is Redis whatever the bus: a task run over Kafka completes through the
     shared replies topic, and its cancel reaches the agent over the cancels topic."""
     from edgefleet.dispatcher.tasks.client import TaskHandle, TasksExtension, cancel_task, get_task
@@ -139,7 +151,11 @@ async def test_bus_tasks_complete_and_cancel_on_each_backend(backend: str, reque
         seen: list[TaskHandle] = []
         async with Client(fleet.mcp_url, extensions=[TasksExtension(on_task=seen.append)]) as client:
             result = await client.call_tool("trainer.train", {"epochs": 5})
-            assert not result.is_error and result.structured_content is not None and result.structured_content["epochs"] == 5
+            assert (
+                not result.is_error
+                and result.structured_content is not None
+                and result.structured_content["epochs"] == 5
+            )
             done = view(fleet, seen[0].task_id)
             assert done["path"] == "bus" and done["status"] == "completed" and done["progress"]["progress"] == 5
 

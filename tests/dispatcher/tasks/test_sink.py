@@ -11,7 +11,11 @@ from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.shared import sse
 
 ROUTE = Route("direct", region="eu-west", replica="r1")
-PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "t", "progress": 3, "total": 10, "message": "3/10"}}
+PROGRESS = {
+    "jsonrpc": "2.0",
+    "method": "notifications/progress",
+    "params": {"progressToken": "t", "progress": 3, "total": 10, "message": "3/10"},
+}
 ANSWER = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "done"}], "isError": False}}
 
 
@@ -60,7 +64,9 @@ async def test_sse_progress_and_answer_become_task_progress_and_result() -> None
 
 async def test_json_answer_and_errors() -> None:
     sink = TaskSink()
-    await sink.send_json(200, orjson.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": -31004, "message": "x"}}), ROUTE)
+    await sink.send_json(
+        200, orjson.dumps({"jsonrpc": "2.0", "id": 1, "error": {"code": -31004, "message": "x"}}), ROUTE
+    )
     assert sink.outcome() == (None, {"code": -31004, "message": "x"})
     empty = TaskSink()
     result, error = empty.outcome()

@@ -34,15 +34,30 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[TaskStore]:
 
 def record(owner: str = "alice", *, ttl_ms: int = 60_000, created_ms: int | None = None) -> TaskRecord:
     now = created_ms or now_ms()
-    return TaskRecord(id=new_task_id(), owner=owner, tool="echo.wait", status=WORKING, created_ms=now, updated_ms=now,
-                      ttl_ms=ttl_ms, poll_ms=1000, deadline_ms=now + ttl_ms, request={"name": "echo.wait", "arguments": {"seconds": 1}})
+    return TaskRecord(
+        id=new_task_id(),
+        owner=owner,
+        tool="echo.wait",
+        status=WORKING,
+        created_ms=now,
+        updated_ms=now,
+        ttl_ms=ttl_ms,
+        poll_ms=1000,
+        deadline_ms=now + ttl_ms,
+        request={"name": "echo.wait", "arguments": {"seconds": 1}},
+    )
 
 
 async def test_create_get_and_wire_forms(store: TaskStore) -> None:
     r = record()
     await store.create(r)
     got = await store.get(r.id)
-    assert got is not None and got.owner == "alice" and got.status == WORKING and got.request["arguments"] == {"seconds": 1}
+    assert (
+        got is not None
+        and got.owner == "alice"
+        and got.status == WORKING
+        and got.request["arguments"] == {"seconds": 1}
+    )
     legacy, modern = got.legacy(), got.modern()
     assert legacy["taskId"] == r.id and legacy["ttl"] == 60_000 and legacy["pollInterval"] == 1000
     assert legacy["createdAt"].endswith("Z") and "ttlMs" not in legacy
@@ -80,7 +95,11 @@ async def test_a_2025_tool_error_fails_the_task_and_keeps_its_result(store: Task
         await store.create(r)
         assert await store.transition(r.id, COMPLETED, result={"content": [], "isError": True}) == "ok"
     got_legacy, got_modern = await store.get(legacy.id), await store.get(modern.id)
-    assert got_legacy is not None and got_legacy.status == FAILED and got_legacy.outcome() == {"result": {"content": [], "isError": True}}
+    assert (
+        got_legacy is not None
+        and got_legacy.status == FAILED
+        and got_legacy.outcome() == {"result": {"content": [], "isError": True}}
+    )
     assert got_modern is not None and got_modern.status == COMPLETED
     assert [h["status"] for h in await store.history(legacy.id)] == [WORKING, FAILED]
     assert got_legacy.request == {}  # the arguments go once the task is over
@@ -161,15 +180,17 @@ async def test_watchers_hear_every_change(store: TaskStore) -> None:
 
 
 # -- the open-task cap -------------------------------------------------------------------
-async def test_the_open_task_cap_holds_when_dispatchers_race_for_the_last_slots(store: TaskStore, redis_url: str,
-                                                                                redis_prefix: str) -> None:
+async def test_the_open_task_cap_holds_when_dispatchers_race_for_the_last_slots(
+    store: TaskStore, redis_url: str, redis_prefix: str
+) -> None:
     other_client = aioredis.Redis.from_url(redis_url)  # a second dispatcher: its own connections
     other = TaskStore(other_client, RedisKeys(redis_prefix))
     try:
         await store.create(record(), max_open=5)
         attempts = [record() for _ in range(40)]
-        outcomes = await asyncio.gather(*((store, other)[i % 2].create(r, max_open=5) for i, r in enumerate(attempts)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *((store, other)[i % 2].create(r, max_open=5) for i, r in enumerate(attempts)), return_exceptions=True
+        )
     finally:
         await other_client.aclose()
     created = [r for r, o in zip(attempts, outcomes, strict=True) if o is None]

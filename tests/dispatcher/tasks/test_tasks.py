@@ -30,8 +30,14 @@ def task_fleet(redis_url: str, redis_prefix: str) -> Any:
         fleet.stop()
 
 
-async def create_task(client: Client, name: str, arguments: dict[str, Any], *, ttl: int | None = 60_000,
-                      meta: dict[str, Any] | None = None) -> types.Task:
+async def create_task(
+    client: Client,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    ttl: int | None = 60_000,
+    meta: dict[str, Any] | None = None,
+) -> types.Task:
     """A task-augmented tools/call through the official client's session. The SDK (2.3)
     ships the task types but validates every tools/call answer as a CallToolResult, so the
     request goes through the session's own raw send and the answer is parsed here."""
@@ -45,7 +51,9 @@ async def create_task(client: Client, name: str, arguments: dict[str, Any], *, t
 
 
 async def legacy_get(client: Client, task_id: str) -> types.GetTaskResult:
-    return await client.session.send_request(types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)), types.GetTaskResult)
+    return await client.session.send_request(
+        types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)), types.GetTaskResult
+    )
 
 
 async def legacy_result(client: Client, task_id: str) -> types.CallToolResult:
@@ -71,14 +79,21 @@ async def test_2025_task_augmented_call_get_list_result_and_cancel_rules(task_fl
         assert task.task_id in [t.task_id for t in listed.tasks]
 
         result = await legacy_result(client, task.task_id)  # blocks until terminal
-        assert not result.is_error and result.structured_content == {"region": "eu-west", "url": result.structured_content["url"]}
-        assert result.meta is not None and result.meta["io.modelcontextprotocol/related-task"] == {"taskId": task.task_id}
+        assert not result.is_error and result.structured_content == {
+            "region": "eu-west",
+            "url": result.structured_content["url"],
+        }
+        assert result.meta is not None and result.meta["io.modelcontextprotocol/related-task"] == {
+            "taskId": task.task_id
+        }
         assert time.monotonic() - started >= 1.4
         assert (await legacy_get(client, task.task_id)).status == "completed"
 
         with pytest.raises(MCPError) as finished:
-            await client.session.send_request(types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)),
-                                              types.CancelTaskResult)
+            await client.session.send_request(
+                types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)),
+                types.CancelTaskResult,
+            )
         assert finished.value.code == -32602
         with pytest.raises(MCPError) as unknown:
             await legacy_get(client, "0" * 32)
@@ -124,7 +139,8 @@ async def test_2025_cancel_is_acknowledged_fast_and_stops_the_agent(task_fleet: 
         task_fleet.wait_for(lambda: "wait started" in echo.output(), "the agent to be in the handler", timeout=10)
         started = time.monotonic()
         cancelled = await client.session.send_request(
-            types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)), types.CancelTaskResult)
+            types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task.task_id)), types.CancelTaskResult
+        )
         elapsed = time.monotonic() - started
         assert cancelled.status == "cancelled" and elapsed < 0.5, elapsed
         assert (await legacy_get(client, task.task_id)).status == "cancelled"
@@ -139,10 +155,14 @@ async def test_2026_extension_long_running_tool_is_a_task_resolved_transparently
     async with Client(task_fleet.mcp_url, extensions=[TasksExtension(on_task=seen.append)]) as client:
         assert client.protocol_version == "2026-07-28"
         result = await client.call_tool("trainer.train", {"epochs": 3})
-        assert not result.is_error and result.structured_content is not None and result.structured_content["epochs"] == 3
+        assert (
+            not result.is_error and result.structured_content is not None and result.structured_content["epochs"] == 3
+        )
         assert len(seen) == 1 and seen[0].status == "working"
         task = await get_task(client.session, seen[0].task_id)
-        assert task.status == "completed" and task.result is not None and task.result["structuredContent"]["epochs"] == 3
+        assert (
+            task.status == "completed" and task.result is not None and task.result["structuredContent"]["epochs"] == 3
+        )
 
         # An ordinary tool that runs past task_after_ms is turned into a task (promoted).
         result = await client.call_tool("echo.wait", {"seconds": 2})
@@ -181,12 +201,31 @@ async def test_a_dropped_2025_call_goes_on_as_a_task(task_fleet: Fleet) -> None:
     url = task_fleet.mcp_url
     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
     with httpx.Client(timeout=10) as http:
-        init = http.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "dropper", "version": "1"}}})
+        init = http.post(
+            url,
+            headers=headers,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "dropper", "version": "1"},
+                },
+            },
+        )
         session = {**headers, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo.wait", "arguments": {"seconds": 2}}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo.wait", "arguments": {"seconds": 2}},
+        }
         with pytest.raises(httpx.ReadTimeout):
-            http.post(url, headers=session, json=call, timeout=httpx.Timeout(10, read=0.5))  # the client gives up and goes
+            http.post(
+                url, headers=session, json=call, timeout=httpx.Timeout(10, read=0.5)
+            )  # the client gives up and goes
 
     async with Client(task_fleet.mcp_url, mode="legacy") as client:  # a new connection, a new session
         found: list[types.Task] = []
@@ -197,7 +236,11 @@ async def test_a_dropped_2025_call_goes_on_as_a_task(task_fleet: Fleet) -> None:
             await asyncio.sleep(0.1)
         assert found, "the dropped call did not become a task"
         result = await legacy_result(client, found[0].task_id)
-        assert not result.is_error and result.structured_content is not None and result.structured_content["region"] == "eu-west"
+        assert (
+            not result.is_error
+            and result.structured_content is not None
+            and result.structured_content["region"] == "eu-west"
+        )
     view = httpx.get(f"{task_fleet.url}/v1/tasks/{found[0].task_id}", timeout=10).json()
     assert view["origin"] == "detached" and view["tool"] == "echo.wait" and view["status"] == "completed"
 

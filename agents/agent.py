@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -25,6 +26,7 @@ from edgefleet import bus
 from edgefleet.agents.asgi import InflightCounter
 from edgefleet.agents.bus_worker import BusWorker
 from edgefleet.agents.registration import Registrar
+from edgefleet.shared import logsetup, telemetry
 from edgefleet.shared.constants import (
     AGENT_NAME_RE,
     DEFAULT_REDIS_PREFIX,
@@ -41,7 +43,6 @@ from edgefleet.shared.constants import (
     RESERVED_AGENT_NAMES,
     BusNames,
 )
-from edgefleet.shared import logsetup, telemetry
 from edgefleet.shared.settings import AgentSettings, check_environment
 
 log = logging.getLogger("edgefleet.agent")
@@ -204,10 +205,8 @@ class Agent:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-                pass
         try:
             stop_task = asyncio.create_task(stop.wait())
             await asyncio.wait({serve_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)

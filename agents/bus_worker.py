@@ -22,9 +22,8 @@ from typing import Any
 
 import httpx
 import orjson
-from pydantic import ValidationError
-
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
 
 from edgefleet.bus.base import Bus, Delivery
 from edgefleet.shared import telemetry
@@ -158,7 +157,7 @@ class BusWorker:
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - this loop dying would silently stop the replica's bus work
+            except Exception as exc:
                 if isinstance(exc, BusUnavailable):
                     log.warning("bus unavailable (%s); retrying in %.1f s", exc.message, backoff)
                 else:
@@ -387,10 +386,8 @@ async def _sse_messages(resp: httpx.Response) -> Any:
         if line.startswith("data:"):
             data.append(line[5:].lstrip())
         elif line == "" and data:
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):
                 yield orjson.loads("\n".join(data))
-            except orjson.JSONDecodeError:
-                pass
             data = []
     if data:
         with contextlib.suppress(orjson.JSONDecodeError):

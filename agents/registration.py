@@ -10,6 +10,7 @@ e.g. Redis was restarted). Configuration errors (401 wrong token, 409 name confl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -111,8 +112,6 @@ class Registrar:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.registered.is_set():
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 await self._client.delete(f"{self.base}/v1/agents/replicas/{self.replica_id}", timeout=2.0)
-            except httpx.HTTPError:
-                pass
         await self._client.aclose()

@@ -214,10 +214,8 @@ class KafkaBus(Bus):
                 replication_factor=1,
                 topic_configs={"retention.ms": str(self.retention_ms)},
             )
-            try:
+            with contextlib.suppress(aiokafka.errors.TopicAlreadyExistsError):
                 await self._guard(admin.create_topics([new]))
-            except aiokafka.errors.TopicAlreadyExistsError:
-                pass
         finally:
             await admin.close()
         self.topics.add(topic)
@@ -295,12 +293,10 @@ class KafkaBus(Bus):
                 continue
             commit_to = state.offsets[tp].ack(int(offset))
             if commit_to is not None:
-                try:
+                # CommitFailed/IllegalState: the partition moved to another consumer in a
+                # rebalance; it will deliver this entry again and the task id dedupes it.
+                with contextlib.suppress(aiokafka.errors.CommitFailedError, aiokafka.errors.IllegalStateError):
                     await self._guard(state.consumer.commit({tp: OffsetAndMetadata(commit_to, "")}))
-                except (aiokafka.errors.CommitFailedError, aiokafka.errors.IllegalStateError):
-                    # The partition moved to another consumer in a rebalance: it will deliver
-                    # this entry again and the task id dedupes it.
-                    pass
             return
 
     async def listen(self, stream: str, *, block_ms: int, after: str | None = None) -> tuple[list[Delivery], str]:

@@ -4,7 +4,6 @@ MCP endpoint and the FastAPI REST surface.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -229,7 +228,7 @@ class Dispatcher:
         # catalog is loaded and every known replica has its pool warmed.
         try:
             await self.fleet.wait_warm(timeout=10.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
         await self.tasks.start()
         await warmup.exercise_endpoint(self.mcp)

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgefleet.dispatcher.builtins.pipelines import PipelineSpec, tool_name
 from edgefleet.dispatcher.routing.regions import RegionSpec
 from edgefleet.shared.constants import REGION_NAME_RE
-
 from edgefleet.shared.errors import ConfigError
 from edgefleet.shared.models import RegisterRequest
 

@@ -12,11 +12,10 @@ Requests that cannot have an effect are pushed through it a few times:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 

@@ -16,11 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from edgefleet.agents.examples._numpy import numpy as np
 from pydantic import Field
 from typing_extensions import TypedDict
 
 from edgefleet.agents import Agent, ToolAnnotations, input_errors
+from edgefleet.agents.examples._numpy import numpy as np
 
 Format = Literal["auto", "csv", "json"]
 Cell = float | str | None

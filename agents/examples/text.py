@@ -15,8 +15,8 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from edgefleet.agents.examples._text_profiles import REFERENCE_TEXTS, STOPWORDS
 from edgefleet.agents import Agent, ToolAnnotations, input_errors
+from edgefleet.agents.examples._text_profiles import REFERENCE_TEXTS, STOPWORDS
 
 Language = Literal["en", "de", "fr", "es", "it", "pt", "nl"]
 LanguageOption = Literal["auto", "en", "de", "fr", "es", "it", "pt", "nl"]

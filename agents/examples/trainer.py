@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from edgefleet.agents.examples._numpy import numpy as np
 from mcp.shared.exceptions import MCPDeprecationWarning
 from pydantic import Field
 from typing_extensions import TypedDict
 
 from edgefleet.agents import Agent, Context, ToolAnnotations
+from edgefleet.agents.examples._numpy import numpy as np
 
 # One slice of mini-batches runs between two awaits: ~3 ms of numpy at the defaults on a 2-core
 # machine, so an epoch (~90 ms) never blocks the event loop for long and a cancel lands within a slice.

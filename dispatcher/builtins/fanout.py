@@ -23,7 +23,6 @@ from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
 from edgefleet.shared.errors import InvalidParams
 
-
 NAME = "edgefleet.fanout"
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 MAX_SUBTASKS = 1000

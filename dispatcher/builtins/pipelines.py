@@ -30,7 +30,6 @@ from edgefleet.shared import telemetry
 from edgefleet.shared.constants import TOOL_NAME_RE
 from edgefleet.shared.errors import InvalidParams, MethodNotFound, NotFound
 
-
 PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Failures no retry can fix: the call was refused before any agent ran it.
@@ -158,7 +157,7 @@ class _Failed(Exception):
 
 
 async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCall) -> dict[str, Any]:
-    arguments, order = call.arguments, call.order
+    arguments = call.arguments
     started = time.monotonic()
     deadline = started + call.timeout_s
     context: dict[str, Any] = {"input": arguments, "steps": {}}

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -52,7 +52,7 @@ def _wanted(event: dict[str, Any], kinds: list[str], identity: str | None) -> bo
 
 def format_event(event: dict[str, Any]) -> str:
     when = (
-        datetime.fromtimestamp(event.get("ts", 0) / 1000, tz=timezone.utc)
+        datetime.fromtimestamp(event.get("ts", 0) / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )

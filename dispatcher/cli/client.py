@@ -196,7 +196,7 @@ def call(
         hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in str(exc) else ""
         print(f"edgefleet: {_auth_problem(base, key) or exc}{hint}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - anything the client stack raises becomes one clear line, not a traceback
         bar.close()
         if _is_connect_error(exc):
             return _unreachable(base, exc)

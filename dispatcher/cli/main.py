@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from edgefleet.shared.errors import ConfigError
 
@@ -233,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from edgefleet.dispatcher.server import serve
     from edgefleet.shared.logsetup import configure
     from edgefleet.shared.settings import DispatcherSettings, check_environment
@@ -251,7 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         settings = DispatcherSettings(**overrides)
-    except Exception as exc:  # pydantic's message names the bad variable
+    except (ValidationError, ValueError) as exc:  # pydantic's message names the bad variable
         raise ConfigError(str(exc)) from None
     configure(settings.log_level, settings.log_format)
     serve(settings)

@@ -67,7 +67,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                 )
             )
             base = f"http://127.0.0.1:{port}"
-            _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
+            _wait(lambda base=base: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_BUS_MAX_INFLIGHT": str(max(sizes))}
             for region in REGIONS:
                 procs.append(
@@ -80,7 +80,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                     )
                 )
 
-            def ready() -> bool:
+            def ready(base: str = base, token: str = token, path: str = path) -> bool:
                 agents = httpx.get(base + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"]
                 replicas = [r for a in agents for r in a["replicas"]]
                 return len(replicas) == 3 and all(

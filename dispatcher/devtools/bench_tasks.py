@@ -183,7 +183,7 @@ async def concurrent_creates(store: TaskStore, total: int, workers: int) -> tupl
         owner = f"bench-concurrent-{w:02d}"
         for _ in remaining:
             record = make_record(owner)
-            latencies.append(await timed(lambda: store.create(record)))
+            latencies.append(await timed(lambda record=record: store.create(record)))
 
     started = time.perf_counter()
     await asyncio.gather(*(creator(w) for w in range(workers)))

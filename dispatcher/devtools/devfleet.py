@@ -22,11 +22,11 @@ from types import FrameType
 
 import httpx
 
-from edgefleet.dispatcher.devtools.extras import missing
-from edgefleet.dispatcher.devtools.state import DEV_STATE
 from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
+from edgefleet.dispatcher.devtools.extras import missing
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
+from edgefleet.dispatcher.devtools.state import DEV_STATE
 
 LOG_DIR = Path(".edgefleet") / "logs"
 
@@ -217,7 +217,7 @@ def _banner(base: str, replicas: list[tuple[str, ...]], took: float) -> None:
     by_agent: dict[str, list[str]] = {}
     for name, region in replicas:
         by_agent.setdefault(name, []).append(region)
-    print(f"  agents      " + "; ".join(f"{n} in {', '.join(r)}" for n, r in by_agent.items()))
+    print("  agents      " + "; ".join(f"{n} in {', '.join(r)}" for n, r in by_agent.items()))
     print(f"\nedgefleet dev is up in {took:.1f} s. One MCP URL for every client:\n\n    {base}/mcp\n")
     print("Try, in another terminal:")
     print("    edgefleet tools")

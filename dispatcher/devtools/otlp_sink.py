@@ -84,7 +84,7 @@ class Sink:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -104,7 +104,7 @@ class Sink:
                         sink.counted += len(spans)
                 self._reply(200, ExportTraceServiceResponse().SerializeToString(), "application/x-protobuf")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with sink.lock:
                     if self.path == "/count":
                         self._reply(200, str(sink.counted).encode(), "text/plain")

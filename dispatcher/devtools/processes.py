@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import subprocess
@@ -14,10 +15,8 @@ def die_with_parent() -> None:
     """``preexec_fn``: the kernel sends SIGTERM to the child when its parent dies (Linux),
     so even a `kill -9` of `edgefleet dev` leaves no orphan agents behind."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:

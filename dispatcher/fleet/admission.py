@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 import uuid
 
-from edgefleet.dispatcher.security.agent_urls import check_agent_url
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.fleet.naming import namespace_tools
 from edgefleet.dispatcher.fleet.registry import tools_hash
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient
+from edgefleet.dispatcher.security.agent_urls import check_agent_url
 from edgefleet.shared.errors import AgentUnreachable, ToolConflict
 from edgefleet.shared.models import RegisterRequest, ReplicaRecord
 
@@ -44,14 +44,14 @@ async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bo
     digest = tools_hash(tools)
     if tools:
         for other in await fleet.registry.live():
-            if other.agent == request.name and other.replica_id != replica_id and other.tools:
-                if other.version == request.version and other.tools_hash != digest:
-                    raise ToolConflict(
-                        f"Agent name {request.name!r} (version {request.version or 'unversioned'}) is already registered by "
-                        f"replica {other.replica_id} at {other.url} with a different set of tools. Two different agents "
-                        "cannot share a name: rename one, or bump the version for a rolling upgrade.",
-                        data={"agent": request.name, "existing_replica": other.replica_id},
-                    )
+            same_name = other.agent == request.name and other.replica_id != replica_id and other.tools
+            if same_name and other.version == request.version and other.tools_hash != digest:
+                raise ToolConflict(
+                    f"Agent name {request.name!r} (version {request.version or 'unversioned'}) is already registered by "
+                    f"replica {other.replica_id} at {other.url} with a different set of tools. Two different agents "
+                    "cannot share a name: rename one, or bump the version for a rolling upgrade.",
+                    data={"agent": request.name, "existing_replica": other.replica_id},
+                )
     now = time.time()
     record = ReplicaRecord(
         replica_id=replica_id,

@@ -116,7 +116,7 @@ class Fleet:
                 if self.registry_ok:
                     log.error("registry unreachable (%s); keeping the last known fleet", exc)
                 self.registry_ok = False
-            except Exception:  # noqa: BLE001 - a bug here must not stop the fleet from syncing
+            except Exception:
                 log.exception("fleet sync failed; retrying")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
@@ -176,7 +176,7 @@ class Fleet:
                 if self.on_warm is not None:
                     try:
                         await self.on_warm(replica)
-                    except Exception:  # noqa: BLE001 - warming our code is an optimisation, never a gate
+                    except Exception:
                         log.exception("warm-up exercise against %s failed", replica.id)
                 # Warm and in the catalog in one step (no await between): whoever sees it
                 # routable in /v1/agents can call its tools.
@@ -226,7 +226,7 @@ class Fleet:
         except asyncio.CancelledError:
             replica.breaker.release(trial)
             raise
-        except (EdgefleetError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure counts
+        except (TimeoutError, EdgefleetError, OSError, Exception) as exc:  # noqa: BLE001 - any failure counts
             self.report_failure(replica, f"probe: {type(exc).__name__}: {exc}", trial=trial)
         else:
             self.report_success(replica, trial=trial)

@@ -11,16 +11,15 @@ Layout (names in ``shared.constants.RedisKeys``):
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from typing import Any
 
-import logging
-
 import orjson
-from pydantic import ValidationError
 import redis.asyncio as aioredis
 import redis.exceptions
+from pydantic import ValidationError
 
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.models import ReplicaRecord

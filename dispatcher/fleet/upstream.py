@@ -200,7 +200,7 @@ class ReplicaClient:
                 self.url, data=orjson.dumps(body), headers=headers, timeout=self.pool.timeout(timeout)
             ) as resp:
                 return resp.status, resp.headers.get("content-type", ""), await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # Every transport failure becomes ours, so callers (warm loop, admission) see one error type.
             raise AgentUnreachable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
 
@@ -255,7 +255,7 @@ class ReplicaClient:
                     raw = await resp.read()
                     session_id = resp.headers.get(HEADER_SESSION_ID)
                     message = parse_rpc_response(raw, resp.headers.get("content-type", ""), "edge-init")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise AgentUnreachable(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
             except UpstreamError as exc:
                 raise AgentUnreachable(f"{self.url} is not an MCP server: {exc.message}") from None

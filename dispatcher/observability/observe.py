@@ -18,9 +18,9 @@ from edgefleet.shared.errors import EdgefleetError, UpstreamTimeout, stable_code
 STABLE_CODES = stable_codes()
 
 if TYPE_CHECKING:
+    from edgefleet.dispatcher.observability.metrics import Metrics
     from edgefleet.dispatcher.security.audit import AuditLog
     from edgefleet.dispatcher.security.auth import Identity
-    from edgefleet.dispatcher.observability.metrics import Metrics
 
 log = logging.getLogger("edgefleet.calls")
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -136,7 +136,7 @@ class BusPath:
                     log.info("bus reachable again")
                 self.connected = True
                 down_since = None
-            except Exception as exc:  # noqa: BLE001 - this loop dying would silently stall every bus call
+            except Exception as exc:
                 cause = (
                     exc if isinstance(exc, BusUnavailable) else BusUnavailable(f"the reply listener failed: {exc!r}")
                 )
@@ -150,7 +150,7 @@ class BusPath:
                     self._fail_waiters(cause)
                     try:
                         await self.bus.reset()
-                    except Exception:  # noqa: BLE001 - whatever the dead client says, we rebuild it
+                    except Exception:
                         log.exception("resetting the bus client failed")
                 await asyncio.sleep(0.5)
                 continue

@@ -12,7 +12,6 @@ Answers pass the result checks (``paths.checks``) before they are relayed.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -209,7 +208,7 @@ class DirectPath:
                 raise _NotStarted(
                     UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")
                 ) from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 upstream = "timeout"
                 # The deadline of a slow tool is not the replica's fault: no health penalty,
                 # but the time it sat there counts in its latency (a hung replica gets costly).
@@ -289,7 +288,7 @@ class _Relay:
     async def json(self, resp: aiohttp.ClientResponse) -> None:
         try:
             data = await _read_limited(resp, self.checks.limit)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _MaybeStarted(
                 UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")
             ) from None
@@ -346,7 +345,7 @@ class _Relay:
                     if not accepted:
                         return
                 await self._forward(events)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if not answered:
                 raise _MaybeStarted(
                     UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")

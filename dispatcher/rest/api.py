@@ -14,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edgefleet.dispatcher.fleet.admission import admit
+from edgefleet.dispatcher.fleet.fleet import Fleet
+from edgefleet.dispatcher.fleet.naming import public_name
+from edgefleet.dispatcher.observability.metrics import CONTENT_TYPE, Metrics
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, AgentCredential
 from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
 from edgefleet.dispatcher.security.auth import (
@@ -24,9 +27,6 @@ from edgefleet.dispatcher.security.auth import (
     resource_urls,
 )
 from edgefleet.dispatcher.tasks.methods import TaskMethods
-from edgefleet.dispatcher.fleet.fleet import Fleet
-from edgefleet.dispatcher.observability.metrics import CONTENT_TYPE, Metrics
-from edgefleet.dispatcher.fleet.naming import public_name
 from edgefleet.shared.errors import (
     EdgefleetError,
     Forbidden,
@@ -199,7 +199,7 @@ def build_api(
         return Response(status_code=204)
 
     @api.delete("/v1/agents/{name}")
-    async def remove_agent(name: str, credential: AgentCredential = Depends(operator)) -> dict[str, Any]:
+    async def remove_agent(name: str, credential: Annotated[AgentCredential, Depends(operator)]) -> dict[str, Any]:
         removed = [r.replica_id for r in await fleet.registry.live() if r.agent == name]
         if not removed:
             raise NotFound(f"No agent named {name!r} is registered.")

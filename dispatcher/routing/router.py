@@ -97,10 +97,7 @@ class Router:
                 )
         if flag.strip() and not only:
             raise InvalidRequest(f"{HEADER_REGION_HINT}: unknown flag {flag.strip()!r} (only ';only' is defined)")
-        if only:
-            regions = tuple(dict.fromkeys(wanted))
-        else:
-            regions = tuple(dict.fromkeys((*wanted, *order.regions)))
+        regions = tuple(dict.fromkeys(wanted)) if only else tuple(dict.fromkeys((*wanted, *order.regions)))
         return RouteOrder(regions, order.caller_region, "hint", order.address, only=only)
 
     def candidates(self, entry: ToolEntry, order: RouteOrder) -> list[Replica]:

@@ -94,7 +94,7 @@ class AuditLog:
         if self._buffer:
             try:
                 await asyncio.wait_for(self.flush(), 2.0)
-            except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 log.warning("audit: %d events not written at shutdown (%s)", len(self._buffer), exc)
 
     async def flush(self) -> None:

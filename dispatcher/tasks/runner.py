@@ -452,7 +452,7 @@ class TaskRunner:
                 if record.id in self._cancelled:
                     return  # its task was cancelled: the store already says so
                 raise  # this dispatcher is stopping: the lease is released, another one recovers it
-            except Exception as exc:  # noqa: BLE001 - a bug must end the task, not leave it to be re-run forever
+            except Exception as exc:
                 log.exception("task %s (%s): the call raised", record.id, entry.public_name)
                 error = EdgefleetError(f"Internal error running the task: {type(exc).__name__}").to_jsonrpc()
                 obs.answered_with_error(error)
@@ -490,7 +490,7 @@ class TaskRunner:
                 await self.sweep()
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("task sweep failed (%s)", exc)
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a bug in one task's record
+            except Exception:
                 log.exception("task sweep failed")
             await asyncio.sleep(SWEEP_EVERY_S * random.uniform(0.8, 1.2))
 

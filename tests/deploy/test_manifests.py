@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from edgefleet.dispatcher.cli.main import build_parser
 from edgefleet.shared.settings import _known_names
 

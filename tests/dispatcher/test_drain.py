@@ -11,8 +11,8 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.calls import call
 from tests.support.fleet import Fleet
-from tests.dispatcher.paths.test_bus import call
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,11 @@ import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from edgefleet.dispatcher.security.auth import hash_key, new_key
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
+from edgefleet.dispatcher.security.auth import hash_key, new_key
+
 from tests.support.fleet import ROOT, Fleet
-from tests.dispatcher.tasks.test_tasks import create_task
+from tests.support.tasks import create_task
 
 pytestmark = pytest.mark.integration
 

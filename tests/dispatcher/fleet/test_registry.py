@@ -6,13 +6,13 @@ import socket
 import subprocess
 import sys
 import time
-
 from typing import Any
 
 import httpx
 from mcp import Client
 
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
+
 from tests.support.fleet import ROOT, Fleet, Proc
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.dispatcher.security.auth import hash_key, new_key
+
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.integration

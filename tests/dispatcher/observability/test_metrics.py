@@ -84,9 +84,10 @@ def test_every_dashboard_query_uses_metrics_the_dispatcher_exports() -> None:
 
 
 def test_agent_errors_get_bounded_labels() -> None:
-    from edgefleet.dispatcher.paths.direct import _classify
-    from edgefleet.dispatcher.observability.observe import CallObservation, error_label
     from opentelemetry.trace import INVALID_SPAN
+
+    from edgefleet.dispatcher.observability.observe import CallObservation, error_label
+    from edgefleet.dispatcher.paths.direct import _classify
 
     assert error_label({"code": -32602, "message": "bad", "data": {"code": "whatever-the-agent-says"}}) == (
         "error",

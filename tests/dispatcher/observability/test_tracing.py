@@ -16,6 +16,7 @@ from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.dispatcher.devtools.otlp_sink import ReceivedSpan, Sink
+
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -246,7 +247,7 @@ async def test_metrics_parse_and_move(fleet: Fleet) -> None:
     ]
     assert sum(count) >= 3
     breaker = [(dict(labels), v) for (name, labels), v in after.items() if name == "edgefleet_breaker_state"]
-    assert breaker and all(v == 0 for _, v in breaker) and {l["agent"] for l, _ in breaker} == {"echo"}
+    assert breaker and all(v == 0 for _, v in breaker) and {series["agent"] for series, _ in breaker} == {"echo"}
     assert any(
         name == "edgefleet_upstream_requests_total" and dict(labels)["outcome"] == "ok" for (name, labels) in after
     )
@@ -254,5 +255,5 @@ async def test_metrics_parse_and_move(fleet: Fleet) -> None:
     assert any(name == "process_resident_memory_bytes" for (name, _l) in after)
     # No per-call identifiers as labels: every label value comes from a small, known set.
     for name, labels in after:
-        for key, value in labels:
+        for key, _value in labels:
             assert key not in ("task", "task_id", "request_id", "arguments"), (name, key)

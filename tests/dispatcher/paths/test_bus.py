@@ -8,16 +8,14 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.support.calls import call
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.integration
-
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 @pytest.fixture(params=["redis", "kafka"])
@@ -29,44 +27,6 @@ def bus_fleet(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str)
         yield fleet
     finally:
         fleet.stop()
-
-
-async def call(
-    session: aiohttp.ClientSession,
-    url: str,
-    request_id: int,
-    tool: str,
-    arguments: dict[str, Any],
-    meta: dict[str, Any] | None = None,
-    timeout_ms: int | None = None,
-) -> tuple[dict[str, Any], str, bytes]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": {**META, **(meta or {})}},
-    }
-    headers = {
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-    }
-    if timeout_ms is not None:
-        headers["edgefleet-timeout-ms"] = str(timeout_ms)
-    async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as resp:
-        raw = await resp.read()
-        route = resp.headers.get("edgefleet-route", "")
-    if raw.startswith(b"event:") or b"\ndata:" in raw:
-        import orjson
-
-        messages = [orjson.loads(line[5:]) for line in raw.splitlines() if line.startswith(b"data:")]
-        answers = [m for m in messages if "id" in m]
-        assert len(answers) == 1, f"exactly one response per call, got {len(answers)}"
-        return answers[0], route, raw
-    import orjson
-
-    return orjson.loads(raw), route, raw
 
 
 async def test_bus_calls_return_results_and_progress(bus_fleet: Fleet) -> None:

@@ -15,19 +15,19 @@ from opentelemetry.trace import INVALID_SPAN
 
 from edgefleet.dispatcher.fleet.breaker import CircuitBreaker
 from edgefleet.dispatcher.fleet.catalog import Catalog
+from edgefleet.dispatcher.fleet.fleet import Fleet
+from edgefleet.dispatcher.fleet.replica import Replica
+from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
+from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.dispatcher.paths.cache import ResultCache
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.direct import DirectPath
 from edgefleet.dispatcher.paths.dispatch import CallPaths
-from edgefleet.dispatcher.fleet.fleet import Fleet
-from edgefleet.dispatcher.fleet.replica import Replica
-from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.routing.router import Router
-from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
-from edgefleet.shared.errors import InvalidToolResult, ResultTooLarge
 from edgefleet.shared.constants import META_EDGE_CACHE_TTL
+from edgefleet.shared.errors import InvalidToolResult, ResultTooLarge
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 

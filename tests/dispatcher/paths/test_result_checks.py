@@ -16,7 +16,7 @@ from mcp import Client, MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fleet import Fleet
-from tests.dispatcher.tasks.test_tasks import create_task, legacy_get, legacy_result
+from tests.support.tasks import create_task, legacy_get, legacy_result
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ from edgefleet.dispatcher.routing.regions import RegionSpec, RegionTable, great_
 from edgefleet.dispatcher.routing.router import Router
 from edgefleet.shared.errors import InvalidRequest
 from edgefleet.shared.settings import DispatcherSettings
+
 from tests.support.geo import write_private_db
 
 THREE = frozenset({"eu-west", "us-east", "ap-southeast"})

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.dispatcher.cli.main import main
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, load_agent_keys
 from edgefleet.dispatcher.security.auth import Authenticator, Identity, hash_key, new_key
-from edgefleet.dispatcher.cli.main import main
 from edgefleet.shared.errors import ConfigError, Forbidden, NamespaceForbidden, Unauthorized
 
 FLEET = "fleet-secret"

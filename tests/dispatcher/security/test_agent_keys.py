@@ -13,6 +13,7 @@ import yaml
 
 from edgefleet.dispatcher.security.agent_auth import new_agent_key
 from edgefleet.dispatcher.security.auth import hash_key, new_key
+
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.integration

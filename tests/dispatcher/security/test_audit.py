@@ -3,14 +3,13 @@ away, drops the oldest (counted) when its buffer is full, and fingerprints crede
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 import pytest
+import redis.asyncio as aioredis
 
+from edgefleet.dispatcher.devtools.embedded_redis import free_port
 from edgefleet.dispatcher.security import audit
 from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
-from edgefleet.dispatcher.security.auth import bearer
-from edgefleet.dispatcher.security.auth import hash_key
-from edgefleet.dispatcher.devtools.embedded_redis import free_port
+from edgefleet.dispatcher.security.auth import bearer, hash_key
 
 pytestmark = pytest.mark.integration
 

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import jwt
 import pytest
 import yaml
-
-import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from edgefleet.dispatcher.security.agent_auth import new_agent_key
 from edgefleet.dispatcher.security.auth import hash_key, new_key
-from tests.support.fleet import ROOT as REPO, Fleet
-from tests.dispatcher.tasks.test_tasks import create_task
+
+from tests.support.fleet import ROOT as REPO
+from tests.support.fleet import Fleet
+from tests.support.tasks import create_task
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import jwt
 import pytest
 import yaml
 
-from edgefleet.dispatcher.security.auth import ANONYMOUS, Authenticator, JwtVerifier, hash_key, load_api_keys
 from edgefleet.dispatcher.cli.main import main
+from edgefleet.dispatcher.security.auth import ANONYMOUS, Authenticator, JwtVerifier, hash_key, load_api_keys
 from edgefleet.shared.errors import ConfigError, Unauthorized
 
 SECRET = "s" * 40

@@ -20,6 +20,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from edgefleet.dispatcher.security.auth import hash_key, new_key
+
 from tests.support.fleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -219,7 +220,8 @@ async def test_only_the_owner_or_an_admin_sees_and_cancels_a_task(auth_fleet: Fl
     from mcp import MCPError
 
     from edgefleet.dispatcher.tasks.client import TasksExtension, cancel_task, get_task
-    from tests.dispatcher.tasks.test_tasks import create_task, legacy_get
+
+    from tests.support.tasks import create_task, legacy_get
 
     async with _client(auth_fleet, ALICE, mode="legacy") as alice:
         task = await create_task(alice, "echo.echo", {"text": "mine"})

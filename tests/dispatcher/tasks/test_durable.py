@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, MCPError
 
 from tests.support.fleet import Fleet
-from tests.dispatcher.tasks.test_tasks import create_task, legacy_result
+from tests.support.tasks import create_task, legacy_result
 
 pytestmark = pytest.mark.integration
 

@@ -20,23 +20,24 @@ import yaml
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from edgefleet.dispatcher.security.auth import Identity, hash_key, new_key
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
 from edgefleet.dispatcher.observability.metrics import Metrics
+from edgefleet.dispatcher.paths.answer import HttpAnswer
+from edgefleet.dispatcher.paths.cache import ResultCache
+from edgefleet.dispatcher.paths.dispatch import CallPaths
+from edgefleet.dispatcher.security.auth import Identity, hash_key, new_key
 from edgefleet.dispatcher.security.rate_limits import RateLimits
 from edgefleet.dispatcher.tasks.client import TaskHandle, TasksExtension
 from edgefleet.dispatcher.tasks.methods import TaskMethods
 from edgefleet.dispatcher.tasks.model import COMPLETED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.runner import TaskRunner, new_task_id
-from edgefleet.dispatcher.paths.answer import HttpAnswer
-from edgefleet.dispatcher.paths.cache import ResultCache
-from edgefleet.dispatcher.paths.dispatch import CallPaths
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
 from edgefleet.shared.errors import RateLimited, TooManyTasks
 from edgefleet.shared.settings import DispatcherSettings
+
 from tests.support.fleet import Fleet
-from tests.dispatcher.tasks.test_tasks import create_task, legacy_result
+from tests.support.tasks import create_task, legacy_result
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,6 @@ def record(owner: str = "alice") -> TaskRecord:
 
 
 # -- in process, real Redis ----------------------------------------------------------------
-from tests.dispatcher.tasks.test_store import store  # noqa: E402,F401 - the same real-Redis store fixture
 
 
 def settings(redis_url: str, redis_prefix: str, **values: Any) -> DispatcherSettings:

@@ -4,32 +4,19 @@ paging, leases, expiry, change events, and the per-owner cap on unfinished tasks
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from edgefleet.dispatcher.observability.metrics import Metrics
-from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, TaskRecord
 from edgefleet.dispatcher.paths.cache import ResultCache
 from edgefleet.dispatcher.paths.dispatch import CallPaths
+from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.runner import TaskRunner, new_task_id
 from edgefleet.dispatcher.tasks.store import BadCursor, TaskStore, now_ms
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import TooManyTasks
 from edgefleet.shared.settings import DispatcherSettings
-
-
-@pytest.fixture
-async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[TaskStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    store = TaskStore(client, RedisKeys(redis_prefix))
-    await store.events.start()
-    try:
-        yield store
-    finally:
-        await store.events.aclose()
-        await client.aclose()
 
 
 def record(owner: str = "alice", *, ttl_ms: int = 60_000, created_ms: int | None = None) -> TaskRecord:

@@ -15,7 +15,9 @@ import pytest
 from mcp import Client, MCPError
 
 from edgefleet.dispatcher.tasks.client import TaskHandle, TasksExtension, cancel_task, get_task
+
 from tests.support.fleet import Fleet
+from tests.support.tasks import create_task, legacy_get, legacy_result
 
 
 @pytest.fixture
@@ -28,37 +30,6 @@ def task_fleet(redis_url: str, redis_prefix: str) -> Any:
         yield fleet
     finally:
         fleet.stop()
-
-
-async def create_task(
-    client: Client,
-    name: str,
-    arguments: dict[str, Any],
-    *,
-    ttl: int | None = 60_000,
-    meta: dict[str, Any] | None = None,
-) -> types.Task:
-    """A task-augmented tools/call through the official client's session. The SDK (2.3)
-    ships the task types but validates every tools/call answer as a CallToolResult, so the
-    request goes through the session's own raw send and the answer is parsed here."""
-    params = types.CallToolRequestParams(name=name, arguments=arguments, task=types.TaskMetadata(ttl=ttl), _meta=meta)
-    data = {"method": "tools/call", "params": params.model_dump(by_alias=True, mode="json", exclude_none=True)}
-    opts: dict[str, Any] = {}
-    session: Any = client.session
-    session._stamp(data, opts)
-    raw = await session._dispatcher.send_raw_request("tools/call", data["params"], opts)
-    return types.CreateTaskResult.model_validate(raw, by_name=False).task
-
-
-async def legacy_get(client: Client, task_id: str) -> types.GetTaskResult:
-    return await client.session.send_request(
-        types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)), types.GetTaskResult
-    )
-
-
-async def legacy_result(client: Client, task_id: str) -> types.CallToolResult:
-    request = types.GetTaskPayloadRequest(params=types.GetTaskPayloadRequestParams(task_id=task_id))
-    return await client.session.send_request(request, types.CallToolResult)
 
 
 async def test_2025_task_augmented_call_get_list_result_and_cancel_rules(task_fleet: Fleet) -> None:

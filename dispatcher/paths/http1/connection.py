@@ -35,6 +35,7 @@ import asyncio
 import socket
 import sys
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 from edgefleet.dispatcher.paths.http1.errors import (
@@ -171,8 +172,8 @@ class Connection(asyncio.Protocol):
 
     # -- transport callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A TCP transport (uvloop's does not subclass asyncio.Transport: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if self.track_acks:

@@ -266,6 +266,8 @@ class UpstreamPool:
         self._by_key: dict[tuple[str, str, int], _Origin] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.stale_retries = 0
+        """Requests resent on a fresh connection after the keep-alive race (for /metrics)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -313,6 +315,7 @@ class UpstreamPool:
                 origin.drop(conn)
                 if conn.reused and not fresh:
                     fresh = True  # the keep-alive race: once, on a new connection
+                    self.stale_retries += 1
                     continue
                 raise
             except BaseException:

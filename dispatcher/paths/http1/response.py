@@ -137,7 +137,10 @@ class Response:
     def __del__(self) -> None:
         # A response dropped without release() must not hold its pool slot forever.
         if getattr(self, "_conn", None) is not None:
-            self.close()
+            try:
+                self.close()
+            except RuntimeError:
+                pass  # collected after its event loop closed: the sockets went with it
 
     def __repr__(self) -> str:
         return f"<Response {self.status} length={self.content_length}>"

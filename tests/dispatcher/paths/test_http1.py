@@ -394,6 +394,19 @@ async def test_close_origin_and_aclose(app: ReplicaApp, replica: UvicornServer) 
         await pool.request(replica.url, "GET", "/empty")
 
 
+async def test_aclose_fails_queued_callers(replica: UvicornServer) -> None:
+    pool = UpstreamPool(max_per_origin=1)
+    held = await pool.request(replica.url, "GET", "/stream?n=0")
+    queued = asyncio.create_task(pool.request(replica.url, "GET", "/empty"))
+    await asyncio.sleep(0)  # it queues behind the one connection
+    await pool.aclose()
+    with pytest.raises(PoolClosed):
+        await asyncio.wait_for(queued, 5)
+    with pytest.raises(ConnectionLost):
+        await held.read()
+    assert pool.counts() == (0, 0)
+
+
 async def test_urls_are_origins(replica: UvicornServer) -> None:
     pool = UpstreamPool()
     try:

@@ -383,6 +383,11 @@ async def test_a_connection_that_never_opens_times_out() -> None:
             assert time.monotonic() - started < 3
             assert isinstance(caught.value, RequestNotSent)
             assert pool.counts() == (0, 0)
+            # The caller's own deadline, shorter than the connect timeout, cancels cleanly.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await pool.request(f"http://127.0.0.1:{port}", "GET", "/")
+            assert pool.counts() == (0, 0)
         finally:
             await pool.aclose()
             for filler in fillers:

@@ -6,9 +6,11 @@ are appended to a list as the parser produces them and taken all at once, so a r
 wakes once per network read, not once per chunk (ARCHITECTURE.md, lesson 5).
 
 Bounds: the response head (status line, headers, 1xx heads, trailers) is capped in bytes
-and count, counted on the raw bytes too so a header sent one byte at a time cannot grow
-without limit inside the parser; body bytes not yet taken are capped by pausing the
-transport at ``high_water`` (so at most high_water + one network read are held).
+and count. The raw bytes received since the last body byte are capped too (``gap``), because
+the parser accumulates a field sent a byte at a time before reporting it: a head, trailer or
+chunk extension that never ends fails at max_header_bytes + one network read. Body bytes
+not yet taken are capped by pausing the transport at ``high_water`` (so at most
+high_water + one network read are held).
 
 The keep-alive race, and when a retry is safe
 ---------------------------------------------
@@ -108,10 +110,10 @@ class Connection(asyncio.Protocol):
         "complete",
         "dropped",
         "error",
+        "gap",
         "head_bytes",
         "head_done",
         "head_only",
-        "head_raw",
         "header_count",
         "headers",
         "idle_since",
@@ -154,7 +156,7 @@ class Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.head_only = False
         self.received = 0
-        self.head_raw = 0
+        self.gap = 0
         self.head_bytes = 0
         self.header_count = 0
         self.informational = False
@@ -186,8 +188,7 @@ class Connection(asyncio.Protocol):
             self.fail(RemoteProtocolError("the replica sent bytes on an idle connection"))
             return
         self.received += len(data)
-        if not self.head_done:
-            self.head_raw += len(data)
+        self.gap += len(data)  # the parser callbacks zero it at the head's end and each body byte
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -200,8 +201,13 @@ class Connection(asyncio.Protocol):
                 return
             self.fail(RemoteProtocolError(f"invalid HTTP response from the replica: {exc}"))
             return
-        if not self.head_done and self.head_raw > self._limits.max_header_bytes:
-            self.fail(HeadersTooLarge(f"the response head exceeds {self._limits.max_header_bytes} bytes"))
+        if self.gap > self._limits.max_header_bytes:
+            if not self.head_done:
+                self.fail(HeadersTooLarge(f"the response head exceeds {self._limits.max_header_bytes} bytes"))
+            else:
+                self.fail(RemoteProtocolError(
+                    f"more than {self._limits.max_header_bytes} bytes of chunk framing or trailers without a body byte"
+                ))
 
     def eof_received(self) -> bool:
         if self.in_flight and not self.complete and self.error is None:
@@ -267,6 +273,7 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
+        self.gap = 0
         self._cancel_timer()
         if self.head_only:
             # The parser cannot be told a HEAD answer has no body: finish here and never
@@ -279,6 +286,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self.gap = 0
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > self._limits.high_water and not self.paused and self.transport is not None:

@@ -191,6 +191,37 @@ async def test_a_header_that_never_ends_is_cut_off() -> None:
     await pool.aclose()
 
 
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(b"5\r\nhello\r\n0\r\nX-Trailer: ", id="endless-trailer"),
+        pytest.param(b"5;ext=", id="endless-chunk-extension"),
+    ],
+)
+async def test_framing_that_never_ends_is_cut_off(start: bytes) -> None:
+    sent = 0
+
+    async def handler(reader: Reader, writer: Writer) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + start)
+        while sent < 50_000_000:
+            writer.write(b"a" * 4096)
+            sent += 4096
+            await writer.drain()
+        await reader.read()
+
+    pool = UpstreamPool(max_header_bytes=64 * 1024)
+    async with RawServer(handler) as server:
+        resp = await pool.request(server.url, "GET", "/")
+        with pytest.raises(RemoteProtocolError):
+            async with asyncio.timeout(10):
+                await resp.read(limit=1000)
+        assert pool.counts() == (0, 0)
+    assert sent < 20_000_000
+    await pool.aclose()
+
+
 async def test_unread_body_bytes_are_bounded_by_the_high_water_mark() -> None:
     total = 32 * 1024 * 1024
     finished = asyncio.Event()

@@ -102,10 +102,12 @@ class _Origin:
             if self.closed:
                 raise PoolClosed(f"the pool for {self.name} is closed")
             idle = self.idle
+            room = len(self.conns) + self.connecting < pool.max_per_origin
             if idle:
                 if fresh:
-                    self.drop(idle[0])
-                    continue
+                    if not room:
+                        self.drop(idle[0])  # make room with the oldest idle one
+                    return await self.connect(check_peer)
                 conn = idle.pop()
                 if pool.loop.time() - conn.idle_since > pool.idle_timeout_s:
                     # This one and every older one outlived our idle timeout: the replica
@@ -118,7 +120,7 @@ class _Origin:
                 if check_peer is not None and conn.checked_by != check_peer:
                     self._check(conn, check_peer)
                 return conn
-            if len(self.conns) + self.connecting < pool.max_per_origin:
+            if room:
                 return await self.connect(check_peer)
             if deadline is None and pool.acquire_timeout_s is not None:
                 deadline = pool.loop.time() + pool.acquire_timeout_s

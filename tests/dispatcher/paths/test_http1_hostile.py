@@ -363,7 +363,44 @@ async def resent_only_once() -> None:
     await pool.aclose()
 
 
-RACES = [keep_alive_race, crash_after_reading, closed_while_idle_is_never_used, resent_only_once]
+async def resend_keeps_other_idle_connections() -> None:
+    """The resend opens a new connection when there is room; healthy idle ones stay."""
+    gates = {b"/closing": asyncio.Event(), b"/healthy": asyncio.Event()}
+
+    async def handler(reader: Reader, writer: Writer) -> None:
+        path = (await read_request(reader)).split(b" ")[1]
+        if path in gates:  # half an answer, the rest when the test says: holds the connection
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no")
+            await writer.drain()
+            await gates[path].wait()
+            writer.write(b"k")
+            await writer.drain()
+            if path == b"/closing":
+                return  # closed as soon as it answered: the race
+        else:
+            writer.write(OK)
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    pool = UpstreamPool(max_per_origin=4)
+    async with RawServer(handler) as server:
+        closing = await pool.request(server.url, "GET", "/closing")
+        healthy = await pool.request(server.url, "GET", "/healthy")
+        gates[b"/healthy"].set()
+        assert await healthy.read() == b"ok"  # idle first
+        gates[b"/closing"].set()
+        assert await closing.read() == b"ok"  # idle last: reused first (LIFO)
+        assert await (await pool.request(server.url, "POST", "/mcp", (), b"{}")).read() == b"ok"
+        assert pool.stale_retries == 1
+        assert server.connections == 3
+        assert pool.counts() == (2, 0)  # the healthy idle one was not sacrificed for room
+    await pool.aclose()
+
+
+RACES = [keep_alive_race, crash_after_reading, closed_while_idle_is_never_used, resent_only_once,
+         resend_keeps_other_idle_connections]
 
 
 @pytest.mark.parametrize("scenario", RACES, ids=lambda f: f.__name__)

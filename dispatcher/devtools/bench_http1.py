@@ -29,24 +29,42 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 import orjson
+
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
-from edgefleet.dispatcher.paths.http1 import UpstreamPool
+from edgefleet.dispatcher.http1 import UpstreamPool
 
-REQUEST = orjson.dumps({
-    "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-    "params": {"name": "echo.echo", "arguments": {"text": "hello"},
-               "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
-})
-RESULT = orjson.dumps({
-    "jsonrpc": "2.0", "id": 1,
-    "result": {"content": [{"type": "text", "text": "hello"}], "structuredContent": {"text": "hello"}, "isError": False},
-})
+REQUEST = orjson.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo.echo",
+            "arguments": {"text": "hello"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"},
+        },
+    }
+)
+RESULT = orjson.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {
+            "content": [{"type": "text", "text": "hello"}],
+            "structuredContent": {"text": "hello"},
+            "isError": False,
+        },
+    }
+)
 PROGRESS = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\n\n'
 SSE_RESULT = b"event: message\ndata: " + RESULT + b"\n\n"
 HEADERS = {
-    "content-type": "application/json", "accept": "application/json, text/event-stream",
-    "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo.echo",
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+    "mcp-method": "tools/call",
+    "mcp-name": "echo.echo",
 }
 # The dispatcher builds these once per replica, not per call.
 HEADER_BYTES = b"".join(f"{k}: {v}\r\n".encode() for k, v in HEADERS.items())
@@ -54,8 +72,11 @@ EXPECTED = {"json": len(RESULT), "sse": len(PROGRESS) + len(SSE_RESULT)}
 
 
 # -- the server (its own process) --------------------------------------------------------------
-async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-              send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+async def app(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
     """Answers /json with the result, /sse with two events; reads the request body first."""
     if scope["type"] != "http":
         return
@@ -66,16 +87,29 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, A
         await send({"type": "http.response.body", "body": PROGRESS, "more_body": True})
         await send({"type": "http.response.body", "body": SSE_RESULT})
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(RESULT))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(RESULT))],
+        }
+    )
     await send({"type": "http.response.body", "body": RESULT})
 
 
 def serve(port: int) -> None:
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="off",
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 # -- the clients -----------------------------------------------------------------------------------
@@ -119,7 +153,8 @@ class AiohttpClient:
         # As dispatcher/fleet/upstream.py configures it today.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, keepalive_timeout=60),
-            auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
 
     async def json(self) -> int:
@@ -142,7 +177,9 @@ class HttpxClient:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=32, max_keepalive_connections=32), timeout=30)
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32), timeout=30
+        )
 
     async def json(self) -> int:
         resp = await self.client.post(self.url + "/json", content=REQUEST, headers=HEADERS)
@@ -185,7 +222,9 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_round(call: Callable[[], Awaitable[int]], expected: int, concurrency: int, seconds: float, server_pid: int) -> Round:
+async def run_round(
+    call: Callable[[], Awaitable[int]], expected: int, concurrency: int, seconds: float, server_pid: int
+) -> Round:
     for _ in range(20):  # warm the pool and the code paths
         await call()
     latencies: list[float] = []
@@ -210,12 +249,14 @@ async def run_round(call: Callable[[], Awaitable[int]], expected: int, concurren
     return Round(cpu / n * 1e6, n / wall, statistics.median(latencies) * 1000, server / n * 1e6, errors)
 
 
-async def bench(url: str, server_pid: int, rounds: int, seconds: float, concurrencies: list[int]) -> dict[tuple[str, str, int], Cell]:
+async def bench(
+    url: str, server_pid: int, rounds: int, seconds: float, concurrencies: list[int]
+) -> dict[tuple[str, str, int], Cell]:
     clients: list[Client] = [Http1Client(url), AiohttpClient(url), HttpxClient(url)]
     cells: dict[tuple[str, str, int], Cell] = {}
     try:
         for r in range(rounds):
-            order = clients[r % len(clients):] + clients[:r % len(clients)]
+            order = clients[r % len(clients) :] + clients[: r % len(clients)]
             for kind in ("json", "sse"):
                 for concurrency in concurrencies:
                     for client in order:
@@ -257,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per client, payload and concurrency in each round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the client's loop (the dispatcher runs uvloop)")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the client's loop (the dispatcher runs uvloop)"
+    )
     parser.add_argument("--json", action="store_true", help="every round of every cell as JSON")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,8 +308,10 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.serve)
         return
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "edgefleet.dispatcher.devtools.bench_http1", "--serve", str(port)],
-                              preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads yet; the server dies with us
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.dispatcher.devtools.bench_http1", "--serve", str(port)],
+        preexec_fn=die_with_parent,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -289,10 +334,15 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop_all([server])
     if args.json:
-        print(orjson.dumps([
-            {"client": name, "payload": kind, "concurrency": conc, "rounds": [vars(r) for r in cell.rounds]}
-            for (name, kind, conc), cell in cells.items()
-        ], option=orjson.OPT_INDENT_2).decode())
+        print(
+            orjson.dumps(
+                [
+                    {"client": name, "payload": kind, "concurrency": conc, "rounds": [vars(r) for r in cell.rounds]}
+                    for (name, kind, conc), cell in cells.items()
+                ],
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
     else:
         print(report(cells))
 

@@ -53,17 +53,21 @@ class ReplicaApp:
         await handler(scope, query, body, receive, send)
 
     async def _echo(self, scope: Scope, query: dict[str, str], body: bytes, receive: Receive, send: Send) -> None:
-        payload = orjson.dumps({
-            "method": scope["method"],
-            "body": body.decode(),
-            "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
-        })
+        payload = orjson.dumps(
+            {
+                "method": scope["method"],
+                "body": body.decode(),
+                "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+            }
+        )
         await _answer(send, 200, payload, [(b"content-type", b"application/json")])
 
     async def _sse(self, scope: Scope, query: dict[str, str], body: bytes, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         for i in range(int(query.get("n", "3"))):
-            await send({"type": "http.response.body", "body": b"event: message\ndata: {\"i\": %d}\n\n" % i, "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b'event: message\ndata: {"i": %d}\n\n' % i, "more_body": True}
+            )
         await send({"type": "http.response.body", "body": b""})
 
     async def _sse_gated(self, scope: Scope, query: dict[str, str], body: bytes, receive: Receive, send: Send) -> None:
@@ -105,7 +109,9 @@ class ReplicaApp:
         await _answer(send, int(query.get("status", "204")), b"")
 
     async def _repeat(self, scope: Scope, query: dict[str, str], body: bytes, receive: Receive, send: Send) -> None:
-        await _answer(send, 200, b"ok", [(b"x-a", b"1"), (b"X-A", b"2"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")])
+        await _answer(
+            send, 200, b"ok", [(b"x-a", b"1"), (b"X-A", b"2"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+        )
 
     async def _slow(self, scope: Scope, query: dict[str, str], body: bytes, receive: Receive, send: Send) -> None:
         await asyncio.sleep(float(query.get("s", "0.2")))

@@ -9,12 +9,13 @@ drained, and dropping the connection is how the replica learns its client went a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Protocol, Self
 
-from edgefleet.dispatcher.paths.http1.connection import Connection
-from edgefleet.dispatcher.paths.http1.errors import BodyTooLarge, HTTP1Error
+from edgefleet.dispatcher.http1.connection import Connection
+from edgefleet.dispatcher.http1.errors import BodyTooLarge, HTTP1Error
 
 
 class ConnectionOwner(Protocol):
@@ -127,7 +128,10 @@ class Response:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.release()
@@ -137,10 +141,8 @@ class Response:
     def __del__(self) -> None:
         # A response dropped without release() must not hold its pool slot forever.
         if getattr(self, "_conn", None) is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # collected after its event loop closed: the sockets went with it
                 self.close()
-            except RuntimeError:
-                pass  # collected after its event loop closed: the sockets went with it
 
     def __repr__(self) -> str:
         return f"<Response {self.status} length={self.content_length}>"

@@ -7,6 +7,7 @@ never received the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -21,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from edgefleet.dispatcher.paths.http1 import (
+
+from edgefleet.dispatcher.http1 import (
     ClosedBeforeRequest,
     ConnectFailed,
     ConnectionLost,
@@ -67,8 +69,13 @@ async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
         pytest.param(b"hello from HTTP/0.9\n", id="http09"),
         pytest.param(b"HTTP/1.1 2OO OK\r\n\r\n", id="bad-status"),
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", id="two-lengths"),
-        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", id="length-and-chunked"),
-        pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", id="upgrade"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="length-and-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", id="upgrade"
+        ),
         pytest.param(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", id="bare-101"),
     ],
 )
@@ -399,8 +406,13 @@ async def resend_keeps_other_idle_connections() -> None:
     await pool.aclose()
 
 
-RACES = [keep_alive_race, crash_after_reading, closed_while_idle_is_never_used, resent_only_once,
-         resend_keeps_other_idle_connections]
+RACES = [
+    keep_alive_race,
+    crash_after_reading,
+    closed_while_idle_is_never_used,
+    resent_only_once,
+    resend_keeps_other_idle_connections,
+]
 
 
 @pytest.mark.parametrize("scenario", RACES, ids=lambda f: f.__name__)
@@ -438,10 +450,8 @@ async def test_a_connection_that_never_opens_times_out() -> None:
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
             fillers.append(filler)
         pool = UpstreamPool(connect_timeout_s=0.3)
         try:
@@ -468,18 +478,26 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgefleet test replica")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
-    ))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 

@@ -15,7 +15,7 @@ on the request (see ``errors``).
 Self-contained on purpose: nothing here imports the rest of the dispatcher.
 """
 
-from edgefleet.dispatcher.paths.http1.errors import (
+from edgefleet.dispatcher.http1.errors import (
     BodyTooLarge,
     ClosedBeforeRequest,
     ConnectFailed,
@@ -30,8 +30,8 @@ from edgefleet.dispatcher.paths.http1.errors import (
     RequestNotSent,
     ResponseTimeout,
 )
-from edgefleet.dispatcher.paths.http1.pool import Headers, PeerCheck, UpstreamPool
-from edgefleet.dispatcher.paths.http1.response import Response
+from edgefleet.dispatcher.http1.pool import Headers, PeerCheck, UpstreamPool
+from edgefleet.dispatcher.http1.response import Response
 
 __all__ = [
     "BodyTooLarge",

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
-from edgefleet.dispatcher.paths.http1 import (
+
+from edgefleet.dispatcher.http1 import (
     BodyTooLarge,
     ConnectionLost,
     PoolClosed,
@@ -228,6 +229,7 @@ async def test_releasing_an_unread_body_drops_the_connection(replica: UvicornSer
 async def test_concurrency_is_capped_per_origin(app: ReplicaApp, replica: UvicornServer) -> None:
     pool = UpstreamPool(max_per_origin=2)
     try:
+
         async def call() -> bytes:
             resp = await pool.request(replica.url, "GET", "/slow?s=0.05")
             return await resp.read()
@@ -289,7 +291,9 @@ async def test_head_timeout_bounds_a_hung_replica(replica: UvicornServer) -> Non
         await pool.aclose()
 
 
-async def test_cancelling_a_call_closes_its_connection_and_reaches_the_agent(app: ReplicaApp, replica: UvicornServer) -> None:
+async def test_cancelling_a_call_closes_its_connection_and_reaches_the_agent(
+    app: ReplicaApp, replica: UvicornServer
+) -> None:
     pool = UpstreamPool()
     try:
         with pytest.raises(TimeoutError):

@@ -9,14 +9,15 @@ When all ``max_per_origin`` connections are busy, callers queue in order for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
-from edgefleet.dispatcher.paths.http1.connection import Connection, Limits
-from edgefleet.dispatcher.paths.http1.errors import (
+from edgefleet.dispatcher.http1.connection import Connection, Limits
+from edgefleet.dispatcher.http1.errors import (
     ClosedBeforeRequest,
     ConnectFailed,
     ConnectionLost,
@@ -24,7 +25,7 @@ from edgefleet.dispatcher.paths.http1.errors import (
     PoolClosed,
     PoolTimeout,
 )
-from edgefleet.dispatcher.paths.http1.response import Response
+from edgefleet.dispatcher.http1.response import Response
 
 Headers = Sequence[tuple[bytes, bytes]] | bytes
 """Request headers: (name, value) pairs, or prebuilt ``b"name: value\\r\\n..."`` lines."""
@@ -136,7 +137,11 @@ class _Origin:
         try:
             async with asyncio.timeout(pool.connect_timeout_s):
                 await pool.loop.create_connection(
-                    lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None,
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
                 )
             opened = True
         except TimeoutError:
@@ -180,10 +185,8 @@ class _Origin:
             if not conn.complete:
                 conn.fail(ConnectionLost("the connection was closed on this side (closed, cancelled or shut down)"))
         else:
-            try:
+            with contextlib.suppress(ValueError):  # checked out, not yet used
                 self.idle.remove(conn)
-            except ValueError:
-                pass  # checked out, not yet used
         conn.abort()
         self._wake_one()
 
@@ -213,10 +216,8 @@ class _Origin:
                 self._wake_one()  # woken but leaving: hand the wake to the next in line
             else:
                 waiter.cancel()
-                try:
+                with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
-                except ValueError:
-                    pass
             if isinstance(exc, TimeoutError):
                 raise PoolTimeout(
                     f"all {self.pool.max_per_origin} connections to {self.name} stayed busy "
@@ -333,7 +334,9 @@ class UpstreamPool:
         want = min(n, self.max_per_origin) - len(origin.conns) - origin.connecting
         if want <= 0:
             return 0
-        results = await asyncio.gather(*(self._warm_one(origin, check_peer) for _ in range(want)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._warm_one(origin, check_peer) for _ in range(want)), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result

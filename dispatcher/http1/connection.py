@@ -40,7 +40,8 @@ from collections.abc import Callable
 from typing import cast
 
 import httptools
-from edgefleet.dispatcher.paths.http1.errors import (
+
+from edgefleet.dispatcher.http1.errors import (
     ClosedBeforeRequest,
     ConnectionLost,
     HeadersTooLarge,
@@ -205,9 +206,11 @@ class Connection(asyncio.Protocol):
             if not self.head_done:
                 self.fail(HeadersTooLarge(f"the response head exceeds {self._limits.max_header_bytes} bytes"))
             else:
-                self.fail(RemoteProtocolError(
-                    f"more than {self._limits.max_header_bytes} bytes of chunk framing or trailers without a body byte"
-                ))
+                self.fail(
+                    RemoteProtocolError(
+                        f"more than {self._limits.max_header_bytes} bytes of chunk framing or trailers without a body byte"
+                    )
+                )
 
     def eof_received(self) -> bool:
         if self.in_flight and not self.complete and self.error is None:
@@ -249,9 +252,11 @@ class Connection(asyncio.Protocol):
         self.header_count += 1
         self.head_bytes += len(name) + len(value) + 4
         if self.header_count > self._limits.max_headers or self.head_bytes > self._limits.max_header_bytes:
-            self.fail(HeadersTooLarge(
-                f"the response head exceeds {self._limits.max_headers} headers or {self._limits.max_header_bytes} bytes"
-            ))
+            self.fail(
+                HeadersTooLarge(
+                    f"the response head exceeds {self._limits.max_headers} headers or {self._limits.max_header_bytes} bytes"
+                )
+            )
             raise _Stop
         if self.head_done:
             return  # a trailer: counted against the bounds, not kept
@@ -280,8 +285,11 @@ class Connection(asyncio.Protocol):
             # reuse the connection (its parser would wait for Content-Length bytes).
             self._finish(reusable=False)
             raise _Stop
-        if status not in _NO_BODY_STATUSES and b"content-length" not in self.headers \
-                and b"transfer-encoding" not in self.headers:
+        if (
+            status not in _NO_BODY_STATUSES
+            and b"content-length" not in self.headers
+            and b"transfer-encoding" not in self.headers
+        ):
             self.until_eof = True
         self._wake()
 
@@ -406,4 +414,3 @@ class Connection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "busy" if self.in_flight else "idle"
         return f"<Connection {self.peer} {state} reused={self.reused}>"
-

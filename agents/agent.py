@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -48,6 +49,15 @@ from edgefleet.shared.settings import AgentSettings, check_environment
 log = logging.getLogger("edgefleet.agent")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _OwnSignalsServer(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handling: the agent owns the signals, so that
+    it leaves the fleet first and only then lets uvicorn drain (see ``Agent.serve``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 class Agent:
@@ -136,14 +146,12 @@ class Agent:
             loop="none",
             http="httptools",
             lifespan="on",
-            timeout_graceful_shutdown=settings.drain_timeout_s,
+            timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
             timeout_keep_alive=75,  # longer than the dispatcher pool's idle timeout (60 s)
             access_log=False,
             proxy_headers=False,  # the agent has no use for client addresses; skip the middleware
         )
-        server = uvicorn.Server(config)
-        # We own the signals: stop registering first, then let uvicorn drain.
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _OwnSignalsServer(config)
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serve_task.done():

@@ -3,6 +3,7 @@ chosen by URL scheme. Stream and topic names come from ``shared.constants.BusNam
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from edgefleet.bus.base import Bus, Delivery
@@ -17,17 +18,17 @@ SCHEMES = {
 }
 
 
-def connect(url: str, **options: object) -> Bus:
+def connect(url: str, **options: Any) -> Bus:
     """The backend for ``url``; nothing is contacted until ``start()``."""
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
         from edgefleet.bus.redis_streams import RedisStreamsBus
 
-        return RedisStreamsBus(url, **options)  # type: ignore[arg-type]
+        return RedisStreamsBus(url, **options)
     if scheme == "kafka":
         from edgefleet.bus.kafka import KafkaBus
 
-        return KafkaBus(url, **options)  # type: ignore[arg-type]
+        return KafkaBus(url, **options)
     if scheme == "memory":
         from edgefleet.bus.memory import MemoryBus
 

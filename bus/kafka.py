@@ -73,7 +73,7 @@ class _Group:
         self.offsets: dict[TopicPartition, _PartitionOffsets] = collections.defaultdict(_PartitionOffsets)
 
 
-class _Rebalance(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type information
     def __init__(self, group: _Group) -> None:
         self.group = group
 
@@ -147,12 +147,17 @@ class KafkaBus(Bus):
             self.topics.clear()
             raise BusUnavailable(f"Kafka bus at {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from None
 
+    def _made_producer(self) -> aiokafka.AIOKafkaProducer | None:
+        """The producer as it is now (read again after waiting for the lock)."""
+        return self.producer
+
     async def _producer(self) -> aiokafka.AIOKafkaProducer:
         if self.producer is not None:
             return self.producer
         async with self._producer_lock:  # concurrent first publishes must share ONE producer
-            if self.producer is not None:
-                return self.producer
+            made_meanwhile = self._made_producer()
+            if made_meanwhile is not None:
+                return made_meanwhile
             producer = aiokafka.AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,
                 linger_ms=0,

@@ -87,7 +87,7 @@ class MemoryBus(Bus):
         g = s.groups.setdefault(group, _Group())
         now = time.monotonic()
         by_id = {d.id: d for d in s.entries}
-        out = []
+        out: list[Delivery] = []
         for entry_id, p in list(g.pending.items()):
             if len(out) >= count:
                 break

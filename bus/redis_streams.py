@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.typing import EncodableT, FieldT
 
 from edgefleet.bus.base import Backlog, Bus, Delivery
 from edgefleet.shared.errors import BusUnavailable
@@ -63,8 +64,8 @@ class RedisStreamsBus(Bus):
     async def publish(
         self, stream: str, payload: bytes, headers: Mapping[str, str] | None = None, *, key: str | None = None
     ) -> str:
-        fields = {_PAYLOAD: payload, _HEADERS: orjson.dumps(dict(headers or {}))}
-        entry_id = await self._run(self.redis.xadd(stream, fields, maxlen=self.maxlen, approximate=True))  # type: ignore[arg-type]
+        fields: dict[FieldT, EncodableT] = {_PAYLOAD: payload, _HEADERS: orjson.dumps(dict(headers or {}))}
+        entry_id: bytes = await self._run(self.redis.xadd(stream, fields, maxlen=self.maxlen, approximate=True))
         return entry_id.decode()
 
     async def ensure_group(self, stream: str, group: str) -> None:

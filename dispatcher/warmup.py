@@ -34,8 +34,8 @@ log = logging.getLogger("edgefleet.warmup")
 WARM_UP_TOOL = f"edgefleet-warm-up-{uuid.uuid4().hex[:12]}"
 ASGIApp = Callable[..., Awaitable[None]]
 ROUNDS = 20
-_META = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
-_REQUESTS = [
+_META: dict[str, Any] = {META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES: {}}
+_REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("server/discover", None, {"_meta": _META}),
     ("tools/list", None, {"_meta": _META}),
     ("tools/call", "edgefleet-warm-up.none", {"name": "edgefleet-warm-up.none", "arguments": {}, "_meta": _META}),

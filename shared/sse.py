@@ -33,13 +33,27 @@ def boundary(buffer: bytes | bytearray) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-def payloads(events: bytes) -> Iterator[bytes]:
-    """The data of each event in ``events`` (its ``data:`` lines joined), skipping events
-    without data (comments, keep-alives)."""
-    for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
-        if lines:
-            yield b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+def events(stream: bytes) -> Iterator[tuple[str, bytes]]:
+    """(event name, data) of each event in ``stream``: the data lines joined, the name
+    ``message`` unless an ``event:`` line says otherwise; events without data (comments,
+    keep-alives) are skipped."""
+    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = "message", []
+        for line in event.split(b"\n"):
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+        if data:
+            yield name, b"\n".join(data)
+
+
+def payloads(stream: bytes) -> Iterator[bytes]:
+    """The data of each event in ``stream``."""
+    for _name, data in events(stream):
+        yield data
 
 
 def messages(events: bytes) -> Iterator[Any]:

@@ -41,8 +41,10 @@ class PassThroughTracer(trace.Tracer):
     def start_span(self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any) -> Span:
         return trace.get_current_span(context)
 
-    @contextlib.contextmanager  # type: ignore[override]
-    def start_as_current_span(
+    # Accepts the SDK's keywords and ignores them; the SDK's own signature returns a private
+    # context-manager type (opentelemetry.util._decorator), which a plain one cannot match.
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
         self, name: str, context: otel_context.Context | None = None, *args: Any, **kwargs: Any
     ) -> Iterator[Span]:
         if context is None:

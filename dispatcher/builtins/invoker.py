@@ -140,5 +140,6 @@ class Invoker:
             error = response["error"]
             status = "timeout" if error.get("code") == UpstreamTimeout.jsonrpc_code else "error"
             return Outcome(tool, status, error=error, route=answer.route)
-        result = response.get("result") if isinstance(response.get("result"), dict) else {}
+        found = response.get("result")
+        result: dict[str, Any] = found if isinstance(found, dict) else {}
         return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=answer.route)

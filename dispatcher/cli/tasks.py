@@ -16,12 +16,13 @@ import os
 import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
 
 from edgefleet.dispatcher.cli.client import ProgressBar, _root_cause, _unreachable, resolve_url
+from edgefleet.shared import sse
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -108,7 +109,7 @@ def _request(
 # -- formatting ------------------------------------------------------------------------
 def _when(stamp: str | None) -> float | None:
     try:
-        return datetime.fromisoformat(stamp).timestamp() if stamp else None  # type: ignore[arg-type]
+        return datetime.fromisoformat(stamp).timestamp() if stamp else None
     except ValueError:
         return None
 
@@ -284,24 +285,14 @@ async def _follow(base: str, key: str | None, task_id: str, bar: TaskProgress) -
                         await resp.aread()
                         raise _refusal(resp, key=key, task_id=task_id)
                     connected_once = True
-                    event, data = "message", []
-                    async for line in resp.aiter_lines():
-                        if line.startswith(":"):
-                            continue
-                        if line:
-                            field, _, value = line.partition(":")
-                            value = value[1:] if value.startswith(" ") else value
-                            if field == "event":
-                                event = value
-                            elif field == "data":
-                                data.append(value)
-                            continue
-                        if data:  # a blank line dispatches the event
+                    splitter = sse.Splitter()
+                    async for chunk in resp.aiter_bytes():
+                        for event, data in sse.events(splitter.feed(chunk)):
                             try:
-                                payload = json.loads("\n".join(data))
+                                payload = json.loads(data)
                             except ValueError:
                                 raise TaskCliError(
-                                    f"the event stream sent something that is not JSON: {data[0][:200]}"
+                                    f"the event stream sent something that is not JSON: {data[:200]!r}"
                                 ) from None
                             if event == "error":
                                 raise TaskCliError(
@@ -311,8 +302,7 @@ async def _follow(base: str, key: str | None, task_id: str, bar: TaskProgress) -
                                 failures = 0
                                 await bar.show(payload)
                                 if payload.get("status") in TERMINAL:
-                                    return payload
-                        event, data = "message", []
+                                    return cast(dict[str, Any], payload)
                 raise _StreamEnded()
             except (httpx.TransportError, _StreamEnded) as exc:
                 if not connected_once:
@@ -385,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, *, url_help: str) -> argparse.ArgumentParser:
     """The ``tasks`` subcommand's parser (cli.py calls this so the help stays in one place)."""
-    tasks = sub.add_parser(
+    tasks: argparse.ArgumentParser = sub.add_parser(
         "tasks",
         help="durable MCP tasks: list, get, watch or cancel them (REST /v1/tasks)",
         description="Durable MCP tasks through the dispatcher's REST mirror. You see your own tasks "

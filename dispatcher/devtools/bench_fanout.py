@@ -9,6 +9,7 @@ time (seen by the client) minus 1 s. Measured on the direct path and over each b
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -24,6 +25,12 @@ from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis, free_por
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
 
 REGIONS = ("eu-west", "us-east", "ap-southeast")
+
+
+def _ready(base: str) -> bool:
+    return httpx.get(base + "/readyz").status_code == 200
+
+
 WORK_S = 1.0
 
 
@@ -67,7 +74,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                 )
             )
             base = f"http://127.0.0.1:{port}"
-            _wait(lambda base=base: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
+            _wait(functools.partial(_ready, base), 30, "dispatcher")
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_BUS_MAX_INFLIGHT": str(max(sizes))}
             for region in REGIONS:
                 procs.append(

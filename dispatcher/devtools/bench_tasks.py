@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import platform
@@ -47,7 +48,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import orjson
@@ -183,7 +184,7 @@ async def concurrent_creates(store: TaskStore, total: int, workers: int) -> tupl
         owner = f"bench-concurrent-{w:02d}"
         for _ in remaining:
             record = make_record(owner)
-            latencies.append(await timed(lambda record=record: store.create(record)))
+            latencies.append(await timed(functools.partial(store.create, record)))
 
     started = time.perf_counter()
     await asyncio.gather(*(creator(w) for w in range(workers)))
@@ -230,8 +231,8 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
         # -- N working tasks of one owner: create latency and memory --------------------------
         before = await used_memory(redis)
         records = [make_record(heavy) for _ in range(n)]
-        create_ms = [await timed(lambda r=r: store.create(r)) for r in records]
-        await gather_chunked(lambda r=r: store.note_route(r.id, region=REGION, replica=None) for r in records)
+        create_ms = [await timed(functools.partial(store.create, r)) for r in records]
+        await gather_chunked(functools.partial(store.note_route, r.id, region=REGION, replica=None) for r in records)
         working_total = await used_memory(redis) - before
         sample = records[n // 2]
         working_check = await per_task_cross_check(redis, keys, sample.id, heavy)
@@ -242,7 +243,7 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
         for r in light_records:
             await store.create(r)
 
-        get_working_ms = [await timed(lambda i=i: store.get(i)) for i in rng.choices(ids, k=samples)]
+        get_working_ms = [await timed(functools.partial(store.get, i)) for i in rng.choices(ids, k=samples)]
 
         # -- complete all N (as TaskRunner.finish does for a bus reply) ------------------------
         before = await used_memory(redis)
@@ -260,7 +261,7 @@ async def measure(redis_url: str, n: int, concurrency: int, samples: int, embedd
         for r in light_records:
             await store.transition(r.id, COMPLETED, message="Completed.", result=RESULT, region=REGION)
 
-        get_completed_ms = [await timed(lambda i=i: store.get(i)) for i in rng.choices(ids, k=samples)]
+        get_completed_ms = [await timed(functools.partial(store.get, i)) for i in rng.choices(ids, k=samples)]
 
         # -- list pages of 50 (completed records, ~200 B result each) -------------------------
         mid_cursor: str | None = None
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     server = None

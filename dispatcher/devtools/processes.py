@@ -7,6 +7,7 @@ import ctypes
 import signal
 import subprocess
 import sys
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,7 +39,7 @@ class ChildServer:
 
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ChildServer:  # pragma: no cover - subclasses start their binary
+    def start(self) -> Self:  # pragma: no cover - subclasses start their binary
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -49,7 +50,7 @@ class ChildServer:
     def cleanup(self) -> None:
         """Remove what the server left on disk (nothing by default)."""
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -154,10 +154,8 @@ def public_definition(agent: str, public: str, upstream: str, tool: dict[str, An
         meta[META_EDGE_UPSTREAM_NAME] = upstream
     definition["_meta"] = meta
     definition.setdefault("inputSchema", {"type": "object"})
-    definition["execution"] = {
-        **(tool.get("execution") if isinstance(tool.get("execution"), dict) else {}),
-        "taskSupport": task_support(tool),
-    }
+    execution = tool.get("execution")
+    definition["execution"] = {**(execution if isinstance(execution, dict) else {}), "taskSupport": task_support(tool)}
     return definition
 
 
@@ -198,7 +196,8 @@ class Catalog:
                 annotations = tool.get("annotations") or {}
                 meta = tool.get("_meta") or {}
                 ttl = meta.get(META_EDGE_CACHE_TTL) if isinstance(meta, dict) else None
-                cacheable = annotations.get("readOnlyHint") is True and isinstance(ttl, (int, float)) and ttl > 0
+                ttl_s = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 0.0
+                cacheable = annotations.get("readOnlyHint") is True and ttl_s > 0
                 entries[public] = ToolEntry(
                     public_name=public,
                     agent=agent,
@@ -207,7 +206,7 @@ class Catalog:
                     idempotent=bool(annotations.get("idempotentHint")),
                     validator=_compile(tool.get("inputSchema"), public),
                     replicas=[r for r in members if upstream in r.tool_names],
-                    cache_ttl_s=float(ttl) if cacheable else 0.0,  # type: ignore[arg-type]
+                    cache_ttl_s=ttl_s if cacheable else 0.0,
                     path="bus"
                     if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools)
                     else "direct",

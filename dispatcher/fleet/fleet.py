@@ -146,18 +146,18 @@ class Fleet:
                 log.info("replica %s (%s, %s) left the fleet", replica_id, replica.record.agent, replica.record.region)
                 changed = True
         for replica_id, record in records.items():
-            replica = self.replicas.get(replica_id)
-            if replica is None:
+            known = self.replicas.get(replica_id)
+            if known is None:
                 client = ReplicaClient(self.pool, record.url, era=_known_era(record))
-                replica = Replica(record=record, client=client, breaker=CircuitBreaker(self.breaker_policy))
-                replica.tool_names = frozenset(t["name"] for t in record.tools)
-                self.replicas[replica_id] = replica
-                replica.warm_task = asyncio.create_task(self._warm(replica), name=f"warm-{replica_id}")
+                fresh = Replica(record=record, client=client, breaker=CircuitBreaker(self.breaker_policy))
+                fresh.tool_names = frozenset(t["name"] for t in record.tools)
+                self.replicas[replica_id] = fresh
+                fresh.warm_task = asyncio.create_task(self._warm(fresh), name=f"warm-{replica_id}")
             else:
-                if record.tools_hash != replica.record.tools_hash or record.version != replica.record.version:
-                    replica.tool_names = frozenset(t["name"] for t in record.tools)
+                if record.tools_hash != known.record.tools_hash or record.version != known.record.version:
+                    known.tool_names = frozenset(t["name"] for t in record.tools)
                     changed = True
-                replica.record = record
+                known.record = record
         if changed:
             self.rebuild()
         self.synced.set()
@@ -203,7 +203,7 @@ class Fleet:
         tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
         replica.record.tools = tools
         replica.record.tools_hash = tools_hash(tools)
-        replica.record.era = replica.client.era or "modern"
+        replica.record.era = "legacy" if replica.client.era == "legacy" else "modern"
         replica.tool_names = frozenset(t["name"] for t in tools)
         await self.registry.put(replica.record)
 

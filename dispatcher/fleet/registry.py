@@ -67,13 +67,12 @@ class Registry:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
                     if raw is None:
-                        await pipe.reset()
-                        return False
+                        return False  # leaving the block resets the pipeline (and its WATCH)
                     record = ReplicaRecord.model_validate_json(raw)
                     record.load = load
                     now = time.time()
                     record.heartbeat_at = now
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     if record.static:
                         pipe.set(key, record.model_dump_json().encode())
                     else:

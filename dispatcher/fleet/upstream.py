@@ -186,9 +186,10 @@ class ReplicaClient:
                     f"{method} failed on the agent: {err.get('message')} ({err.get('code')})",
                     data={"upstream_error": err},
                 )
-            if status >= 400 or "result" not in message:
-                raise UpstreamError(f"{method}: the agent answered HTTP {status}")
-            return message["result"]
+            result = message.get("result")
+            if status >= 400 or not isinstance(result, dict):
+                raise UpstreamError(f"{method}: the agent answered HTTP {status} without a result object")
+            return result
         raise UpstreamError(f"{method}: the agent keeps forgetting its session")
 
     async def _post(

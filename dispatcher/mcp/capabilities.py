@@ -16,7 +16,7 @@ TASKS_LEGACY_VERSION = "2025-11-25"
 LEGACY_TASK_CAPABILITIES = {**CAPABILITIES, "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
 # SEP-2663: the tasks extension, declared in server/discover.
 MODERN_CAPABILITIES = {**CAPABILITIES, "extensions": {TASKS_EXTENSION: {}}}
-MISSING_TASKS_EXTENSION = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
+MISSING_TASKS_EXTENSION: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
 
 
 def declares_tasks(meta: Any) -> bool:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.dispatcher.mcp.calls import CallRequest
 from edgefleet.dispatcher.mcp.cancellation import disconnected
@@ -52,8 +52,9 @@ class LegacyEra:
         params = message.params
         requested = params.get("protocolVersion")
         negotiated = requested if requested in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
-        client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-        capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        info, declared = params.get("clientInfo"), params.get("capabilities")
+        client_info: dict[str, Any] = info if isinstance(info, dict) else {}
+        capabilities: dict[str, Any] = declared if isinstance(declared, dict) else {}
         session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
         offered = (
             LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.trace import Span, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from edgefleet.shared.errors import EdgefleetError, UpstreamTimeout, stable_codes
 
@@ -158,7 +159,7 @@ class CallObservation:
         if span.is_recording():
             # One call with everything (each set_attributes call costs a lock and validation).
             # The routing decision: where the caller is, why, where it was served.
-            attributes = {
+            attributes: dict[str, AttributeValue] = {
                 "edgefleet.path": self.path,
                 "edgefleet.region": self.region,
                 "edgefleet.replica": self.replica,

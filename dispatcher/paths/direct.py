@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from edgefleet.dispatcher.paths.answer import Answer, fail, json_into_stream
 from edgefleet.dispatcher.paths.checks import ResultChecks
@@ -137,7 +138,7 @@ class DirectPath:
         timeout: float,
         route: Route,
     ) -> None:
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "server.address": replica.record.url,
             "edgefleet.replica": replica.id,
             "edgefleet.attempt": route.attempt,

@@ -104,14 +104,17 @@ class Locator:
         return Location(address)
 
     def _from_private(self, address: str, ip: Any) -> Location | None:
+        if self.private is None:
+            return None
         try:
-            record = self.private.get(ip)  # type: ignore[union-attr]
+            record = self.private.get(ip)
         except ValueError:
             return None
         if not isinstance(record, dict):
             return None
         region = record.get("region")
-        where = record.get("location") if isinstance(record.get("location"), dict) else {}
+        location = record.get("location")
+        where = location if isinstance(location, dict) else {}
         lat, lon = where.get("latitude"), where.get("longitude")
         point = (float(lat), float(lon)) if isinstance(lat, (int, float)) and isinstance(lon, (int, float)) else None
         if isinstance(region, str) or point is not None:

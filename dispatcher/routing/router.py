@@ -109,9 +109,9 @@ class Router:
             return self.rank([r for r in replicas if r.admits()])
         out: list[Replica] = []
         for region in order.regions:
-            replicas = by_region.get(region)
-            if replicas:
-                admitted = [r for r in replicas if r.admits()]
+            in_region = by_region.get(region)
+            if in_region:
+                admitted = [r for r in in_region if r.admits()]
                 if admitted:
                     out.extend(self.rank(admitted))
         return out

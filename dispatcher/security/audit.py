@@ -26,7 +26,7 @@ import collections
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -126,9 +126,13 @@ class AuditLog:
                 self._wake.set()
 
 
+# A stream entry as redis-py returns it (bytes: the client does not decode responses).
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> dict[str, Any]:
     """One stream entry as an event dict, with its stream id."""
-    event = orjson.loads(fields.get(b"e", b"{}"))
+    event: dict[str, Any] = orjson.loads(fields.get(b"e", b"{}"))
     event["id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return event
 
@@ -143,21 +147,24 @@ class AuditReader:
     async def last(self, count: int) -> list[dict[str, Any]]:
         if count <= 0:
             return []
-        entries = await self.redis.xrevrange(self.key, count=count)
+        entries = cast(list[Entry], await self.redis.xrevrange(self.key, count=count))
         return [decode(i, f) for i, f in reversed(entries)]
 
     async def newest_id(self) -> str:
         """The id to follow from when the stream is empty or nothing was asked for."""
-        entries = await self.redis.xrevrange(self.key, count=1)
-        return decode(*entries[0])["id"] if entries else "0"
+        entries = cast(list[Entry], await self.redis.xrevrange(self.key, count=1))
+        return str(decode(*entries[0])["id"]) if entries else "0"
 
     async def after(self, last_id: str, count: int, wait_s: float) -> list[dict[str, Any]]:
         """Events after ``last_id``; waits up to ``wait_s`` (under the pool's 5-s socket
         timeout) for the first when there are none."""
         wait_s = min(wait_s, MAX_WAIT_S)
         if wait_s > 0:
-            found = await self.redis.xread({self.key: last_id}, count=count, block=int(wait_s * 1000))
+            found = cast(
+                list[tuple[bytes, list[Entry]]],
+                await self.redis.xread({self.key: last_id}, count=count, block=int(wait_s * 1000)),
+            )
             entries = found[0][1] if found else []
         else:
-            entries = await self.redis.xrange(self.key, min="(" + last_id, count=count)
+            entries = cast(list[Entry], await self.redis.xrange(self.key, min="(" + last_id, count=count))
         return [decode(i, f) for i, f in entries]

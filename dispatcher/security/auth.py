@@ -23,6 +23,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ class JwtVerifier:
     def verify(self, token: str) -> tuple[Identity, float]:
         """The token's identity and expiry (epoch seconds), or a jwt exception."""
         key, algorithms = self._key(token)
-        options = {
+        options: jwt.types.Options = {
             "require": ["exp", "sub"],
             "verify_aud": self.audience is not None,
             "verify_iss": self.issuer is not None,
@@ -165,7 +166,7 @@ class JwtVerifier:
             audience=self.audience,
             issuer=self.issuer,
             leeway=self.leeway_s,
-            options=options,  # type: ignore[arg-type]
+            options=options,
         )
         raw = claims.get("scope", claims.get("scp", ""))
         scopes = frozenset(raw.split() if isinstance(raw, str) else [str(s) for s in raw or ()])
@@ -188,7 +189,7 @@ def challenge(metadata_url: str, error: str | None = None) -> str:
     return f'Bearer resource_metadata="{metadata_url}"' + (f', error="{error}"' if error else "")
 
 
-def resource_urls(settings: DispatcherSettings, scope: dict[str, Any], headers: dict[str, str]) -> tuple[str, str]:
+def resource_urls(settings: DispatcherSettings, scope: Mapping[str, Any], headers: dict[str, str]) -> tuple[str, str]:
     """(the /mcp resource URL, its metadata URL): from EDGEFLEET_PUBLIC_URL when set (behind
     proxies), else from this request's scheme and Host."""
     base = (settings.public_url or f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}").rstrip("/")

@@ -49,8 +49,8 @@ class RateLimits:
             self.per_tool.append((pattern.strip(), _parse(spec.strip(), "EDGEFLEET_TOOL_RATE_LIMITS")))
         self.per_task_method: RateLimitItem | None = None
         if settings.task_rate_limit:
-            item = _parse(settings.task_rate_limit, "EDGEFLEET_TASK_RATE_LIMIT")
-            self.per_task_method = type(item)(item.amount, item.multiples, namespace=TASK_NAMESPACE)
+            rate = _parse(settings.task_rate_limit, "EDGEFLEET_TASK_RATE_LIMIT")
+            self.per_task_method = type(rate)(rate.amount, rate.multiples, namespace=TASK_NAMESPACE)
         self.max_concurrent = settings.max_concurrent_calls
         self.inflight: dict[str, int] = defaultdict(int)
         self.limiter: MovingWindowRateLimiter | None = None

@@ -73,7 +73,8 @@ class UpdateTask(Request[UpdateTaskParams, Literal["tasks/update"]]):
 
 
 async def get_task(session: Any, task_id: str) -> DetailedTask:
-    return await session.send_request(GetTask(params=TaskIdParams(task_id=task_id)), DetailedTask)
+    task: DetailedTask = await session.send_request(GetTask(params=TaskIdParams(task_id=task_id)), DetailedTask)
+    return task
 
 
 async def cancel_task(session: Any, task_id: str) -> None:

@@ -162,11 +162,13 @@ class TaskMethods:
         outcome = record.outcome()
         if "result" in outcome:
             result = dict(outcome["result"])
-            result["_meta"] = {**(result.get("_meta") or {}), **related}
+            meta = result.get("_meta")
+            result["_meta"] = {**(meta if isinstance(meta, dict) else {}), **related}
             message = {"jsonrpc": "2.0", "id": request_id, "result": result}
         else:
             error = dict(outcome["error"])
-            error["data"] = {**(error.get("data") if isinstance(error.get("data"), dict) else {}), "_meta": related}
+            data = error.get("data")
+            error["data"] = {**(data if isinstance(data, dict) else {}), "_meta": related}
             message = {"jsonrpc": "2.0", "id": request_id, "error": error}
         await send_message(answer, orjson.dumps(message), None)
 

@@ -157,7 +157,7 @@ class TaskRunner:
         self.audit = audit  # creations and cancels (status changes are audited by the store itself)
         self.lease_ms = int(settings.task_lease_s * 1000)
         # Tasks whose work runs in this process: id -> the asyncio task doing it.
-        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.running: dict[str, asyncio.Future[Any]] = {}
         self._cancelled: set[str] = set()  # local work stopped because its task was cancelled
         self._loops: list[asyncio.Task[None]] = []
         self._bus_progress: dict[str, ProgressWriter] = {}  # bus-run tasks' progress, throttled
@@ -205,7 +205,7 @@ class TaskRunner:
         # The work may not outlive its record, and its failure at the deadline must stay
         # readable for a while before the record expires.
         deadline = now + min(int(self.settings.task_timeout_s * 1000), max(ttl // 2, ttl - 60_000))
-        request = {k: params[k] for k in ("arguments", "_meta") if k in params}
+        request: dict[str, Any] = {k: params[k] for k in ("arguments", "_meta") if k in params}
         request["name"] = entry.public_name
         return TaskRecord(
             id=new_task_id(),
@@ -277,7 +277,7 @@ class TaskRunner:
         await self.finish(record.id, result, None)
         record.status, record.result = COMPLETED, result
 
-    async def adopt(self, record: TaskRecord, sink: TaskSink, work: asyncio.Task[Any]) -> None:
+    async def adopt(self, record: TaskRecord, sink: TaskSink, work: asyncio.Future[Any]) -> None:
         """Make a call already running in this process (``work``, answering into ``sink``) a task.
 
         Raises TooManyTasks when its owner is at the open-task cap (nothing is adopted: the
@@ -411,7 +411,12 @@ class TaskRunner:
         )
         work.add_done_callback(_log_crash)
         self.running[record.id] = work
-        work.add_done_callback(lambda _: (self.running.pop(record.id, None), self._cancelled.discard(record.id)))
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self.running.pop(record.id, None)
+            self._cancelled.discard(record.id)
+
+        work.add_done_callback(forget)
 
     async def _run_local(
         self, record: TaskRecord, entry: ToolEntry, params: dict[str, Any], order: RouteOrder, identity: Identity | None
@@ -578,12 +583,12 @@ class TaskRunner:
     async def _apply_reply(self, payload: bytes, task_id: str | None = None) -> None:
         if task_id and len(payload) > self.settings.max_result_bytes:
             # Not even parsed: the task fails as a call's answer that large would.
-            error = ResultTooLarge(
+            too_large = ResultTooLarge(
                 f"The task's answer is larger than {self.settings.max_result_bytes} bytes "
                 "(EDGEFLEET_MAX_RESULT_BYTES); it was not kept.",
                 data={"taskId": task_id},
             )
-            await self.finish(task_id, None, error.to_jsonrpc())
+            await self.finish(task_id, None, too_large.to_jsonrpc())
             return
         try:
             reply = Reply.model_validate_json(payload)

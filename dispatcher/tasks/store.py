@@ -22,7 +22,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -371,11 +371,15 @@ class TaskStore:
         )
 
     async def expired_leases(self, limit: int = 50) -> list[str]:
-        found = await self.redis.zrangebyscore(self.keys.task_leases, "-inf", now_ms(), start=0, num=limit)
+        found = cast(
+            list[bytes], await self.redis.zrangebyscore(self.keys.task_leases, "-inf", now_ms(), start=0, num=limit)
+        )
         return [f.decode() for f in found]
 
     async def past_deadline(self, limit: int = 50) -> list[str]:
-        found = await self.redis.zrangebyscore(self.keys.task_deadlines, "-inf", now_ms(), start=0, num=limit)
+        found = cast(
+            list[bytes], await self.redis.zrangebyscore(self.keys.task_deadlines, "-inf", now_ms(), start=0, num=limit)
+        )
         return [f.decode() for f in found]
 
     async def forget(self, task_id: str) -> None:
@@ -389,7 +393,7 @@ class TaskStore:
     async def get(self, task_id: str) -> TaskRecord | None:
         if not task_id or len(task_id) > 128:
             return None
-        raw = await self.redis.hgetall(self.keys.task(task_id))
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.task(task_id)))
         return TaskRecord.from_hash(task_id, raw) if raw else None
 
     async def history(self, task_id: str) -> list[dict[str, Any]]:
@@ -407,16 +411,18 @@ class TaskStore:
         index = self.keys.tasks_all if owner is None else self.keys.tasks_of(owner)
         top = b"+"
         if cursor:
-            member = _decode_cursor(cursor)
-            if member is None:
+            position = _decode_cursor(cursor)
+            if position is None:
                 raise BadCursor(cursor)
-            top = b"(" + member.encode()
+            top = b"(" + position.encode()
         records: list[TaskRecord] = []
         vanished: list[bytes] = []
         last: bytes | None = None
         exhausted = False
         while len(records) < limit and not exhausted:
-            members = await self.redis.zrevrangebylex(index, top, b"-", start=0, num=limit - len(records))
+            members = cast(
+                list[bytes], await self.redis.zrevrangebylex(index, top, b"-", start=0, num=limit - len(records))
+            )
             exhausted = len(members) < limit - len(records)
             if not members:
                 break
@@ -430,7 +436,7 @@ class TaskStore:
                     records.append(TaskRecord.from_hash(member.split(b":", 1)[1].decode(), raw))
                 else:
                     vanished.append(member)  # expired: its index entry goes too
-            top = b"(" + last  # type: ignore[operator]
+            top = b"(" + members[-1]
         if vanished:
             await self.redis.zrem(index, *vanished)
         more = (

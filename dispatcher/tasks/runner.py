@@ -38,6 +38,7 @@ from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
+from edgefleet.dispatcher.tasks.progress import ProgressWriter
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
 from edgefleet.shared import telemetry
@@ -71,7 +72,6 @@ _tracer = telemetry.tracer("edgefleet.dispatcher")
 
 SWEEP_EVERY_S = 1.0
 MIN_TTL_MS = 10_000  # shorter asks are raised to this (the spec lets the receiver choose)
-PROGRESS_EVERY_S = 0.2  # progress reaches the store at most this often per task (the last one always)
 RECLAIM_IDLE_MS = 30_000  # task replies read by a dispatcher that died are taken over after this
 
 
@@ -92,44 +92,6 @@ def _with_progress_token(params: dict[str, Any], task_id: str) -> dict[str, Any]
         return params
     meta["progressToken"] = task_id
     return {**params, "_meta": meta}
-
-
-class ProgressWriter:
-    """Throttled progress updates of one task (an agent may report thousands per second)."""
-
-    def __init__(self, store: TaskStore, task_id: str) -> None:
-        self.store = store
-        self.task_id = task_id
-        self.latest: dict[str, Any] | None = None
-        self.written_at = 0.0
-        self._pending: asyncio.Task[None] | None = None
-
-    def report(self, params: dict[str, Any]) -> None:
-        self.latest = {k: params[k] for k in ("progress", "total", "message") if k in params}
-        if self._pending is None or self._pending.done():
-            delay = max(0.0, PROGRESS_EVERY_S - (time.monotonic() - self.written_at))
-            self._pending = asyncio.create_task(self._write_after(delay))
-
-    async def _write_after(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        await self.flush()
-
-    async def flush(self) -> None:
-        latest, self.latest = self.latest, None
-        if latest is None:
-            return
-        self.written_at = time.monotonic()
-        message = latest.get("message") if isinstance(latest.get("message"), str) else None
-        try:
-            await self.store.progress(self.task_id, latest, message)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            log.warning("task %s: progress not stored (%s)", self.task_id, exc)
-
-    async def close(self) -> None:
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-        await self.flush()
 
 
 class TaskRunner:

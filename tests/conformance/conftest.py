@@ -35,8 +35,9 @@ def suite() -> Suite:
 
 @pytest.fixture(scope="session")
 def reference_server() -> Iterator[ReferenceServer]:
-    server = _provide("the conformance reference server",
-                      lambda: ReferenceServer(conformance.install_reference_server()).start())
+    server = _provide(
+        "the conformance reference server", lambda: ReferenceServer(conformance.install_reference_server()).start()
+    )
     try:
         yield server
     finally:

@@ -31,14 +31,20 @@ def test_the_reference_server_passes_directly(era: str, direct_run: Callable[[st
         missing = sorted(required - set(run.results))
         assert not missing, f"required {era} scenarios that did not run: {missing}"
         failing = [f for f in run.failures(required) if not conformance.is_known_reference_gap(*f)]
-    assert not failing, "directly against the reference server:\n" + "\n".join(f"{s} / {c}: {k.message[:300]}" for s, c, k in failing)
+    assert not failing, "directly against the reference server:\n" + "\n".join(
+        f"{s} / {c}: {k.message[:300]}" for s, c, k in failing
+    )
 
 
-@pytest.mark.xfail(strict=True, raises=ConformanceRegression,
-                   reason="issue 18: the per-agent mount /mcp/agents/<agent> does not exist yet; drop this marker when it does")
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConformanceRegression,
+    reason="issue 18: the per-agent mount /mcp/agents/<agent> does not exist yet; drop this marker when it does",
+)
 @pytest.mark.parametrize("era", ERAS)
-def test_the_suite_passes_through_the_per_agent_mount(era: str, direct_run: Callable[[str], Run], suite: Suite,
-                                                      reference_fleet: Fleet) -> None:
+def test_the_suite_passes_through_the_per_agent_mount(
+    era: str, direct_run: Callable[[str], Run], suite: Suite, reference_fleet: Fleet
+) -> None:
     """The reference server's own names at ``/mcp/agents/everything``: everything that
     passes directly passes here (strict xfail: it turns red the day it passes, so the
     marker goes with the change that makes it pass)."""

@@ -104,8 +104,13 @@ class Run:
     output: str
 
     def failures(self, scenarios: set[str] | None = None) -> list[tuple[str, str, Check]]:
-        return [(s, c, check) for s, checks in sorted(self.results.items()) if scenarios is None or s in scenarios
-                for c, check in checks.items() if check.failed]
+        return [
+            (s, c, check)
+            for s, checks in sorted(self.results.items())
+            if scenarios is None or s in scenarios
+            for c, check in checks.items()
+            if check.failed
+        ]
 
     def counts(self) -> tuple[int, int]:
         """(checks passed, checks failed), counted as the suite's summary counts them."""
@@ -150,8 +155,9 @@ def _node_package() -> str:
     system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system())
     arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
     if system is None or arch is None:
-        raise ConformanceSetupError(f"no npm Node package for {platform.system()}/{platform.machine()}: "
-                                    "run on Linux or macOS, x64 or arm64")
+        raise ConformanceSetupError(
+            f"no npm Node package for {platform.system()}/{platform.machine()}: run on Linux or macOS, x64 or arm64"
+        )
     return f"node-{system}-{arch}"
 
 
@@ -177,7 +183,9 @@ def _install_once(target: Path, what: str, populate) -> Path:  # type: ignore[no
 
 
 def _run_npm(args: list[str], cwd: Path, what: str) -> None:
-    proc = subprocess.run([_npm(), *args, "--no-audit", "--no-fund"], check=False, cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [_npm(), *args, "--no-audit", "--no-fund"], check=False, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         raise ConformanceSetupError(
             f"{what} failed (npm {' '.join(args)}, exit {proc.returncode}); npm must reach its registry "
@@ -227,8 +235,11 @@ def install_suite() -> Path:
 
     def populate(staging: Path) -> None:
         (staging / "package.json").write_text('{"private": true}\n')
-        _run_npm(["install", f"{node_package}@{NODE_MAJOR}", f"{SUITE_PACKAGE}@{SUITE_VERSION}"], staging,
-                 f"installing Node {NODE_MAJOR} and {SUITE_PACKAGE}@{SUITE_VERSION}")
+        _run_npm(
+            ["install", f"{node_package}@{NODE_MAJOR}", f"{SUITE_PACKAGE}@{SUITE_VERSION}"],
+            staging,
+            f"installing Node {NODE_MAJOR} and {SUITE_PACKAGE}@{SUITE_VERSION}",
+        )
 
     return _install_once(target, f"Node {NODE_MAJOR} + suite {SUITE_VERSION} npm install", populate)
 
@@ -256,24 +267,38 @@ class ReferenceServer:
             raise ConformanceSetupError("node is not on the PATH: the reference server needs Node.js >= 20.")
         env = {**os.environ, "PORT": str(self.port)}
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([node, "--import", "tsx", SERVER_ENTRY], cwd=self.folder, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            self.process = subprocess.Popen(
+                [node, "--import", "tsx", SERVER_ENTRY],
+                cwd=self.folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
-                raise ConformanceSetupError(f"the reference server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+                raise ConformanceSetupError(
+                    f"the reference server exited with {self.process.returncode}:\n{self.output()[-3000:]}"
+                )
             if self._answers():
                 TIMINGS.add("reference server start", time.monotonic() - started)
                 return self
             time.sleep(0.1)
         self.stop()
-        raise ConformanceSetupError(f"the reference server did not answer on {self.url} within {timeout:.0f} s:\n{self.output()[-3000:]}")
+        raise ConformanceSetupError(
+            f"the reference server did not answer on {self.url} within {timeout:.0f} s:\n{self.output()[-3000:]}"
+        )
 
     def _answers(self) -> bool:
         # It has no /health route (GET /health is Express's 404 page): ask MCP itself.
         meta = {"io.modelcontextprotocol/protocolVersion": MODERN_ERA, "io.modelcontextprotocol/clientCapabilities": {}}
         body = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}
-        headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": MODERN_ERA, "mcp-method": "server/discover"}
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": MODERN_ERA,
+            "mcp-method": "server/discover",
+        }
         try:
             return httpx.post(self.url, json=body, headers=headers, timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -302,20 +327,31 @@ class Suite:
     def _command(self, *args: str) -> list[str]:
         return [str(self.node), str(self.cli), *args]
 
-    def run(self, url: str, era: str, *, label: str = "", scenario_timeout_ms: int = SCENARIO_TIMEOUT_MS, timeout: float = 1800.0) -> Run:
+    def run(
+        self,
+        url: str,
+        era: str,
+        *,
+        label: str = "",
+        scenario_timeout_ms: int = SCENARIO_TIMEOUT_MS,
+        timeout: float = 1800.0,
+    ) -> Run:
         """Run the server scenarios of ``era`` (a key of ``SELECTIONS``) against ``url``."""
         selection = list(SELECTIONS[era])
         out = Path(tempfile.mkdtemp(prefix="edgefleet-conformance-"))
         args = ["server", "--url", url, *selection, "--output-dir", str(out), "--timeout", str(scenario_timeout_ms)]
         started = time.monotonic()
         try:
-            proc = subprocess.run(self._command(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=self.folder)
+            proc = subprocess.run(
+                self._command(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=self.folder
+            )
             seconds = time.monotonic() - started
             # Exit 1 just means some check failed; anything else, or no results, is the suite breaking.
             results = parse_results(out)
             if proc.returncode not in (0, 1) or not results:
                 raise ConformanceSetupError(
-                    f"the suite did not run (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+                    f"the suite did not run (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                )
         finally:
             shutil.rmtree(out, ignore_errors=True)
         TIMINGS.add(f"suite run {label or url} {' '.join(selection)}", seconds)
@@ -323,8 +359,14 @@ class Suite:
 
     def scored(self, revision: str) -> set[str]:
         """The server scenarios ``revision`` requires (its extension and pending ones excluded)."""
-        proc = subprocess.run(self._command("list", "--server", "--requirements", revision), check=False, capture_output=True, text=True,
-                              timeout=120, cwd=self.folder)
+        proc = subprocess.run(
+            self._command("list", "--server", "--requirements", revision),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.folder,
+        )
         if proc.returncode != 0:
             raise ConformanceSetupError(f"conformance list failed:\n{proc.stdout}\n{proc.stderr}")
         required: set[str] = set()
@@ -366,7 +408,9 @@ def parse_results(folder: Path) -> Results:
 _RANK = {SUCCESS: 3, INFO: 3, WARNING: 2, SKIPPED: 0, FAILURE: 0}
 
 
-def regressions(direct: Results, through: Results, must_fix: Callable[[str, str, Check], bool] | None = None) -> list[str]:
+def regressions(
+    direct: Results, through: Results, must_fix: Callable[[str, str, Check], bool] | None = None
+) -> list[str]:
     """One line per check that went worse through the dispatcher than directly: passed
     (SUCCESS/INFO) and is now WARNING, SKIPPED, FAILURE or missing; or WARNING and is now
     SKIPPED, FAILURE or missing. ``must_fix(scenario, check_id, check)`` names direct
@@ -382,13 +426,25 @@ def regressions(direct: Results, through: Results, must_fix: Callable[[str, str,
             mine = theirs.get(check_id) if theirs is not None else None
             directly = f"{check.status} directly"
             if must_fix is not None and check.failed and must_fix(scenario, check_id, check):
-                check, directly = Check(SUCCESS), "FAILURE directly (a known reference-server gap the dispatcher must repair)"
+                check, directly = (
+                    Check(SUCCESS),
+                    "FAILURE directly (a known reference-server gap the dispatcher must repair)",
+                )
             if _RANK.get(mine.status if mine else FAILURE, 0) < _RANK.get(check.status, 0):
-                got = "scenario missing" if theirs is None else "check missing" if mine is None else f"{mine.status}: {mine.message[:300]}"
+                got = (
+                    "scenario missing"
+                    if theirs is None
+                    else "check missing"
+                    if mine is None
+                    else f"{mine.status}: {mine.message[:300]}"
+                )
                 found.append(f"{scenario} / {check_id}: {directly}, {got}")
         if found and theirs is not None:
-            found += [f"{scenario} / {c}: not written directly, {k.status} through: {k.message[:300]}"
-                      for c, k in theirs.items() if c not in checks and k.failed]
+            found += [
+                f"{scenario} / {c}: not written directly, {k.status} through: {k.message[:300]}"
+                for c, k in theirs.items()
+                if c not in checks and k.failed
+            ]
         lines += found
     return lines
 
@@ -408,20 +464,43 @@ def assert_no_regressions(direct: Run, through: Run) -> None:
 # Known gap of the reference server itself (shared/conformance/README.md): on 2026-07-28 its
 # tools/call results sent over SSE lack resultType, so the wire-schema check fails directly.
 def is_known_reference_gap(scenario: str, check_id: str, check: Check) -> bool:
-    return (scenario.startswith("tools-call-") and check_id == "wire-schema-valid"
-            and "'tools/call'" in check.message and "required property 'resultType'" in check.message)
+    return (
+        scenario.startswith("tools-call-")
+        and check_id == "wire-schema-valid"
+        and "'tools/call'" in check.message
+        and "required property 'resultType'" in check.message
+    )
 
 
 def add_to_fleet(fleet: Fleet, url: str, name: str = "everything", region: str = "eu-west") -> str:
     """Register the unmodified MCP server at ``url`` (the reference server) as agent ``name`` the way a user would
     (``edgefleet agents add``) and wait until it is routable; returns the name."""
     cli = subprocess.run(
-        [sys.executable, "-m", "edgefleet.dispatcher", "agents", "add", name, url, "--region", region,
-         "--url", fleet.url, "--token", fleet.token],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.dispatcher",
+            "agents",
+            "add",
+            name,
+            url,
+            "--region",
+            region,
+            "--url",
+            fleet.url,
+            "--token",
+            fleet.token,
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if cli.returncode != 0:
         raise AssertionError(f"edgefleet agents add {name} {url} failed:\n{cli.stdout}\n{cli.stderr}")
-    fleet.wait_for(lambda: any(a["name"] == name and any(r["routable"] for r in a["replicas"]) for a in fleet.agents_view()),
-                   f"agent {name} routable")
+    fleet.wait_for(
+        lambda: any(a["name"] == name and any(r["routable"] for r in a["replicas"]) for a in fleet.agents_view()),
+        f"agent {name} routable",
+    )
     return name

@@ -36,12 +36,20 @@ SELECTIONS = conformance.SELECTIONS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mount", action="append", default=[], help="dispatcher path to test (repeatable; default /mcp)")
+    parser.add_argument(
+        "--mount", action="append", default=[], help="dispatcher path to test (repeatable; default /mcp)"
+    )
     parser.add_argument("--era", action="append", choices=list(SELECTIONS), help="default: both")
     parser.add_argument("--agent", default="everything", help="agent name of the reference server (default everything)")
-    parser.add_argument("--unprefixed", action="store_true", help="also run through the unprefixing shim in front of /mcp")
-    parser.add_argument("--legacy-upstream", action="store_true", help="register the reference server as a 2025-only server")
-    parser.add_argument("--json", help="write {era: {mount: {scenario: {check: {status, message}}}}} here, incl. 'direct'")
+    parser.add_argument(
+        "--unprefixed", action="store_true", help="also run through the unprefixing shim in front of /mcp"
+    )
+    parser.add_argument(
+        "--legacy-upstream", action="store_true", help="register the reference server as a 2025-only server"
+    )
+    parser.add_argument(
+        "--json", help="write {era: {mount: {scenario: {check: {status, message}}}}} here, incl. 'direct'"
+    )
     args = parser.parse_args(argv)
     mounts = args.mount or ([] if args.unprefixed else ["/mcp"])
     eras = args.era or list(SELECTIONS)
@@ -73,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             for label, url in targets:
                 through = suite.run(url, era, label=label)
                 dump[era][label] = _plain(through.results)
-                found = conformance.regressions(direct.results, through.results, must_fix=conformance.is_known_reference_gap)
+                found = conformance.regressions(
+                    direct.results, through.results, must_fix=conformance.is_known_reference_gap
+                )
                 passed, failed = through.counts()
-                print(f"\n### {label}: {passed} pass, {failed} fail ({through.seconds:.1f} s); "
-                      f"{len(found)} pass directly and not here")
+                print(
+                    f"\n### {label}: {passed} pass, {failed} fail ({through.seconds:.1f} s); "
+                    f"{len(found)} pass directly and not here"
+                )
                 for line in found:
                     scenario = line.split(" / ", 1)[0]
                     scope = "" if era == conformance.LEGACY_ERA or scenario in required else " [unscored]"
@@ -103,7 +115,16 @@ class Shim:
     def __init__(self, upstream: str, *options: str) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/mcp"
-        command = [sys.executable, "-m", "tests.support.mcp_shim", "--upstream", upstream, "--port", str(port), *options]
+        command = [
+            sys.executable,
+            "-m",
+            "tests.support.mcp_shim",
+            "--upstream",
+            upstream,
+            "--port",
+            str(port),
+            *options,
+        ]
         self.process = subprocess.Popen(command, cwd=conformance.ROOT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

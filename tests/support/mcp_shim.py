@@ -39,7 +39,9 @@ class Shim:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
-                    self.session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+                    self.session = aiohttp.ClientSession(
+                        auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+                    )
                     await send({"type": "lifespan.startup.complete"})
             assert self.session is not None
             await self.session.close()
@@ -53,7 +55,11 @@ class Shim:
             if not message.get("more_body"):
                 break
         if self.legacy_only and headers.get("mcp-protocol-version") == MODERN:
-            error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Bad Request: Unsupported protocol version"}}
+            error = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32600, "message": "Bad Request: Unsupported protocol version"},
+            }
             await _respond(send, 400, orjson.dumps(error))
             return
         method = None
@@ -62,7 +68,9 @@ class Shim:
         assert self.session is not None
         url = self.upstream + (("?" + scope["query_string"].decode()) if scope.get("query_string") else "")
         async with self.session.request(scope["method"], url, data=body or None, headers=headers) as resp:
-            out_headers = [(k.lower().encode(), v.encode()) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]
+            out_headers = [
+                (k.lower().encode(), v.encode()) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP
+            ]
             if method == "tools/list" and resp.headers.get("content-type", "").startswith("application/json"):
                 await _respond(send, resp.status, self._tools_list(await resp.read()), out_headers)
                 return
@@ -94,13 +102,15 @@ class Shim:
         if isinstance(result, dict) and isinstance(result.get("tools"), list):
             assert self.prefix is not None
             mine = [t for t in result["tools"] if t.get("name", "").startswith(self.prefix)]
-            result["tools"] = [{**t, "name": t["name"][len(self.prefix):]} for t in mine]
+            result["tools"] = [{**t, "name": t["name"][len(self.prefix) :]} for t in mine]
         return orjson.dumps(message)
 
 
 async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     kept = [(k, v) for k, v in (headers or []) if k != b"content-type"]
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), *kept]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), *kept]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -111,7 +121,13 @@ def main() -> None:
     parser.add_argument("--unprefix")
     parser.add_argument("--legacy-only", action="store_true")
     args = parser.parse_args()
-    uvicorn.run(Shim(args.upstream, args.unprefix, args.legacy_only), host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        Shim(args.upstream, args.unprefix, args.legacy_only),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

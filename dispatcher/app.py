@@ -24,6 +24,7 @@ from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
+from edgefleet.dispatcher.mcp.request import SCOPE_VIEW
 from edgefleet.dispatcher.mcp.sessions import SessionStore
 from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
 from edgefleet.dispatcher.paths.bus import BusPath
@@ -49,6 +50,8 @@ from edgefleet.shared.settings import DispatcherSettings
 log = logging.getLogger("edgefleet.dispatcher")
 
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+# /mcp/agents/<agent>: one agent under its own names (conformance, IDEs pinned to one server).
+MOUNT_PREFIX = "/mcp/agents/"
 
 
 class Dispatcher:
@@ -181,10 +184,16 @@ class Dispatcher:
         return {(r.record.agent, r.record.region) for r in self.fleet.replicas.values() if r.record.bus}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in MCP_PATHS:
-            await self.mcp(scope, receive, send)
-        else:
-            await self.api(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in MCP_PATHS:
+                await self.mcp(scope, receive, send)
+                return
+            if path.startswith(MOUNT_PREFIX):
+                scope[SCOPE_VIEW] = path[len(MOUNT_PREFIX) :].rstrip("/")
+                await self.mcp(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:

@@ -65,6 +65,20 @@ def messages(events: bytes) -> Iterator[Any]:
             continue
 
 
+def without_resumption(stream: bytes) -> bytes:
+    """``stream`` without ``id:`` and ``retry:`` lines and without events that carry no data
+    (priming events): an upstream's event ids mean nothing to a client of the dispatcher,
+    which offers no resumption, and a client reconnecting with one would fail."""
+    if b"id:" not in stream and b"retry:" not in stream:
+        return stream
+    kept = []
+    for event in stream.replace(b"\r\n", b"\n").split(b"\n\n"):
+        lines = [line for line in event.split(b"\n") if not line.startswith((b"id:", b"retry:"))]
+        if any(line.startswith(b"data:") and line[5:].strip() for line in lines):
+            kept.append(b"\n".join(lines) + b"\n\n")
+    return b"".join(kept)
+
+
 class Splitter:
     """Cuts a byte stream into complete events as chunks arrive (a chunk may end anywhere,
     even inside a CRLF)."""

@@ -159,10 +159,38 @@ def public_definition(agent: str, public: str, upstream: str, tool: dict[str, An
     return definition
 
 
+@dataclass(eq=False)
+class AgentView:
+    """One agent as it is, for its own mount (``/mcp/agents/<agent>``): its tools under the
+    names it gave them, routed like every other call."""
+
+    agent: str
+    tools: dict[str, ToolEntry]  # the agent's own tool name -> entry
+    definitions: list[dict[str, Any]]  # the tools as the agent declared them (+ the dispatcher's taskSupport)
+    replicas: list[Replica]  # every warm replica of the agent
+
+    def get(self, name: str) -> ToolEntry:
+        """The entry for ``name``; a name the catalog does not know (yet) still goes to the
+        agent, which is the authority on its own names (a list can lag a change by a sync)."""
+        found = self.tools.get(name)
+        if found is not None:
+            return found
+        return ToolEntry(
+            public_name=f"{self.agent}.{name}",
+            agent=self.agent,
+            upstream_name=name,
+            definition={},
+            idempotent=False,
+            validator=None,
+            replicas=self.replicas,
+        )
+
+
 class Catalog:
-    def __init__(self, entries: dict[str, ToolEntry]) -> None:
+    def __init__(self, entries: dict[str, ToolEntry], views: dict[str, AgentView] | None = None) -> None:
         self.entries = entries
         self.definitions = [entry.definition for entry in entries.values()]
+        self.views = views or {}
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -170,6 +198,9 @@ class Catalog:
 
     def get(self, name: str) -> ToolEntry | None:
         return self.entries.get(name)
+
+    def view(self, agent: str) -> AgentView | None:
+        return self.views.get(agent)
 
     @classmethod
     def build(
@@ -180,6 +211,7 @@ class Catalog:
             if replica.warm:
                 by_agent[replica.record.agent].append(replica)
         entries: dict[str, ToolEntry] = {b.public_name: b for b in builtins}
+        views: dict[str, AgentView] = {}
         for agent in sorted(by_agent):
             members = by_agent[agent]
             # The newest version defines the agent's tools (rolling upgrades); each tool
@@ -191,6 +223,7 @@ class Catalog:
                 log.error("agent %s left out of the catalog: %s", agent, exc.message)
                 continue
             by_upstream = {t["name"]: t for t in lead.record.tools}
+            view = views[agent] = AgentView(agent, {}, [], list(members))
             for public, upstream in mapping.items():
                 tool = by_upstream[upstream]
                 annotations = tool.get("annotations") or {}
@@ -214,7 +247,17 @@ class Catalog:
                     long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
                     output_validator=_compile(tool.get("outputSchema"), public, "outputSchema"),
                 )
-        return cls(entries)
+                view.tools[upstream] = entries[public]
+                view.definitions.append(own_definition(tool))
+        return cls(entries, views)
+
+
+def own_definition(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool as its agent declared it, with the taskSupport the dispatcher offers (it hosts tasks)."""
+    definition = dict(tool)
+    execution = tool.get("execution")
+    definition["execution"] = {**(execution if isinstance(execution, dict) else {}), "taskSupport": task_support(tool)}
+    return definition
 
 
 def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[dict[str, Any]]]) -> ToolEntry:

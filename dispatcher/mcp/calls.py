@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
+from edgefleet.dispatcher.mcp.bridge import EraAnswer
 from edgefleet.dispatcher.mcp.cancellation import Cancellation
 from edgefleet.dispatcher.mcp.capabilities import MISSING_TASKS_EXTENSION, TASKS_LEGACY_VERSION, declares_tasks
 from edgefleet.dispatcher.observability.observe import CallObservation
@@ -75,6 +76,7 @@ class CallRequest:
     receive: Receive | None = None
     session: Session | None = None
     extra_headers: dict[str, str] | None = None  # 2026 Mcp-Param-* headers
+    view: str | None = None  # the agent of a per-agent mount (/mcp/agents/<agent>): its own tool names
 
 
 class ToolCalls:
@@ -100,9 +102,17 @@ class ToolCalls:
         self.cancellation = Cancellation(settings, runner)
         self._visible: dict[tuple[int, tuple[str, ...]], list[dict[str, Any]]] = {}
 
-    def tools_for(self, identity: Identity) -> list[dict[str, Any]]:
-        """The catalog as this identity may see it (only the tools it may call)."""
-        definitions = self.fleet.catalog.definitions
+    def tools_for(self, identity: Identity, view: str | None = None) -> list[dict[str, Any]]:
+        """The catalog as this identity may see it (only the tools it may call); on an
+        agent's mount, that agent's tools under their own names."""
+        catalog = self.fleet.catalog
+        if view is None:
+            definitions, public = catalog.definitions, [d["name"] for d in catalog.definitions]
+        else:
+            agent = catalog.view(view)
+            if agent is None:
+                return []
+            definitions, public = agent.definitions, [e.public_name for e in agent.tools.values()]
         if not identity.tools:
             return definitions
         key = (id(definitions), identity.tools)
@@ -110,8 +120,15 @@ class ToolCalls:
         if found is None:
             if len(self._visible) > 1024:
                 self._visible.clear()
-            found = self._visible[key] = [d for d in definitions if identity.may_call(d["name"])]
+            found = self._visible[key] = [d for d, p in zip(definitions, public, strict=True) if identity.may_call(p)]
         return found
+
+    def lookup(self, name: str, view: str | None) -> ToolEntry | None:
+        """The catalog entry a call names: a public name on /mcp, the agent's own on its mount."""
+        if view is None:
+            return self.fleet.catalog.get(name)
+        agent = self.fleet.catalog.view(view)
+        return agent.get(name) if agent is not None else None
 
     async def handle(self, request: CallRequest, send: TrackingSend) -> None:
         message, headers, identity = request.message, request.headers, request.identity
@@ -122,7 +139,8 @@ class ToolCalls:
         parent = None
         if "traceparent" in headers or (isinstance(meta, dict) and "traceparent" in meta):
             parent = telemetry.context_from(meta if isinstance(meta, dict) else None, headers)
-        label = name if isinstance(name, str) and self.fleet.catalog.get(name) is not None else "unknown"
+        known = self.lookup(name, request.view) if isinstance(name, str) else None
+        label = known.public_name if known is not None and known.definition else "unknown"
         attributes = None
         if telemetry.tracing():
             # Few attributes on purpose: each costs ~1.5 µs to set and ~3 µs to encode (measured).
@@ -181,7 +199,7 @@ class ToolCalls:
             arguments = {}
         if not isinstance(arguments, dict):
             raise InvalidParams("tools/call params.arguments must be an object.", data={"id": message.id})
-        entry = self.fleet.catalog.get(name)
+        entry = self.lookup(name, request.view)
         if entry is None:
             await self._refuse(send, message.id, obs, UnknownTool(f"Unknown tool: {name}", data={"tool": name}))
             return
@@ -236,7 +254,7 @@ class ToolCalls:
             extra_headers=request.extra_headers,
             modern=modern,
         )
-        answer = HttpAnswer(send)
+        answer = EraAnswer(HttpAnswer(send), modern=modern)
         if mode == "promote":
             assert request.receive is not None
             await self.cancellation.promotable(call, self.paths, answer, request.receive, make_record)

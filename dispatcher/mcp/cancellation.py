@@ -22,8 +22,9 @@ from edgefleet.shared import jsonrpc
 from edgefleet.shared.errors import EdgefleetError, TooManyTasks
 
 if TYPE_CHECKING:
+    from edgefleet.dispatcher.mcp.bridge import EraAnswer
     from edgefleet.dispatcher.mcp.sessions import Session
-    from edgefleet.dispatcher.paths.answer import Answer, HttpAnswer
+    from edgefleet.dispatcher.paths.answer import Answer
     from edgefleet.dispatcher.paths.call import ToolCall
     from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.tasks.model import TaskRecord
@@ -48,7 +49,7 @@ class Cancellation:
         if task is not None:
             task.cancel()
 
-    async def by_disconnect(self, call: ToolCall, paths: CallPaths, answer: HttpAnswer, receive: Receive) -> None:
+    async def by_disconnect(self, call: ToolCall, paths: CallPaths, answer: EraAnswer, receive: Receive) -> None:
         # One watcher per call: when the client closes the stream (2026 cancellation),
         # cancel the forwarding, which closes the upstream connection, which cancels the agent.
         current = asyncio.current_task()
@@ -80,7 +81,7 @@ class Cancellation:
         self,
         call: ToolCall,
         paths: CallPaths,
-        answer: HttpAnswer,
+        answer: EraAnswer,
         session: Session,
         receive: Receive | None,
         make_record: MakeRecord | None,
@@ -118,13 +119,7 @@ class Cancellation:
             if call.obs is not None:
                 call.obs.outcome = "cancelled"
             # notifications/cancelled: the spec says no response follows; close the stream cleanly.
-            if not answer.started:
-                await answer.send(
-                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
-                )
-                await answer.send({"type": "http.response.body", "body": b""})
-            else:
-                await answer.close_stream()
+            await answer.end_without_answer()
         finally:
             self.legacy_inflight.pop(key, None)
             if watcher is not None:
@@ -134,7 +129,7 @@ class Cancellation:
         self,
         call: ToolCall,
         paths: CallPaths,
-        answer: HttpAnswer,
+        answer: EraAnswer,
         receive: Receive,
         make_record: MakeRecord,
     ) -> None:

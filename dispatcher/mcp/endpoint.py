@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.legacy import LegacyEra
 from edgefleet.dispatcher.mcp.modern import ModernEra
+from edgefleet.dispatcher.mcp.request import SCOPE_VIEW, McpRequest
 from edgefleet.dispatcher.security.audit import fingerprint
 from edgefleet.dispatcher.security.auth import SCOPE_IDENTITY, Authenticator, Identity, bearer, challenge, resource_urls
 from edgefleet.shared import jsonrpc
@@ -39,6 +40,7 @@ from edgefleet.shared.constants import (
 from edgefleet.shared.errors import (
     EdgefleetError,
     ForbiddenOrigin,
+    MethodNotFound,
     NotAcceptable,
     RateLimited,
     SessionRequired,
@@ -85,10 +87,16 @@ class MCPEndpoint:
             self._check_origin(headers)
             identity = scope.get(SCOPE_IDENTITY) or self.auth.authenticate(headers.get("authorization"))
             method = scope["method"]
+            view = scope.get(SCOPE_VIEW)
+            if view is not None and self.calls.fleet.catalog.view(view) is None:
+                raise MethodNotFound(
+                    f"Unknown agent {view!r}: /mcp/agents/<agent> serves one agent of the fleet by its own names.",
+                    data={"agent": view[:64]},
+                )
             if method == "POST":
-                await self._post(headers, receive, tracked, peer, identity)
+                await self._post(headers, receive, tracked, peer, identity, view)
             elif method == "DELETE":
-                await self.legacy.delete(headers, tracked, identity)
+                await self.legacy.delete(headers, tracked, identity, view)
             else:
                 # No standalone GET stream: the spec lets a server answer 405 instead.
                 await respond(tracked, 405, headers=[(b"allow", b"POST, DELETE")], content_type=None)
@@ -150,7 +158,13 @@ class MCPEndpoint:
         raise ForbiddenOrigin(f"Origin {origin!r} is not allowed; add it to EDGEFLEET_ALLOWED_ORIGINS if it is yours.")
 
     async def _post(
-        self, headers: dict[str, str], receive: Receive, send: TrackingSend, peer: str | None, identity: Identity
+        self,
+        headers: dict[str, str],
+        receive: Receive,
+        send: TrackingSend,
+        peer: str | None,
+        identity: Identity,
+        view: str | None,
     ) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
@@ -164,12 +178,14 @@ class MCPEndpoint:
         body = await read_body(receive, self.settings.max_body_bytes)
         message = jsonrpc.parse(body)
         version = headers.get(HEADER_PROTOCOL_VERSION)
-        if message.method == "initialize":
-            await self.legacy.initialize(message, send, identity)
-        elif version == MODERN_PROTOCOL_VERSION:
-            await self.modern.handle(message, headers, receive, send, peer, identity)
+        request = McpRequest(message, headers, receive, send, peer, identity, view)
+        # The header decides the era: `initialize` under 2026-07-28 is a method that era removed.
+        if version == MODERN_PROTOCOL_VERSION:
+            await self.modern.handle(request)
+        elif message.method == "initialize":
+            await self.legacy.initialize(request)
         elif version in LEGACY_PROTOCOL_VERSIONS or (version is None and HEADER_SESSION_ID in headers):
-            await self.legacy.handle(message, headers, receive, send, peer, identity)
+            await self.legacy.handle(request)
         elif version is None:
             raise SessionRequired(
                 "Missing MCP-Protocol-Version header: send '2026-07-28' with per-request _meta, "

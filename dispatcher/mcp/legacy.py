@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.dispatcher.mcp.bridge import EraAnswer
 from edgefleet.dispatcher.mcp.calls import CallRequest
 from edgefleet.dispatcher.mcp.cancellation import disconnected
 from edgefleet.dispatcher.mcp.capabilities import (
@@ -16,9 +17,10 @@ from edgefleet.dispatcher.mcp.capabilities import (
     SERVER_INFO,
     TASKS_LEGACY_VERSION,
 )
+from edgefleet.dispatcher.mcp.request import McpRequest
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.shared import jsonrpc
-from edgefleet.shared.asgi import Receive, TrackingSend, respond
+from edgefleet.shared.asgi import TrackingSend, respond
 from edgefleet.shared.constants import HEADER_SESSION_ID, LATEST_LEGACY_VERSION, LEGACY_PROTOCOL_VERSIONS
 from edgefleet.shared.errors import (
     EdgefleetError,
@@ -46,7 +48,8 @@ class LegacyEra:
         self.sessions = sessions
         self.tasks = tasks
 
-    async def initialize(self, message: jsonrpc.Message, send: TrackingSend, identity: Identity) -> None:
+    async def initialize(self, request: McpRequest) -> None:
+        message, send, identity = request.message, request.send, request.identity
         if message.kind != "request":
             raise InvalidRequest("initialize must be a request (with an id).")
         params = message.params
@@ -55,7 +58,9 @@ class LegacyEra:
         info, declared = params.get("clientInfo"), params.get("capabilities")
         client_info: dict[str, Any] = info if isinstance(info, dict) else {}
         capabilities: dict[str, Any] = declared if isinstance(declared, dict) else {}
-        session = await self.sessions.create(negotiated, client_info, capabilities, owner=identity.name)
+        session = await self.sessions.create(
+            negotiated, client_info, capabilities, owner=identity.name, view=request.view
+        )
         offered = (
             LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
         )
@@ -72,30 +77,26 @@ class LegacyEra:
             headers=[(HEADER_SESSION_ID.encode(), session.id.encode())],
         )
 
-    async def delete(self, headers: dict[str, str], send: TrackingSend, identity: Identity) -> None:
+    async def delete(self, headers: dict[str, str], send: TrackingSend, identity: Identity, view: str | None) -> None:
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired("DELETE ends a 2025-era session: send its Mcp-Session-Id.")
         session = await self.sessions.get(session_id)
-        if session is None or session.owner != identity.name or not await self.sessions.delete(session_id):
+        if session is None or session.owner != identity.name or session.view != view:
+            raise SessionNotFound()
+        if not await self.sessions.delete(session_id):
             raise SessionNotFound()
         await respond(send, 200, content_type=None)
 
-    async def handle(
-        self,
-        message: jsonrpc.Message,
-        headers: dict[str, str],
-        receive: Receive,
-        send: TrackingSend,
-        peer: str | None,
-        identity: Identity,
-    ) -> None:
+    async def handle(self, request: McpRequest) -> None:
+        message, headers, send, identity = request.message, request.headers, request.send, request.identity
         session_id = headers.get(HEADER_SESSION_ID)
         if not session_id:
             raise SessionRequired(data={"id": message.id})
         session = await self.sessions.get(session_id)
-        # A session belongs to the identity that opened it; to anyone else it does not exist.
-        if session is None or session.owner != identity.name:
+        # A session belongs to the identity that opened it, on the URL it was opened on (its
+        # names are that mount's); to anyone else, or elsewhere, it does not exist.
+        if session is None or session.owner != identity.name or session.view != request.view:
             raise SessionNotFound(data={"id": message.id})
         if message.kind != "request":
             request_id = message.params.get("requestId")
@@ -104,25 +105,31 @@ class LegacyEra:
             await respond(send, 202, content_type=None)
             return
         try:
-            await self._request(message, session, receive, send, headers, peer, identity)
+            await self._request(request, session)
         except RPC_LEVEL as exc:
             await respond(send, 200, jsonrpc.error_body(message.id, exc))
 
-    async def _request(
-        self,
-        message: jsonrpc.Message,
-        session: Session,
-        receive: Receive,
-        send: TrackingSend,
-        headers: dict[str, str],
-        peer: str | None,
-        identity: Identity,
-    ) -> None:
+    async def _request(self, request: McpRequest, session: Session) -> None:
+        message, headers, receive, send, identity = (
+            request.message,
+            request.headers,
+            request.receive,
+            request.send,
+            request.identity,
+        )
         method = message.method
         if method == "tools/call":
-            await self.calls.handle(
-                CallRequest(message, headers, peer, identity, modern=False, receive=receive, session=session), send
+            call = CallRequest(
+                message,
+                headers,
+                request.peer,
+                identity,
+                modern=False,
+                receive=receive,
+                session=session,
+                view=request.view,
             )
+            await self.calls.handle(call, send)
         elif (
             method is not None
             and method.startswith("tasks/")
@@ -141,7 +148,8 @@ class LegacyEra:
             if not work.cancelled():
                 work.result()
         elif method == "tools/list":
-            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": self.calls.tools_for(identity)}))
+            tools = self.calls.tools_for(identity, request.view)
+            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": tools}))
         elif method == "ping":
             await respond(send, 200, jsonrpc.result_body(message.id, {}))
         elif method == "logging/setLevel":
@@ -168,7 +176,8 @@ class LegacyEra:
                 result = await self.tasks.legacy_cancel(params, identity)
             elif method == "tasks/result":
                 stream = "text/event-stream" in headers.get("accept", "")
-                await self.tasks.legacy_result(message.id, params, identity, HttpAnswer(send), stream=stream)
+                answer = EraAnswer(HttpAnswer(send), modern=False)
+                await self.tasks.legacy_result(message.id, params, identity, answer, stream=stream)
                 return
             else:
                 raise MethodNotFound(f"Method not found: {method}")

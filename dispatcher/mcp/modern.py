@@ -19,8 +19,9 @@ from edgefleet.dispatcher.mcp.capabilities import (
     SERVER_INFO,
     declares_tasks,
 )
+from edgefleet.dispatcher.mcp.request import McpRequest
 from edgefleet.shared import jsonrpc
-from edgefleet.shared.asgi import Receive, TrackingSend, respond
+from edgefleet.shared.asgi import respond
 from edgefleet.shared.constants import (
     HEADER_METHOD,
     HEADER_NAME,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.tasks.methods import TaskMethods
 
 TASK_METHODS = ("tasks/get", "tasks/update", "tasks/cancel")
+METHODS = frozenset({"tools/call", "tools/list", "server/discover", *TASK_METHODS})
 
 
 class ModernEra:
@@ -53,17 +55,14 @@ class ModernEra:
         self.calls = calls
         self.tasks = tasks
 
-    async def handle(
-        self,
-        message: jsonrpc.Message,
-        headers: dict[str, str],
-        receive: Receive,
-        send: TrackingSend,
-        peer: str | None,
-        identity: Identity,
-    ) -> None:
+    async def handle(self, request: McpRequest) -> None:
+        message, headers, send, identity = request.message, request.headers, request.send, request.identity
         if message.kind == "response":
             raise InvalidRequest("Clients do not send JSON-RPC responses on protocol 2026-07-28.")
+        if message.kind == "request" and message.method not in METHODS:
+            # Before the envelope checks: a method this era does not have (initialize, ping...)
+            # is 404 + -32601 whatever else the request carries (transport spec).
+            raise MethodNotFound(f"Method not found: {message.method}", data={"id": message.id})
         self._check_envelope(message, headers)
         if message.kind == "notification":
             await respond(send, 202, content_type=None)
@@ -73,16 +72,21 @@ class ModernEra:
             name = message.params.get("name")
             _check_name_header(headers, name, message.id, "body value")
             forwarded = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
-            await self.calls.handle(
-                CallRequest(
-                    message, headers, peer, identity, modern=True, receive=receive, extra_headers=forwarded or None
-                ),
-                send,
+            call = CallRequest(
+                message,
+                headers,
+                request.peer,
+                identity,
+                modern=True,
+                receive=request.receive,
+                extra_headers=forwarded or None,
+                view=request.view,
             )
+            await self.calls.handle(call, send)
         elif method == "tools/list":
             result = {
                 "resultType": "complete",
-                "tools": self.calls.tools_for(identity),
+                "tools": self.calls.tools_for(identity, request.view),
                 "ttlMs": 0,
                 "cacheScope": "private",
             }

@@ -25,6 +25,7 @@ class Session:
     log_level: str | None = None
     touched: float = 0.0
     owner: str = "anonymous"  # the identity that opened it; nobody else may use it
+    view: str | None = None  # the per-agent mount it was opened on (None: /mcp)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -34,6 +35,7 @@ class Session:
                 "capabilities": self.capabilities,
                 "log_level": self.log_level,
                 "owner": self.owner,
+                "view": self.view,
             }
         )
 
@@ -56,6 +58,7 @@ class SessionStore:
         capabilities: dict[str, Any],
         *,
         owner: str = "anonymous",
+        view: str | None = None,
     ) -> Session:
         session = Session(
             secrets.token_urlsafe(24),
@@ -64,6 +67,7 @@ class SessionStore:
             capabilities,
             touched=time.monotonic(),
             owner=owner,
+            view=view,
         )
         await self.redis.set(self.keys.session(session.id), session.to_json(), px=self.ttl_ms)
         self._remember(session)
@@ -93,6 +97,7 @@ class SessionStore:
             data.get("log_level"),
             touched=now,
             owner=data.get("owner", "anonymous"),
+            view=data.get("view"),
         )
         await self.redis.pexpire(self.keys.session(session_id), self.ttl_ms)
         self._remember(session)

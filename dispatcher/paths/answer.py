@@ -112,6 +112,16 @@ class HttpAnswer:
         await self.send({"type": "http.response.start", "status": status, "headers": _with_route(JSON_HEADERS, route)})
         await self.send({"type": "http.response.body", "body": body})
 
+    async def end_without_answer(self) -> None:
+        """End the response with no JSON-RPC answer in it (2025: after notifications/cancelled
+        "no response follows"): an empty event stream, or the open one closed."""
+        if not self.started:
+            self.started = True
+            await self.send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            )
+        await self.close_stream()
+
 
 def _with_route(headers: list[tuple[bytes, bytes]], route: Route | None) -> list[tuple[bytes, bytes]]:
     return [*headers, route.header()] if route is not None else headers

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -136,6 +137,16 @@ class Fleet:
             for r in a["replicas"]
         )
 
+    def add_server(self, name: str, url: str, region: str = "eu-west") -> None:
+        """Add an unmodified MCP server (as `edgefleet agents add` does) and wait until it is routable."""
+        body = {"name": name, "region": region, "url": url, "static": True}
+        resp = httpx.post(self.url + "/v1/agents", json=body, headers=self.auth(), timeout=30)
+        assert resp.status_code < 300, resp.text
+        self.wait_for(
+            lambda: any(a["name"] == name and any(r["routable"] for r in a["replicas"]) for a in self.agents_view()),
+            f"{name} routable",
+        )
+
     def agents_view(self, dispatcher: str | None = None) -> list[dict[str, Any]]:
         resp = httpx.get((dispatcher or self.url) + "/v1/agents", headers=self.auth(), timeout=5)
         resp.raise_for_status()
@@ -160,3 +171,24 @@ class Fleet:
         for proc in [*self.agents, *(p for _, p in self.dispatchers)]:
             proc.log.close()
             shutil.rmtree(proc.log_path.parent, ignore_errors=True)
+
+
+def plain_server(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """An unmodified MCP server (official SDK only, tests/support/plain_mcp_server.py) on a
+    free port; ``--legacy-only`` makes it a 2025-era server. The caller kills it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "tests/support/plain_mcp_server.py", str(port), *flags],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            time.sleep(0.05)  # polling a port that is not open yet: nothing to wait on
+    proc.kill()
+    raise AssertionError("plain MCP server did not start")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -13,7 +11,7 @@ from mcp import Client
 
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
 
-from tests.support.fleet import ROOT, Fleet, Proc
+from tests.support.fleet import ROOT, Fleet, Proc, plain_server
 
 
 def test_registration_requires_the_fleet_token(fleet: Fleet) -> None:
@@ -46,28 +44,8 @@ def test_unreachable_agent_is_refused_clearly(fleet: Fleet) -> None:
     assert resp.status_code == 424 and resp.json()["error"]["code"] == "agent_unreachable"
 
 
-def _plain_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "tests/support/plain_mcp_server.py", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("plain MCP server did not start")
-
-
 async def test_existing_mcp_server_joins_unchanged_via_the_cli(fleet: Fleet) -> None:
-    proc, url = _plain_server()
+    proc, url = plain_server()
     try:
         cli = subprocess.run(
             [
@@ -112,7 +90,7 @@ async def test_existing_mcp_server_joins_unchanged_via_the_cli(fleet: Fleet) -> 
 
 
 def test_static_agents_from_the_config_file(fleet: Fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc, url = _plain_server()
+    proc, url = plain_server()
     try:
         config = tmp_path / "fleet.toml"
         config.write_text(f'[[agents]]\nname = "weather"\nregion = "ap-southeast"\nurl = "{url}"\n')

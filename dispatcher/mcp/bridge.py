@@ -1,0 +1,128 @@
+"""Answers shaped for the client's protocol era, whatever era the agent speaks.
+
+A gateway in front of servers of both eras must hand each client results its own era
+accepts (docs/design-mcp-surface.md, D5):
+
+- 2026-07-28 clients: every result carries ``resultType`` (the official clients reject a
+  result without it, and most servers in the wild are 2025-era);
+- 2025-11-25 clients: no ``resultType``, ``ttlMs`` or ``cacheScope`` (fields of the other
+  era), and never an ``input_required`` round (that era has no such thing);
+- both: an upstream's SSE ``id:``/``retry:`` lines and priming events are dropped (the
+  dispatcher offers no resumption, and a client holding a foreign event id would fail
+  when it reconnects).
+
+Only the call's final response is touched, and it is parsed only when a byte check says
+it needs changing: a 2026 agent answering a 2026 client passes through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from edgefleet.shared import jsonrpc, sse
+from edgefleet.shared.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.paths.answer import HttpAnswer
+    from edgefleet.dispatcher.paths.route import Route
+
+_RESULT_TYPE = b'"resultType"'
+_MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
+
+
+def for_modern(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The response as a 2026 client needs it, or None when it already is."""
+    result = message.get("result")
+    if isinstance(result, dict) and "resultType" not in result:
+        return {**message, "result": {"resultType": "complete", **result}}
+    return None
+
+
+def for_legacy(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The response as a 2025 client needs it, or None when it already is."""
+    result = message.get("result")
+    if not isinstance(result, dict) or not any(key in result for key in _MODERN_ONLY):
+        return None
+    if result.get("resultType") not in (None, "complete"):
+        # An input_required round (or a task answer) this era cannot express: the call ends
+        # with a clear error rather than a result the client would reject.
+        kind = result.get("resultType")
+        error = UpstreamError(
+            f"The agent answered with a {kind!r} result, which a 2025-11-25 client cannot receive; "
+            "call it from a 2026-07-28 client.",
+            data={"resultType": kind},
+        )
+        return {"jsonrpc": "2.0", "id": message.get("id"), "error": error.to_jsonrpc()}
+    return {**message, "result": {k: v for k, v in result.items() if k not in _MODERN_ONLY}}
+
+
+def reshape(payload: bytes, *, modern: bool) -> bytes:
+    """One serialized JSON-RPC message, reshaped for the client's era when it is a response
+    that needs it (byte checks first: most answers are returned as they are)."""
+    if modern:
+        if _RESULT_TYPE in payload or b'"result"' not in payload:
+            return payload
+    elif _RESULT_TYPE not in payload and b'"ttlMs"' not in payload and b'"cacheScope"' not in payload:
+        return payload
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    if not jsonrpc.is_response(message):
+        return payload
+    changed = for_modern(message) if modern else for_legacy(message)
+    return payload if changed is None else orjson.dumps(changed)
+
+
+def reshape_events(events: bytes, *, modern: bool) -> bytes:
+    """Complete SSE events with the response among them reshaped and resumption fields dropped."""
+    events = sse.without_resumption(events)
+    if modern and (_RESULT_TYPE in events or b'"result"' not in events):
+        return events
+    if not modern and _RESULT_TYPE not in events and b'"ttlMs"' not in events and b'"cacheScope"' not in events:
+        return events
+    out = []
+    for name, data in sse.events(events):
+        out.append(sse.frame(reshape(data, modern=modern)) if name == "message" else _named(name, data))
+    return b"".join(out)
+
+
+def _named(name: str, data: bytes) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class EraAnswer:
+    """An answer on its way to a client of one era (wraps the client's real answer)."""
+
+    __slots__ = ("inner", "modern")
+
+    def __init__(self, inner: HttpAnswer, *, modern: bool) -> None:
+        self.inner = inner
+        self.modern = modern
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    @property
+    def ended(self) -> bool:
+        return self.inner.ended
+
+    async def open_stream(self, route: Route | None) -> None:
+        await self.inner.open_stream(route)
+
+    async def send_events(self, events: bytes) -> None:
+        events = reshape_events(events, modern=self.modern)
+        if events:
+            await self.inner.send_events(events)
+
+    async def close_stream(self) -> None:
+        await self.inner.close_stream()
+
+    async def send_json(self, status: int, body: bytes, route: Route | None) -> None:
+        await self.inner.send_json(status, reshape(body, modern=self.modern), route)
+
+    async def end_without_answer(self) -> None:
+        await self.inner.end_without_answer()

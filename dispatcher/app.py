@@ -24,6 +24,7 @@ from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
+from edgefleet.dispatcher.mcp.features import Features
 from edgefleet.dispatcher.mcp.request import SCOPE_VIEW
 from edgefleet.dispatcher.mcp.sessions import SessionStore
 from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
@@ -149,8 +150,9 @@ class Dispatcher:
             runner=self.tasks,
             audit=self.audit,
         )
+        self.features = Features(settings, self.fleet, self.router, self.paths)
         self.mcp = MCPEndpoint(
-            settings, self.calls, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit
+            settings, self.calls, self.features, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit
         )
         self.metrics.watch(
             StateSources(

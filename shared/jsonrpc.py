@@ -84,6 +84,11 @@ def error_body(request_id: Any, error: EdgefleetError) -> bytes:
     return orjson.dumps(body)
 
 
+def relayed_error_body(request_id: Any, error: dict[str, Any]) -> bytes:
+    """An error answered by someone else (an agent), passed on as it came, under our caller's id."""
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
 def is_response(message: Any) -> bool:
     """A JSON-RPC response (has an id, is not a request or notification)."""
     return isinstance(message, dict) and "id" in message and "method" not in message

@@ -49,6 +49,9 @@ class DispatcherSettings(BaseSettings):
     )
     max_connections_per_replica: int = Field(256, ge=1, description="Upper bound of pooled connections per replica.")
     probe_interval_s: float = Field(2.0, gt=0, description="Active health probe interval per replica.")
+    surface_refresh_s: float = Field(
+        30.0, gt=0, description="How often the prompts, resources and templates of each agent are read again."
+    )
     probe_timeout_s: float = Field(1.0, gt=0, description="Timeout of one health probe.")
     unhealthy_after: int = Field(
         2, ge=1, description="Consecutive failed probes/calls that open a replica's circuit breaker."

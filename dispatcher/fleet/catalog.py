@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 from packaging.version import InvalidVersion, Version
 
+from edgefleet.dispatcher.fleet.federation import Federation
 from edgefleet.dispatcher.fleet.naming import namespace_tools
+from edgefleet.dispatcher.fleet.surface import Surface
 from edgefleet.shared.constants import (
     META_EDGE_AGENT,
     META_EDGE_CACHE_TTL,
@@ -168,6 +171,20 @@ class AgentView:
     tools: dict[str, ToolEntry]  # the agent's own tool name -> entry
     definitions: list[dict[str, Any]]  # the tools as the agent declared them (+ the dispatcher's taskSupport)
     replicas: list[Replica]  # every warm replica of the agent
+    surface: Surface = field(default_factory=Surface)  # what its newest replica serves besides tools
+
+    def entry(self) -> ToolEntry:
+        """The agent as a call target for requests that are not tool calls (resources/read,
+        prompts/get, completion/complete): any of its replicas, and safe to retry (reads)."""
+        return ToolEntry(
+            public_name=self.agent,
+            agent=self.agent,
+            upstream_name="",
+            definition={},
+            idempotent=True,
+            validator=None,
+            replicas=self.replicas,
+        )
 
     def get(self, name: str) -> ToolEntry:
         """The entry for ``name``; a name the catalog does not know (yet) still goes to the
@@ -187,10 +204,19 @@ class AgentView:
 
 
 class Catalog:
-    def __init__(self, entries: dict[str, ToolEntry], views: dict[str, AgentView] | None = None) -> None:
+    _versions = itertools.count(1)
+
+    def __init__(
+        self,
+        entries: dict[str, ToolEntry],
+        views: dict[str, AgentView] | None = None,
+        federation: Federation | None = None,
+    ) -> None:
         self.entries = entries
         self.definitions = [entry.definition for entry in entries.values()]
         self.views = views or {}
+        self.federation = federation or Federation()
+        self.version = next(self._versions)  # list cursors name the catalog they page through
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -223,7 +249,7 @@ class Catalog:
                 log.error("agent %s left out of the catalog: %s", agent, exc.message)
                 continue
             by_upstream = {t["name"]: t for t in lead.record.tools}
-            view = views[agent] = AgentView(agent, {}, [], list(members))
+            view = views[agent] = AgentView(agent, {}, [], list(members), lead.surface)
             for public, upstream in mapping.items():
                 tool = by_upstream[upstream]
                 annotations = tool.get("annotations") or {}
@@ -249,7 +275,7 @@ class Catalog:
                 )
                 view.tools[upstream] = entries[public]
                 view.definitions.append(own_definition(tool))
-        return cls(entries, views)
+        return cls(entries, views, Federation.build({agent: view.surface for agent, view in views.items()}))
 
 
 def own_definition(tool: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from edgefleet.dispatcher.fleet.breaker import CLOSED, HALF_OPEN, OPEN, BreakerP
 from edgefleet.dispatcher.fleet.catalog import Catalog, ToolEntry
 from edgefleet.dispatcher.fleet.registry import Registry, tools_hash
 from edgefleet.dispatcher.fleet.replica import Replica
+from edgefleet.dispatcher.fleet.surface import fetch_surface
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
 from edgefleet.dispatcher.observability.metrics import ReplicaState
 from edgefleet.shared.constants import RedisKeys
@@ -83,6 +84,7 @@ class Fleet:
             asyncio.create_task(self._sync_loop(), name="fleet-sync"),
             asyncio.create_task(self._listen_loop(), name="fleet-listen"),
             asyncio.create_task(self._probe_loop(), name="fleet-probe"),
+            asyncio.create_task(self._surface_loop(), name="fleet-surface"),
         ]
 
     async def aclose(self) -> None:
@@ -168,10 +170,11 @@ class Fleet:
         while True:
             try:
                 started = time.perf_counter()
-                if replica.client.era is None:
+                if replica.client.era is None or not replica.client.advertised:
                     await replica.client.connect(timeout=self.settings.probe_timeout_s * 3)
                 if replica.record.static and not replica.record.tools:
                     await self._refresh_static_tools(replica)
+                replica.surface = await fetch_surface(replica.client, timeout=self.settings.probe_timeout_s * 3)
                 await replica.client.warm(self.settings.warm_connections, timeout=self.settings.probe_timeout_s * 3)
                 if self.on_warm is not None:
                     try:
@@ -216,6 +219,29 @@ class Fleet:
             due = [r for r in self.replicas.values() if r.admits()]
             if due:
                 await asyncio.gather(*(self._probe(r) for r in due))
+
+    async def _surface_loop(self) -> None:
+        """Prompts and resources change while an agent runs: re-read them now and then, one
+        replica per agent (they serve the same lists), and rebuild when something changed."""
+        while True:
+            await asyncio.sleep(self.settings.surface_refresh_s)
+            leads: dict[str, Replica] = {}
+            for replica in self.replicas.values():
+                if replica.admits() and replica.surface.capabilities and replica.record.agent not in leads:
+                    leads[replica.record.agent] = replica
+            changed = False
+            for agent, lead in leads.items():
+                try:
+                    fresh = await fetch_surface(lead.client, timeout=self.settings.probe_timeout_s * 3)
+                except (EdgefleetError, OSError) as exc:
+                    log.debug("surface of %s not refreshed: %s", agent, exc)
+                    continue
+                for replica in self.replicas.values():
+                    if replica.record.agent == agent and replica.surface != fresh:
+                        replica.surface = fresh
+                        changed = True
+            if changed:
+                self.rebuild()
 
     async def _probe(self, replica: Replica) -> None:
         trial = replica.breaker.begin()

@@ -14,10 +14,13 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from edgefleet.shared.constants import MAX_TOOL_NAME, NAMESPACE_SEPARATOR, TOOL_NAME_RE
+from edgefleet.shared.constants import AGENT_NAME_RE, MAX_TOOL_NAME, NAMESPACE_SEPARATOR, TOOL_NAME_RE
 from edgefleet.shared.errors import RegistrationError, ToolConflict
 
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# MCP Apps' ui:// resources keep their scheme (hosts look for it); the agent goes in the authority.
+_UI = "ui://"
 
 
 def public_name(agent: str, upstream: str) -> str:
@@ -54,3 +57,27 @@ def namespace_tools(agent: str, upstream_names: Iterable[str]) -> dict[str, str]
             )
         mapping[public] = upstream
     return mapping
+
+
+def public_uri(agent: str, uri: str) -> str | None:
+    """The /mcp form of an agent's resource URI (or URI template): ``agent+<uri>``, e.g.
+    ``everything+test://static-text``; ``ui://x/y`` becomes ``ui://agent+x/y``. ``+`` is a
+    scheme character and agent names have none, so the mapping cannot collide. None for a
+    URI without a scheme (it cannot be namespaced)."""
+    if uri.startswith(_UI):
+        return f"{_UI}{agent}+{uri[len(_UI) :]}"
+    if not _SCHEME.match(uri):
+        return None
+    return f"{agent}+{uri}"
+
+
+def split_public_uri(uri: str) -> tuple[str, str] | None:
+    """``everything+test://x`` -> ``("everything", "test://x")``; None when the URI has no
+    agent in front (the caller decides whether some agent serves it as it is)."""
+    if uri.startswith(_UI):
+        agent, sep, rest = uri[len(_UI) :].partition("+")
+        return (agent, _UI + rest) if sep and AGENT_NAME_RE.match(agent) else None
+    agent, sep, rest = uri.partition("+")
+    if sep and AGENT_NAME_RE.match(agent) and _SCHEME.match(rest):
+        return agent, rest
+    return None

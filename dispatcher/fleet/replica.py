@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from edgefleet.dispatcher.fleet.breaker import OPEN, CircuitBreaker
+from edgefleet.dispatcher.fleet.surface import Surface
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient
 from edgefleet.shared.models import ReplicaRecord
 
@@ -26,6 +27,7 @@ class Replica:
     last_error: str | None = None
     tool_names: frozenset[str] = field(default_factory=frozenset)
     warm_task: asyncio.Task[None] | None = None
+    surface: Surface = field(default_factory=Surface)  # prompts, resources, what the server says of itself
 
     def admits(self) -> bool:
         """May a call go here now? (Warm, and the breaker is closed or has a trial free.)"""

@@ -28,6 +28,7 @@ from edgefleet.shared.constants import (
     META_CLIENT_CAPABILITIES,
     META_CLIENT_INFO,
     META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
     MODERN_PROTOCOL_VERSION,
 )
 from edgefleet.shared.errors import AgentUnreachable, UpstreamError
@@ -142,6 +143,9 @@ class ReplicaClient:
         self.era: str | None = era
         self.legacy_version = LATEST_LEGACY_VERSION
         self.legacy_session: str | None = None
+        # What the server says about itself (capabilities, instructions, serverInfo), from
+        # server/discover or initialize: a per-agent mount shows the agent as it is.
+        self.advertised: dict[str, Any] = {}
         self._next_id = 0
         self._session_lock = asyncio.Lock()
 
@@ -174,7 +178,7 @@ class ReplicaClient:
                 params["_meta"] = {**modern_meta(), **params.get("_meta", {})}
             body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
             status, content_type, raw = await self._post(
-                body, self.call_headers(method, params.get("name")), timeout, call_pool=call_pool
+                body, self.call_headers(method, target_of(method, params)), timeout, call_pool=call_pool
             )
             if status == 404 and self.era == "legacy" and attempt == 0:
                 await self._open_legacy_session(timeout, force=True)
@@ -233,6 +237,9 @@ class ReplicaClient:
             and MODERN_PROTOCOL_VERSION in result.get("supportedVersions", [])
         ):
             self.era = "modern"
+            meta = result.get("_meta")
+            info = meta.get(META_SERVER_INFO) if isinstance(meta, dict) else None
+            self.advertised = _advertised(result, info)
             return self.era
         self.era = "legacy"
         await self._open_legacy_session(timeout, force=True)
@@ -266,8 +273,29 @@ class ReplicaClient:
             version = result.get("protocolVersion")
             self.legacy_version = version if version in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
             self.legacy_session = session_id
+            info = result.get("serverInfo")
+            self.advertised = _advertised(result, info if isinstance(info, dict) else None)
             notify = {"jsonrpc": "2.0", "method": "notifications/initialized"}
             await self._post(notify, self.call_headers("notifications/initialized", None), timeout)
+
+    async def list_all(
+        self, method: str, key: str, *, timeout: float = 5.0, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Every item of a paged list (``prompts/list`` -> ``prompts``...), at most ``limit``
+        items and 100 pages: whatever a server says, what it costs us is bounded."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(100):
+            result = await self.rpc(method, {"cursor": cursor} if cursor else {}, timeout=timeout)
+            found = result.get(key)
+            items.extend(item for item in (found if isinstance(found, list) else []) if isinstance(item, dict))
+            if len(items) >= limit:
+                return items[:limit]
+            next_cursor = result.get("nextCursor")
+            if not isinstance(next_cursor, str) or not next_cursor:
+                break
+            cursor = next_cursor
+        return items
 
     async def list_tools(self, *, timeout: float = 5.0) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
@@ -288,6 +316,23 @@ class ReplicaClient:
     async def warm(self, connections: int, *, timeout: float) -> None:
         """Open ``connections`` keep-alive connections in the CALL pool before routing here."""
         await asyncio.gather(*(self.probe(timeout=timeout, call_pool=True) for _ in range(connections)))
+
+
+def _advertised(result: dict[str, Any], server_info: dict[str, Any] | None) -> dict[str, Any]:
+    capabilities = result.get("capabilities")
+    instructions = result.get("instructions")
+    return {
+        "capabilities": capabilities if isinstance(capabilities, dict) else {},
+        "instructions": instructions if isinstance(instructions, str) else None,
+        "serverInfo": server_info,
+    }
+
+
+def target_of(method: str, params: dict[str, Any]) -> str | None:
+    """What a request names (its Mcp-Name header in 2026-07-28): the tool or prompt, the resource URI."""
+    key = "uri" if method.startswith("resources/") else "name"
+    value = params.get(key)
+    return value if isinstance(value, str) else None
 
 
 def encode_header_value(value: str) -> str:

@@ -58,6 +58,13 @@ def for_legacy(message: dict[str, Any]) -> dict[str, Any] | None:
     return {**message, "result": {k: v for k, v in result.items() if k not in _MODERN_ONLY}}
 
 
+def for_legacy_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A result dict without the fields of the 2026 era."""
+    if not any(key in result for key in _MODERN_ONLY):
+        return result
+    return {k: v for k, v in result.items() if k not in _MODERN_ONLY}
+
+
 def reshape(payload: bytes, *, modern: bool) -> bytes:
     """One serialized JSON-RPC message, reshaped for the client's era when it is a response
     that needs it (byte checks first: most answers are returned as they are)."""

@@ -217,14 +217,12 @@ class ToolCalls:
             return
         upstream_params = self._upstream_params(request, entry, obs)
         try:
-            order = self.router.order(request.peer, request.headers, self.fleet.regions)
+            # An identity bound to regions is served only there.
+            order = self.router.order(request.peer, request.headers, self.fleet.regions, allowed=identity.regions)
         except EdgefleetError as exc:  # e.g. an X-Edge-Region naming no region
             obs.failed(exc)
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
-        if identity.regions:  # an identity bound to regions is served only there
-            allowed = tuple(r for r in order.regions if r in identity.regions) or tuple(identity.regions)
-            order = dataclasses.replace(order, regions=allowed, only=True)
         obs.routed(order)
         era = "modern" if modern else "legacy"
         runner = self.runner
@@ -248,7 +246,7 @@ class ToolCalls:
             message.id,
             upstream_params,
             order,
-            self._timeout(request.headers),
+            call_deadline(request.headers, self.settings.call_timeout_s),
             obs=obs,
             identity=identity,
             extra_headers=request.extra_headers,
@@ -364,12 +362,13 @@ class ToolCalls:
             )
         return "create"
 
-    def _timeout(self, headers: dict[str, str]) -> float:
-        """The call's deadline: the configured one, or less when the client asks for less."""
-        asked = headers.get(HEADER_TIMEOUT)
-        if asked is not None and asked.isdigit() and int(asked) > 0:
-            return min(int(asked) / 1000, self.settings.call_timeout_s)
-        return self.settings.call_timeout_s
+
+def call_deadline(headers: dict[str, str], configured: float) -> float:
+    """A request's deadline: the configured one, or less when the client asks for less."""
+    asked = headers.get(HEADER_TIMEOUT)
+    if asked is not None and asked.isdigit() and int(asked) > 0:
+        return min(int(asked) / 1000, configured)
+    return configured
 
 
 def _asked_ttl(params: dict[str, Any]) -> int | None:

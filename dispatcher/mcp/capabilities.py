@@ -13,7 +13,8 @@ INSTRUCTIONS = "Tools of every agent in the fleet, named 'agent.tool'. Calls are
 CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
 # SEP-1686 tasks exist from 2025-11-25 on; older sessions get no tasks capability.
 TASKS_LEGACY_VERSION = "2025-11-25"
-LEGACY_TASK_CAPABILITIES = {**CAPABILITIES, "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
+TASK_CAPABILITIES: dict[str, Any] = {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
+LEGACY_TASK_CAPABILITIES = {**CAPABILITIES, **TASK_CAPABILITIES}
 # SEP-2663: the tasks extension, declared in server/discover.
 MODERN_CAPABILITIES = {**CAPABILITIES, "extensions": {TASKS_EXTENSION: {}}}
 MISSING_TASKS_EXTENSION: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}

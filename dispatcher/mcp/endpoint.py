@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.dispatcher.mcp.calls import ToolCalls
+from edgefleet.dispatcher.mcp.features import Features
 from edgefleet.dispatcher.mcp.legacy import LegacyEra
 from edgefleet.dispatcher.mcp.modern import ModernEra
 from edgefleet.dispatcher.mcp.request import SCOPE_VIEW, McpRequest
@@ -63,6 +64,7 @@ class MCPEndpoint:
         self,
         settings: DispatcherSettings,
         calls: ToolCalls,
+        features: Features,
         sessions: SessionStore,
         auth: Authenticator,
         tasks: TaskMethods | None = None,
@@ -72,8 +74,8 @@ class MCPEndpoint:
         self.calls = calls
         self.auth = auth
         self.audit = audit
-        self.modern = ModernEra(calls, tasks)
-        self.legacy = LegacyEra(calls, sessions, tasks)
+        self.modern = ModernEra(calls, features, tasks)
+        self.legacy = LegacyEra(calls, features, sessions, tasks)
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.dispatcher.mcp import bridge
 from edgefleet.dispatcher.mcp.bridge import EraAnswer
 from edgefleet.dispatcher.mcp.calls import CallRequest
 from edgefleet.dispatcher.mcp.cancellation import disconnected
-from edgefleet.dispatcher.mcp.capabilities import (
-    CAPABILITIES,
-    INSTRUCTIONS,
-    LEGACY_TASK_CAPABILITIES,
-    SERVER_INFO,
-    TASKS_LEGACY_VERSION,
-)
+from edgefleet.dispatcher.mcp.capabilities import TASK_CAPABILITIES, TASKS_LEGACY_VERSION
+from edgefleet.dispatcher.mcp.features import METHODS as FEATURE_METHODS
+from edgefleet.dispatcher.mcp.features import AgentError, Features
 from edgefleet.dispatcher.mcp.request import McpRequest
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.shared import jsonrpc
@@ -43,8 +40,9 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 
 
 class LegacyEra:
-    def __init__(self, calls: ToolCalls, sessions: SessionStore, tasks: TaskMethods | None) -> None:
+    def __init__(self, calls: ToolCalls, features: Features, sessions: SessionStore, tasks: TaskMethods | None) -> None:
         self.calls = calls
+        self.features = features
         self.sessions = sessions
         self.tasks = tasks
 
@@ -61,15 +59,11 @@ class LegacyEra:
         session = await self.sessions.create(
             negotiated, client_info, capabilities, owner=identity.name, view=request.view
         )
-        offered = (
-            LEGACY_TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else CAPABILITIES
-        )
-        result = {
-            "protocolVersion": negotiated,
-            "capabilities": offered,
-            "serverInfo": SERVER_INFO,
-            "instructions": INSTRUCTIONS,
-        }
+        tasks = TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else {}
+        capabilities, info, instructions = self.features.describe(request.view, tasks)
+        result: dict[str, Any] = {"protocolVersion": negotiated, "capabilities": capabilities, "serverInfo": info}
+        if instructions:
+            result["instructions"] = instructions
         await respond(
             send,
             200,
@@ -118,7 +112,14 @@ class LegacyEra:
             request.identity,
         )
         method = message.method
-        if method == "tools/call":
+        if method in FEATURE_METHODS:
+            try:
+                result = await self.features.answer(request, modern=False, session=session)
+            except AgentError as exc:  # the agent's own error, as it gave it
+                await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
+                return
+            await respond(send, 200, jsonrpc.result_body(message.id, bridge.for_legacy_result(result)))
+        elif method == "tools/call":
             call = CallRequest(
                 message,
                 headers,

@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.dispatcher.mcp.calls import CallRequest
 from edgefleet.dispatcher.mcp.capabilities import (
-    CAPABILITIES,
-    INSTRUCTIONS,
     MISSING_TASKS_EXTENSION,
-    MODERN_CAPABILITIES,
-    SERVER_INFO,
     declares_tasks,
 )
+from edgefleet.dispatcher.mcp.features import LISTS, AgentError, Features
+from edgefleet.dispatcher.mcp.features import METHODS as FEATURE_METHODS
 from edgefleet.dispatcher.mcp.request import McpRequest
 from edgefleet.shared import jsonrpc
 from edgefleet.shared.asgi import respond
@@ -47,12 +45,14 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.tasks.methods import TaskMethods
 
 TASK_METHODS = ("tasks/get", "tasks/update", "tasks/cancel")
-METHODS = frozenset({"tools/call", "tools/list", "server/discover", *TASK_METHODS})
+METHODS = frozenset({"tools/call", "tools/list", "server/discover", *TASK_METHODS, *FEATURE_METHODS})
 
 
 class ModernEra:
-    def __init__(self, calls: ToolCalls, tasks: TaskMethods | None) -> None:
+    def __init__(self, calls: ToolCalls, features: Features, tasks: TaskMethods | None) -> None:
         self.calls = calls
+        self.features = features
+        self.features_methods = FEATURE_METHODS
         self.tasks = tasks
 
     async def handle(self, request: McpRequest) -> None:
@@ -98,16 +98,33 @@ class ModernEra:
                 await respond(send, 200, jsonrpc.error_body(message.id, exc))
                 return
             await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method in self.features_methods:
+            try:
+                found = await self.features.answer(request, modern=True)
+            except InvalidParams as exc:  # unknown resource or prompt: a JSON-RPC answer, not an HTTP failure
+                await respond(send, 200, jsonrpc.error_body(message.id, exc))
+                return
+            except AgentError as exc:  # the agent's own error, as it gave it
+                await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
+                return
+            result = {"resultType": "complete", **found}
+            if method in LISTS:
+                # Lists are the fleet's (or the agent's) as this identity may see them.
+                result.update(ttlMs=0, cacheScope="private")
+            await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method == "server/discover":
+            tasks: dict[str, Any] = {"extensions": {TASKS_EXTENSION: {}}} if self.tasks is not None else {}
+            capabilities, info, instructions = self.features.describe(request.view, tasks)
             result = {
                 "resultType": "complete",
                 "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
-                "capabilities": MODERN_CAPABILITIES if self.tasks is not None else CAPABILITIES,
-                "instructions": INSTRUCTIONS,
+                "capabilities": capabilities,
                 "ttlMs": 0,
                 "cacheScope": "public",
-                "_meta": {META_SERVER_INFO: SERVER_INFO},
+                "_meta": {META_SERVER_INFO: info},
             }
+            if instructions:
+                result["instructions"] = instructions
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         else:
             raise MethodNotFound(f"Method not found: {method}", data={"id": message.id})

@@ -26,12 +26,21 @@ class ToolCall:
     identity: Identity | None = None  # who asked (the dispatcher's own tools call others on its behalf)
     extra_headers: dict[str, str] | None = None  # e.g. 2026 Mcp-Param-* headers, passed on as they came
     modern: bool = True  # the caller speaks 2026-07-28 (results carry resultType)
+    # A forwarded request that is not a tool call (resources/read, prompts/get,
+    # completion/complete) names its method and what it targets (its Mcp-Name).
+    method: str = "tools/call"
+    target: str | None = None
 
     @property
     def arguments(self) -> dict[str, Any]:
         arguments = self.params.get("arguments")
         return arguments if isinstance(arguments, dict) else {}
 
+    @property
+    def name(self) -> str:
+        """What the request names upstream: the tool, or the target of another method."""
+        return self.entry.upstream_name if self.method == "tools/call" else self.target or ""
+
     def body(self) -> bytes:
         """The JSON-RPC request as the agent receives it."""
-        return orjson.dumps({"jsonrpc": "2.0", "id": self.request_id, "method": "tools/call", "params": self.params})
+        return orjson.dumps({"jsonrpc": "2.0", "id": self.request_id, "method": self.method, "params": self.params})

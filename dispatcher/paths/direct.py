@@ -144,7 +144,7 @@ class DirectPath:
             "edgefleet.attempt": route.attempt,
         }
         with _tracer.start_as_current_span(
-            f"tools/call {call.entry.upstream_name}",
+            f"{call.method} {call.name}",
             kind=SpanKind.CLIENT,
             attributes=attributes,
             record_exception=False,
@@ -172,7 +172,7 @@ class DirectPath:
     ) -> None:
         entry, obs = call.entry, call.obs
         client = replica.client
-        headers = client.call_headers("tools/call", entry.upstream_name)
+        headers = client.call_headers(call.method, call.name or None)
         if extra_headers:
             headers.update(extra_headers)
         # Deadline propagation: the agent stops working on a call nobody waits for any more.

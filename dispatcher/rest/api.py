@@ -199,7 +199,7 @@ def build_api(
         return Response(status_code=204)
 
     @api.delete("/v1/agents/{name}")
-    async def remove_agent(name: str, credential: Annotated[AgentCredential, Depends(operator)]) -> dict[str, Any]:
+    async def remove_agent(name: str, credential: AgentCredential = Depends(operator)) -> dict[str, Any]:  # noqa: B008 - FastAPI declares dependencies this way; the dependency is a closure, which a string annotation (Annotated) cannot name
         removed = [r.replica_id for r in await fleet.registry.live() if r.agent == name]
         if not removed:
             raise NotFound(f"No agent named {name!r} is registered.")

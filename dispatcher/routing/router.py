@@ -10,6 +10,7 @@ circuit breaker whether it admits a call and the configured policy how to rank t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,13 +55,20 @@ class Router:
     def close(self) -> None:
         self.locator.close()
 
-    def order(self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str]) -> RouteOrder:
+    def order(
+        self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str], allowed: tuple[str, ...] = ()
+    ) -> RouteOrder:
+        """The regions a caller's request tries, nearest first; ``allowed`` (a caller bound to
+        regions) keeps only those, whatever the caller's location or hint says."""
         address = client_address(peer, headers, self.trusted, self.forwarded_header)
         location = self.locator.locate(address)
         order = self._geo_order(location, fleet_regions)
         hint = headers.get(HEADER_REGION_HINT) if self.allow_hint else None
         if hint:
-            return self._hinted(hint, order, fleet_regions)
+            order = self._hinted(hint, order, fleet_regions)
+        if allowed:
+            regions = tuple(r for r in order.regions if r in allowed) or allowed
+            order = dataclasses.replace(order, regions=regions, only=True)
         return order
 
     def _geo_order(self, location: Location, fleet_regions: frozenset[str]) -> RouteOrder:

@@ -67,6 +67,11 @@ class Identity:
                 self._allowed[tool] = found
         return found
 
+    def may_use(self, agent: str) -> bool:
+        """May this identity use the agent's prompts, resources and completions? When it may
+        call some tool in the agent's namespace (a pattern whose agent part matches)."""
+        return not self.tools or any(fnmatch.fnmatchcase(agent, p.split(".", 1)[0]) for p in self.tools)
+
 
 ANONYMOUS = Identity("anonymous", frozenset({ADMIN_SCOPE}), method="none")
 # The dispatcher's own start-up exercise of /mcp, passed in the ASGI scope (in-process only).

@@ -25,6 +25,7 @@ from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
 from edgefleet.dispatcher.mcp.features import Features
+from edgefleet.dispatcher.mcp.relay import RequestRelay
 from edgefleet.dispatcher.mcp.request import SCOPE_VIEW
 from edgefleet.dispatcher.mcp.sessions import SessionStore
 from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
@@ -138,6 +139,7 @@ class Dispatcher:
             audit=self.audit,
         )
         self.auth = Authenticator.from_settings(settings)
+        self.relay = RequestRelay(self.redis, keys, self.instance, self.fleet)
         self.limits = RateLimits(settings)
         self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
         self.calls = ToolCalls(
@@ -149,6 +151,7 @@ class Dispatcher:
             self.metrics,
             runner=self.tasks,
             audit=self.audit,
+            relay=self.relay,
         )
         self.features = Features(settings, self.fleet, self.router, self.paths)
         self.mcp = MCPEndpoint(
@@ -242,6 +245,7 @@ class Dispatcher:
         except TimeoutError:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
         await self.tasks.start()
+        await self.relay.start()
         await warmup.exercise_endpoint(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
@@ -251,6 +255,7 @@ class Dispatcher:
         )
 
     async def aclose(self) -> None:
+        await self.relay.aclose()
         await self.tasks.aclose()
         await self.fleet.aclose()
         if self.bus_path is not None:

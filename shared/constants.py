@@ -129,6 +129,11 @@ class RedisKeys:
         """Pub/sub channel: a task changed (status, progress, cancel); waiters wake up."""
         return f"{self.prefix}:tasks:events"
 
+    def relay(self, instance: str) -> str:
+        """STREAM: a client's answers to server->client requests that one dispatcher instance
+        relayed, when the answer reached another instance (dispatcher/mcp/relay.py)."""
+        return f"{self.prefix}:relay:{instance}"
+
 
 @dataclass(frozen=True)
 class BusNames:

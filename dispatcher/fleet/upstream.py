@@ -12,6 +12,7 @@ get ONE upstream session, opened while warming and reopened if the server forget
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -106,7 +107,8 @@ def modern_meta(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         META_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSION,
         META_CLIENT_INFO: CLIENT_INFO,
-        META_CLIENT_CAPABILITIES: {},
+        # Everything a client may declare: the catalog then lists every tool the server offers.
+        META_CLIENT_CAPABILITIES: declared_capabilities(ALL_CAPABILITIES),
     }
     if extra:
         meta.update(extra)
@@ -142,7 +144,13 @@ class ReplicaClient:
         self.url = url
         self.era: str | None = era
         self.legacy_version = LATEST_LEGACY_VERSION
-        self.legacy_session: str | None = None
+        # 2025-era sessions with this replica, one per set of client capabilities (a server
+        # asks a client only for what its session declared, and may offer some tools only to
+        # clients that can sample, elicit or list roots). ALL_CAPABILITIES is the dispatcher's
+        # own (control traffic, and the tool list of the catalog: every tool offered).
+        self.legacy_sessions: dict[CapabilityKey, str] = {}
+        # The server also speaks 2025-11-25 (a 2025 client is then served in that era).
+        self.speaks_legacy = False
         # What the server says about itself (capabilities, instructions, serverInfo), from
         # server/discover or initialize: a per-agent mount shows the agent as it is.
         self.advertised: dict[str, Any] = {}
@@ -150,12 +158,19 @@ class ReplicaClient:
         self._session_lock = asyncio.Lock()
 
     # -- headers used by the hot path --------------------------------------------------
-    def call_headers(self, method: str, name: str | None) -> dict[str, str]:
+    @property
+    def legacy_session(self) -> str | None:
+        """The dispatcher's own 2025-era session: control traffic ("" for a stateless server)."""
+        return self.legacy_sessions.get(ALL_CAPABILITIES)
+
+    def call_headers(self, method: str, name: str | None, *, session: str | None = None) -> dict[str, str]:
+        """Headers of one request; ``session`` (a 2025-era session of this replica) sends it in that era."""
         headers = {"content-type": "application/json", "accept": ACCEPT}
-        if self.era == "legacy":
+        if session is not None or self.era == "legacy":
             headers[HEADER_PROTOCOL_VERSION] = self.legacy_version
-            if self.legacy_session:
-                headers[HEADER_SESSION_ID] = self.legacy_session
+            session = session or self.legacy_session
+            if session:
+                headers[HEADER_SESSION_ID] = session
         else:
             headers[HEADER_PROTOCOL_VERSION] = MODERN_PROTOCOL_VERSION
             headers[HEADER_METHOD] = method
@@ -240,20 +255,55 @@ class ReplicaClient:
             meta = result.get("_meta")
             info = meta.get(META_SERVER_INFO) if isinstance(meta, dict) else None
             self.advertised = _advertised(result, info)
+            self.speaks_legacy = any(v in LEGACY_PROTOCOL_VERSIONS for v in result.get("supportedVersions", []))
+            if not self.speaks_legacy:
+                # Servers of both eras do not always list 2025-11-25 in server/discover: a
+                # session-holding 2025 server behind the same URL is what matters (only a
+                # session lets it ask the client things), so ask it for one.
+                with contextlib.suppress(AgentUnreachable):
+                    await self._open_legacy_session(timeout, force=True)
+                self.speaks_legacy = bool(self.legacy_session)
             return self.era
         self.era = "legacy"
+        self.speaks_legacy = True
         await self._open_legacy_session(timeout, force=True)
         return self.era
 
-    async def _open_legacy_session(self, timeout: float, *, force: bool = False) -> None:
+    async def send_response(self, session: str, message: dict[str, Any], *, timeout: float) -> None:
+        """A client's answer to a request this replica sent on one of our sessions."""
+        headers = self.call_headers("", None, session=session)
+        status, _, _ = await self._post(message, headers, timeout)
+        if status >= 300:
+            raise UpstreamError(f"{self.url} refused the answer to its request (HTTP {status})")
+
+    async def session_for(self, key: CapabilityKey, *, timeout: float) -> str:
+        """The 2025-era session for clients declaring ``key`` (opened on first use, then kept)."""
+        found = self.legacy_sessions.get(key)
+        if found is None:
+            await self._open_legacy_session(timeout, key=key)
+            found = self.legacy_sessions.get(key, "")
+        return found
+
+    def forget_session(self, key: CapabilityKey) -> None:
+        """The replica forgot this session (it restarted): the next call opens a new one."""
+        self.legacy_sessions.pop(key, None)
+
+    async def _open_legacy_session(
+        self, timeout: float, *, force: bool = False, key: CapabilityKey | None = None
+    ) -> None:
+        key = ALL_CAPABILITIES if key is None else key
         async with self._session_lock:
-            if self.legacy_session and not force:
+            if key in self.legacy_sessions and not force:
                 return
             body = {
                 "jsonrpc": "2.0",
                 "id": "edge-init",
                 "method": "initialize",
-                "params": {"protocolVersion": LATEST_LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
+                "params": {
+                    "protocolVersion": LATEST_LEGACY_VERSION,
+                    "capabilities": declared_capabilities(key),
+                    "clientInfo": CLIENT_INFO,
+                },
             }
             headers = {"content-type": "application/json", "accept": ACCEPT}
             try:
@@ -272,11 +322,13 @@ class ReplicaClient:
                 raise AgentUnreachable(f"{self.url} did not accept initialize: {message.get('error')}")
             version = result.get("protocolVersion")
             self.legacy_version = version if version in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
-            self.legacy_session = session_id
-            info = result.get("serverInfo")
-            self.advertised = _advertised(result, info if isinstance(info, dict) else None)
+            # A stateless 2025 server gives no session id: its requests then carry none ("").
+            self.legacy_sessions[key] = session_id or ""
+            if key == ALL_CAPABILITIES and self.era == "legacy":
+                info = result.get("serverInfo")
+                self.advertised = _advertised(result, info if isinstance(info, dict) else None)
             notify = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-            await self._post(notify, self.call_headers("notifications/initialized", None), timeout)
+            await self._post(notify, self.call_headers("notifications/initialized", None, session=session_id), timeout)
 
     async def list_all(
         self, method: str, key: str, *, timeout: float = 5.0, limit: int = 10_000
@@ -316,6 +368,52 @@ class ReplicaClient:
     async def warm(self, connections: int, *, timeout: float) -> None:
         """Open ``connections`` keep-alive connections in the CALL pool before routing here."""
         await asyncio.gather(*(self.probe(timeout=timeout, call_pool=True) for _ in range(connections)))
+
+
+# Client capabilities that change what a server may ask of a client or offer to it, as
+# flags: the set of 2025 upstream sessions per replica stays small (2^8 at the very most)
+# whatever a client declares.
+CAPABILITY_FLAGS = (
+    ("sampling", None),
+    ("sampling", "tools"),
+    ("sampling", "context"),
+    ("elicitation", None),
+    ("elicitation", "form"),
+    ("elicitation", "url"),
+    ("roots", None),
+    ("roots", "listChanged"),
+)
+CapabilityKey = tuple[str, ...]
+# What the dispatcher declares when it lists a server's tools: everything, so that tools
+# offered only to capable clients are in the catalog too.
+ALL_CAPABILITIES: CapabilityKey = tuple(f"{c}.{s}" if s else c for c, s in CAPABILITY_FLAGS)
+
+
+def capability_key(capabilities: Any) -> CapabilityKey:
+    """The flags of a client's declared capabilities (a 2025 session's, or a 2026 request's)."""
+    if not isinstance(capabilities, dict):
+        return ()
+    flags = []
+    for capability, sub in CAPABILITY_FLAGS:
+        value = capabilities.get(capability)
+        if not isinstance(value, dict):
+            continue
+        if sub is None:
+            flags.append(capability)
+        elif value.get(sub) not in (None, False):
+            flags.append(f"{capability}.{sub}")
+    return tuple(flags)
+
+
+def declared_capabilities(key: CapabilityKey) -> dict[str, Any]:
+    """The ``capabilities`` object of an initialize declaring ``key``."""
+    declared: dict[str, Any] = {}
+    for flag in key:
+        capability, _, sub = flag.partition(".")
+        entry = declared.setdefault(capability, {})
+        if sub:
+            entry[sub] = True if sub == "listChanged" else {}
+    return declared
 
 
 def _advertised(result: dict[str, Any], server_info: dict[str, Any] | None) -> dict[str, Any]:

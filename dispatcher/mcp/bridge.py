@@ -17,6 +17,7 @@ it needs changing: a 2026 agent answering a 2026 client passes through untouched
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,6 +26,7 @@ from edgefleet.shared import jsonrpc, sse
 from edgefleet.shared.errors import UpstreamError
 
 if TYPE_CHECKING:
+    from edgefleet.dispatcher.mcp.relay import RequestRelay
     from edgefleet.dispatcher.paths.answer import HttpAnswer
     from edgefleet.dispatcher.paths.route import Route
 
@@ -100,14 +102,27 @@ def _named(name: str, data: bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
+@dataclass(slots=True)
+class RelayContext:
+    """Who a 2025 call's server->client requests go to (and whose answers may come back)."""
+
+    relay: RequestRelay
+    client_session: str
+    owner: str
+    relayed: list[str] = field(default_factory=list)
+
+
 class EraAnswer:
-    """An answer on its way to a client of one era (wraps the client's real answer)."""
+    """An answer on its way to a client of one era (wraps the client's real answer); with a
+    relay, the upstream's requests on the stream go out under ids of ours (mcp.relay)."""
 
-    __slots__ = ("inner", "modern")
+    __slots__ = ("inner", "modern", "relay", "route")
 
-    def __init__(self, inner: HttpAnswer, *, modern: bool) -> None:
+    def __init__(self, inner: HttpAnswer, *, modern: bool, relay: RelayContext | None = None) -> None:
         self.inner = inner
         self.modern = modern
+        self.relay = relay
+        self.route: Route | None = None
 
     @property
     def started(self) -> bool:
@@ -118,14 +133,43 @@ class EraAnswer:
         return self.inner.ended
 
     async def open_stream(self, route: Route | None) -> None:
+        self.route = route
         await self.inner.open_stream(route)
 
     async def send_events(self, events: bytes) -> None:
         events = reshape_events(events, modern=self.modern)
+        if self.relay is not None and b'"method"' in events and b'"id"' in events:
+            events = self._relay_requests(events)
         if events:
             await self.inner.send_events(events)
 
+    def _relay_requests(self, events: bytes) -> bytes:
+        context, route = self.relay, self.route
+        if context is None or route is None or route.session is None or route.replica is None:
+            return events  # not a 2025 upstream session: nobody could take an answer back
+        out = []
+        for name, data in sse.events(events):
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                out.append(_named(name, data))
+                continue
+            if isinstance(message, dict) and "method" in message and "id" in message:
+                message = context.relay.adopt(
+                    message,
+                    replica=route.replica,
+                    session=route.session,
+                    client_session=context.client_session,
+                    owner=context.owner,
+                )
+                context.relayed.append(message["id"])
+                data = orjson.dumps(message)
+            out.append(sse.frame(data) if name == "message" else _named(name, data))
+        return b"".join(out)
+
     async def close_stream(self) -> None:
+        if self.relay is not None and self.relay.relayed:
+            self.relay.relay.release(self.relay.relayed)
         await self.inner.close_stream()
 
     async def send_json(self, status: int, body: bytes, route: Route | None) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from edgefleet.dispatcher.mcp.bridge import EraAnswer
+from edgefleet.dispatcher.mcp.bridge import EraAnswer, RelayContext
 from edgefleet.dispatcher.mcp.cancellation import Cancellation
 from edgefleet.dispatcher.mcp.capabilities import MISSING_TASKS_EXTENSION, TASKS_LEGACY_VERSION, declares_tasks
 from edgefleet.dispatcher.observability.observe import CallObservation
@@ -49,6 +49,7 @@ from edgefleet.shared.errors import (
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.catalog import ToolEntry
     from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.dispatcher.mcp.relay import RequestRelay
     from edgefleet.dispatcher.mcp.sessions import Session
     from edgefleet.dispatcher.observability.metrics import Metrics
     from edgefleet.dispatcher.paths.dispatch import CallPaths
@@ -90,7 +91,9 @@ class ToolCalls:
         metrics: Metrics,
         runner: TaskRunner | None = None,
         audit: AuditLog | None = None,
+        relay: RequestRelay | None = None,
     ) -> None:
+        self.relay = relay
         self.settings = settings
         self.fleet = fleet
         self.router = router
@@ -251,8 +254,14 @@ class ToolCalls:
             identity=identity,
             extra_headers=request.extra_headers,
             modern=modern,
+            client_capabilities=client_capabilities(message.params, session),
         )
-        answer = EraAnswer(HttpAnswer(send), modern=modern)
+        relay = (
+            RelayContext(self.relay, session.id, identity.name)
+            if session is not None and self.relay is not None
+            else None
+        )
+        answer = EraAnswer(HttpAnswer(send), modern=modern, relay=relay)
         if mode == "promote":
             assert request.receive is not None
             await self.cancellation.promotable(call, self.paths, answer, request.receive, make_record)
@@ -361,6 +370,16 @@ class ToolCalls:
                 data={"id": message.id, "tool": entry.public_name},
             )
         return "create"
+
+
+def client_capabilities(params: dict[str, Any], session: Session | None) -> dict[str, Any]:
+    """What the client declared it can do: its 2025 session's capabilities, or a 2026
+    request's own ``_meta`` clientCapabilities."""
+    if session is not None:
+        return session.capabilities
+    meta = params.get("_meta")
+    declared = meta.get(META_CLIENT_CAPABILITIES) if isinstance(meta, dict) else None
+    return declared if isinstance(declared, dict) else {}
 
 
 def call_deadline(headers: dict[str, str], configured: float) -> float:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from opentelemetry.trace import SpanKind
 
+from edgefleet.dispatcher.fleet.catalog import own_definition
 from edgefleet.dispatcher.fleet.naming import public_uri, split_public_uri
-from edgefleet.dispatcher.mcp.calls import call_deadline
+from edgefleet.dispatcher.mcp.calls import call_deadline, client_capabilities
 from edgefleet.dispatcher.mcp.capabilities import INSTRUCTIONS, SERVER_INFO
 from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
@@ -104,6 +105,27 @@ class Features:
         if method == "prompts/get":
             return await self._get_prompt(request, modern, session)
         return await self._complete(request, modern, session)
+
+    async def mount_tools(self, request: McpRequest, *, modern: bool, session: Session | None = None) -> dict[str, Any]:
+        """tools/list on a per-agent mount: the agent's own answer, for this client's era and
+        capabilities (a server may offer some tools only to clients that can sample or
+        elicit, and a server of both eras may offer different tools in each), filtered to
+        what the identity may call, with the tasks the dispatcher hosts."""
+        assert request.view is not None
+        agent = self.fleet.catalog.view(request.view)
+        if agent is None:
+            raise MethodNotFound(f"Unknown agent {request.view!r}.")
+        result = await self._forward(request, agent, dict(request.message.params), modern, session, method="tools/list")
+        tools = result.get("tools")
+        identity = request.identity
+        listed = [
+            own_definition(t)
+            for t in (tools if isinstance(tools, list) else [])
+            if isinstance(t, dict)
+            and isinstance(t.get("name"), str)
+            and identity.may_call(f"{agent.agent}.{t['name']}")
+        ]
+        return {**result, "tools": listed}
 
     # -- /mcp: the fleet's lists from memory ------------------------------------------------
     def _list(self, method: str, params: dict[str, Any], identity: Identity, catalog: Catalog) -> dict[str, Any]:
@@ -192,11 +214,17 @@ class Features:
             raise ToolForbidden(f"{identity.name!r} may not use agent {agent!r}.", data={"agent": agent})
 
     async def _forward(
-        self, request: McpRequest, agent: AgentView, params: dict[str, Any], modern: bool, session: Session | None
+        self,
+        request: McpRequest,
+        agent: AgentView,
+        params: dict[str, Any],
+        modern: bool,
+        session: Session | None,
+        method: str | None = None,
     ) -> dict[str, Any]:
         """The request sent to one replica of ``agent`` (nearest healthy one, failover), and the result."""
         message = request.message
-        method = message.method or ""
+        method = method or message.method or ""
         if not modern and session is not None:
             # A 2025 client's request reaching a 2026 agent needs the per-request fields.
             meta = dict(params["_meta"]) if isinstance(params.get("_meta"), dict) else {}
@@ -215,6 +243,7 @@ class Features:
             modern=modern,
             method=method,
             target=target if isinstance(target, str) else None,
+            client_capabilities=client_capabilities(request.message.params, session),
         )
         with _tracer.start_as_current_span(
             f"{method} {agent.agent}", kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False

@@ -92,6 +92,12 @@ class LegacyEra:
         # names are that mount's); to anyone else, or elsewhere, it does not exist.
         if session is None or session.owner != identity.name or session.view != request.view:
             raise SessionNotFound(data={"id": message.id})
+        if message.kind == "response":
+            # The client answering a request an upstream sent on one of its calls' streams.
+            if self.calls.relay is not None:
+                await self.calls.relay.answer(message.raw, client_session=session.id, owner=identity.name)
+            await respond(send, 202, content_type=None)
+            return
         if message.kind != "request":
             request_id = message.params.get("requestId")
             if message.method == "notifications/cancelled" and isinstance(request_id, (str, int)):
@@ -149,8 +155,15 @@ class LegacyEra:
             if not work.cancelled():
                 work.result()
         elif method == "tools/list":
-            tools = self.calls.tools_for(identity, request.view)
-            await respond(send, 200, jsonrpc.result_body(message.id, {"tools": tools}))
+            if request.view is None:
+                listed: dict[str, Any] = {"tools": self.calls.tools_for(identity)}
+            else:
+                try:
+                    listed = await self.features.mount_tools(request, modern=False, session=session)
+                except AgentError as exc:
+                    await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
+                    return
+            await respond(send, 200, jsonrpc.result_body(message.id, bridge.for_legacy_result(listed)))
         elif method == "ping":
             await respond(send, 200, jsonrpc.result_body(message.id, {}))
         elif method == "logging/setLevel":

@@ -84,12 +84,15 @@ class ModernEra:
             )
             await self.calls.handle(call, send)
         elif method == "tools/list":
-            result = {
-                "resultType": "complete",
-                "tools": self.calls.tools_for(identity, request.view),
-                "ttlMs": 0,
-                "cacheScope": "private",
-            }
+            if request.view is None:
+                tools: dict[str, Any] = {"tools": self.calls.tools_for(identity)}
+            else:
+                try:
+                    tools = await self.features.mount_tools(request, modern=True)
+                except AgentError as exc:
+                    await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
+                    return
+            result = {"resultType": "complete", **tools, "ttlMs": 0, "cacheScope": "private"}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method in TASK_METHODS:
             try:

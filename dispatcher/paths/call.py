@@ -30,6 +30,9 @@ class ToolCall:
     # completion/complete) names its method and what it targets (its Mcp-Name).
     method: str = "tools/call"
     target: str | None = None
+    # What the client declared it can do (sampling, elicitation, roots): a 2025-era
+    # upstream session is chosen by it. None: the dispatcher's own calls.
+    client_capabilities: dict[str, Any] | None = None
 
     @property
     def arguments(self) -> dict[str, Any]:

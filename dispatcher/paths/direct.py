@@ -22,6 +22,7 @@ import orjson
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from edgefleet.dispatcher.fleet.upstream import capability_key
 from edgefleet.dispatcher.paths.answer import Answer, fail, json_into_stream
 from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.route import Route
@@ -32,6 +33,7 @@ from edgefleet.shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnk
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.fleet.replica import Replica
+    from edgefleet.dispatcher.fleet.upstream import CapabilityKey, ReplicaClient
     from edgefleet.dispatcher.observability.observe import CallObservation
     from edgefleet.dispatcher.paths.call import ToolCall
     from edgefleet.dispatcher.routing.router import RouteOrder, Router
@@ -172,15 +174,27 @@ class DirectPath:
     ) -> None:
         entry, obs = call.entry, call.obs
         client = replica.client
-        headers = client.call_headers(call.method, call.name or None)
+        legacy = upstream_session(call, client)
+        session_id: str | None = None
+        if legacy is not None:
+            try:
+                session_id = await client.session_for(
+                    legacy, timeout=min(timeout, self.fleet.settings.probe_timeout_s * 3)
+                )
+            except EdgefleetError as exc:
+                raise _NotStarted(
+                    UpstreamError(f"no 2025-era session with replica {replica.id}: {exc.message}")
+                ) from None
+        headers = client.call_headers(call.method, call.name or None, session=session_id)
+        route.session = session_id
         if extra_headers:
             headers.update(extra_headers)
         # Deadline propagation: the agent stops working on a call nobody waits for any more.
         headers[HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
         rename: _IdRename | None = None
-        if client.era == "legacy":
-            # Every client shares our ONE upstream session with a 2025-era server: two
-            # clients' "id": 1 in flight at once would cross. Send a unique id, map it back.
+        if session_id is not None:
+            # Clients share our upstream sessions with a 2025-era server: two clients'
+            # "id": 1 in flight at once would cross. Send a unique id, map it back.
             rename = _IdRename(call.request_id)
             body = rename.outgoing(body)
         session = self.fleet.pool.session
@@ -222,9 +236,9 @@ class DirectPath:
                     UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")
                 ) from None
             try:
-                if resp.status == 404 and client.era == "legacy":
-                    # The upstream forgot our session (it restarted): reopen, then retry here.
-                    await client.connect()
+                if resp.status == 404 and legacy is not None:
+                    # The upstream forgot our session (it restarted): the next try opens a new one.
+                    client.forget_session(legacy)
                     raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
                 if resp.status in NOT_PROCESSED_STATUSES:
                     verdict = True
@@ -384,6 +398,20 @@ class _Relay:
     async def _forward(self, events: bytes) -> None:
         await self.answer.open_stream(self.route)
         await self.answer.send_events(events)
+
+
+def upstream_session(call: ToolCall, client: ReplicaClient) -> CapabilityKey | None:
+    """Which 2025-era session of the replica carries this call, by the capabilities of its
+    client; None: a 2026-era request. A 2025-only server gets every call in its era; a
+    server of both eras gets a 2025 client's calls in that era, so that what it asks of
+    the client (sampling, elicitation) reaches a client that can answer."""
+    if client.era == "legacy":
+        # 2026 clients answer server requests as input_required rounds, not yet bridged to a
+        # 2025 server: their calls go through a session that lets the server ask nothing.
+        return capability_key(call.client_capabilities) if not call.modern else ()
+    if not call.modern and call.client_capabilities is not None and client.speaks_legacy:
+        return capability_key(call.client_capabilities)
+    return None
 
 
 def _classify(obs: CallObservation, payload: bytes, *, stream: bool) -> None:

@@ -22,6 +22,7 @@ class Route:
     reason: str | None = None  # why that region (network | private-db | geoip | hint | default, +failover)
     attempt: int = 0  # direct path: which try answered (1 = the first)
     task: str | None = None  # bus path: the envelope's task id
+    session: str | None = None  # direct path: the replica's 2025-era session the call went through (not in the header)
 
     def header(self) -> tuple[bytes, bytes]:
         """The ``Edgefleet-Route`` header, e.g. ``region=us-east; replica=...; reason=geoip+failover; attempt=2``."""

@@ -278,7 +278,7 @@ async def test_a_shared_legacy_upstream_session_gets_unique_ids_mapped_back(harn
 
     RECEIVED.clear()
     legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
-    legacy.client.legacy_session = "s-1"  # as after initialize
+    legacy.client.legacy_sessions[()] = "s-1"  # as after initialize (the session 2026 clients share)
     first = await harness.call([legacy], idempotent=False)
     second = await harness.call([legacy], idempotent=False)
     sent_ids = [orjson.loads(body)["id"] for body in RECEIVED]
@@ -347,7 +347,7 @@ async def test_a_streamed_result_breaking_the_schema_ends_the_stream_with_the_er
 
     RECEIVED.clear()
     legacy = await harness.replica(answers_with_the_id_it_got, "eu-west", era="legacy")
-    legacy.client.legacy_session = "s-1"
+    legacy.client.legacy_sessions[()] = "s-1"
     sent = await harness.call([legacy], idempotent=False, output_schema=SCHEMA, capture=True)
     stream = body_of(sent)
     assert b"notifications/progress" in stream  # relayed before the answer arrived

@@ -1,0 +1,162 @@
+"""Server->client requests of 2025-era calls (sampling, elicitation, roots), relayed to the
+client that made the call, and its answers taken back to the server that asked.
+
+An upstream session is shared by every client of one capability set, and its request ids
+are its own: relayed as they are, two clients' answers could cross, and an answer landing
+on another dispatcher replica would be lost (it used to be: acknowledged with 202 and
+dropped, and the call hung). So each relayed request gets an id of ours,
+``ef.<instance>.<nonce>.<n>``, that names the dispatcher instance holding the upstream
+stream (docs/design-mcp-surface.md, D8). The client's answer is checked against the
+session and identity the request was sent to, then posted on the upstream session with
+the upstream's own id: here, or through the owning instance's Redis stream when the
+answer reached another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from edgefleet.shared.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.shared.constants import RedisKeys
+
+log = logging.getLogger("edgefleet.relay")
+
+# A relayed request not answered within this long is forgotten (the call's own deadline
+# usually ends it first; a person answering an elicitation takes minutes at most).
+PENDING_TTL_S = 600.0
+MAX_PENDING = 10_000
+STREAM_MAXLEN = 10_000
+ANSWER_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Pending:
+    replica: str  # the replica id that asked
+    session: str  # our upstream session with it
+    upstream_id: Any  # the id it gave its request
+    client_session: str  # the client's session the request was sent to
+    owner: str  # the identity of that session
+    expires: float
+
+
+class RequestRelay:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, instance: str, fleet: Fleet) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.instance = instance
+        self.fleet = fleet
+        self.pending: dict[str, Pending] = {}
+        self._nonce = secrets.token_hex(4)
+        self._next = itertools.count(1)
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="relay-answers")
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    # -- the request, on its way to the client ------------------------------------------------
+    def adopt(
+        self, message: dict[str, Any], *, replica: str, session: str, client_session: str, owner: str
+    ) -> dict[str, Any]:
+        """The upstream's request under an id of ours, remembered until answered."""
+        now = time.monotonic()
+        if len(self.pending) >= MAX_PENDING:
+            self._expire(now)
+        ours = f"ef.{self.instance}.{self._nonce}.{next(self._next)}"
+        self.pending[ours] = Pending(replica, session, message.get("id"), client_session, owner, now + PENDING_TTL_S)
+        return {**message, "id": ours}
+
+    def release(self, ids: list[str]) -> None:
+        """The call ended: its unanswered requests can no longer be answered."""
+        for ours in ids:
+            self.pending.pop(ours, None)
+
+    # -- the answer, on its way back ------------------------------------------------------
+    async def answer(self, message: dict[str, Any], *, client_session: str, owner: str) -> bool:
+        """Take a client's JSON-RPC response back to the server that asked; False when the
+        response answers nothing we relayed (it is then dropped, as before)."""
+        ours = message.get("id")
+        if not isinstance(ours, str) or not ours.startswith("ef."):
+            return False
+        parts = ours.split(".")
+        if len(parts) != 4:
+            return False
+        instance = parts[1]
+        if instance == self.instance:
+            await self._deliver(ours, message, client_session, owner)
+            return True
+        entry = {"message": orjson.dumps(message), "client_session": client_session, "owner": owner}
+        try:
+            await self.redis.xadd(self.keys.relay(instance), cast(Any, entry), maxlen=STREAM_MAXLEN, approximate=True)
+            await self.redis.expire(self.keys.relay(instance), int(PENDING_TTL_S))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("answer to %s not handed to %s: %s", ours, instance, exc)
+        return True
+
+    async def _deliver(self, ours: str, message: dict[str, Any], client_session: str, owner: str) -> None:
+        pending = self.pending.get(ours)
+        if pending is None or pending.client_session != client_session or pending.owner != owner:
+            log.info("answer to %s dropped: no such request outstanding for that session", ours)
+            return
+        del self.pending[ours]
+        replica = self.fleet.replicas.get(pending.replica)
+        if replica is None:
+            log.warning("answer to %s dropped: replica %s left the fleet", ours, pending.replica)
+            return
+        upstream = {k: v for k, v in message.items() if k in ("jsonrpc", "result", "error")}
+        upstream["id"] = pending.upstream_id
+        try:
+            await replica.client.send_response(pending.session, upstream, timeout=ANSWER_TIMEOUT_S)
+        except EdgefleetError as exc:
+            log.warning("answer to %s not delivered to %s: %s", ours, replica.id, exc.message)
+
+    async def _listen(self) -> None:
+        key = self.keys.relay(self.instance)
+        position: str = "$"
+        while True:
+            try:
+                found = cast(
+                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                    await self.redis.xread({key: position}, count=64, block=1000),
+                )
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.debug("relay stream not read: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _stream, entries in found or ():
+                for entry_id, fields in entries:
+                    position = entry_id.decode()
+                    with contextlib.suppress(KeyError, ValueError, orjson.JSONDecodeError):
+                        message = orjson.loads(fields[b"message"])
+                        await self._deliver(
+                            str(message.get("id")),
+                            message,
+                            fields[b"client_session"].decode(),
+                            fields[b"owner"].decode(),
+                        )
+
+    def _expire(self, now: float) -> None:
+        for ours in [k for k, p in self.pending.items() if p.expires < now]:
+            del self.pending[ours]
+        while len(self.pending) >= MAX_PENDING:  # still full: the oldest go
+            self.pending.pop(next(iter(self.pending)))

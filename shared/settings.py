@@ -193,6 +193,27 @@ class DispatcherSettings(BaseSettings):
     audit_maxlen: int = Field(
         1_000_000, ge=1000, description="Events kept in the audit stream (approximate MAXLEN; older ones are trimmed)."
     )
+    temporal_address: str | None = Field(
+        None,
+        description="Temporal frontend (host:port) that runs pipelines as crash-proof workflows "
+        "(unset: pipelines run in-process, not crash-proof).",
+    )
+    temporal_namespace: str = Field("default", description="Temporal namespace of the pipeline workflows.")
+    temporal_task_queue: str = Field(
+        "edgefleet-pipelines",
+        description="Temporal task queue every dispatcher's pipeline worker polls (one per fleet).",
+    )
+    temporal_tls: bool = Field(False, description="Connect to Temporal over TLS (implied by temporal_api_key).")
+    temporal_api_key: SecretStr = Field(
+        SecretStr(""), description="API key for Temporal Cloud (sent as a bearer token, over TLS)."
+    )
+    temporal_heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="A pipeline step whose dispatcher stops heartbeating this long is taken over by another "
+        "(idempotent tools) or fails as outcome_unknown.",
+    )
     oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",

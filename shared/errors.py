@@ -32,6 +32,12 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
+    │   └── RunNotFound                 run_not_found         -31405  404
+    ├── NotAnApprover                   not_an_approver       -31406  403
+    ├── ApprovalNotPending              approval_not_pending  -31407  409
+    ├── ApprovalRejected                approval_rejected     -31408  200 (a pipeline step's error)
+    ├── ApprovalExpired                 approval_expired      -31410  200 (a pipeline step's error)
+    ├── WorkflowUnavailable             workflow_unavailable  -31008  503
     ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
     └── UpstreamError                   upstream_error        -31002  200 / 502
@@ -265,6 +271,55 @@ class NotFound(EdgefleetError):
     code = "not_found"
     jsonrpc_code = -31404
     http_status = 404
+
+
+# --- pipelines on Temporal ---------------------------------------------------------------
+class RunNotFound(NotFound):
+    """No such pipeline run, or not one the caller may see (indistinguishable on purpose)."""
+
+    code = "run_not_found"
+    jsonrpc_code = -31405
+    hint = "No such pipeline run (or not yours to see); `edgefleet pipelines list` shows yours."
+
+
+class NotAnApprover(Forbidden):
+    code = "not_an_approver"
+    jsonrpc_code = -31406
+    hint = "This identity may not decide this approval: it needs the admin scope, the scope approve:<pipeline>, or a name the step's approvers list matches."
+
+
+class ApprovalNotPending(EdgefleetError):
+    code = "approval_not_pending"
+    jsonrpc_code = -31407
+    http_status = 409
+    hint = "That step is not waiting for a decision (not reached yet, already decided, expired, or the run ended)."
+
+
+class ApprovalRejected(EdgefleetError):
+    """An approval step's answer was no: the pipeline stops there and compensates."""
+
+    code = "approval_rejected"
+    jsonrpc_code = -31408
+    http_status = 200
+    hint = "An approver rejected the step; the completed steps were compensated."
+
+
+class ApprovalExpired(EdgefleetError):
+    """Nobody decided an approval step within its declared time."""
+
+    code = "approval_expired"
+    jsonrpc_code = -31410
+    http_status = 200
+    hint = "Nobody approved the step within its timeout; the completed steps were compensated."
+
+
+class WorkflowUnavailable(EdgefleetError):
+    code = "workflow_unavailable"
+    jsonrpc_code = -31008
+    http_status = 503
+    hint = (
+        "The dispatcher cannot reach Temporal (EDGEFLEET_TEMPORAL_ADDRESS); pipeline runs already started go on there."
+    )
 
 
 # --- routing / upstream ----------------------------------------------------------------

@@ -5,6 +5,11 @@ timeout, a retry policy with exponential backoff (tenacity) and an optional comp
 When a step fails for good, the compensations of the steps that completed run in reverse
 order (a saga), and the result is a per-step trace that names the failing step.
 
+An ``approval`` step waits for a person (approve or reject, with a comment) for up to its
+``timeout_s``; waiting that long needs a durable engine, so pipelines with approval steps
+run only on Temporal (``builtins.workflows``), which also runs every other pipeline when
+``EDGEFLEET_TEMPORAL_ADDRESS`` is set. Here, in-process, a pipeline is not crash-proof.
+
 Argument mapping: a string that is exactly ``${path}`` becomes the value at ``path`` (any
 JSON type); ``${path}`` inside a longer string is interpolated as text. Paths start at
 ``input`` (the pipeline's arguments) or ``steps.<name>`` (that step's CallToolResult:
@@ -28,7 +33,7 @@ from edgefleet.dispatcher.builtins.invoker import Invoker, Outcome
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
 from edgefleet.shared.constants import TOOL_NAME_RE
-from edgefleet.shared.errors import InvalidParams, MethodNotFound, NotFound
+from edgefleet.shared.errors import ConfigError, InvalidParams, MethodNotFound, NotFound
 
 PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -55,16 +60,28 @@ class Compensation(BaseModel):
     timeout_s: float = Field(30.0, gt=0)
 
 
+class Approval(BaseModel):
+    """A step that waits for a person's decision instead of calling a tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(86400.0, gt=0, le=30 * 86400)
+    # Globs over identity names that may decide (admins and the scope approve:<pipeline> always may).
+    approvers: list[str] = []
+    prompt: str = ""  # shown to approvers; ${...} mapped like arguments
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    tool: str
+    tool: str = ""
     arguments: dict[str, Any] = {}
     timeout_s: float = Field(60.0, gt=0)
     retry: RetryPolicy = RetryPolicy()
     compensate: Compensation | None = None
     region: str | None = None
+    approval: Approval | None = None
 
     @field_validator("name")
     @classmethod
@@ -72,6 +89,14 @@ class Step(BaseModel):
         if not STEP_NAME.match(value):
             raise ValueError("step names are letters, digits, '_' or '-', starting with a letter")
         return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> Step:
+        if self.approval is None and not self.tool:
+            raise ValueError(f"step {self.name!r} needs a tool (or is an approval step)")
+        if self.approval is not None and (self.tool or self.arguments or self.compensate or self.region):
+            raise ValueError(f"step {self.name!r} is an approval step: no tool, arguments, compensate or region")
+        return self
 
 
 class ParallelGroup(BaseModel):
@@ -93,10 +118,19 @@ class PipelineSpec(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"step names must be unique, repeated: {duplicates}")
+        if any(s.approval is not None for item in self.steps if isinstance(item, ParallelGroup) for s in item.parallel):
+            raise ValueError("approval steps stand on their own, not inside a parallel group")
         return self
 
     def groups(self) -> list[list[Step]]:
         return [item.parallel if isinstance(item, ParallelGroup) else [item] for item in self.steps]
+
+    def approvals(self) -> list[Step]:
+        return [s for group in self.groups() for s in group if s.approval is not None]
+
+    def tools(self) -> set[str]:
+        """Every tool a run may call: steps and compensations (the caller must be allowed each)."""
+        return {t for g in self.groups() for s in g for t in (s.tool, s.compensate.tool if s.compensate else "") if t}
 
 
 def tool_name(pipeline: str) -> str:
@@ -107,7 +141,12 @@ def tool_name(pipeline: str) -> str:
 
 
 def definition(pipeline: str, spec: PipelineSpec) -> dict[str, Any]:
-    steps = " -> ".join("[" + " | ".join(s.name for s in g) + "]" if len(g) > 1 else g[0].name for g in spec.groups())
+    steps = " -> ".join(
+        "[" + " | ".join(s.name for s in g) + "]"
+        if len(g) > 1
+        else g[0].name + (" (approval)" if g[0].approval else "")
+        for g in spec.groups()
+    )
     return {
         "name": tool_name(pipeline),
         "title": f"Pipeline {pipeline}",
@@ -195,6 +234,10 @@ async def run(invoker: Invoker, pipeline: str, spec: PipelineSpec, call: ToolCal
 
     async def _run_step(step: Step, entry: dict[str, Any]) -> None:
         step_started = time.monotonic()
+        if step.approval is not None:  # refused at start-up without Temporal; a person's decision is never skipped
+            error = ConfigError("approval steps need EDGEFLEET_TEMPORAL_ADDRESS").to_jsonrpc()
+            entry.update(status="failed", error=error)
+            raise _Failed(Outcome(step.name, "error", error=entry["error"]))
         try:
             arguments = render(step.arguments, context)
         except KeyError as exc:

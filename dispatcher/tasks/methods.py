@@ -61,7 +61,7 @@ class TaskMethods:
         record = await self.store.get(task_id)
         if record is None or not (record.owner == identity.name or identity.admin):
             raise TaskNotFound(data={"taskId": task_id})
-        return record
+        return await self.runner.live(record)  # hosted tasks: status from their engine
 
     async def lookup(self, task_id: str, identity: Identity) -> TaskRecord:
         """``find`` for a new request (REST get, cancel, event stream): counted."""

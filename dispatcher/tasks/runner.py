@@ -11,6 +11,9 @@ Where the work runs decides how a task survives failures:
   dispatcher claims the task: an idempotent tool runs again, any other fails with
   ``outcome_unknown`` - never stuck in ``working``.
 
+- **hosted** (pipelines on Temporal): the engine keeps the work going wherever it can and
+  settles the task itself (``tasks.hosted``); no lease, nothing for this runner to recover.
+
 Calls the dispatcher turned into tasks (a 2025-era client dropped its connection, a
 2026-era call ran long) are adopted: they keep running where they are, in-process.
 Every unfinished task has a deadline; past it the task fails with ``upstream_timeout``.
@@ -37,6 +40,7 @@ from pydantic import ValidationError
 from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.route import Route
+from edgefleet.dispatcher.tasks.hosted import HOSTED, LiveStatus, TaskHost
 from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.progress import ProgressWriter
 from edgefleet.dispatcher.tasks.sink import TaskSink
@@ -126,6 +130,7 @@ class TaskRunner:
         self._settling: set[asyncio.Task[None]] = set()
         self._closing = False
         self.refused_open = 0  # creates refused by the open-task cap (asked for, or calls not adopted)
+        self.host: TaskHost | None = None  # the engine of hosted tasks (set by app when there is one)
         metrics.tasks_running.set_function(lambda: len(self.running))
 
     # -- life cycle --------------------------------------------------------------------
@@ -213,6 +218,15 @@ class TaskRunner:
     ) -> None:
         """Durably create ``record`` and set its work going (returns once tasks/get finds it)."""
         params = _with_progress_token(params, record.id)
+        if self.host is not None and self.host.hosts(entry):
+            self.host.prepare(record)
+            record.path, record.runner = HOSTED, None
+            await self._create(record)  # no lease: the engine, not this process, keeps it going
+            try:
+                await self.host.start_task(record, params, order, identity)
+            except EdgefleetError as exc:
+                await self.finish(record.id, None, exc.to_jsonrpc())
+            return
         # A task goes over the bus whenever the agent consumes it, even for tools whose
         # ordinary calls go direct: its work then survives this dispatcher.
         if entry.handler is None and self.bus_path is not None and self.bus_path.serves(entry):
@@ -245,7 +259,12 @@ class TaskRunner:
         Raises TooManyTasks when its owner is at the open-task cap (nothing is adopted: the
         caller gives the answer back to the client), like any failure to create it."""
         record.runner = self.instance
-        await self._create(record, lease_until_ms=now_ms() + self.lease_ms)
+        hosted = self.host is not None and self.host.adoptable(record, work)
+        if hosted:
+            record.path = HOSTED
+        await self._create(record, lease_until_ms=None if hosted else now_ms() + self.lease_ms)
+        if hosted and self.host is not None:
+            await self.host.attach(record)  # the engine settles it even if this process dies
         sink.detach()  # a task now: nothing held back for the client any more
         writer = ProgressWriter(self.store, record.id)
         sink.on_progress = writer.report
@@ -314,6 +333,27 @@ class TaskRunner:
                 entry.agent if entry else record.tool.split(".", 1)[0], record.id, f"task cancelled by {by}"
             )
         self._stop_local(record.id)  # other dispatchers hear the store's event
+        if record.path == HOSTED:
+            await self._stop_hosted(record, by)
+
+    async def _stop_hosted(self, record: TaskRecord, by: str) -> None:
+        if self.host is None:
+            log.error("task %s (%s): no engine here to stop its work", record.id, record.tool)
+            return
+        try:
+            await self.host.cancel(record, by)
+        except EdgefleetError as exc:
+            log.error("task %s (%s): its work was not stopped (%s)", record.id, record.tool, exc.message)
+
+    async def live(self, record: TaskRecord) -> TaskRecord:
+        """An unfinished hosted task with its status and progress as the engine says now."""
+        if record.path != HOSTED or record.terminal or self.host is None:
+            return record
+        status: LiveStatus | None = await self.host.status(record)
+        if status is not None:
+            record.message = status.message
+            record.progress = status.progress or record.progress
+        return record
 
     def _on_event(self, task_id: str, kind: str) -> None:
         if kind in (CANCELLED, FAILED, COMPLETED) and task_id in self.running:
@@ -479,6 +519,8 @@ class TaskRunner:
                 log.warning("task %s (%s) failed: past its deadline", task_id, record.tool)
                 if record.path == "bus" and self.bus_path is not None:
                     await self.bus_path.cancel(record.tool.split(".", 1)[0], task_id, "task deadline")
+                elif record.path == HOSTED:
+                    await self._stop_hosted(record, "the task deadline")
         for task_id in await self.store.expired_leases():
             if task_id in self.running or not await self.store.claim(task_id, self.instance, now_ms() + self.lease_ms):
                 continue

@@ -9,7 +9,7 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -35,6 +35,7 @@ from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.direct import DirectPath
 from edgefleet.dispatcher.paths.dispatch import CallPaths
 from edgefleet.dispatcher.rest.api import build_api
+from edgefleet.dispatcher.rest.pipelines import pipeline_routes
 from edgefleet.dispatcher.routing.router import Router
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, load_agent_keys
 from edgefleet.dispatcher.security.audit import AuditLog
@@ -48,6 +49,9 @@ from edgefleet.shared.asgi import Receive, Scope, Send
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import ConfigError, EdgefleetError
 from edgefleet.shared.settings import DispatcherSettings
+
+if TYPE_CHECKING:
+    from edgefleet.dispatcher.builtins.workflows.engine import PipelineEngine
 
 log = logging.getLogger("edgefleet.dispatcher")
 
@@ -100,12 +104,6 @@ class Dispatcher:
         self.paths = CallPaths(self.direct, self.bus_path, self.cache)
         self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics)
         self.fleet.add_builtin(builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker)))
-        for name, spec in config.pipelines.items():
-            self.fleet.add_builtin(
-                builtin_entry(
-                    pipelines.definition(name, spec), functools.partial(pipelines.run, self.invoker, name, spec)
-                )
-            )
         if settings.auth == "none":
             log.warning(
                 "AUTHENTICATION IS OFF (EDGEFLEET_AUTH=none): anyone who can reach %s:%d can call every tool. "
@@ -138,6 +136,25 @@ class Dispatcher:
             self.instance,
             audit=self.audit,
         )
+        # Pipelines: Temporal workflows when an address is set (crash-proof), else in-process.
+        self.pipelines = sorted(config.pipelines)
+        self.engine: PipelineEngine | None = None
+        if config.pipelines and settings.temporal_address:
+            self.engine = _engine()(
+                settings, self.invoker, self.tasks, config.pipelines, instance=self.instance, audit=self.audit
+            )
+            self.tasks.host = self.engine
+        elif waiting := sorted(n for n, spec in config.pipelines.items() if spec.approvals()):
+            raise ConfigError(
+                f"pipelines {waiting} have approval steps: waiting for people needs Temporal (EDGEFLEET_TEMPORAL_ADDRESS)."
+            )
+        for name, spec in config.pipelines.items():
+            in_process = functools.partial(pipelines.run, self.invoker, name, spec)
+            entry = builtin_entry(
+                pipelines.definition(name, spec), self.engine.handler(name) if self.engine else in_process
+            )
+            entry.long_running = self.engine is not None  # a run may wait days: 2026 task clients get a task at once
+            self.fleet.add_builtin(entry)
         self.auth = Authenticator.from_settings(settings)
         self.relay = RequestRelay(self.redis, keys, self.instance, self.fleet)
         self.limits = RateLimits(settings)
@@ -178,6 +195,8 @@ class Dispatcher:
             audit=self.audit,
             registry_auth=self.registry_auth,
         )
+        if self.engine is not None:
+            self.api.include_router(pipeline_routes(self.engine, self.auth))
 
     async def _exercise_replica(self, replica: Replica) -> None:
         await warmup.exercise_replica(self.direct, replica)
@@ -246,6 +265,14 @@ class Dispatcher:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
         await self.tasks.start()
         await self.relay.start()
+        if self.engine is not None:
+            await self.engine.start()
+        elif self.pipelines:
+            log.warning(
+                "pipelines %s run in-process: NOT crash-proof (a dispatcher stopping mid-run loses the run). "
+                "Set EDGEFLEET_TEMPORAL_ADDRESS to run them on Temporal.",
+                ", ".join(self.pipelines),
+            )
         await warmup.exercise_endpoint(self.mcp)
         log.info(
             "dispatcher ready in region %s: %d replicas, %d tools",
@@ -256,7 +283,11 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         await self.relay.aclose()
+        if self.engine is not None:
+            self.engine.stopping()  # runs outlive this process: cut calls are not cancellations
         await self.tasks.aclose()
+        if self.engine is not None:
+            await self.engine.aclose()  # in-flight steps finish (bounded) while the fleet is still up
         await self.fleet.aclose()
         if self.bus_path is not None:
             await self.bus_path.aclose()
@@ -269,3 +300,14 @@ class Dispatcher:
 
 def create_app(settings: DispatcherSettings | None = None) -> Dispatcher:
     return Dispatcher(settings or DispatcherSettings())
+
+
+def _engine() -> type[PipelineEngine]:
+    """The Temporal side, imported only when it is used (temporalio is the [temporal] extra)."""
+    try:
+        from edgefleet.dispatcher.builtins.workflows.engine import PipelineEngine
+    except ImportError as exc:
+        raise ConfigError(
+            f"EDGEFLEET_TEMPORAL_ADDRESS is set but the Temporal SDK is missing ({exc}): pip install 'edgefleet[temporal]'."
+        ) from None
+    return PipelineEngine

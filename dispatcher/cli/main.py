@@ -6,6 +6,7 @@ edgefleet agent NAME                one example agent replica (text, data, train
 edgefleet tools                     list the federated tools through /mcp
 edgefleet call TOOL k=v ...         call a tool (progress bar for long tools)
 edgefleet tasks list|get|watch|cancel  durable MCP tasks (REST /v1/tasks)
+edgefleet pipelines list|get|watch|approve|reject|cancel  pipeline runs on Temporal
 edgefleet agents list|add|remove    the registry
 edgefleet audit tail [-f]           the audit stream: who did what
 edgefleet keys create [--agent]     a client API key, or an agent's own key
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgefleet.dispatcher.cli.tasks import add_parser as add_tasks_parser
 
     add_tasks_parser(sub, url_help=url_help)
+
+    from edgefleet.dispatcher.cli.pipelines import add_parser as add_pipelines_parser
+
+    add_pipelines_parser(sub, url_help=url_help)
 
     from edgefleet.dispatcher.cli.audit import add_parser as add_audit_parser
 
@@ -208,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edgefleet.dispatcher.cli import tasks as tasks_cli
 
             return tasks_cli.run(args)
+        if args.command == "pipelines":
+            from edgefleet.dispatcher.cli import pipelines as pipelines_cli
+
+            return pipelines_cli.run(args)
         if args.command == "audit":
             from edgefleet.dispatcher.cli import audit as audit_cli
 

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="bus for bus-path tools: the embedded Redis (default) or the bundled Kafka-compatible broker",
     )
     dev.add_argument("--bus-tools", default="trainer.*", help="tools sent over the bus (globs, default trainer.*)")
+    dev.add_argument("--config", help="the dispatcher's config file (default: a demo pipeline)")
+    dev.add_argument("--temporal-address", help="run pipelines on this Temporal instead of starting the embedded one")
 
     serve = sub.add_parser("serve", help="run one dispatcher (settings from EDGEFLEET_* variables)")
     serve.add_argument("--host", help="EDGEFLEET_HOST")
@@ -165,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 region=args.region,
                 bus=args.bus,
                 bus_tools=args.bus_tools,
+                config=args.config,
+                temporal_address=args.temporal_address,
             )
         if args.command == "serve":
             return _serve(args)

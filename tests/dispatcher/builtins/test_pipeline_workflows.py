@@ -19,9 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import mcp_types as types
 import pytest
-from mcp import Client
+import yaml
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from edgefleet.dispatcher.security.auth import hash_key, new_key
 
 from tests.dispatcher.tasks.test_tasks import create_task, legacy_result
 from tests.support.fleet import ROOT, Fleet
@@ -143,16 +148,18 @@ def rest(fleet: Fleet, method: str, path: str, url: str | None = None, **kwargs:
     return resp.json()
 
 
-def task_view(fleet: Fleet, task_id: str, url: str | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = rest(fleet, "GET", f"/v1/tasks/{task_id}", url)
+def task_view(fleet: Fleet, task_id: str, url: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    view: dict[str, Any] = rest(fleet, "GET", f"/v1/tasks/{task_id}", url, **kwargs)
     return view
 
 
-def wait_task(fleet: Fleet, task_id: str, *, timeout: float = 60, url: str | None = None) -> dict[str, Any]:
+def wait_task(
+    fleet: Fleet, task_id: str, *, timeout: float = 60, url: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def terminal() -> bool:
-        found.update(task_view(fleet, task_id, url))
+        found.update(task_view(fleet, task_id, url, **kwargs))
         return found["status"] in ("completed", "failed", "cancelled")
 
     fleet.wait_for(terminal, f"task {task_id} to end", timeout=timeout)
@@ -334,3 +341,72 @@ async def test_without_a_task_an_ordinary_call_returns_the_run_result(
         task = await create_task(client, "edgefleet.three", {"id": "s2", "slow": 0})
         done = await legacy_result(client, task.task_id)
     assert not done.is_error and ledger.count("DONE apply three-upsert two-s2") == 1
+
+
+BOB, ALICE, CAROL, MALLORY = (new_key() for _ in range(4))
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def mcp_as(fleet: Fleet, key: str) -> Client:
+    http = httpx2.AsyncClient(headers=keyed(key), timeout=30)
+    return Client(streamable_http_client(fleet.mcp_url, http_client=http), mode="legacy")
+
+
+async def test_auth_rules_who_may_start_see_and_decide(
+    redis_url: str, redis_prefix: str, temporal_address: str, task_queue: str, tmp_path: Path, ledger: Ledger
+) -> None:
+    config = tmp_path / "edgefleet.yaml"
+    config.write_text(CONFIG)
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"identity": "bob", "sha256": hash_key(BOB), "tools": ["edgefleet.review", "ledger.*"]},
+                    {"identity": "alice", "sha256": hash_key(ALICE), "tools": ["text.*"]},
+                    {"identity": "carol", "sha256": hash_key(CAROL), "tools": ["edgefleet.review"]},
+                    {"identity": "mallory", "sha256": hash_key(MALLORY)},
+                ]
+            }
+        )
+    )
+    fleet = Fleet(redis_url, redis_prefix)
+    fleet.default_auth = "required"
+    try:
+        fleet.start_dispatcher(
+            config_file=config, temporal_address=temporal_address, temporal_task_queue=task_queue, api_keys_file=keys
+        )
+        fleet.start_agent(LEDGER, "eu-west", env={"LEDGER_LOG": str(ledger.path)})
+        # carol may call the pipeline but not the tools it calls: refused before anything runs.
+        async with mcp_as(fleet, CAROL) as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("edgefleet.review", {"id": "x"})
+        assert refused.value.data["code"] == "tool_forbidden" and "ledger.apply" in refused.value.message
+        async with mcp_as(fleet, BOB) as client:
+            task = await create_task(client, "edgefleet.review", {"id": "au"}, ttl=600_000)
+        runs = rest(fleet, "GET", "/v1/pipelines/runs", headers=keyed(BOB))["runs"]
+        run = runs[0]["run"]
+        fleet.wait_for(
+            lambda: "check" in rest(fleet, "GET", f"/v1/pipelines/runs/{run}", headers=keyed(BOB)).get("waiting", {}),
+            "the approval to wait",
+            timeout=30,
+        )
+        # Starting a run is not approving it; a stranger does not even see it; the named approver does.
+        mine = raw(fleet, "POST", f"/v1/pipelines/runs/{run}/steps/check/approve", json={}, headers=keyed(BOB))
+        assert mine.status_code == 403 and mine.json()["error"]["code"] == "not_an_approver"
+        stranger = raw(fleet, "GET", f"/v1/pipelines/runs/{run}", headers=keyed(MALLORY))
+        assert stranger.status_code == 404 and stranger.json()["error"]["code"] == "run_not_found"
+        assert rest(fleet, "GET", "/v1/pipelines/runs", headers=keyed(MALLORY))["runs"] == []
+        assert raw(fleet, "POST", f"/v1/pipelines/runs/{run}/cancel", headers=keyed(ALICE)).status_code == 403
+        decided = rest(
+            fleet, "POST", f"/v1/pipelines/runs/{run}/steps/check/approve", json={"comment": "ok"}, headers=keyed(ALICE)
+        )
+        assert decided["by"] == "alice"
+        view = wait_task(fleet, task.task_id, headers=keyed(BOB))
+        assert view["status"] == "completed" and not view["result"]["isError"]
+        assert ledger.count("DONE apply three-au ok") == 1  # run as bob (ledger.*), approved by alice
+    finally:
+        fleet.stop()

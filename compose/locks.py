@@ -9,6 +9,7 @@ against it.
 One lock per image, because the images need different things:
 
 - ``dispatcher.txt``: the runtime dependencies only (no example-agent or dev-only packages);
+- ``dispatcher-temporal.txt``: the same + ``[temporal]`` (the build argument DISPATCHER_LOCK picks it);
 - ``agent.txt``: the runtime dependencies + the ``[examples]`` extra (the example agents);
 - ``build.txt``: the ``[build-system]`` requirements (the wheel of edgefleet itself is built
   in the image from them, offline when the wheels are in ``compose/wheelhouse``).
@@ -80,7 +81,13 @@ class Lock:
         return "edgefleet's runtime dependencies only"
 
 
-LOCKS = (Lock("dispatcher"), Lock("agent", extras=("examples",)), Lock("build", build_system=True))
+LOCKS = (
+    Lock("dispatcher"),
+    # For pipelines on Temporal (its SDK is ~60 MB: only the images that run them carry it).
+    Lock("dispatcher-temporal", extras=("temporal",)),
+    Lock("agent", extras=("examples",)),
+    Lock("build", build_system=True),
+)
 
 
 def uv() -> str:

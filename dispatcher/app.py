@@ -25,8 +25,10 @@ from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
 from edgefleet.dispatcher.mcp.features import Features
+from edgefleet.dispatcher.mcp.held import HeldCalls
 from edgefleet.dispatcher.mcp.relay import RequestRelay
 from edgefleet.dispatcher.mcp.request import SCOPE_VIEW
+from edgefleet.dispatcher.mcp.request_state import RequestStates
 from edgefleet.dispatcher.mcp.sessions import SessionStore
 from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
 from edgefleet.dispatcher.paths.bus import BusPath
@@ -157,6 +159,15 @@ class Dispatcher:
             self.fleet.add_builtin(entry)
         self.auth = Authenticator.from_settings(settings)
         self.relay = RequestRelay(self.redis, keys, self.instance, self.fleet)
+        self.request_states = _request_states(settings)
+        self.held = HeldCalls(
+            self.redis,
+            keys,
+            self.instance,
+            self.relay,
+            per_identity=settings.held_calls_per_identity,
+            round_timeout_s=settings.round_timeout_s,
+        )
         self.limits = RateLimits(settings)
         self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
         self.calls = ToolCalls(
@@ -169,6 +180,8 @@ class Dispatcher:
             runner=self.tasks,
             audit=self.audit,
             relay=self.relay,
+            states=self.request_states,
+            held=self.held,
         )
         self.features = Features(settings, self.fleet, self.router, self.paths)
         self.mcp = MCPEndpoint(
@@ -265,6 +278,12 @@ class Dispatcher:
             log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
         await self.tasks.start()
         await self.relay.start()
+        await self.held.start()
+        if not self.request_states.shared:
+            log.info(
+                "EDGEFLEET_REQUEST_STATE_KEYS is not set: input_required rounds are sealed with a key of this "
+                "process only; behind a load balancer, give every dispatcher the same keys."
+            )
         if self.engine is not None:
             await self.engine.start()
         elif self.pipelines:
@@ -282,6 +301,7 @@ class Dispatcher:
         )
 
     async def aclose(self) -> None:
+        await self.held.aclose()
         await self.relay.aclose()
         if self.engine is not None:
             self.engine.stopping()  # runs outlive this process: cut calls are not cancellations
@@ -311,3 +331,11 @@ def _engine() -> type[PipelineEngine]:
             f"EDGEFLEET_TEMPORAL_ADDRESS is set but the Temporal SDK is missing ({exc}): pip install 'edgefleet[temporal]'."
         ) from None
     return PipelineEngine
+
+
+def _request_states(settings: DispatcherSettings) -> RequestStates:
+    keys = [k.strip() for k in settings.request_state_keys.get_secret_value().split(",") if k.strip()]
+    try:
+        return RequestStates(keys, ttl_s=settings.round_timeout_s)
+    except ValueError as exc:
+        raise ConfigError(f"EDGEFLEET_REQUEST_STATE_KEYS: {exc}") from None

@@ -134,6 +134,16 @@ class RedisKeys:
         relayed, when the answer reached another instance (dispatcher/mcp/relay.py)."""
         return f"{self.prefix}:relay:{instance}"
 
+    def rounds(self, instance: str) -> str:
+        """STREAM: retries of calls one dispatcher instance holds open for a client's input
+        (or their cancels), when the retry reached another instance (dispatcher/mcp/held.py)."""
+        return f"{self.prefix}:rounds:{instance}"
+
+    def round_reply(self, token: str) -> str:
+        """STREAM: the answer to one such retry, written by the holding instance, relayed by
+        the one the client is connected to."""
+        return f"{self.prefix}:round-reply:{token}"
+
 
 @dataclass(frozen=True)
 class BusNames:

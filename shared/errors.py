@@ -10,6 +10,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── MethodNotFound              method_not_found      -32601  404
     │   ├── InvalidParams               invalid_params        -32602  400
     │   ├── UnknownTool                 unknown_tool          -32602  200
+    │   ├── InvalidRequestState         invalid_request_state -32602  200
     │   ├── TaskNotFound                task_not_found        -32602  404
     │   ├── TaskFinished                task_finished         -32602  409
     │   ├── MissingClientCapability     missing_client_capability -32021 400
@@ -25,7 +26,8 @@ code, an HTTP status and a sentence that says what to do::
     ├── Forbidden                       forbidden             -31402  403
     ├── ToolForbidden                   tool_forbidden        -31403  200
     ├── RateLimited                     rate_limited          -31429  429
-    │   └── TooManyTasks                too_many_tasks        -31430  429
+    │   ├── TooManyTasks                too_many_tasks        -31430  429
+    │   └── TooManyHeldCalls            too_many_held_calls   -31431  429
     ├── RegistrationError               invalid_registration  -31422  422
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
@@ -44,7 +46,8 @@ code, an HTTP status and a sentence that says what to do::
         ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
         ├── OutcomeUnknown              outcome_unknown       -31004  200 / 502
         ├── ResultTooLarge              result_too_large      -31006  200 / 502
-        └── InvalidToolResult           invalid_tool_result   -31007  200 / 502
+        ├── InvalidToolResult           invalid_tool_result   -31007  200 / 502
+        └── RoundLost                   round_lost            -31009  200 / 502
 
 JSON-RPC codes of our own live outside the range -32768..-32000 that JSON-RPC and MCP
 reserve. Errors about one tool call travel as a JSON-RPC error inside an HTTP 200 (the
@@ -116,6 +119,15 @@ class InvalidParams(ProtocolError):
 class UnknownTool(InvalidParams):
     code = "unknown_tool"
     http_status = 200
+
+
+class InvalidRequestState(InvalidParams):
+    """A retry's ``requestState`` that this fleet did not mint for this identity and request,
+    or that expired. The message is the MCP SDK's frozen one; the reason is only logged."""
+
+    code = "invalid_request_state"
+    http_status = 200
+    hint = "Invalid or expired requestState"
 
 
 class TaskNotFound(InvalidParams):
@@ -233,6 +245,15 @@ class TooManyTasks(RateLimited):
     code = "too_many_tasks"
     jsonrpc_code = -31430
     hint = "This identity already has as many unfinished tasks as it may (EDGEFLEET_MAX_OPEN_TASKS); wait for one to end or cancel one."
+
+
+class TooManyHeldCalls(RateLimited):
+    code = "too_many_held_calls"
+    jsonrpc_code = -31431
+    hint = (
+        "This identity already has as many calls waiting for its input as it may "
+        "(EDGEFLEET_HELD_CALLS_PER_IDENTITY); answer or abandon one first."
+    )
 
 
 class RegistrationError(EdgefleetError):
@@ -363,6 +384,15 @@ class InvalidToolResult(UpstreamError):
     code = "invalid_tool_result"
     jsonrpc_code = -31007
     hint = "The agent's structuredContent does not match the tool's outputSchema; it was not relayed."
+
+
+class RoundLost(UpstreamError):
+    code = "round_lost"
+    jsonrpc_code = -31009
+    hint = (
+        "The call waiting for this input is gone (its dispatcher stopped, or the round expired) and the tool "
+        "does not declare idempotentHint, so it was not started again: call it again."
+    )
 
 
 # --- bus ---------------------------------------------------------------------------------

@@ -107,6 +107,17 @@ class DispatcherSettings(BaseSettings):
     )
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to a replica.")
     call_timeout_s: float = Field(300.0, gt=0, description="Default deadline of one tool call.")
+    request_state_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated secrets (32+ bytes each) sealing input_required rounds; the first seals, all "
+        "open. Same on every dispatcher behind one URL (unset: a per-process key, rounds resume only there).",
+    )
+    round_timeout_s: float = Field(
+        600.0, gt=0, description="How long an input_required round waits for the client's retry (and its state lives)."
+    )
+    held_calls_per_identity: int = Field(
+        16, ge=1, description="Calls of one identity a dispatcher holds open while 2025-era agents wait for input."
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
     # NoDecode: the env value is a comma-separated list, not JSON.
     allowed_origins: Annotated[list[str], NoDecode] = Field(

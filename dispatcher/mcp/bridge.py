@@ -13,24 +13,30 @@ accepts (docs/design-mcp-surface.md, D5):
 
 Only the call's final response is touched, and it is parsed only when a byte check says
 it needs changing: a 2026 agent answering a 2026 client passes through untouched.
+
+An ``input_required`` round a 2026-era agent gives a 2026-era client goes out with a state
+of ours around the agent's (D9, ``mcp.request_state``): the retry is checked, and sent back
+to the replica that minted the agent's state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from edgefleet.dispatcher.paths.answer import Answer
 from edgefleet.shared import jsonrpc, sse
 from edgefleet.shared.errors import UpstreamError
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.relay import RequestRelay
-    from edgefleet.dispatcher.paths.answer import HttpAnswer
+    from edgefleet.dispatcher.mcp.request_state import RoundBinding
     from edgefleet.dispatcher.paths.route import Route
 
 _RESULT_TYPE = b'"resultType"'
+_INPUT_REQUIRED = b'"input_required"'
 _MODERN_ONLY = ("resultType", "ttlMs", "cacheScope")
 
 
@@ -98,8 +104,45 @@ def reshape_events(events: bytes, *, modern: bool) -> bytes:
     return b"".join(out)
 
 
+def wrap_round(payload: bytes, rounds: RoundBinding, route: Route | None) -> bytes:
+    """A 2026-era agent's ``input_required`` response with its ``requestState`` sealed inside
+    ours, with the replica that minted it (the retry goes back there)."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    result = message.get("result") if isinstance(message, dict) and jsonrpc.is_response(message) else None
+    if not isinstance(result, dict) or result.get("resultType") != "input_required":
+        return payload
+    state = rounds.seal("wrap", rep=route.replica if route is not None else None, s=result.get("requestState"))
+    return orjson.dumps({**message, "result": {**result, "requestState": state}})
+
+
+def _wrap_rounds(events: bytes, rounds: RoundBinding, route: Route | None) -> bytes:
+    out = []
+    for name, data in sse.events(events):
+        if name == "message" and _INPUT_REQUIRED in data:
+            data = wrap_round(data, rounds, route)
+        out.append(sse.frame(data) if name == "message" else _named(name, data))
+    return b"".join(out)
+
+
+def _from_agent_of_this_era(route: Route | None) -> bool:
+    """An answer that came over a 2026-era exchange (a 2025-era upstream session never
+    answers input_required: when one carries it, the round is the dispatcher's own)."""
+    return route is None or route.session is None
+
+
 def _named(name: str, data: bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class ClientAnswer(Answer, Protocol):
+    """A client's end of a call: its HTTP response, or (a held call resumed on another
+    dispatcher) the stream that dispatcher relays from (``mcp.held``)."""
+
+    async def end_without_answer(self) -> None:
+        """End with no JSON-RPC answer (2025: after notifications/cancelled)."""
 
 
 @dataclass(slots=True)
@@ -116,12 +159,20 @@ class EraAnswer:
     """An answer on its way to a client of one era (wraps the client's real answer); with a
     relay, the upstream's requests on the stream go out under ids of ours (mcp.relay)."""
 
-    __slots__ = ("inner", "modern", "relay", "route")
+    __slots__ = ("inner", "modern", "relay", "rounds", "route")
 
-    def __init__(self, inner: HttpAnswer, *, modern: bool, relay: RelayContext | None = None) -> None:
+    def __init__(
+        self,
+        inner: ClientAnswer,
+        *,
+        modern: bool,
+        relay: RelayContext | None = None,
+        rounds: RoundBinding | None = None,
+    ) -> None:
         self.inner = inner
         self.modern = modern
         self.relay = relay
+        self.rounds = rounds  # 2026-era clients: input_required rounds get a state of ours
         self.route: Route | None = None
 
     @property
@@ -138,6 +189,8 @@ class EraAnswer:
 
     async def send_events(self, events: bytes) -> None:
         events = reshape_events(events, modern=self.modern)
+        if self.rounds is not None and _INPUT_REQUIRED in events and _from_agent_of_this_era(self.route):
+            events = _wrap_rounds(events, self.rounds, self.route)
         if self.relay is not None and b'"method"' in events and b'"id"' in events:
             events = self._relay_requests(events)
         if events:
@@ -154,7 +207,12 @@ class EraAnswer:
             except orjson.JSONDecodeError:
                 out.append(_named(name, data))
                 continue
-            if isinstance(message, dict) and "method" in message and "id" in message:
+            if (
+                isinstance(message, dict)
+                and "method" in message
+                and "id" in message
+                and not context.relay.owns(message["id"])  # the dispatcher's own question (mcp.shim)
+            ):
                 message = context.relay.adopt(
                     message,
                     replica=route.replica,
@@ -173,7 +231,10 @@ class EraAnswer:
         await self.inner.close_stream()
 
     async def send_json(self, status: int, body: bytes, route: Route | None) -> None:
-        await self.inner.send_json(status, reshape(body, modern=self.modern), route)
+        body = reshape(body, modern=self.modern)
+        if self.rounds is not None and _INPUT_REQUIRED in body and _from_agent_of_this_era(route):
+            body = wrap_round(body, self.rounds, route)
+        await self.inner.send_json(status, body, route)
 
     async def end_without_answer(self) -> None:
         await self.inner.end_without_answer()

@@ -21,6 +21,9 @@ from opentelemetry.trace import SpanKind
 from edgefleet.dispatcher.mcp.bridge import EraAnswer, RelayContext
 from edgefleet.dispatcher.mcp.cancellation import Cancellation
 from edgefleet.dispatcher.mcp.capabilities import MISSING_TASKS_EXTENSION, TASKS_LEGACY_VERSION, declares_tasks
+from edgefleet.dispatcher.mcp.held import HoldingAnswer, Segment
+from edgefleet.dispatcher.mcp.request_state import RoundBinding
+from edgefleet.dispatcher.mcp.shim import LegacyShim
 from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
@@ -42,6 +45,7 @@ from edgefleet.shared.errors import (
     MethodNotFound,
     MissingClientCapability,
     RateLimited,
+    RoundLost,
     ToolForbidden,
     UnknownTool,
 )
@@ -49,7 +53,9 @@ from edgefleet.shared.errors import (
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.catalog import ToolEntry
     from edgefleet.dispatcher.fleet.fleet import Fleet
+    from edgefleet.dispatcher.mcp.held import HeldCalls
     from edgefleet.dispatcher.mcp.relay import RequestRelay
+    from edgefleet.dispatcher.mcp.request_state import RequestStates
     from edgefleet.dispatcher.mcp.sessions import Session
     from edgefleet.dispatcher.observability.metrics import Metrics
     from edgefleet.dispatcher.paths.dispatch import CallPaths
@@ -62,6 +68,7 @@ if TYPE_CHECKING:
     from edgefleet.shared.settings import DispatcherSettings
 
 _tracer = telemetry.tracer("edgefleet.dispatcher")
+log = logging.getLogger("edgefleet.mcp")
 DEFAULT_LEGACY_LOG_LEVEL = "info"
 
 
@@ -92,8 +99,12 @@ class ToolCalls:
         runner: TaskRunner | None = None,
         audit: AuditLog | None = None,
         relay: RequestRelay | None = None,
+        states: RequestStates | None = None,
+        held: HeldCalls | None = None,
     ) -> None:
         self.relay = relay
+        self.states = states
+        self.held = held
         self.settings = settings
         self.fleet = fleet
         self.router = router
@@ -219,6 +230,25 @@ class ToolCalls:
             await self._invalid_arguments(request, send, obs, entry, problem, mode)
             return
         upstream_params = self._upstream_params(request, entry, obs)
+        binding = (
+            RoundBinding(self.states, identity.name, "tools/call", name, arguments)
+            if modern and self.states is not None
+            else None
+        )
+        affinity: str | None = None
+        if binding is not None and "requestState" in params:
+            # The retry of an input_required round: every round's state is ours (D6, D9).
+            claims = binding.open(params["requestState"])
+            if claims.get("k") == "held":
+                if await self._resume(request, send, obs, entry, binding, claims):
+                    return
+                upstream_params.pop("requestState", None)  # the held call is gone: start afresh
+                upstream_params.pop("inputResponses", None)
+            else:
+                upstream_params.pop("requestState", None)
+                if claims.get("s") is not None:
+                    upstream_params["requestState"] = claims["s"]  # the agent's own, byte-exact
+                affinity = claims.get("rep") if isinstance(claims.get("rep"), str) else None
         try:
             # An identity bound to regions is served only there.
             order = self.router.order(request.peer, request.headers, self.fleet.regions, allowed=identity.regions)
@@ -226,6 +256,8 @@ class ToolCalls:
             obs.failed(exc)
             await respond(send, exc.http_status, jsonrpc.error_body(message.id, exc))
             return
+        if affinity is not None:
+            order = dataclasses.replace(order, affinity=affinity)
         obs.routed(order)
         era = "modern" if modern else "legacy"
         runner = self.runner
@@ -256,12 +288,22 @@ class ToolCalls:
             modern=modern,
             client_capabilities=client_capabilities(message.params, session),
         )
+        if mode is None and binding is not None and self._may_ask(call, request):
+            # A 2025-era agent may ask this 2026-era client something mid-call: the call
+            # runs where it can be held open across input_required rounds (mcp.held).
+            assert self.held is not None
+            call.may_ask = True
+            era_answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding)
+            await self.held.run(
+                call, self.paths, HoldingAnswer(Segment(era_answer, message.id), binding, call), request.receive
+            )
+            return
         relay = (
             RelayContext(self.relay, session.id, identity.name)
             if session is not None and self.relay is not None
             else None
         )
-        answer = EraAnswer(HttpAnswer(send), modern=modern, relay=relay)
+        answer = EraAnswer(HttpAnswer(send), modern=modern, relay=relay, rounds=binding)
         if mode == "promote":
             assert request.receive is not None
             await self.cancellation.promotable(call, self.paths, answer, request.receive, make_record)
@@ -269,9 +311,48 @@ class ToolCalls:
             await self.cancellation.by_disconnect(call, self.paths, answer, request.receive)
         else:
             assert session is not None
-            await self.cancellation.by_notification(
-                call, self.paths, answer, session, request.receive, make_record if runner is not None else None
+            # A 2026-era agent's input_required rounds are asked of this 2025-era client (mcp.shim).
+            paths = (
+                LegacyShim(self.paths, self.relay, client_session=session.id, owner=identity.name)
+                if self.relay is not None
+                else self.paths
             )
+            await self.cancellation.by_notification(
+                call, paths, answer, session, request.receive, make_record if runner is not None else None
+            )
+
+    def _may_ask(self, call: ToolCall, request: CallRequest) -> bool:
+        """Can this call's agent ask its client something mid-call (a 2025-era replica, and a
+        client that declared sampling, elicitation or roots)?"""
+        if self.held is None or request.receive is None:
+            return False
+        declared = call.client_capabilities or {}
+        if not any(declared.get(kind) is not None for kind in ("sampling", "elicitation", "roots")):
+            return False
+        return any(r.client.era == "legacy" for replicas in call.entry.by_region.values() for r in replicas)
+
+    async def _resume(
+        self,
+        request: CallRequest,
+        send: TrackingSend,
+        obs: CallObservation,
+        entry: ToolEntry,
+        binding: RoundBinding,
+        claims: dict[str, Any],
+    ) -> bool:
+        """The retry of a round of a held call (D6): resumed wherever it is held. False when
+        it is gone and the tool may simply run again."""
+        responses = request.message.params.get("inputResponses", {})
+        if not isinstance(responses, dict):
+            raise InvalidParams("params.inputResponses must be an object (answers by inputRequests key).")
+        if self.held is not None:
+            answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding)
+            if await self.held.resume(claims, responses, answer, request.message.id, request.receive, obs):
+                return True
+        if not entry.idempotent:
+            raise RoundLost(data={"tool": entry.public_name})
+        log.info("the held call of %s is gone: it starts afresh (idempotent)", entry.public_name)
+        return False
 
     @staticmethod
     async def _refuse(send: TrackingSend, request_id: Any, obs: CallObservation, error: EdgefleetError) -> None:

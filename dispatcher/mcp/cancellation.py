@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.dispatcher.paths.answer import send_message
 from edgefleet.dispatcher.tasks.sink import TaskSink
@@ -26,13 +26,21 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.sessions import Session
     from edgefleet.dispatcher.paths.answer import Answer
     from edgefleet.dispatcher.paths.call import ToolCall
-    from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.tasks.model import TaskRecord
     from edgefleet.dispatcher.tasks.runner import TaskRunner
     from edgefleet.shared.asgi import Receive
     from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.mcp")
+
+
+class Dispatch(Protocol):
+    """Where a call runs: the dispatch point (``paths.dispatch.CallPaths``), or the same with
+    a 2026-era agent's rounds asked of a 2025-era client in between (``mcp.shim``)."""
+
+    async def call(self, call: ToolCall, answer: Answer) -> None: ...
+
+
 MakeRecord = Callable[[str], "TaskRecord"]
 
 
@@ -49,7 +57,7 @@ class Cancellation:
         if task is not None:
             task.cancel()
 
-    async def by_disconnect(self, call: ToolCall, paths: CallPaths, answer: EraAnswer, receive: Receive) -> None:
+    async def by_disconnect(self, call: ToolCall, paths: Dispatch, answer: EraAnswer, receive: Receive) -> None:
         # One watcher per call: when the client closes the stream (2026 cancellation),
         # cancel the forwarding, which closes the upstream connection, which cancels the agent.
         current = asyncio.current_task()
@@ -80,7 +88,7 @@ class Cancellation:
     async def by_notification(
         self,
         call: ToolCall,
-        paths: CallPaths,
+        paths: Dispatch,
         answer: EraAnswer,
         session: Session,
         receive: Receive | None,
@@ -128,7 +136,7 @@ class Cancellation:
     async def promotable(
         self,
         call: ToolCall,
-        paths: CallPaths,
+        paths: Dispatch,
         answer: EraAnswer,
         receive: Receive,
         make_record: MakeRecord,
@@ -183,7 +191,7 @@ class Cancellation:
         )
 
 
-async def _run(call: ToolCall, paths: CallPaths, answer: Answer) -> None:
+async def _run(call: ToolCall, paths: Dispatch, answer: Answer) -> None:
     """The call through the dispatch point; an error raised before anything was sent is
     answered here as the call's JSON-RPC error (HTTP 200: the exchange itself worked)."""
     try:

@@ -51,6 +51,9 @@ class Pending:
     client_session: str  # the client's session the request was sent to
     owner: str  # the identity of that session
     expires: float
+    # Set when the dispatcher itself waits for the answer (a 2026-era agent's input_required
+    # round asked of a 2025-era client, mcp.shim) instead of a 2025-era upstream session.
+    waiter: asyncio.Future[dict[str, Any]] | None = None
 
 
 class RequestRelay:
@@ -84,6 +87,21 @@ class RequestRelay:
         self.pending[ours] = Pending(replica, session, message.get("id"), client_session, owner, now + PENDING_TTL_S)
         return {**message, "id": ours}
 
+    def expect(self, *, client_session: str, owner: str) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        """A request of the dispatcher's own to a client (under an id of ours), and the
+        future its answer lands in, whichever replica the client answers on."""
+        now = time.monotonic()
+        if len(self.pending) >= MAX_PENDING:
+            self._expire(now)
+        ours = f"ef.{self.instance}.{self._nonce}.{next(self._next)}"
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[ours] = Pending("", "", None, client_session, owner, now + PENDING_TTL_S, waiter)
+        return ours, waiter
+
+    def owns(self, request_id: Any) -> bool:
+        """Is this one of the requests we sent (its id already one of ours)?"""
+        return isinstance(request_id, str) and request_id in self.pending
+
     def release(self, ids: list[str]) -> None:
         """The call ended: its unanswered requests can no longer be answered."""
         for ours in ids:
@@ -101,7 +119,7 @@ class RequestRelay:
             return False
         instance = parts[1]
         if instance == self.instance:
-            await self._deliver(ours, message, client_session, owner)
+            await self.deliver(ours, message, client_session, owner)
             return True
         entry = {"message": orjson.dumps(message), "client_session": client_session, "owner": owner}
         try:
@@ -111,12 +129,16 @@ class RequestRelay:
             log.warning("answer to %s not handed to %s: %s", ours, instance, exc)
         return True
 
-    async def _deliver(self, ours: str, message: dict[str, Any], client_session: str, owner: str) -> None:
+    async def deliver(self, ours: str, message: dict[str, Any], client_session: str, owner: str) -> None:
         pending = self.pending.get(ours)
         if pending is None or pending.client_session != client_session or pending.owner != owner:
             log.info("answer to %s dropped: no such request outstanding for that session", ours)
             return
         del self.pending[ours]
+        if pending.waiter is not None:
+            if not pending.waiter.done():
+                pending.waiter.set_result(message)
+            return
         replica = self.fleet.replicas.get(pending.replica)
         if replica is None:
             log.warning("answer to %s dropped: replica %s left the fleet", ours, pending.replica)
@@ -148,7 +170,7 @@ class RequestRelay:
                     position = entry_id.decode()
                     with contextlib.suppress(KeyError, ValueError, orjson.JSONDecodeError):
                         message = orjson.loads(fields[b"message"])
-                        await self._deliver(
+                        await self.deliver(
                             str(message.get("id")),
                             message,
                             fields[b"client_session"].decode(),

@@ -33,6 +33,10 @@ class ToolCall:
     # What the client declared it can do (sampling, elicitation, roots): a 2025-era
     # upstream session is chosen by it. None: the dispatcher's own calls.
     client_capabilities: dict[str, Any] | None = None
+    # A 2026-era client whose call a 2025-era agent may ask things mid-call: the dispatcher
+    # holds the call and asks in input_required rounds (mcp.held); otherwise such an agent
+    # gets a session that lets it ask nothing.
+    may_ask: bool = False
 
     @property
     def arguments(self) -> dict[str, Any]:

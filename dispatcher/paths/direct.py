@@ -406,9 +406,9 @@ def upstream_session(call: ToolCall, client: ReplicaClient) -> CapabilityKey | N
     server of both eras gets a 2025 client's calls in that era, so that what it asks of
     the client (sampling, elicitation) reaches a client that can answer."""
     if client.era == "legacy":
-        # 2026 clients answer server requests as input_required rounds, not yet bridged to a
-        # 2025 server: their calls go through a session that lets the server ask nothing.
-        return capability_key(call.client_capabilities) if not call.modern else ()
+        # A 2026 client is asked in input_required rounds, only when the call is held for
+        # that (mcp.held); otherwise its call goes through a session that lets the server ask nothing.
+        return capability_key(call.client_capabilities) if not call.modern or call.may_ask else ()
     if not call.modern and call.client_capabilities is not None and client.speaks_legacy:
         return capability_key(call.client_capabilities)
     return None

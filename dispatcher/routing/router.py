@@ -37,6 +37,9 @@ class RouteOrder:
     reason: str  # network | private-db | geoip | hint | default
     address: str | None
     only: bool = False  # the caller restricted the call to these regions (X-Edge-Region: ...;only)
+    # A replica asked for by id, tried first while it is admitted: the one that minted the
+    # requestState an input_required retry carries (servers may only accept their own).
+    affinity: str | None = None
 
 
 class Router:
@@ -114,12 +117,17 @@ class Router:
         if len(by_region) == 1 and order.reason != "hint":
             # One region (the common small fleet): no ordering to do.
             (replicas,) = by_region.values()
-            return self.rank([r for r in replicas if r.admits()])
-        out: list[Replica] = []
-        for region in order.regions:
-            in_region = by_region.get(region)
-            if in_region:
-                admitted = [r for r in in_region if r.admits()]
-                if admitted:
-                    out.extend(self.rank(admitted))
+            out = self.rank([r for r in replicas if r.admits()])
+        else:
+            out = []
+            for region in order.regions:
+                in_region = by_region.get(region)
+                if in_region:
+                    admitted = [r for r in in_region if r.admits()]
+                    if admitted:
+                        out.extend(self.rank(admitted))
+        if order.affinity is not None:
+            preferred = [r for r in out if r.id == order.affinity]
+            if preferred:
+                out = preferred + [r for r in out if r.id != order.affinity]
         return out

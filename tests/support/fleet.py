@@ -173,12 +173,12 @@ class Fleet:
             shutil.rmtree(proc.log_path.parent, ignore_errors=True)
 
 
-def plain_server(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    """An unmodified MCP server (official SDK only, tests/support/plain_mcp_server.py) on a
-    free port; ``--legacy-only`` makes it a 2025-era server. The caller kills it."""
+def plain_server(*flags: str, script: str = "plain_mcp_server.py") -> tuple[subprocess.Popen[bytes], str]:
+    """An unmodified MCP server (official SDK only, tests/support/``script``) on a free
+    port; ``--legacy-only`` makes it a 2025-era server. The caller kills it."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "tests/support/plain_mcp_server.py", str(port), *flags],
+        [sys.executable, f"tests/support/{script}", str(port), *flags],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

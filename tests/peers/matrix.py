@@ -30,3 +30,58 @@ def assert_feature(outcome: Outcome, feature: str) -> None:
     names = surface.naming(outcome.target, outcome.upstream)
     found = surface.problems(feature, result["value"], names, outcome.upstream, exact=outcome.target != "mcp")
     assert not found, f"{where}: " + "; ".join(found)
+
+
+# -- what the dispatcher does not do yet: docs/design-mcp-surface.md section 3, by step -------
+RESOURCE_FEATURES = frozenset(
+    {
+        "resources",
+        "read_text",
+        "read_binary",
+        "templates",
+        "read_template",
+        "prompts",
+        "prompt_get",
+        "complete_prompt",
+        "complete_template",
+        "unknown_resource",
+    }
+)
+RESULT_FEATURES = frozenset({"call", "progress", "logging"}) | RESOURCE_FEATURES - {"unknown_resource"}
+STEPS = {
+    1: "per-agent mount /mcp/agents/<agent> and results normalised for the client's era (D1, D5)",
+    2: "resources, templates, prompts, completions and logging levels on /mcp and the mount (D2, D10, D12)",
+    3: "2025 upstream sessions per client capability set, server->client requests relayed with routable ids (D4, D8)",
+    4: "subscriptions: 2025 resources/subscribe + GET stream, 2026 subscriptions/listen (D11)",
+    5: "era bridges: held 2025 calls as input_required rounds, 2026 input_required as 2025 requests (D6, D7)",
+}
+
+
+def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict[int, str]:
+    """The steps a dispatcher test needs before it can pass, each with why; empty: it must
+    pass today."""
+    modern_client = surface.CLIENTS[client].era_with(None) == surface.MODERN_ERA
+    legacy_upstream = surface.UPSTREAMS[upstream].era == surface.LEGACY_ERA
+    needs: dict[int, str] = {}
+    if target == "mount":
+        needs[1] = "the mount does not exist (404)"
+    if modern_client and legacy_upstream and feature in RESULT_FEATURES | {"sampling", "elicitation"}:
+        needs[1] = "a 2025 upstream's result reaches a 2026 client without resultType"
+    if feature in RESOURCE_FEATURES:
+        needs[2] = "resources, prompts and completions are not federated (-32601)"
+    if feature == "logging" and legacy_upstream:
+        needs[2] = "the shared 2025 upstream session logs at every level; nothing filters per client level"
+    if feature in ("sampling", "elicitation"):
+        if legacy_upstream and not modern_client:
+            needs[3] = "the client's answer to the upstream's request is acknowledged and dropped; the call times out"
+        elif legacy_upstream:
+            needs[5] = "a 2025 upstream's request goes out on a 2026 stream, where no client answers it"
+        elif not modern_client:
+            needs[5] = "the 2026 upstream's input_required result reaches a 2025 client raw"
+    if feature == "cancel" and legacy_upstream:
+        # Not in the design yet: closing the upstream connection is no cancellation in 2025
+        # (cancellation.py says so for clients); the upstream needs notifications/cancelled.
+        needs[3] = "the dispatcher closes the upstream connection, which a 2025 server does not take as a cancel"
+    if feature == "subscribe":
+        needs[4] = "resources/subscribe and subscriptions/listen answer -32601"
+    return needs

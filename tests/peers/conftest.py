@@ -14,6 +14,7 @@ from tests.support import conformance
 from tests.support.conformance import ConformanceSetupError
 from tests.support.fleet import Fleet
 from tests.support.peers import node, surface
+from tests.support.peers.processes import EventProcess
 from tests.support.peers.runs import CALL_DEADLINE_S, Runs
 from tests.support.peers.surface import UpstreamKind
 
@@ -37,11 +38,11 @@ def peer_install() -> node.NodeInstall:
 
 
 @pytest.fixture(scope="session")
-def upstreams(peer_install: node.NodeInstall) -> Iterator[dict[str, node.Upstream]]:
-    started: dict[str, node.Upstream] = {}
+def upstreams(peer_install: node.NodeInstall) -> Iterator[dict[str, EventProcess]]:
+    started: dict[str, EventProcess] = {}
     try:
         for key, kind in surface.UPSTREAMS.items():
-            started[key] = _provide(kind.label, node.Upstream(peer_install, kind.script, kind.agent).start)
+            started[key] = _provide(kind.label, node.upstream(peer_install, kind.script, kind.agent).start)
         yield started
     finally:
         for upstream in started.values():
@@ -49,7 +50,7 @@ def upstreams(peer_install: node.NodeInstall) -> Iterator[dict[str, node.Upstrea
 
 
 @pytest.fixture(scope="session")
-def peer_fleet(redis_url: str, upstreams: dict[str, node.Upstream]) -> Iterator[Fleet]:
+def peer_fleet(redis_url: str, upstreams: dict[str, EventProcess]) -> Iterator[Fleet]:
     """A dispatcher with both unmodified upstreams added as static agents (``peer-v1``,
     ``peer-v2``), with a short call deadline so a hang shows within a test's time."""
     fleet = Fleet(redis_url, f"eftest-peers-{uuid.uuid4().hex[:8]}")
@@ -63,7 +64,7 @@ def peer_fleet(redis_url: str, upstreams: dict[str, node.Upstream]) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def direct_runs(peer_install: node.NodeInstall, upstreams: dict[str, node.Upstream]) -> Runs:
+def direct_runs(peer_install: node.NodeInstall, upstreams: dict[str, EventProcess]) -> Runs:
     def url_for(target: str, upstream: UpstreamKind) -> str:
         assert target == "direct"
         return upstreams[upstream.key].url
@@ -72,7 +73,7 @@ def direct_runs(peer_install: node.NodeInstall, upstreams: dict[str, node.Upstre
 
 
 @pytest.fixture(scope="session")
-def dispatcher_runs(peer_install: node.NodeInstall, upstreams: dict[str, node.Upstream], peer_fleet: Fleet) -> Runs:
+def dispatcher_runs(peer_install: node.NodeInstall, upstreams: dict[str, EventProcess], peer_fleet: Fleet) -> Runs:
     def url_for(target: str, upstream: UpstreamKind) -> str:
         return peer_fleet.mcp_url if target == "mcp" else f"{peer_fleet.mcp_url}/agents/{upstream.agent}"
 

@@ -13,7 +13,7 @@ import pytest
 from tests.peers.conftest import PAIRS
 from tests.peers.matrix import KNOWN_UPSTREAM_GAPS, assert_feature, compatible
 from tests.support.peers import surface
-from tests.support.peers.node import Upstream
+from tests.support.peers.processes import EventProcess
 from tests.support.peers.runs import Runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -81,7 +81,7 @@ INITIALIZE: dict[str, Any] = {
 }
 
 
-def test_the_v1_server_answers_no_2026_request(upstreams: dict[str, Upstream]) -> None:
+def test_the_v1_server_answers_no_2026_request(upstreams: dict[str, EventProcess]) -> None:
     """What the TypeScript SDK v1 (sessionful streamable HTTP) does with 2026-07-28: a
     ``server/discover`` has no session (400), ``initialize`` under a 2026 header is
     negotiated down to a 2025-11-25 session, and inside a session a 2026 header is 400."""
@@ -100,7 +100,7 @@ def test_the_v1_server_answers_no_2026_request(upstreams: dict[str, Upstream]) -
     assert inside.status_code == 400 and "Unsupported protocol version" in inside.text, inside.text
 
 
-def test_the_v2_server_refuses_2025(upstreams: dict[str, Upstream]) -> None:
+def test_the_v2_server_refuses_2025(upstreams: dict[str, EventProcess]) -> None:
     """The TypeScript SDK v2 with ``legacy: 'reject'``: ``initialize`` is refused with
     -32022 naming the supported revisions; ``server/discover`` answers 2026-07-28."""
     url = upstreams["v2"].url

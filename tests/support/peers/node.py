@@ -7,26 +7,20 @@ instructions, never skip"), and the Node processes they run.
   them into ``scripts-<digest of the scripts>`` (ES modules resolve packages from the
   folders above the script, not from ``NODE_PATH``; a digest-named copy is immutable, so
   worktrees sharing the cache never overwrite each other's scripts).
-- ``Upstream``: one of the two servers as a child process on 127.0.0.1; ready when it
+- ``upstream()``: one of the two servers as an ``EventProcess`` on 127.0.0.1, ready when it
   prints its ``PEER {"event":"ready"...}`` line; its stdout is the event log the tests read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.dispatcher.devtools.processes import die_with_parent
-
 from tests.support import conformance
-from tests.support.conformance import ConformanceSetupError
+from tests.support.peers.processes import EventProcess
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("server_v1.mjs", "server_v2.mjs", "client_v2.mjs")
@@ -86,62 +80,7 @@ def install() -> NodeInstall:
     return NodeInstall(folder, scripts)
 
 
-class Upstream:
-    """``server_v1.mjs`` or ``server_v2.mjs`` as a child process; ``events()`` reads its log."""
-
-    def __init__(self, install: NodeInstall, script: str, name: str) -> None:
-        self.install = install
-        self.script = script
-        self.name = name
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.mkdtemp(prefix=f"edgefleet-{name}-")) / "upstream.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def events(self) -> list[dict[str, object]]:
-        return [json.loads(line[5:]) for line in self.output().splitlines() if line.startswith("PEER {")]
-
-    def saw(self, event: str, **fields: object) -> bool:
-        return any(e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in self.events())
-
-    def start(self, timeout: float = 60.0) -> Upstream:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [str(self.install.node), str(self.install.script(self.script))],
-                cwd=self.install.scripts,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise ConformanceSetupError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.output()[-3000:]}"
-                )
-            ready = [e for e in self.events() if e.get("event") == "ready"]
-            if ready:
-                self.port = int(str(ready[0]["port"]))
-                conformance.TIMINGS.add(f"{self.name} start", time.monotonic() - started)
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise ConformanceSetupError(
-            f"{self.name} printed no ready line within {timeout:.0f} s:\n{self.output()[-3000:]}"
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.log_path.parent, ignore_errors=True)
+def upstream(install: NodeInstall, script: str, name: str) -> EventProcess:
+    """``server_v1.mjs`` or ``server_v2.mjs`` as a child process (not started)."""
+    command = [str(install.node), str(install.script(script))]
+    return EventProcess(command, install.scripts, name, prefix="PEER")

@@ -24,7 +24,8 @@ from typing import Any
 from tests.support import conformance
 from tests.support.fleet import ROOT
 from tests.support.peers import surface
-from tests.support.peers.node import NodeInstall, Upstream
+from tests.support.peers.node import NodeInstall
+from tests.support.peers.processes import EventProcess
 from tests.support.peers.surface import ClientKind, UpstreamKind
 
 # The dispatcher under test runs with this call deadline (EDGEFLEET_CALL_TIMEOUT_S): "every
@@ -59,8 +60,9 @@ class Runs:
     """Outcomes by (client, upstream, target), computed a target at a time on first use."""
 
     install: NodeInstall
-    upstreams: dict[str, Upstream]
+    upstreams: dict[str, EventProcess]
     url_for: Callable[[str, UpstreamKind], str]  # (target, upstream) -> MCP URL
+    features: tuple[str, ...] = surface.FEATURES
     outcomes: dict[tuple[str, str, str], Outcome] = field(default_factory=dict)
     timings: list[tuple[str, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,6 +93,7 @@ class Runs:
             tag=tag,
             upstream_log=str(self.upstreams[upstream.key].log_path),
             timeout_s=FEATURE_TIMEOUT_S,
+            features=self.features,
         )
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="edgefleet-peer-plan-", delete=False) as f:
             json.dump(the_plan, f)
@@ -109,12 +112,12 @@ class Runs:
             features = parsed["features"] if parsed else {}
             if not features:
                 failure = {"type": "run", "message": f"the client run printed no result (exit {proc.returncode})"}
-                features = {f: {"ok": False, "error": failure, "era": None, "seconds": 0.0} for f in surface.FEATURES}
+                features = {f: {"ok": False, "error": failure, "era": None, "seconds": 0.0} for f in self.features}
         except subprocess.TimeoutExpired as exc:
             output = _text(exc.stdout) + _text(exc.stderr)
             failure = {"type": "hang", "message": f"the whole client run took over {RUN_TIMEOUT_S:g} s"}
             features = {
-                f: {"ok": False, "error": failure, "era": None, "seconds": RUN_TIMEOUT_S} for f in surface.FEATURES
+                f: {"ok": False, "error": failure, "era": None, "seconds": RUN_TIMEOUT_S} for f in self.features
             }
         finally:
             plan_path.unlink(missing_ok=True)

@@ -119,7 +119,14 @@ def naming(target: str, upstream: UpstreamKind) -> Naming:
 
 
 def plan(
-    url: str, client: ClientKind, names: Naming, *, tag: str, upstream_log: str, timeout_s: float
+    url: str,
+    client: ClientKind,
+    names: Naming,
+    *,
+    tag: str,
+    upstream_log: str,
+    timeout_s: float,
+    features: tuple[str, ...] = FEATURES,
 ) -> dict[str, Any]:
     return {
         "url": url,
@@ -130,7 +137,7 @@ def plan(
         "names": {n: names.name(n) for n in (*TOOLS, *PROMPTS)},
         "uris": {**{k: names.uri(v) for k, v in URIS.items()}, "template": names.uri(TEMPLATE)},
         "answers": ANSWERS,
-        "features": list(FEATURES),
+        "features": list(features),
     }
 
 

@@ -47,6 +47,7 @@ RESOURCE_FEATURES = frozenset(
         "unknown_resource",
     }
 )
+SERVER_REQUESTS = frozenset({"sampling", "elicitation", "roots"})  # tools that ask the client
 RESULT_FEATURES = frozenset({"call", "progress", "logging"}) | RESOURCE_FEATURES - {"unknown_resource"}
 STEPS = {
     1: "per-agent mount /mcp/agents/<agent> and results normalised for the client's era (D1, D5)",
@@ -65,13 +66,15 @@ def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict
     needs: dict[int, str] = {}
     if target == "mount":
         needs[1] = "the mount does not exist (404)"
-    if modern_client and legacy_upstream and feature in RESULT_FEATURES | {"sampling", "elicitation"}:
+    if modern_client and legacy_upstream and feature in RESULT_FEATURES | SERVER_REQUESTS | {"gated"}:
         needs[1] = "a 2025 upstream's result reaches a 2026 client without resultType"
     if feature in RESOURCE_FEATURES:
         needs[2] = "resources, prompts and completions are not federated (-32601)"
     if feature == "logging" and legacy_upstream:
         needs[2] = "the shared 2025 upstream session logs at every level; nothing filters per client level"
-    if feature in ("sampling", "elicitation"):
+    if feature == "gated" and legacy_upstream:
+        needs[3] = "the dispatcher's upstream session declares no client capabilities: the server hides the tool"
+    if feature in SERVER_REQUESTS:
         if legacy_upstream and not modern_client:
             needs[3] = "the client's answer to the upstream's request is acknowledged and dropped; the call times out"
         elif legacy_upstream:

@@ -81,3 +81,15 @@ def test_every_dispatcher_case_today_or_a_step() -> None:
     assert set(missing_steps("py-legacy", "v1", "mcp", "sampling")) == {3}
     assert set(missing_steps("ts-legacy", "v2", "mcp", "elicitation")) == {5}
     assert set(missing_steps("ts-auto", "v2", "mount", "subscribe")) == {1, 4}
+    assert set(missing_steps("py-legacy", "v1", "mcp", "gated")) == {3}
+    assert missing_steps("py-auto", "v2", "mcp", "roots") == {}
+
+
+def test_the_capability_gated_tool_is_judged_on_its_own() -> None:
+    """``tools`` passes with or without ``gated`` (a 2025 server lists it only to clients
+    that declared sampling); the ``gated`` feature requires it."""
+    always = [OWN.name(t) for t in surface.TOOLS if t != "gated"]
+    assert surface.problems("tools", always, OWN, V1, exact=True) == []
+    assert surface.problems("tools", [*always, "gated"], OWN, V1, exact=True) == []
+    hidden = {"listed": False, "text": ["gated: for clients with sampling"]}
+    assert surface.problems("gated", hidden, OWN, V1, exact=True)

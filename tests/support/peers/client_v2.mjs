@@ -35,7 +35,7 @@ async function connect(observed) {
         { name: 'edgefleet-peer-test-ts', version: '1.0.0' },
         {
             versionNegotiation: negotiation(plan.mode),
-            capabilities: { sampling: {}, elicitation: { form: {} } }
+            capabilities: { sampling: {}, elicitation: { form: {} }, roots: {} }
         }
     );
     client.setRequestHandler('sampling/createMessage', async request => {
@@ -45,6 +45,10 @@ async function connect(observed) {
     client.setRequestHandler('elicitation/create', async request => {
         observed.elicitation = request.params;
         return { action: 'accept', content: { name: plan.answers.name } };
+    });
+    client.setRequestHandler('roots/list', async () => {
+        observed.roots = true;
+        return { roots: [{ uri: plan.answers.root, name: 'peer test root' }] };
     });
     client.setNotificationHandler('notifications/message', n => observed.levels.push(n.params.level));
     client.setNotificationHandler('notifications/resources/updated', n => observed.updated.push(n.params.uri));
@@ -105,6 +109,14 @@ const FEATURES = {
     async elicitation(c, observed) {
         const result = await c.callTool({ name: plan.names.ask_elicitation, arguments: {} });
         return { text: texts(result), asked: observed.elicitation?.message ?? null };
+    },
+    async roots(c, observed) {
+        const result = await c.callTool({ name: plan.names.ask_roots, arguments: {} });
+        return { text: texts(result), asked: Boolean(observed.roots) };
+    },
+    async gated(c) {
+        const listed = (await c.listTools()).tools.some(t => t.name === plan.names.gated);
+        return { listed, text: texts(await c.callTool({ name: plan.names.gated, arguments: {} })) };
     },
     async cancel(c, _observed, deadline) {
         // Cancel once the upstream reports the call running (its own log line), then report

@@ -39,6 +39,7 @@ class Observed:
         self.updated: list[str] = []
         self.sampling: types.CreateMessageRequestParams | None = None
         self.elicitation: types.ElicitRequestParams | None = None
+        self.roots = False
 
 
 def describe(error: BaseException) -> dict[str, Any]:
@@ -82,6 +83,10 @@ class Runner:
             observed.elicitation = params
             return types.ElicitResult(action="accept", content={"name": self.answers["name"]})
 
+        async def roots(context: ClientRequestContext) -> types.ListRootsResult:
+            observed.roots = True
+            return types.ListRootsResult(roots=[types.Root(uri=self.answers["root"], name="peer test root")])
+
         async def on_log(params: types.LoggingMessageNotificationParams) -> None:
             observed.levels.append(params.level)
 
@@ -94,6 +99,7 @@ class Runner:
             mode=self.plan["mode"],
             sampling_callback=sampling,
             elicitation_callback=elicitation,
+            list_roots_callback=roots,
             logging_callback=on_log,
             message_handler=on_message,
             # 2026 lists carry cache hints; every feature must reach the server.
@@ -140,6 +146,14 @@ class Runner:
     async def elicitation(self, c: Client, o: Observed) -> Any:
         result = await c.call_tool(self.names["ask_elicitation"], {})
         return {"text": texts(result), "asked": o.elicitation.message if o.elicitation else None}
+
+    async def roots(self, c: Client, o: Observed) -> Any:
+        result = await c.call_tool(self.names["ask_roots"], {})
+        return {"text": texts(result), "asked": o.roots}
+
+    async def gated(self, c: Client, o: Observed) -> Any:
+        listed = any(t.name == self.names["gated"] for t in (await c.list_tools()).tools)
+        return {"listed": listed, "text": texts(await c.call_tool(self.names["gated"], {}))}
 
     async def cancel(self, c: Client, o: Observed) -> Any:
         # Cancel once the upstream reports the call running (its own log line): 2025 sends

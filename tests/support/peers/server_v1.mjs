@@ -4,7 +4,9 @@
 //
 // The surface (same names and behaviour as server_v2.mjs, see surface.py):
 //   tools      echo, count (progress), chatter (logging), ask_sampling, ask_elicitation,
-//              slow (cancellable), touch (updates the watched resource)
+//              ask_roots, slow (cancellable), touch (updates the watched resource), and
+//              gated: listed only to sessions whose client declared sampling, as servers
+//              in the wild gate tools on client capabilities
 //   resources  peer://static/text, peer://static/binary, peer://watched (subscribable),
 //              template peer://items/{id}
 //   prompts    greet(name, style?) with completions on `name`; completions on {id}
@@ -20,7 +22,8 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import {
     CreateMessageResultSchema,
     ElicitResultSchema,
-    isInitializeRequest
+    isInitializeRequest,
+    ListRootsResultSchema
 } from '@modelcontextprotocol/sdk/types.js';
 import * as z from 'zod';
 
@@ -46,7 +49,7 @@ const sleep = (ms, signal) =>
         });
     });
 
-function buildServer(subscriptions) {
+function buildServer(subscriptions, clientCapabilities) {
     const mcp = new McpServer(
         { name: 'peer-v1', version: '1.0.0' },
         { capabilities: { logging: {}, resources: { subscribe: true, listChanged: true }, completions: {} } }
@@ -115,6 +118,17 @@ function buildServer(subscriptions) {
         );
         return text(`elicited: ${answer.action} ${answer.content?.name ?? ''}`.trim());
     });
+
+    mcp.registerTool('ask_roots', { description: 'Ask the client for its roots (roots/list)' }, async extra => {
+        const answer = await extra.sendRequest({ method: 'roots/list', params: {} }, ListRootsResultSchema);
+        return text(`roots: ${answer.roots.map(r => r.uri).join(' ')}`);
+    });
+
+    if (clientCapabilities?.sampling) {
+        mcp.registerTool('gated', { description: 'Only for clients that declared sampling' }, async () =>
+            text('gated: for clients with sampling')
+        );
+    }
 
     mcp.registerTool(
         'slow',
@@ -214,7 +228,7 @@ const http = createServer((req, res) => {
         if (sid) return jsonError(res, 404, -32001, 'Session not found');
         if (req.method === 'POST' && isInitializeRequest(body)) {
             const subscriptions = new Set();
-            const server = buildServer(subscriptions);
+            const server = buildServer(subscriptions, body.params?.capabilities ?? {});
             const transport = new StreamableHTTPServerTransport({
                 sessionIdGenerator: () => randomUUID(),
                 onsessioninitialized: id => {

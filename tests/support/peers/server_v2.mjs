@@ -117,6 +117,18 @@ function buildServer(notifyUpdated) {
         return text(`elicited: ${answer.action} ${form?.name ?? ''}`.trim());
     });
 
+    mcp.registerTool('ask_roots', { description: 'Ask the client for its roots (roots/list)' }, async ctx => {
+        const answer = ctx.mcpReq.inputResponses?.['roots'];
+        if (!answer) return inputRequired({ inputRequests: { roots: inputRequired.listRoots() } });
+        return text(`roots: ${(answer.roots ?? []).map(r => r.uri).join(' ')}`);
+    });
+
+    // Listed to every client: a 2026 server sees the capabilities per request, and this one
+    // does not gate (server_v1.mjs does, per session).
+    mcp.registerTool('gated', { description: 'Only for clients that declared sampling' }, async () =>
+        text('gated: for clients with sampling')
+    );
+
     mcp.registerTool(
         'slow',
         { description: 'Run until cancelled (at most `seconds`)', inputSchema: z.object({ tag: z.string(), seconds: z.number().max(60) }) },

@@ -65,7 +65,7 @@ CLIENTS = {
 
 TARGETS = ("direct", "mcp", "mount")  # the upstream itself, dispatcher /mcp, /mcp/agents/<agent>
 
-TOOLS = ("echo", "count", "chatter", "ask_sampling", "ask_elicitation", "slow", "touch")
+TOOLS = ("echo", "count", "chatter", "ask_sampling", "ask_elicitation", "ask_roots", "gated", "slow", "touch")
 PROMPTS = ("greet",)
 URIS = {
     "text": "peer://static/text",
@@ -75,7 +75,13 @@ URIS = {
     "missing": "peer://missing",
 }
 TEMPLATE = "peer://items/{id}"
-ANSWERS = {"sampling": "forty-two", "model": "peer-test-model", "name": "Ada", "question": "What is six times seven?"}
+ANSWERS = {
+    "sampling": "forty-two",
+    "model": "peer-test-model",
+    "name": "Ada",
+    "question": "What is six times seven?",
+    "root": "file:///srv/peer-test",
+}
 BINARY_B64 = "AAEC/f7/"  # bytes 0 1 2 253 254 255
 
 FEATURES = (
@@ -85,6 +91,8 @@ FEATURES = (
     "logging",
     "sampling",
     "elicitation",
+    "roots",
+    "gated",
     "cancel",
     "resources",
     "read_text",
@@ -142,11 +150,11 @@ def plan(
 
 
 # -- judging one observation ----------------------------------------------------------------
-def _listing(got: Any, expected: set[Any], exact: bool) -> list[str]:
+def _listing(got: Any, expected: set[Any], exact: bool, optional: frozenset[Any] = frozenset()) -> list[str]:
     if not isinstance(got, list):
         return [f"expected a list, got {got!r}"]
     missing = sorted(expected - set(got), key=str)
-    extra = sorted(set(got) - expected, key=str) if exact else []
+    extra = sorted(set(got) - expected - optional, key=str) if exact else []
     return [f"missing {missing}"] * bool(missing) + [f"not this agent's: {extra}"] * bool(extra)
 
 
@@ -155,7 +163,9 @@ def problems(feature: str, value: Any, names: Naming, upstream: UpstreamKind, ex
     listing is this agent's alone (the upstream itself, or its per-agent mount)."""
     expect: Any
     if feature == "tools":
-        return _listing(value, {names.name(t) for t in TOOLS}, exact)
+        # The capability-gated tool has its own feature ("gated"): here it may be absent.
+        listed = {names.name(t) for t in TOOLS if t != "gated"}
+        return _listing(value, listed, exact, optional=frozenset({names.name("gated")}))
     if feature == "resources":
         return _listing(value, {names.uri(URIS[k]) for k in ("text", "binary", "watched")}, exact)
     if feature == "templates":
@@ -182,6 +192,10 @@ def problems(feature: str, value: Any, names: Naming, upstream: UpstreamKind, ex
         expect = {"text": [f"sampled: {ANSWERS['sampling']} (model {ANSWERS['model']})"], "asked": ANSWERS["question"]}
     elif feature == "elicitation":
         expect = {"text": [f"elicited: accept {ANSWERS['name']}"], "asked": "What is your name?"}
+    elif feature == "roots":
+        expect = {"text": [f"roots: {ANSWERS['root']}"], "asked": True}
+    elif feature == "gated":
+        expect = {"listed": True, "text": ["gated: for clients with sampling"]}
     elif feature == "cancel":
         if not value.get("started"):
             return [f"the upstream never started the call: {value!r}"]

@@ -5,12 +5,10 @@ that makes them pass (they turn red that day: remove the marker with the change)
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.peers.conftest import PAIRS
-from tests.peers.matrix import KNOWN_UPSTREAM_GAPS, STEPS, assert_feature, missing_steps
+from tests.peers.matrix import KNOWN_UPSTREAM_GAPS, assert_feature, case
 from tests.support.peers import surface
 from tests.support.peers.runs import Runs
 
@@ -19,26 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 TARGETS = ("mcp", "mount")
 
 
-def _param(client: str, upstream: str, target: str, feature: str) -> Any:
-    needs = missing_steps(client, upstream, target, feature)
-    marks = []
-    if needs:
-        step = max(needs)
-        why = "; ".join(needs[s] for s in sorted(needs))
-        reason = f"issue 18 step {step}: {STEPS[step]} ({why})"
-        marks.append(pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(
-        client,
-        upstream,
-        target,
-        feature,
-        id=f"{client}-{surface.UPSTREAMS[upstream].label}-{target}-{feature}",
-        marks=marks,
-    )
-
-
 MATRIX = [
-    _param(c, u, t, f)
+    case(c, u, t, f)
     for t in TARGETS
     for c, u in PAIRS
     for f in surface.FEATURES

@@ -9,12 +9,11 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.peers.conftest import _provide
-from tests.peers.matrix import STEPS, assert_feature, missing_steps
+from tests.peers.matrix import assert_feature, case
 from tests.support import conformance
 from tests.support.fleet import ROOT, Fleet
 from tests.support.peers import surface
@@ -63,19 +62,9 @@ def split_runs(peer_install: NodeInstall, upstreams: dict[str, EventProcess], sp
     return Runs(peer_install, upstreams, url_for, features=FEATURES)
 
 
-def _param(client: str, upstream: str, feature: str) -> Any:
-    needs = missing_steps(client, upstream, "mcp", feature)
-    marks = []
-    if needs:
-        step = max(needs)
-        reason = f"issue 18 step {step}: {STEPS[step]} ({'; '.join(needs[s] for s in sorted(needs))})"
-        marks.append(pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(
-        client, upstream, feature, id=f"{client}-{surface.UPSTREAMS[upstream].label}-{feature}", marks=marks
-    )
-
-
-@pytest.mark.parametrize(("client", "upstream", "feature"), [_param(c, u, f) for c, u in PAIRS for f in FEATURES])
+@pytest.mark.parametrize(
+    ("client", "upstream", "feature"), [case(c, u, "mcp", f, in_id=False) for c, u in PAIRS for f in FEATURES]
+)
 def test_a_round_answered_on_the_other_replica(client: str, upstream: str, feature: str, split_runs: Runs) -> None:
     assert_feature(split_runs.get(client, upstream, "mcp", PAIRS), feature)
 

@@ -14,7 +14,7 @@ import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/cli
 const plan = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const LOG_LEVEL_KEY = 'io.modelcontextprotocol/logLevel';
 // How long the upstream may take to see a cancellation (directly: ~10 ms).
-const CANCEL_SEEN_MS = 5000;
+const CANCEL_SEEN_MS = 3000;
 
 class Hang extends Error {}
 

@@ -24,7 +24,7 @@ from mcp.client import ClientRequestContext
 from mcp.shared.subscriptions import ResourceUpdated
 
 # How long the upstream may take to see a cancellation (directly: ~10 ms).
-CANCEL_SEEN_S = 5.0
+CANCEL_SEEN_S = 3.0
 
 
 class Hang(Exception):

@@ -408,7 +408,9 @@ def upstream_session(call: ToolCall, client: ReplicaClient) -> CapabilityKey | N
     if client.era == "legacy":
         # A 2026 client is asked in input_required rounds, only when the call is held for
         # that (mcp.held); otherwise its call goes through a session that lets the server ask nothing.
-        return capability_key(call.client_capabilities) if not call.modern or call.may_ask else ()
+        # Lists are no calls: they show what the client's own capabilities unlock.
+        asks = not call.modern or call.may_ask or call.method.endswith("/list")
+        return capability_key(call.client_capabilities) if asks else ()
     if not call.modern and call.client_capabilities is not None and client.speaks_legacy:
         return capability_key(call.client_capabilities)
     return None

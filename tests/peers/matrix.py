@@ -60,7 +60,7 @@ STEPS = {
     4: "subscriptions: 2025 resources/subscribe + GET stream, 2026 subscriptions/listen (D11)",
     5: "era bridges: held 2025 calls as input_required rounds, 2026 input_required as 2025 requests (D6, D7)",
 }
-LANDED = frozenset({1, 2, 3})  # on main; what still fails there is a bug of that step (see the reason)
+LANDED = frozenset({1, 2, 3, 5})  # on main; what still fails there is a bug of that step (see the reason)
 
 
 def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict[int, str]:
@@ -82,14 +82,6 @@ def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict
         )
     if feature == "logging" and legacy_upstream:
         needs[2] = "the shared 2025 upstream session logs at every level; nothing filters per client level (D12)"
-    if feature in SERVER_REQUESTS and legacy_upstream and modern_client:
-        needs[5] = "a 2025 upstream's request goes out on a 2026 stream, where no client answers it (D6)"
-    if feature in SERVER_REQUESTS and not legacy_upstream and not modern_client:
-        needs[5] = "the 2026 upstream's input_required result is refused to a 2025 client (D7)"
-    if feature == "gated" and legacy_upstream and modern_client:
-        needs[5] = (
-            "a 2026 client's calls use the capability-less 2025 session, where the server hides the tool (D4, D6)"
-        )
     if feature == "cancel" and legacy_upstream:
         # Not in the design: the dispatcher closes the upstream connection, which a 2025
         # server does not take as a cancel (cancellation.py says so of clients).

@@ -71,17 +71,17 @@ def test_client_eras_against_single_era_servers() -> None:
 
 
 def test_every_dispatcher_case_today_or_a_step() -> None:
-    """What must pass on main (steps 1-3 landed) and what still names a step."""
+    """What must pass on main (steps 1-3 and 5 landed) and what still names a step."""
     assert missing_steps("ts-pin", "v1", "mount", "call") == {}
     assert missing_steps("py-legacy", "v1", "mcp", "sampling") == {}
     assert missing_steps("py-auto", "v1", "mcp", "read_text") == {}
     assert set(missing_steps("ts-auto", "v1", "mcp", "read_text")) == {2}
-    assert set(missing_steps("py-auto", "v1", "mount", "elicitation")) == {5}
-    assert set(missing_steps("ts-legacy", "v2", "mcp", "roots")) == {5}
+    assert missing_steps("py-auto", "v1", "mount", "elicitation") == {}
+    assert missing_steps("ts-legacy", "v2", "mcp", "roots") == {}
     assert set(missing_steps("ts-auto", "v2", "mount", "subscribe")) == {4}
     assert set(missing_steps("py-legacy", "v1", "mount", "cancel")) == {3}
     assert missing_steps("py-legacy", "v1", "mcp", "gated") == {}
-    assert set(missing_steps("py-auto", "v1", "mcp", "gated")) == {5}
+    assert missing_steps("py-auto", "v1", "mcp", "gated") == {}
     assert xfail_reason({2: "x"}).startswith("issue 18 step 2: landed, still failing (x)")
     assert xfail_reason({2: "x", 4: "y"}).startswith("issue 18 step 4: subscriptions")
 

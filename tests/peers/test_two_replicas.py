@@ -35,8 +35,10 @@ def split(redis_url: str, upstreams: dict[str, EventProcess]) -> Iterator[EventP
     fleet = Fleet(redis_url, f"eftest-split-{uuid.uuid4().hex[:8]}")
     proxy: EventProcess | None = None
     try:
-        a = fleet.start_dispatcher(call_timeout_s=CALL_DEADLINE_S)
-        b = fleet.start_dispatcher(call_timeout_s=CALL_DEADLINE_S)
+        # One fleet behind one URL shares its requestState keys (a round sealed on A opens on B).
+        keys = "peer-test-request-state-key-" + "x" * 32
+        a = fleet.start_dispatcher(call_timeout_s=CALL_DEADLINE_S, request_state_keys=keys)
+        b = fleet.start_dispatcher(call_timeout_s=CALL_DEADLINE_S, request_state_keys=keys)
         for key, kind in surface.UPSTREAMS.items():
             conformance.add_to_fleet(fleet, upstreams[key].url, kind.agent)
         agents = {kind.agent for kind in surface.UPSTREAMS.values()}

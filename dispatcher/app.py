@@ -183,7 +183,7 @@ class Dispatcher:
             states=self.request_states,
             held=self.held,
         )
-        self.features = Features(settings, self.fleet, self.router, self.paths)
+        self.features = Features(settings, self.fleet, self.router, self.paths, self.request_states)
         self.mcp = MCPEndpoint(
             settings, self.calls, self.features, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit
         )

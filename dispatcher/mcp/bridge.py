@@ -104,6 +104,37 @@ def reshape_events(events: bytes, *, modern: bool) -> bytes:
     return b"".join(out)
 
 
+# Syslog severities, lowest first (MCP logging levels).
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_SEVERITY = {level: n for n, level in enumerate(LOG_LEVELS)}
+NO_LOGS = len(LOG_LEVELS)  # a threshold above every level: no log notification passes
+_LOG_NOTIFICATION = b'"notifications/message"'
+
+
+def log_threshold(level: Any) -> int:
+    """The lowest severity a client asked for (an unknown level: every message)."""
+    return _SEVERITY.get(level, 0) if isinstance(level, str) else NO_LOGS
+
+
+def _below(events: bytes, threshold: int) -> bytes:
+    """The events without log notifications under ``threshold``: a 2025-era upstream session
+    is shared by clients of different levels, and logs to all of them at its own (D12)."""
+    out = []
+    for name, data in sse.events(events):
+        if name == "message" and _LOG_NOTIFICATION in data:
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                message = None
+            params = message.get("params") if isinstance(message, dict) else None
+            level = params.get("level") if isinstance(params, dict) else None
+            severity = _SEVERITY.get(level, NO_LOGS - 1) if isinstance(level, str) else NO_LOGS - 1
+            if isinstance(message, dict) and message.get("method") == "notifications/message" and severity < threshold:
+                continue
+        out.append(sse.frame(data) if name == "message" else _named(name, data))
+    return b"".join(out)
+
+
 def wrap_round(payload: bytes, rounds: RoundBinding, route: Route | None) -> bytes:
     """A 2026-era agent's ``input_required`` response with its ``requestState`` sealed inside
     ours, with the replica that minted it (the retry goes back there)."""
@@ -159,7 +190,7 @@ class EraAnswer:
     """An answer on its way to a client of one era (wraps the client's real answer); with a
     relay, the upstream's requests on the stream go out under ids of ours (mcp.relay)."""
 
-    __slots__ = ("inner", "modern", "relay", "rounds", "route")
+    __slots__ = ("inner", "modern", "relay", "rounds", "route", "log_threshold")
 
     def __init__(
         self,
@@ -168,8 +199,10 @@ class EraAnswer:
         modern: bool,
         relay: RelayContext | None = None,
         rounds: RoundBinding | None = None,
+        log_threshold: int = 0,
     ) -> None:
         self.inner = inner
+        self.log_threshold = log_threshold  # log notifications under it are not the client's
         self.modern = modern
         self.relay = relay
         self.rounds = rounds  # 2026-era clients: input_required rounds get a state of ours
@@ -189,6 +222,8 @@ class EraAnswer:
 
     async def send_events(self, events: bytes) -> None:
         events = reshape_events(events, modern=self.modern)
+        if self.log_threshold and _LOG_NOTIFICATION in events:
+            events = _below(events, self.log_threshold)
         if self.rounds is not None and _INPUT_REQUIRED in events and _from_agent_of_this_era(self.route):
             events = _wrap_rounds(events, self.rounds, self.route)
         if self.relay is not None and b'"method"' in events and b'"id"' in events:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from edgefleet.dispatcher.mcp.bridge import EraAnswer, RelayContext
+from edgefleet.dispatcher.mcp.bridge import NO_LOGS, EraAnswer, RelayContext, log_threshold
 from edgefleet.dispatcher.mcp.cancellation import Cancellation
 from edgefleet.dispatcher.mcp.capabilities import MISSING_TASKS_EXTENSION, TASKS_LEGACY_VERSION, declares_tasks
 from edgefleet.dispatcher.mcp.held import HoldingAnswer, Segment
@@ -293,7 +293,7 @@ class ToolCalls:
             # runs where it can be held open across input_required rounds (mcp.held).
             assert self.held is not None
             call.may_ask = True
-            era_answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding)
+            era_answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding, log_threshold=_log_threshold(request))
             await self.held.run(
                 call, self.paths, HoldingAnswer(Segment(era_answer, message.id), binding, call), request.receive
             )
@@ -303,7 +303,9 @@ class ToolCalls:
             if session is not None and self.relay is not None
             else None
         )
-        answer = EraAnswer(HttpAnswer(send), modern=modern, relay=relay, rounds=binding)
+        answer = EraAnswer(
+            HttpAnswer(send), modern=modern, relay=relay, rounds=binding, log_threshold=_log_threshold(request)
+        )
         if mode == "promote":
             assert request.receive is not None
             await self.cancellation.promotable(call, self.paths, answer, request.receive, make_record)
@@ -346,7 +348,7 @@ class ToolCalls:
         if not isinstance(responses, dict):
             raise InvalidParams("params.inputResponses must be an object (answers by inputRequests key).")
         if self.held is not None:
-            answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding)
+            answer = EraAnswer(HttpAnswer(send), modern=True, rounds=binding, log_threshold=_log_threshold(request))
             if await self.held.resume(claims, responses, answer, request.message.id, request.receive, obs):
                 return True
         if not entry.idempotent:
@@ -451,6 +453,16 @@ class ToolCalls:
                 data={"id": message.id, "tool": entry.public_name},
             )
         return "create"
+
+
+def _log_threshold(request: CallRequest) -> int:
+    """The least severe log message this client gets: its 2025 session's level (every
+    message until it sets one), or a 2026 request's ``_meta`` logLevel (none without it)."""
+    if request.session is not None:
+        return log_threshold(request.session.log_level) if request.session.log_level else 0
+    meta = request.message.params.get("_meta")
+    level = meta.get(META_LOG_LEVEL) if isinstance(meta, dict) else None
+    return log_threshold(level) if level is not None else NO_LOGS
 
 
 def client_capabilities(params: dict[str, Any], session: Session | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,6 +23,7 @@ from edgefleet.dispatcher.fleet.catalog import own_definition
 from edgefleet.dispatcher.fleet.naming import public_uri, split_public_uri
 from edgefleet.dispatcher.mcp.calls import call_deadline, client_capabilities
 from edgefleet.dispatcher.mcp.capabilities import INSTRUCTIONS, SERVER_INFO
+from edgefleet.dispatcher.mcp.request_state import RoundBinding
 from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.catalog import AgentView, Catalog
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.mcp.request import McpRequest
+    from edgefleet.dispatcher.mcp.request_state import RequestStates
     from edgefleet.dispatcher.mcp.sessions import Session
     from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.routing.router import Router
@@ -47,14 +50,24 @@ PAGE = 500
 LISTS = {"resources/list": "resources", "resources/templates/list": "resourceTemplates", "prompts/list": "prompts"}
 FORWARDED = ("resources/read", "prompts/get", "completion/complete")
 METHODS = frozenset({*LISTS, *FORWARDED})
+# "Resource not found": -32602 since SEP-2164, -32002 before it.
+NOT_FOUND_CODES = (-32602, -32002)
 
 
 class Features:
-    def __init__(self, settings: DispatcherSettings, fleet: Fleet, router: Router, paths: CallPaths) -> None:
+    def __init__(
+        self,
+        settings: DispatcherSettings,
+        fleet: Fleet,
+        router: Router,
+        paths: CallPaths,
+        states: RequestStates | None = None,
+    ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.router = router
         self.paths = paths
+        self.states = states  # input_required rounds of prompts/get and resources/read (D9)
 
     def capabilities(self, view: str | None) -> dict[str, Any]:
         """What to advertise beyond tools and tasks: only what the fleet (or the mounted agent) serves.
@@ -154,7 +167,15 @@ class Features:
             raise InvalidParams("resources/read needs params.uri (a string).")
         agent, own = self._owner_of_uri(uri)
         self._check(request.identity, agent.agent)
-        result = await self._forward(request, agent, {**params, "uri": own}, modern, session)
+        try:
+            result = await self._forward(request, agent, {**params, "uri": own}, modern, session)
+        except _AgentError as exc:
+            if exc.error.get("code") in NOT_FOUND_CODES:
+                # SEP-2164: data.uri names the resource as the client asked for it, not as the agent knows it.
+                found = exc.error.get("data")
+                data: dict[str, Any] = found if isinstance(found, dict) else {}
+                raise _AgentError({**exc.error, "data": {**data, "uri": uri}}) from None
+            raise
         return _public_uris(result, agent.agent)
 
     async def _get_prompt(self, request: McpRequest, modern: bool, session: Session | None) -> dict[str, Any]:
@@ -232,6 +253,15 @@ class Features:
             meta.setdefault(META_CLIENT_CAPABILITIES, session.capabilities)
             params["_meta"] = meta
         order = self.router.order(request.peer, request.headers, self.fleet.regions, allowed=request.identity.regions)
+        binding = self._binding(request, method) if modern else None
+        if binding is not None and "requestState" in params:
+            # The retry of a round: the state is ours (the agent's inside), back to the replica that minted it.
+            claims = binding.open(params["requestState"])
+            params = {k: v for k, v in params.items() if k != "requestState"}
+            if claims.get("s") is not None:
+                params["requestState"] = claims["s"]
+            if isinstance(claims.get("rep"), str):
+                order = dataclasses.replace(order, affinity=claims["rep"])
         target = params.get("uri") if method == "resources/read" else params.get("name")
         call = ToolCall(
             agent.entry(),
@@ -265,7 +295,26 @@ class Features:
             raise UpstreamError(
                 f"{agent.agent} answered {method} without a result object.", data={"agent": agent.agent}
             )
+        if result.get("resultType") == "input_required":
+            if binding is None:
+                raise UpstreamError(
+                    f"{agent.agent} answered {method} with an input_required round, which a 2025-11-25 client "
+                    "cannot receive; use a 2026-07-28 client.",
+                    data={"agent": agent.agent, "resultType": "input_required"},
+                )
+            route = captured.route
+            state = binding.seal("wrap", rep=route.replica if route else None, s=result.get("requestState"))
+            result = {**result, "requestState": state}
         return result
+
+    def _binding(self, request: McpRequest, method: str) -> RoundBinding | None:
+        """What a round of this request is bound to: the prompt or resource as the client named it."""
+        if self.states is None or method not in ("prompts/get", "resources/read"):
+            return None
+        params = request.message.params
+        target = params.get("uri") if method == "resources/read" else params.get("name")
+        arguments = params.get("arguments") if method == "prompts/get" else None
+        return RoundBinding(self.states, request.identity.name, method, str(target), arguments)
 
 
 class _AgentError(Exception):

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 # JSON-RPC-level errors in this era ride an HTTP 200 (the HTTP exchange worked).
 RPC_LEVEL = (MethodNotFound, InvalidParams)
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 class LegacyEra:
@@ -168,7 +167,7 @@ class LegacyEra:
             await respond(send, 200, jsonrpc.result_body(message.id, {}))
         elif method == "logging/setLevel":
             level = message.params.get("level")
-            if level not in LOG_LEVELS:
+            if level not in bridge.LOG_LEVELS:
                 raise InvalidParams(f"Unknown log level {level!r}.")
             session.log_level = level
             await self.sessions.save(session)

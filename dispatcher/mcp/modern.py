@@ -114,6 +114,10 @@ class ModernEra:
             if method in LISTS:
                 # Lists are the fleet's (or the agent's) as this identity may see them.
                 result.update(ttlMs=0, cacheScope="private")
+            elif method == "resources/read" and result["resultType"] == "complete":
+                # The 2026 read result carries cache hints (2025 agents give none): the agent's, else none.
+                result.setdefault("ttlMs", 0)
+                result.setdefault("cacheScope", "private")
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method == "server/discover":
             tasks: dict[str, Any] = {"extensions": {TASKS_EXTENSION: {}}} if self.tasks is not None else {}

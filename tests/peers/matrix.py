@@ -66,22 +66,8 @@ LANDED = frozenset({1, 2, 3, 5})  # on main; what still fails there is a bug of 
 def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict[int, str]:
     """The steps a dispatcher test needs before it can pass, each with why; empty: it must
     pass today."""
-    kind = surface.CLIENTS[client]
-    modern_client = kind.era_with(None) == surface.MODERN_ERA
     legacy_upstream = surface.UPSTREAMS[upstream].era == surface.LEGACY_ERA
     needs: dict[int, str] = {}
-    if feature in READS and modern_client and legacy_upstream and kind.runtime == "ts":
-        needs[2] = (
-            "resources/read results of a 2025 upstream reach a 2026 client without ttlMs/cacheScope, which the "
-            "TypeScript client requires (D10: the agent's hints, default 0/private)"
-        )
-    if feature == "unknown_resource" and target == "mcp":
-        needs[2] = (
-            "the agent's -32602 is relayed as it is: data.uri missing (2025 agent) or the agent's own URI "
-            "(2026 agent), not the public URI the client sent (D2, SEP-2164)"
-        )
-    if feature == "logging" and legacy_upstream:
-        needs[2] = "the shared 2025 upstream session logs at every level; nothing filters per client level (D12)"
     if feature == "cancel" and legacy_upstream:
         # Not in the design: the dispatcher closes the upstream connection, which a 2025
         # server does not take as a cancel (cancellation.py says so of clients).

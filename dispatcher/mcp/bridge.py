@@ -164,6 +164,19 @@ def _from_agent_of_this_era(route: Route | None) -> bool:
     return route is None or route.session is None
 
 
+def server_request(data: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC request in one event's data (a server->client request), if it is one."""
+    if b'"method"' not in data or b'"id"' not in data:
+        return None
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(message, dict) and isinstance(message.get("method"), str) and "id" in message:
+        return message
+    return None
+
+
 def _named(name: str, data: bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
@@ -190,7 +203,7 @@ class EraAnswer:
     """An answer on its way to a client of one era (wraps the client's real answer); with a
     relay, the upstream's requests on the stream go out under ids of ours (mcp.relay)."""
 
-    __slots__ = ("inner", "modern", "relay", "rounds", "route", "log_threshold")
+    __slots__ = ("inner", "modern", "relay", "rounds", "route", "log_threshold", "refuse")
 
     def __init__(
         self,
@@ -200,8 +213,12 @@ class EraAnswer:
         relay: RelayContext | None = None,
         rounds: RoundBinding | None = None,
         log_threshold: int = 0,
+        refuse: RequestRelay | None = None,
     ) -> None:
         self.inner = inner
+        # A 2026-era client not held for rounds (mcp.held) cannot be asked: a 2025-era agent's
+        # requests on its stream are answered here (ping: {}; the rest: -32601), never passed on.
+        self.refuse = refuse
         self.log_threshold = log_threshold  # log notifications under it are not the client's
         self.modern = modern
         self.relay = relay
@@ -228,6 +245,8 @@ class EraAnswer:
             events = _wrap_rounds(events, self.rounds, self.route)
         if self.relay is not None and b'"method"' in events and b'"id"' in events:
             events = self._relay_requests(events)
+        elif self.refuse is not None and b'"method"' in events and b'"id"' in events:
+            events = await self._refuse_requests(events, self.refuse)
         if events:
             await self.inner.send_events(events)
 
@@ -258,6 +277,25 @@ class EraAnswer:
                 context.relayed.append(message["id"])
                 data = orjson.dumps(message)
             out.append(sse.frame(data) if name == "message" else _named(name, data))
+        return b"".join(out)
+
+    async def _refuse_requests(self, events: bytes, relay: RequestRelay) -> bytes:
+        route = self.route
+        if route is None or route.session is None or route.replica is None:
+            return events
+        out = []
+        for name, data in sse.events(events):
+            message = server_request(data) if name == "message" else None
+            if message is None:
+                out.append(sse.frame(data) if name == "message" else _named(name, data))
+                continue
+            await relay.reply_upstream(
+                message,
+                replica=route.replica,
+                session=route.session,
+                reason="A 2026-07-28 client is asked only in input_required rounds, and it declared no "
+                f"capability for {message.get('method')} on this call.",
+            )
         return b"".join(out)
 
     async def close_stream(self) -> None:

@@ -304,7 +304,12 @@ class ToolCalls:
             else None
         )
         answer = EraAnswer(
-            HttpAnswer(send), modern=modern, relay=relay, rounds=binding, log_threshold=_log_threshold(request)
+            HttpAnswer(send),
+            modern=modern,
+            relay=relay,
+            rounds=binding,
+            log_threshold=_log_threshold(request),
+            refuse=self.relay if modern else None,
         )
         if mode == "promote":
             assert request.receive is not None

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import redis.exceptions
 
-from edgefleet.dispatcher.mcp.bridge import EraAnswer
+from edgefleet.dispatcher.mcp.bridge import EraAnswer, server_request
+from edgefleet.dispatcher.mcp.relay import askable
 from edgefleet.dispatcher.paths.answer import send_message
 from edgefleet.shared import jsonrpc, sse
 from edgefleet.shared.errors import EdgefleetError, TooManyHeldCalls
@@ -519,11 +520,27 @@ class HoldingAnswer:
             log.warning("%s sent a request outside a 2025-era session: ignored", self.call.entry.public_name)
             return
         relay = held_calls.relay
+        declared = self.call.client_capabilities
+        for request in [r for r in requests if not askable(r.get("method"), declared)]:
+            # ping is ours to answer; what the client did not declare, the agent should not have asked.
+            await relay.reply_upstream(
+                request,
+                replica=route.replica,
+                session=route.session,
+                reason=f"The client did not declare what {request.get('method')} needs.",
+            )
+        requests = [r for r in requests if askable(r.get("method"), declared)]
+        if not requests:
+            return
         if self.held is None:
             try:
                 self.held = held_calls.hold(self.binding, self.call, self.task)
             except TooManyHeldCalls as exc:
-                await self._refuse(requests, route, exc)
+                # The client cannot be asked: the agent hears so (and decides what its tool does).
+                for request in requests:
+                    await relay.reply_upstream(
+                        request, replica=route.replica, session=route.session, reason=exc.message, code=-32603
+                    )
                 return
         held = self.held
         for request in requests:
@@ -540,17 +557,6 @@ class HoldingAnswer:
             self.segment.done.set()
             self.segment = await held_calls.next_segment(held, self._deadline)
 
-    async def _refuse(self, requests: list[dict[str, Any]], route: Route, error: EdgefleetError) -> None:
-        """The client cannot be asked: the agent hears so (and decides what its tool does)."""
-        assert self.held_calls is not None and route.replica is not None and route.session is not None
-        replica = self.held_calls.relay.fleet.replicas.get(route.replica)
-        if replica is None:
-            return
-        for request in requests:
-            message = {"jsonrpc": "2.0", "id": request.get("id"), "error": {"code": -32603, "message": error.message}}
-            with contextlib.suppress(EdgefleetError):
-                await replica.client.send_response(route.session, message, timeout=5.0)
-
 
 def _split_requests(events: bytes) -> tuple[bytes, list[dict[str, Any]], bytes]:
     """(events before the first server->client request, the requests, events after them)."""
@@ -558,25 +564,13 @@ def _split_requests(events: bytes) -> tuple[bytes, list[dict[str, Any]], bytes]:
     requests: list[dict[str, Any]] = []
     after: list[bytes] = []
     for name, data in sse.events(events):
-        message = _request_in(data) if name == "message" else None
+        message = server_request(data) if name == "message" else None
         if message is not None and not after:
             requests.append(message)
             continue
         framed = sse.frame(data) if name == "message" else b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
         (after if requests else before).append(framed)
     return b"".join(before), requests, b"".join(after)
-
-
-def _request_in(data: bytes) -> dict[str, Any] | None:
-    if b'"method"' not in data or b'"id"' not in data:
-        return None
-    try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(message, dict) and isinstance(message.get("method"), str) and "id" in message:
-        return message
-    return None
 
 
 def _renumbered(events: bytes, old: Any, new: Any) -> bytes:

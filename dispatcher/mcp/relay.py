@@ -43,6 +43,16 @@ STREAM_MAXLEN = 10_000
 ANSWER_TIMEOUT_S = 10.0
 
 
+# What a client must have declared before it is asked each kind of request.
+NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+def askable(method: Any, capabilities: dict[str, Any] | None) -> bool:
+    """May a client with these capabilities be asked ``method``?"""
+    needed = NEEDS.get(method) if isinstance(method, str) else None
+    return needed is not None and capabilities is not None and capabilities.get(needed) is not None
+
+
 @dataclass(slots=True)
 class Pending:
     replica: str  # the replica id that asked
@@ -97,6 +107,25 @@ class RequestRelay:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[ours] = Pending("", "", None, client_session, owner, now + PENDING_TTL_S, waiter)
         return ours, waiter
+
+    async def reply_upstream(
+        self, request: dict[str, Any], *, replica: str, session: str, reason: str | None = None, code: int = -32601
+    ) -> None:
+        """Answer an agent's request ourselves: ``ping`` with an empty result, anything else
+        with ``reason`` (-32601: the client cannot be asked it on this call)."""
+        found = self.fleet.replicas.get(replica)
+        if found is None:
+            return
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request.get("id")}
+        if request.get("method") == "ping":
+            message["result"] = {}
+        else:
+            message["error"] = {"code": code, "message": reason or "The client cannot be asked this."}
+            log.info("%s asked %s of a client that cannot be asked it: %s", replica, request.get("method"), reason)
+        try:
+            await found.client.send_response(session, message, timeout=ANSWER_TIMEOUT_S)
+        except EdgefleetError as exc:
+            log.warning("answer to %s's %s not delivered: %s", replica, request.get("method"), exc.message)
 
     def owns(self, request_id: Any) -> bool:
         """Is this one of the requests we sent (its id already one of ours)?"""

@@ -12,8 +12,11 @@ of this process only, the SDK's default).
 import sys
 from typing import Annotated, Any
 
+import mcp_types as types
 import uvicorn
-from mcp.server.mcpserver import Elicit, ListRoots, MCPServer, Resolve, Sample
+from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve, Sample
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import CreateMessageResult, ListRootsResult, SamplingMessage, TextContent
 from pydantic import BaseModel
 
@@ -76,6 +79,19 @@ def haiku(topic: str, poem: Annotated[CreateMessageResult, Resolve(ask_haiku)]) 
 def roots(listing: Annotated[ListRootsResult, Resolve(ask_roots)]) -> str:
     """The client's roots."""
     return "roots: " + ",".join(str(r.uri) for r in listing.roots)
+
+
+@server.tool()
+async def blunt_roots(ctx: Context) -> str:
+    """Asks for roots on the call's stream without checking the client declared them (as
+    some 2025-era servers do); and pings the client first."""
+    related = ServerMessageMetadata(related_request_id=ctx.request_context.request_id)
+    await ctx.session.send_request(types.PingRequest(), types.EmptyResult, metadata=related)
+    try:
+        listing = await ctx.session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=related)
+    except MCPError as exc:
+        return f"pinged; roots refused: {exc.error.message}"
+    return "pinged; roots: " + ",".join(str(r.uri) for r in listing.roots)
 
 
 class ModernOnly:

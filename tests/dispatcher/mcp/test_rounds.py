@@ -287,3 +287,44 @@ def test_held_calls_are_bounded_per_identity_and_in_time(servers: Fleet) -> None
         {key: {"action": "accept", "content": {"start": "x"}}},
     )
     assert late["error"]["data"]["code"] == "invalid_request_state", late
+
+
+def test_an_agent_asking_a_client_that_declared_nothing_hears_so_at_once(servers: Fleet) -> None:
+    """No capability declared: nothing is held, and whatever the agent asks is answered by
+    the dispatcher (-32601), so the call ends now instead of at its deadline."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "old.haiku", "arguments": {"topic": "rain"}, "_meta": meta()},
+    }
+    resp = httpx.post(
+        servers.url + "/mcp",
+        content=orjson.dumps(body),
+        headers={**MODERN_HEADERS, "mcp-name": "old.haiku"},
+        timeout=20,
+    )
+    message = last_message(resp)
+    assert message["id"] == 3 and "input_required" not in str(message), message
+    assert "error" in message or message["result"]["isError"] is True, message
+
+
+@pytest.mark.parametrize("capabilities", [{}, {"elicitation": {}}])
+def test_requests_a_2026_client_cannot_be_asked_are_answered_for_it(
+    servers: Fleet, capabilities: dict[str, Any]
+) -> None:
+    """A 2025-era agent that pings and asks for roots without checking what the client
+    declared: the dispatcher answers the ping itself and refuses roots (-32601) to the agent,
+    whether the call is held for rounds (elicitation declared) or not."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "tools/call",
+        "params": {"name": "old.blunt_roots", "arguments": {}, "_meta": meta(**capabilities)},
+    }
+    headers = {**MODERN_HEADERS, "mcp-name": "old.blunt_roots"}
+    resp = httpx.post(servers.url + "/mcp", content=orjson.dumps(body), headers=headers, timeout=20)
+    message = last_message(resp)
+    assert message["id"] == 4 and message["result"]["resultType"] == "complete", message
+    text = str(message["result"]["content"])
+    assert "pinged; roots refused:" in text and "roots/list" in text, text

@@ -168,6 +168,8 @@ class ListenRelay:
                         current.opened = current.replica = None
             except StreamFailed as exc:
                 log.info("listen relay to %s (%s): %s", agent.agent, replica.id, exc)
+                if not exc.opened:  # refused or timed out: as decisive as for a call
+                    self.fleet.report_failure(replica, f"stream: {exc}", decisive=True)
             if not stream.over():
                 log.info("listen relay to %s: the stream of %s ended, moving on", agent.agent, replica.id)
 

@@ -243,6 +243,8 @@ class _Link(abc.ABC):
                         pause = BACKOFF_S[0]  # it worked for a while: the next try is quick
                 except StreamFailed as exc:
                     log.info("watch on %s (%s): %s", self.agent, replica.id, exc)
+                    if not exc.opened:  # refused or timed out: as decisive as for a call
+                        self.owner.fleet.report_failure(replica, f"stream: {exc}", decisive=True)
                 except EdgefleetError as exc:
                     log.info("watch on %s (%s): %s", self.agent, replica.id, exc.message)
                 except (OSError, ValueError) as exc:  # what an odd agent can make the client raise

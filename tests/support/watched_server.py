@@ -50,6 +50,12 @@ async def touch(uri: str, ctx: Context) -> dict[str, Any]:
 
 
 @server.tool()
+def listeners() -> int:
+    """How many 2026 subscriptions/listen streams are open on this server."""
+    return len(server._lowlevel_server._request_handlers["subscriptions/listen"].handler._streams)
+
+
+@server.tool()
 def subscriber_count(uri: str) -> int:
     """How many 2025 sessions subscribed to ``uri`` (and did not unsubscribe)."""
     return len(subscribers.get(uri, ()))

@@ -303,3 +303,60 @@ async def test_bounds_streams_per_identity_and_subscriptions(redis_url: str, red
     finally:
         both.kill()
         fleet.stop()
+
+
+def legacy_touch(url: str, tool: str, uri: str) -> dict[str, Any]:
+    """``tool`` of a 2025-only server called directly in a session of its own."""
+    answer = legacy_request(url, open_session(url), "tools/call", {"name": tool, "arguments": {"uri": uri}})
+    structured: dict[str, Any] = answer["result"]["structuredContent"]
+    return structured
+
+
+async def test_streams_move_to_another_replica_when_theirs_dies(fleet: Fleet) -> None:
+    servers = [plain_server(script="watched_server.py") for _ in range(2)]
+    servers += [plain_server("--legacy-only", script="watched_server.py") for _ in range(2)]
+    try:
+        for (_, url), agent in zip(servers, ("notes", "notes", "oldnotes", "oldnotes"), strict=True):
+            fleet.add_server(agent, url)
+        fleet.wait_for(
+            lambda: sum(r["routable"] for a in fleet.agents_view() for r in a["replicas"]) == 4, "4 replicas"
+        )
+        relayed = listen_request("relayed", resourceSubscriptions=["note://a"])
+        watched = listen_request("watched", resourceSubscriptions=["notes+note://a"])
+        session = open_session(fleet.mcp_url)
+        get = {k: v for k, v in session.items() if k != "accept"} | {"accept": "text/event-stream"}
+        async with (
+            open_stream("POST", fleet.url + "/mcp/agents/notes", *relayed) as relay,
+            open_stream("POST", fleet.mcp_url, *watched) as listen,
+            open_stream("GET", fleet.mcp_url, get) as legacy,
+        ):
+            for stream in (relay, listen):
+                await stream.next()
+            assert legacy_request(fleet.mcp_url, session, "resources/subscribe", {"uri": "oldnotes+note://a"})
+            # The replica of each agent that holds the streams dies (kill -9): they move to the other.
+            notes_by_load = sorted(servers[:2], key=lambda s: touch(s[1], "listeners", "")["result"])
+            old_by_load = sorted(
+                servers[2:], key=lambda s: legacy_touch(s[1], "subscriber_count", "note://a")["result"]
+            )
+            (_, survivor_url), (holder, _) = notes_by_load
+            (_, old_url), (old_holder, old_holder_url) = old_by_load
+            assert legacy_touch(old_holder_url, "subscriber_count", "note://a")["result"] == 1
+            holder.kill()
+            old_holder.kill()
+            await asyncio.to_thread(
+                fleet.wait_for, lambda: touch(survivor_url, "listeners", "")["result"] == 2, "both listens moved"
+            )
+            await asyncio.to_thread(
+                fleet.wait_for,
+                lambda: legacy_touch(old_url, "subscriber_count", "note://a")["result"] == 1,
+                "the 2025 subscription moved",
+            )
+            touch(survivor_url, "touch", "note://a")
+            assert (await relay.next())["params"]["uri"] == "note://a"
+            assert (await listen.next())["params"]["uri"] == "notes+note://a"
+            legacy_touch(old_url, "touch", "note://a")
+            assert (await legacy.next())["params"]["uri"] == "oldnotes+note://a"
+            assert not relay.ended.is_set() and not listen.ended.is_set()
+    finally:
+        for proc, _ in servers:
+            proc.kill()

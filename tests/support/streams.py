@@ -56,7 +56,7 @@ async def open_stream(
             buffer = b""
             async for chunk in resp.aiter_bytes():
                 stream.body += chunk
-                buffer += chunk
+                buffer = (buffer + chunk).replace(b"\r\n", b"\n")  # a CR may end one chunk: kept by the next
                 while b"\n\n" in buffer:
                     event, buffer = buffer.split(b"\n\n", 1)
                     for line in event.split(b"\n"):

@@ -134,7 +134,7 @@ class DispatcherSettings(BaseSettings):
         10_000, ge=1, description="Open notification streams (listen + 2025 GET) one dispatcher serves at once."
     )
     max_streams_per_identity: int = Field(
-        64, ge=1, description="Open notification streams one identity may hold on one dispatcher."
+        256, ge=1, description="Open notification streams one identity may hold on one dispatcher."
     )
     max_resource_subscriptions: int = Field(
         256, ge=1, description="Resource URIs one subscriptions/listen, or one 2025 session, may subscribe to."

@@ -211,7 +211,7 @@ class Dispatcher:
                 refused=[
                     lambda: dict(self.limits.refused),
                     lambda: {"open_tasks": self.tasks.refused_open},
-                    lambda: dict(self.subscriptions.refused),
+                    self.subscriptions.refusals,
                 ],
                 streams=self.subscriptions.counts,
             )

@@ -139,6 +139,11 @@ class DispatcherSettings(BaseSettings):
     max_resource_subscriptions: int = Field(
         256, ge=1, description="Resource URIs one subscriptions/listen, or one 2025 session, may subscribe to."
     )
+    max_upstream_subscriptions: int = Field(
+        10_000,
+        ge=1,
+        description="Distinct agent resources one dispatcher subscribes to upstream (shared by its clients).",
+    )
     max_event_bytes: int = Field(
         64 * 1024,
         ge=1024,

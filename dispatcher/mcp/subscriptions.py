@@ -168,6 +168,10 @@ class Subscriptions:
         await asyncio.gather(*pending, return_exceptions=True)
         await self.watches.aclose()
 
+    def refusals(self) -> dict[str, int]:
+        """Requests refused by a bound, by scope (for /metrics)."""
+        return {**self.refused, "subscriptions": self.refused["subscriptions"] + self.watches.over_limit}
+
     def counts(self) -> dict[str, int]:
         """Open streams by kind, and the upstream side (for /metrics)."""
         found = Counter(stream.kind for stream in self.streams)

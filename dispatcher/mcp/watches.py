@@ -36,7 +36,7 @@ from edgefleet.dispatcher.mcp.features import AgentError
 from edgefleet.dispatcher.mcp.offers import LISTEN, SESSION, offers
 from edgefleet.shared import jsonrpc
 from edgefleet.shared.constants import HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID
-from edgefleet.shared.errors import EdgefleetError, InvalidParams, UpstreamError
+from edgefleet.shared.errors import EdgefleetError, InvalidParams, TooManySubscriptions, UpstreamError
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.fleet import Fleet
@@ -90,6 +90,7 @@ class Watches:
         self.timeout_s = timeout_s  # an acquirer waits this long for the agent's first answer
         self.watches: dict[WatchKey, Watch] = {}
         self.links: dict[tuple[str, ...], _Link] = {}
+        self.over_limit = 0  # watches refused at EDGEFLEET_MAX_UPSTREAM_SUBSCRIPTIONS
         self._checker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -111,6 +112,13 @@ class Watches:
         timeout, having let go again."""
         watch = self.watches.get(key)
         if watch is None:
+            limit = self.settings.max_upstream_subscriptions
+            if len(self.watches) >= limit:
+                self.over_limit += 1
+                raise TooManySubscriptions(
+                    f"This dispatcher holds {limit} upstream resource subscriptions already.",
+                    data={"uri": named, "scope": "dispatcher", "limit": limit},
+                )
             watch = self.watches[key] = Watch(key)
             self._link_for(key).add(watch)
         watch.holders.add(stream)

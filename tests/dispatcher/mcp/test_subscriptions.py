@@ -276,7 +276,7 @@ async def test_bounds_streams_per_identity_and_subscriptions(redis_url: str, red
     fleet = Fleet(redis_url, redis_prefix)
     both, both_url = plain_server(script="watched_server.py")
     try:
-        fleet.start_dispatcher(max_streams_per_identity=2, max_resource_subscriptions=2)
+        fleet.start_dispatcher(max_streams_per_identity=2, max_resource_subscriptions=2, max_upstream_subscriptions=1)
         fleet.add_server("notes", both_url)
         headers, body = listen_request(1, toolsListChanged=True)
         async with (
@@ -289,6 +289,11 @@ async def test_bounds_streams_per_identity_and_subscriptions(redis_url: str, red
             assert third.status_code == 429 and third.json()["error"]["code"] == -31432
             assert third.json()["error"]["data"] == {"code": "too_many_streams", "scope": "identity", "limit": 2}
             assert third.json()["id"] == 1
+        # One upstream subscription per dispatcher at most here: the second URI is not honoured.
+        headers, body = listen_request(3, resourceSubscriptions=["notes+note://a", "notes+note://b"])
+        async with open_stream("POST", fleet.mcp_url, headers, body) as capped:
+            ack = await capped.next()
+            assert ack["params"]["notifications"] == {"resourceSubscriptions": ["notes+note://a"]}
         uris = ["notes+note://a", "notes+note://b", "notes+note://c"]
         headers, body = listen_request(2, resourceSubscriptions=uris)
         many = httpx.post(fleet.mcp_url, json=body, headers=headers, timeout=10)

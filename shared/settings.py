@@ -309,6 +309,14 @@ class DispatcherSettings(BaseSettings):
                 raise ValueError(f"{item!r} is not a region name")
         return value
 
+    @field_validator(
+        "config_file", "geoip_city_db", "geoip_private_db", "api_keys_file", "agent_keys_file", mode="before"
+    )
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # Compose passes `${EDGEFLEET_CONFIG_FILE:-}` through as "": no file, not the folder ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class AgentSettings(BaseSettings):
     """An agent process built with the agent SDK (``python -m edgefleet.agents.examples.text``)."""

@@ -21,6 +21,7 @@ from edgefleet.dispatcher.fleet.admission import admit
 from edgefleet.dispatcher.fleet.catalog import builtin_entry
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.fleet.replica import Replica
+from edgefleet.dispatcher.fleet.streams import StreamClient
 from edgefleet.dispatcher.fleet.upstream import UpstreamPool
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.endpoint import MCPEndpoint
@@ -30,6 +31,7 @@ from edgefleet.dispatcher.mcp.relay import RequestRelay
 from edgefleet.dispatcher.mcp.request import SCOPE_VIEW
 from edgefleet.dispatcher.mcp.request_state import RequestStates
 from edgefleet.dispatcher.mcp.sessions import SessionStore
+from edgefleet.dispatcher.mcp.subscriptions import Subscriptions
 from edgefleet.dispatcher.observability.metrics import Metrics, StateSources
 from edgefleet.dispatcher.paths.bus import BusPath
 from edgefleet.dispatcher.paths.cache import ResultCache
@@ -184,8 +186,21 @@ class Dispatcher:
             held=self.held,
         )
         self.features = Features(settings, self.fleet, self.router, self.paths, self.request_states)
+        # Long-lived streams to agents (listen relays, resource watches) on their own client.
+        self.stream_client = StreamClient(settings.connect_timeout_s)
+        self.subscriptions = Subscriptions(
+            settings, self.fleet, self.router, self.features, self.sessions, self.redis, keys, self.stream_client
+        )
+        self.fleet.on_rebuild.append(self.subscriptions.catalog_rebuilt)
         self.mcp = MCPEndpoint(
-            settings, self.calls, self.features, self.sessions, self.auth, tasks=self.task_methods, audit=self.audit
+            settings,
+            self.calls,
+            self.features,
+            self.sessions,
+            self.subscriptions,
+            self.auth,
+            tasks=self.task_methods,
+            audit=self.audit,
         )
         self.metrics.watch(
             StateSources(
@@ -193,7 +208,12 @@ class Dispatcher:
                 pool=self.pool.connection_counts,
                 cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
                 catalog_tools=lambda: len(self.fleet.catalog.entries),
-                refused=[lambda: dict(self.limits.refused), lambda: {"open_tasks": self.tasks.refused_open}],
+                refused=[
+                    lambda: dict(self.limits.refused),
+                    lambda: {"open_tasks": self.tasks.refused_open},
+                    self.subscriptions.refusals,
+                ],
+                streams=self.subscriptions.counts,
             )
         )
         agent_keys = load_agent_keys(settings.agent_keys_file) if settings.agent_keys_file else {}
@@ -284,6 +304,8 @@ class Dispatcher:
                 "EDGEFLEET_REQUEST_STATE_KEYS is not set: input_required rounds are sealed with a key of this "
                 "process only; behind a load balancer, give every dispatcher the same keys."
             )
+        await self.stream_client.start()
+        await self.subscriptions.start()
         if self.engine is not None:
             await self.engine.start()
         elif self.pipelines:
@@ -300,8 +322,15 @@ class Dispatcher:
             len(self.fleet.catalog.entries),
         )
 
+    def stopping(self) -> None:
+        """The server was told to stop (SIGTERM), before it waits for open responses: the
+        long-lived ones (subscription streams) end now, gracefully, so that it need not."""
+        self.subscriptions.stop()
+
     async def aclose(self) -> None:
         await self.held.aclose()
+        await self.subscriptions.aclose()
+        await self.stream_client.aclose()
         await self.relay.aclose()
         if self.engine is not None:
             self.engine.stopping()  # runs outlive this process: cut calls are not cancellations

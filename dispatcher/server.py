@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-import uvicorn
+import contextlib
+import socket
 
-from edgefleet.dispatcher.app import create_app
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+from edgefleet.dispatcher.app import Dispatcher, create_app
 from edgefleet.shared.settings import DispatcherSettings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the dispatcher when it starts to shut down: uvicorn waits
+    for open responses before the application's own shutdown, and subscription streams
+    stay open until they are told to end (with the spec's graceful completion)."""
+
+    def __init__(self, config: uvicorn.Config, app: Dispatcher) -> None:
+        super().__init__(config)
+        self.dispatcher = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.dispatcher.stopping()
+        await super().shutdown(sockets)
 
 
 def serve(settings: DispatcherSettings) -> None:
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -26,3 +44,8 @@ def serve(settings: DispatcherSettings) -> None:
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,
     )
+    server = _Server(config, app)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+        server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)

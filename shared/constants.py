@@ -22,6 +22,8 @@ META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+# On every message of a subscriptions/listen stream: the JSON-RPC id of the listen request.
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 # Our own _meta keys use our own reverse-DNS prefix (spec: second label must not be mcp).
 META_EDGE_AGENT = "dev.edgefleet/agent"
 META_EDGE_REPLICA = "dev.edgefleet/replica"
@@ -128,6 +130,18 @@ class RedisKeys:
     def task_events(self) -> str:
         """Pub/sub channel: a task changed (status, progress, cancel); waiters wake up."""
         return f"{self.prefix}:tasks:events"
+
+    def subscriptions(self, session_id: str) -> str:
+        """SET: the resource URIs a 2025-era session subscribed to (``resources/subscribe``),
+        with the session's TTL; the dispatcher holding the session's GET stream keeps the
+        upstream subscriptions for them (dispatcher/mcp/subscriptions.py)."""
+        return f"{self.prefix}:subscriptions:{session_id}"
+
+    @property
+    def mcp_events(self) -> str:
+        """Pub/sub channel between dispatchers about 2025-era sessions' streams: a session's
+        subscriptions changed, its GET stream moved to another dispatcher, it was deleted."""
+        return f"{self.prefix}:mcp-events"
 
     def relay(self, instance: str) -> str:
         """STREAM: a client's answers to server->client requests that one dispatcher instance

@@ -11,6 +11,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── InvalidParams               invalid_params        -32602  400
     │   ├── UnknownTool                 unknown_tool          -32602  200
     │   ├── InvalidRequestState         invalid_request_state -32602  200
+    │   ├── TooManySubscriptions        too_many_subscriptions -32602 400 (200 in a 2025 session)
     │   ├── TaskNotFound                task_not_found        -32602  404
     │   ├── TaskFinished                task_finished         -32602  409
     │   ├── MissingClientCapability     missing_client_capability -32021 400
@@ -27,7 +28,8 @@ code, an HTTP status and a sentence that says what to do::
     ├── ToolForbidden                   tool_forbidden        -31403  200
     ├── RateLimited                     rate_limited          -31429  429
     │   ├── TooManyTasks                too_many_tasks        -31430  429
-    │   └── TooManyHeldCalls            too_many_held_calls   -31431  429
+    │   ├── TooManyHeldCalls            too_many_held_calls   -31431  429
+    │   └── TooManyStreams              too_many_streams      -31432  429
     ├── RegistrationError               invalid_registration  -31422  422
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
@@ -40,6 +42,7 @@ code, an HTTP status and a sentence that says what to do::
     ├── ApprovalRejected                approval_rejected     -31408  200 (a pipeline step's error)
     ├── ApprovalExpired                 approval_expired      -31410  200 (a pipeline step's error)
     ├── WorkflowUnavailable             workflow_unavailable  -31008  503
+    ├── DispatcherStopping              dispatcher_stopping   -31010  503
     ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
     └── UpstreamError                   upstream_error        -31002  200 / 502
@@ -128,6 +131,14 @@ class InvalidRequestState(InvalidParams):
     code = "invalid_request_state"
     http_status = 200
     hint = "Invalid or expired requestState"
+
+
+class TooManySubscriptions(InvalidParams):
+    """More resource URIs in one subscriptions/listen, or subscribed by one 2025 session,
+    than EDGEFLEET_MAX_RESOURCE_SUBSCRIPTIONS allows."""
+
+    code = "too_many_subscriptions"
+    hint = "Too many resource subscriptions (EDGEFLEET_MAX_RESOURCE_SUBSCRIPTIONS): unsubscribe from some, or split them over several streams."
 
 
 class TaskNotFound(InvalidParams):
@@ -256,6 +267,15 @@ class TooManyHeldCalls(RateLimited):
     )
 
 
+class TooManyStreams(RateLimited):
+    """Open notification streams (2026 subscriptions/listen, 2025 GET streams) of one
+    identity, or of the whole dispatcher, at their cap."""
+
+    code = "too_many_streams"
+    jsonrpc_code = -31432
+    hint = "Too many open notification streams (EDGEFLEET_MAX_STREAMS_PER_IDENTITY / EDGEFLEET_MAX_STREAMS): close one first."
+
+
 class RegistrationError(EdgefleetError):
     code = "invalid_registration"
     jsonrpc_code = -31422
@@ -341,6 +361,15 @@ class WorkflowUnavailable(EdgefleetError):
     hint = (
         "The dispatcher cannot reach Temporal (EDGEFLEET_TEMPORAL_ADDRESS); pipeline runs already started go on there."
     )
+
+
+class DispatcherStopping(EdgefleetError):
+    """A long-lived stream asked of a dispatcher that is shutting down."""
+
+    code = "dispatcher_stopping"
+    jsonrpc_code = -31010
+    http_status = 503
+    hint = "This dispatcher is shutting down: open the stream again (the load balancer sends you to another one)."
 
 
 # --- routing / upstream ----------------------------------------------------------------

@@ -125,6 +125,30 @@ class DispatcherSettings(BaseSettings):
         description="Browser Origins allowed on /mcp (scheme://host, any port); others get 403.",
     )
     session_ttl_s: float = Field(3600.0, gt=0, description="Idle lifetime of a 2025-era MCP session.")
+    stream_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        description="An SSE comment is sent on quiet notification streams (subscriptions/listen, 2025 GET) this often.",
+    )
+    max_streams: int = Field(
+        10_000, ge=1, description="Open notification streams (listen + 2025 GET) one dispatcher serves at once."
+    )
+    max_streams_per_identity: int = Field(
+        256, ge=1, description="Open notification streams one identity may hold on one dispatcher."
+    )
+    max_resource_subscriptions: int = Field(
+        256, ge=1, description="Resource URIs one subscriptions/listen, or one 2025 session, may subscribe to."
+    )
+    max_upstream_subscriptions: int = Field(
+        10_000,
+        ge=1,
+        description="Distinct agent resources one dispatcher subscribes to upstream (shared by its clients).",
+    )
+    max_event_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest notification relayed from an agent's stream (larger ones are dropped and logged).",
+    )
     task_ttl_s: float = Field(
         86400.0,
         gt=0,
@@ -284,6 +308,14 @@ class DispatcherSettings(BaseSettings):
             if not REGION_NAME_RE.match(item):
                 raise ValueError(f"{item!r} is not a region name")
         return value
+
+    @field_validator(
+        "config_file", "geoip_city_db", "geoip_private_db", "api_keys_file", "agent_keys_file", mode="before"
+    )
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # Compose passes `${EDGEFLEET_CONFIG_FILE:-}` through as "": no file, not the folder ".".
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class AgentSettings(BaseSettings):

@@ -77,6 +77,8 @@ class Fleet:
         self.on_warm = on_warm
         # Called when a replica leaves the fleet (its per-replica metric series are dropped).
         self.on_leave = on_leave
+        # Called with each new catalog, synchronously (list-change notifications compare it).
+        self.on_rebuild: list[Callable[[Catalog], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -304,3 +306,8 @@ class Fleet:
     def rebuild(self) -> None:
         self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)
         self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)
+        for listener in self.on_rebuild:
+            try:
+                listener(self.catalog)
+            except Exception:  # a listener's bug must not stop the fleet from being rebuilt
+                log.exception("catalog listener failed")

@@ -154,6 +154,9 @@ class ReplicaClient:
         # What the server says about itself (capabilities, instructions, serverInfo), from
         # server/discover or initialize: a per-agent mount shows the agent as it is.
         self.advertised: dict[str, Any] = {}
+        # The capabilities its 2025-era initialize declared (a server of both eras may offer
+        # different things in each: resource subscriptions, say).
+        self.legacy_capabilities: dict[str, Any] = {}
         self._next_id = 0
         self._session_lock = asyncio.Lock()
 
@@ -276,6 +279,25 @@ class ReplicaClient:
         if status >= 300:
             raise UpstreamError(f"{self.url} refused the answer to its request (HTTP {status})")
 
+    async def session_rpc(self, session: str, method: str, params: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """One request on a given 2025-era session of ours (``resources/subscribe`` on the
+        session of a client's capability set); the result, or ``UpstreamError`` carrying the
+        server's own error in ``data.upstream_error``."""
+        self._next_id += 1
+        request_id = f"edge-{self._next_id}"
+        body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        status, content_type, raw = await self._post(body, self.call_headers(method, None, session=session), timeout)
+        message = parse_rpc_response(raw, content_type, request_id) if raw else {}
+        if isinstance(message.get("error"), dict):
+            err = message["error"]
+            raise UpstreamError(f"{method} failed on the agent: {err.get('message')}", data={"upstream_error": err})
+        result = message.get("result")
+        if status >= 400 or not isinstance(result, dict):
+            raise UpstreamError(
+                f"{method}: the agent answered HTTP {status} without a result object", data={"status": status}
+            )
+        return result
+
     async def session_for(self, key: CapabilityKey, *, timeout: float) -> str:
         """The 2025-era session for clients declaring ``key`` (opened on first use, then kept)."""
         found = self.legacy_sessions.get(key)
@@ -324,6 +346,8 @@ class ReplicaClient:
             self.legacy_version = version if version in LEGACY_PROTOCOL_VERSIONS else LATEST_LEGACY_VERSION
             # A stateless 2025 server gives no session id: its requests then carry none ("").
             self.legacy_sessions[key] = session_id or ""
+            if key == ALL_CAPABILITIES and isinstance(result.get("capabilities"), dict):
+                self.legacy_capabilities = result["capabilities"]
             if key == ALL_CAPABILITIES and self.era == "legacy":
                 info = result.get("serverInfo")
                 self.advertised = _advertised(result, info if isinstance(info, dict) else None)

@@ -52,6 +52,7 @@ from edgefleet.shared.errors import (
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.sessions import SessionStore
+    from edgefleet.dispatcher.mcp.subscriptions import Subscriptions
     from edgefleet.dispatcher.security.audit import AuditLog
     from edgefleet.dispatcher.tasks.methods import TaskMethods
     from edgefleet.shared.settings import DispatcherSettings
@@ -66,6 +67,7 @@ class MCPEndpoint:
         calls: ToolCalls,
         features: Features,
         sessions: SessionStore,
+        subscriptions: Subscriptions,
         auth: Authenticator,
         tasks: TaskMethods | None = None,
         audit: AuditLog | None = None,
@@ -74,8 +76,8 @@ class MCPEndpoint:
         self.calls = calls
         self.auth = auth
         self.audit = audit
-        self.modern = ModernEra(calls, features, tasks)
-        self.legacy = LegacyEra(calls, features, sessions, tasks)
+        self.modern = ModernEra(calls, features, subscriptions, tasks)
+        self.legacy = LegacyEra(calls, features, sessions, subscriptions, tasks)
         self.allowed_origins = tuple(o.rstrip("/") for o in settings.allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,9 +101,11 @@ class MCPEndpoint:
                 await self._post(headers, receive, tracked, peer, identity, view)
             elif method == "DELETE":
                 await self.legacy.delete(headers, tracked, identity, view)
+            elif method == "GET" and headers.get(HEADER_PROTOCOL_VERSION) != MODERN_PROTOCOL_VERSION:
+                # A 2025-era session's notification stream (2026-07-28 has none: subscriptions/listen).
+                await self.legacy.stream(headers, tracked, receive, identity, view)
             else:
-                # No standalone GET stream: the spec lets a server answer 405 instead.
-                await respond(tracked, 405, headers=[(b"allow", b"POST, DELETE")], content_type=None)
+                await respond(tracked, 405, headers=[(b"allow", b"GET, POST, DELETE")], content_type=None)
         except ClientDisconnected:
             return
         except Unauthorized as exc:
@@ -118,7 +122,9 @@ class MCPEndpoint:
             if not tracked.started:
                 request_id = exc.data.pop("id", None) if "id" in exc.data else None
                 extra = (
-                    [(b"retry-after", str(exc.data["retry_after_s"]).encode())] if isinstance(exc, RateLimited) else []
+                    [(b"retry-after", str(exc.data["retry_after_s"]).encode())]
+                    if isinstance(exc, RateLimited) and "retry_after_s" in exc.data
+                    else []
                 )
                 await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc), headers=extra)
         except Exception:  # a bug must not take the dispatcher down or leak a traceback

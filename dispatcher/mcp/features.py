@@ -23,6 +23,7 @@ from edgefleet.dispatcher.fleet.catalog import own_definition
 from edgefleet.dispatcher.fleet.naming import public_uri, split_public_uri
 from edgefleet.dispatcher.mcp.calls import call_deadline, client_capabilities
 from edgefleet.dispatcher.mcp.capabilities import INSTRUCTIONS, SERVER_INFO
+from edgefleet.dispatcher.mcp.offers import forwards_listen, watch_mode
 from edgefleet.dispatcher.mcp.request_state import RoundBinding
 from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
@@ -69,30 +70,45 @@ class Features:
         self.paths = paths
         self.states = states  # input_required rounds of prompts/get and resources/read (D9)
 
-    def capabilities(self, view: str | None) -> dict[str, Any]:
-        """What to advertise beyond tools and tasks: only what the fleet (or the mounted agent) serves.
-        Resource subscriptions and list-change notifications are not relayed (yet)."""
-        catalog = self.fleet.catalog
-        if view is not None:
-            agent = catalog.view(view)
-            served = {
-                c for c in ("prompts", "resources", "completions", "logging") if agent and agent.surface.serves(c)
-            }
-        else:
-            served = catalog.federation.capabilities
-        caps: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
-        if "prompts" in served:
-            caps["prompts"] = {"listChanged": False}
-        if "resources" in served:
-            caps["resources"] = {"subscribe": False, "listChanged": False}
-        if "completions" in served:
-            caps["completions"] = {}
-        return caps
+    def capabilities(self, view: str | None, *, modern: bool) -> dict[str, Any]:
+        """What to advertise beyond tasks: only what the fleet (or the mounted agent) serves,
+        and change notifications only where they are delivered (D10, D11).
 
-    def describe(self, view: str | None, tasks: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        ``/mcp``: the dispatcher announces list changes itself (catalog rebuilds), and
+        resource updates when at least one agent offers them. A mount: a 2026 client's
+        ``subscriptions/listen`` goes to the agent itself when it speaks 2026-07-28, so the
+        agent's own flags; otherwise the dispatcher delivers (list changes from its view of
+        the agent, updates through its own subscription to the agent)."""
+        catalog = self.fleet.catalog
+        if view is None:
+            served = catalog.federation.capabilities
+            subscribe = any(
+                watch_mode(agent, modern_client=modern, capabilities=None) is not None
+                for agent in catalog.views.values()
+            )
+            return _capabilities(served, listed=True, subscribe=subscribe)
+        agent = catalog.view(view)
+        if agent is None:
+            return _capabilities(set(), listed=True, subscribe=False)
+        declared = agent.surface.capabilities
+        served = {c for c in ("prompts", "resources", "completions", "logging") if agent.surface.serves(c)}
+        if modern and forwards_listen(agent):
+            caps = _capabilities(served, listed=False, subscribe=False)
+            for kind in ("tools", "prompts", "resources"):
+                own = declared.get(kind)
+                if kind in caps and isinstance(own, dict):
+                    flags = {k: own[k] for k in ("listChanged", "subscribe") if own.get(k) is True}
+                    caps[kind].update(flags)
+            return caps
+        subscribe = watch_mode(agent, modern_client=modern, capabilities=None) is not None
+        return _capabilities(served, listed=True, subscribe=subscribe)
+
+    def describe(
+        self, view: str | None, tasks: dict[str, Any], *, modern: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
         """(capabilities, serverInfo, instructions) for /mcp or a mount; ``tasks`` is what
         the era adds for the tasks the dispatcher hosts."""
-        capabilities = {**self.capabilities(view), **tasks}
+        capabilities = {**self.capabilities(view, modern=modern), **tasks}
         if view is None:
             return capabilities, SERVER_INFO, INSTRUCTIONS
         agent = self.fleet.catalog.view(view)
@@ -165,7 +181,7 @@ class Features:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise InvalidParams("resources/read needs params.uri (a string).")
-        agent, own = self._owner_of_uri(uri)
+        agent, own = self.owner_of_uri(uri)
         self._check(request.identity, agent.agent)
         try:
             result = await self._forward(request, agent, {**params, "uri": own}, modern, session)
@@ -200,14 +216,14 @@ class Features:
                 raise InvalidParams(f"Unknown prompt: {ref['name']}", data={"name": ref["name"]})
             agent, own_ref = self._view(found[0]), {**ref, "name": found[1]}
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            agent, own = self._owner_of_uri(ref["uri"])
+            agent, own = self.owner_of_uri(ref["uri"])
             own_ref = {**ref, "uri": own}
         else:
             raise InvalidParams("params.ref must be {type: ref/prompt, name} or {type: ref/resource, uri}.")
         self._check(request.identity, agent.agent)
         return await self._forward(request, agent, {**params, "ref": own_ref}, modern, session)
 
-    def _owner_of_uri(self, uri: str) -> tuple[AgentView, str]:
+    def owner_of_uri(self, uri: str) -> tuple[AgentView, str]:
         """The agent serving ``uri`` and the URI as it knows it: ``agent+<uri>``, or a URI
         exactly one agent lists as it is (copied from an older answer, say)."""
         catalog = self.fleet.catalog
@@ -326,6 +342,19 @@ class _AgentError(Exception):
 
 
 AgentError = _AgentError
+
+
+def _capabilities(served: set[str], *, listed: bool, subscribe: bool) -> dict[str, Any]:
+    """Capabilities for what is ``served``; ``listed``: list changes are announced."""
+    changed = {"listChanged": True} if listed else {}
+    caps: dict[str, Any] = {"tools": dict(changed), "logging": {}}
+    if "prompts" in served:
+        caps["prompts"] = dict(changed)
+    if "resources" in served:
+        caps["resources"] = {**({"subscribe": True} if subscribe else {}), **changed}
+    if "completions" in served:
+        caps["completions"] = {}
+    return caps
 
 
 def _agent_of(item: dict[str, Any], key: str) -> str:

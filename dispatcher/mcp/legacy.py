@@ -17,7 +17,7 @@ from edgefleet.dispatcher.mcp.features import AgentError, Features
 from edgefleet.dispatcher.mcp.request import McpRequest
 from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.shared import jsonrpc
-from edgefleet.shared.asgi import TrackingSend, respond
+from edgefleet.shared.asgi import Receive, TrackingSend, respond
 from edgefleet.shared.constants import HEADER_SESSION_ID, LATEST_LEGACY_VERSION, LEGACY_PROTOCOL_VERSIONS
 from edgefleet.shared.errors import (
     EdgefleetError,
@@ -31,6 +31,7 @@ from edgefleet.shared.errors import (
 if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.calls import ToolCalls
     from edgefleet.dispatcher.mcp.sessions import Session, SessionStore
+    from edgefleet.dispatcher.mcp.subscriptions import Subscriptions
     from edgefleet.dispatcher.security.auth import Identity
     from edgefleet.dispatcher.tasks.methods import TaskMethods
 
@@ -39,10 +40,18 @@ RPC_LEVEL = (MethodNotFound, InvalidParams)
 
 
 class LegacyEra:
-    def __init__(self, calls: ToolCalls, features: Features, sessions: SessionStore, tasks: TaskMethods | None) -> None:
+    def __init__(
+        self,
+        calls: ToolCalls,
+        features: Features,
+        sessions: SessionStore,
+        subscriptions: Subscriptions,
+        tasks: TaskMethods | None,
+    ) -> None:
         self.calls = calls
         self.features = features
         self.sessions = sessions
+        self.subscriptions = subscriptions
         self.tasks = tasks
 
     async def initialize(self, request: McpRequest) -> None:
@@ -59,7 +68,7 @@ class LegacyEra:
             negotiated, client_info, capabilities, owner=identity.name, view=request.view
         )
         tasks = TASK_CAPABILITIES if negotiated == TASKS_LEGACY_VERSION and self.tasks is not None else {}
-        capabilities, info, instructions = self.features.describe(request.view, tasks)
+        capabilities, info, instructions = self.features.describe(request.view, tasks, modern=False)
         result: dict[str, Any] = {"protocolVersion": negotiated, "capabilities": capabilities, "serverInfo": info}
         if instructions:
             result["instructions"] = instructions
@@ -79,7 +88,14 @@ class LegacyEra:
             raise SessionNotFound()
         if not await self.sessions.delete(session_id):
             raise SessionNotFound()
+        await self.subscriptions.session_closed(session_id)
         await respond(send, 200, content_type=None)
+
+    async def stream(
+        self, headers: dict[str, str], send: TrackingSend, receive: Receive, identity: Identity, view: str | None
+    ) -> None:
+        """GET: the session's stream of notifications (list changes, resource updates)."""
+        await self.subscriptions.get_stream(headers, send, receive, identity, view)
 
     async def handle(self, request: McpRequest) -> None:
         message, headers, send, identity = request.message, request.headers, request.send, request.identity
@@ -124,6 +140,16 @@ class LegacyEra:
                 await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
                 return
             await respond(send, 200, jsonrpc.result_body(message.id, bridge.for_legacy_result(result)))
+        elif method in ("resources/subscribe", "resources/unsubscribe"):
+            try:
+                if method == "resources/subscribe":
+                    answered = await self.subscriptions.subscribe(request, session)
+                else:
+                    answered = await self.subscriptions.unsubscribe(request, session)
+            except AgentError as exc:  # the agent refused the subscription: its answer, as it gave it
+                await respond(send, 200, jsonrpc.relayed_error_body(message.id, exc.error))
+                return
+            await respond(send, 200, jsonrpc.result_body(message.id, answered))
         elif method == "tools/call":
             call = CallRequest(
                 message,

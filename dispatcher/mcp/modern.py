@@ -41,17 +41,23 @@ from edgefleet.shared.errors import (
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.mcp.calls import ToolCalls
+    from edgefleet.dispatcher.mcp.subscriptions import Subscriptions
     from edgefleet.dispatcher.security.auth import Identity
     from edgefleet.dispatcher.tasks.methods import TaskMethods
 
 TASK_METHODS = ("tasks/get", "tasks/update", "tasks/cancel")
-METHODS = frozenset({"tools/call", "tools/list", "server/discover", *TASK_METHODS, *FEATURE_METHODS})
+METHODS = frozenset(
+    {"tools/call", "tools/list", "server/discover", "subscriptions/listen", *TASK_METHODS, *FEATURE_METHODS}
+)
 
 
 class ModernEra:
-    def __init__(self, calls: ToolCalls, features: Features, tasks: TaskMethods | None) -> None:
+    def __init__(
+        self, calls: ToolCalls, features: Features, subscriptions: Subscriptions, tasks: TaskMethods | None
+    ) -> None:
         self.calls = calls
         self.features = features
+        self.subscriptions = subscriptions
         self.features_methods = FEATURE_METHODS
         self.tasks = tasks
 
@@ -94,6 +100,9 @@ class ModernEra:
                     return
             result = {"resultType": "complete", **tools, "ttlMs": 0, "cacheScope": "private"}
             await respond(send, 200, jsonrpc.result_body(message.id, result))
+        elif method == "subscriptions/listen":
+            # A long-lived stream: the acknowledgment, then notifications until either side ends it.
+            await self.subscriptions.listen(request)
         elif method in TASK_METHODS:
             try:
                 result = await self._task_method(message, headers, identity)
@@ -121,7 +130,7 @@ class ModernEra:
             await respond(send, 200, jsonrpc.result_body(message.id, result))
         elif method == "server/discover":
             tasks: dict[str, Any] = {"extensions": {TASKS_EXTENSION: {}}} if self.tasks is not None else {}
-            capabilities, info, instructions = self.features.describe(request.view, tasks)
+            capabilities, info, instructions = self.features.describe(request.view, tasks, modern=True)
             result = {
                 "resultType": "complete",
                 "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),

@@ -33,7 +33,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; tool calls span a millisecond echo to minutes of work.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 UPSTREAM_OUTCOMES = ("ok", "connect_error", "timeout", "error")
-REFUSAL_SCOPES = ("identity", "tool", "concurrency", "task", "open_tasks")
+REFUSAL_SCOPES = ("identity", "tool", "concurrency", "task", "open_tasks", "streams", "subscriptions")
+# Notification streams: to clients (listen | relay | get), and what they hold upstream.
+STREAM_KINDS = ("listen", "relay", "get", "watched_uris", "upstream")
 
 
 class ReplicaState(NamedTuple):
@@ -58,6 +60,7 @@ class StateSources:
     cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # hits, misses, entries
     catalog_tools: Callable[[], int] = lambda: 0
     refused: list[Callable[[], dict[str, int]]] = field(default_factory=list)  # requests refused by a limit, by scope
+    streams: Callable[[], dict[str, int]] = dict  # open notification streams, by STREAM_KINDS
 
 
 class Metrics:
@@ -224,7 +227,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("edgefleet_catalog_tools", "Tools in the catalog.", value=self.sources.catalog_tools())
         refused = CounterMetricFamily(
             "edgefleet_rate_limited",
-            "Requests refused by a limit (identity | tool | concurrency | task | open_tasks).",
+            "Requests refused by a limit (identity | tool | concurrency | task | open_tasks | streams | subscriptions).",
             labels=["scope"],
         )
         counts: dict[str, int] = {}
@@ -234,6 +237,16 @@ class _StateCollector(Collector):
         for scope in REFUSAL_SCOPES:
             refused.add_metric([scope], counts.get(scope, 0))
         yield refused
+        streams = GaugeMetricFamily(
+            "edgefleet_mcp_streams",
+            "Notification streams: open to clients (listen: subscriptions/listen served here, relay: forwarded to "
+            "a mounted agent, get: 2025 GET streams), resource URIs watched upstream, upstream streams open.",
+            labels=["kind"],
+        )
+        open_now = self.sources.streams()
+        for kind in STREAM_KINDS:
+            streams.add_metric([kind], open_now.get(kind, 0))
+        yield streams
 
 
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "Metrics", "ReplicaState", "StateSources"]

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conformance.conftest import AGENT, ERAS
 from tests.support import conformance
-from tests.support.conformance import ConformanceRegression, Run, Suite
+from tests.support.conformance import Run, Suite
 from tests.support.fleet import Fleet
 
 # Cold: two npm installs (~20 s here) + the runs; warm: the runs take seconds.
@@ -36,17 +36,13 @@ def test_the_reference_server_passes_directly(era: str, direct_run: Callable[[st
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConformanceRegression,
-    reason="issue 18: the per-agent mount /mcp/agents/<agent> does not exist yet; drop this marker when it does",
-)
 @pytest.mark.parametrize("era", ERAS)
 def test_the_suite_passes_through_the_per_agent_mount(
     era: str, direct_run: Callable[[str], Run], suite: Suite, reference_fleet: Fleet
 ) -> None:
     """The reference server's own names at ``/mcp/agents/everything``: everything that
-    passes directly passes here (strict xfail: it turns red the day it passes, so the
-    marker goes with the change that makes it pass)."""
+    passes directly passes here, subscriptions included (2025 ``resources/subscribe`` through
+    the session of the client's capability set, 2026 ``subscriptions/listen`` relayed from the
+    agent's NDJSON as SSE)."""
     through = suite.run(f"{reference_fleet.url}/mcp/agents/{AGENT}", era, label=f"through /mcp/agents/{AGENT}")
     conformance.assert_no_regressions(direct_run(era), through)

@@ -27,6 +27,12 @@ def test_unknown_keyword_is_rejected() -> None:
         DispatcherSettings(redis_ulr="x")  # type: ignore[call-arg]
 
 
+def test_an_empty_file_setting_is_unset() -> None:
+    # As docker compose passes an unset ${EDGEFLEET_CONFIG_FILE:-}: no file, never the folder ".".
+    settings = DispatcherSettings(config_file="", api_keys_file=" ")
+    assert settings.config_file is None and settings.api_keys_file is None
+
+
 def test_region_names_are_checked() -> None:
     with pytest.raises(ValidationError):
         AgentSettings(region="EU West")

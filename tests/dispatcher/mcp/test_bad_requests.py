@@ -139,8 +139,11 @@ def test_legacy_session_lifecycle_and_delete(text_fleet: Fleet) -> None:
     assert "result" in post(text_fleet, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, legacy).json()
     unknown = post(text_fleet, {"jsonrpc": "2.0", "id": 3, "method": "sampling/teleport"}, legacy)
     assert unknown.status_code == 200 and unknown.json()["error"]["code"] == -32601
-    assert httpx.get(text_fleet.mcp_url, headers=legacy).status_code == 405
-    assert httpx.delete(text_fleet.mcp_url, headers=legacy).status_code == 200
+    # GET opens the session's notification stream; DELETE ends the session and the stream.
+    with httpx.stream("GET", text_fleet.mcp_url, headers=legacy, timeout=10) as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"] == "text/event-stream"
+        assert httpx.delete(text_fleet.mcp_url, headers=legacy).status_code == 200
+        assert b"".join(stream.iter_bytes()) == b":\n\n"  # the opening comment, then the end
     assert post(text_fleet, {"jsonrpc": "2.0", "id": 4, "method": "ping"}, legacy).status_code == 404
 
 

@@ -104,7 +104,9 @@ class Dispatcher:
             else None
         )
         self.paths = CallPaths(self.direct, self.bus_path, self.cache)
-        self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics)
+        self.limits = RateLimits(settings)
+        # Built-in tools call others on their caller's behalf, held to the caller's bounds.
+        self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics, self.limits)
         self.fleet.add_builtin(builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker)))
         if settings.auth == "none":
             log.warning(
@@ -168,7 +170,6 @@ class Dispatcher:
             per_identity=settings.held_calls_per_identity,
             round_timeout_s=settings.round_timeout_s,
         )
-        self.limits = RateLimits(settings)
         self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
         self.calls = ToolCalls(
             settings,

@@ -25,6 +25,7 @@ code, an HTTP status and a sentence that says what to do::
     ├── Unauthorized                    unauthorized          -31401  401
     ├── Forbidden                       forbidden             -31402  403
     ├── ToolForbidden                   tool_forbidden        -31403  200
+    │   └── RegionForbidden             region_forbidden      -31405  200
     ├── RateLimited                     rate_limited          -31429  429
     │   ├── TooManyTasks                too_many_tasks        -31430  429
     │   └── TooManyHeldCalls            too_many_held_calls   -31431  429
@@ -232,6 +233,14 @@ class ToolForbidden(EdgefleetError):
     jsonrpc_code = -31403
     http_status = 200  # a JSON-RPC error like unknown_tool: the transport worked
     hint = "This identity may not call that tool (its API key or token does not allow it)."
+
+
+class RegionForbidden(ToolForbidden):
+    """A call (a fan-out sub-call, a pipeline step) names a region its caller may not be served in."""
+
+    code = "region_forbidden"
+    jsonrpc_code = -31405
+    hint = "This identity is bound to regions (API key regions, JWT region: scopes); the call named another."
 
 
 class RateLimited(EdgefleetError):

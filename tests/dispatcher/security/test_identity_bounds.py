@@ -96,7 +96,7 @@ def us_only(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     keys = _keys(tmp_path_factory.mktemp("bounds") / "keys.yaml")
     fleet = _auth_fleet(redis_url, "eftest-bounds-" + str(int(time.time() * 1000)))
     try:
-        fleet.start_dispatcher(api_keys_file=keys)
+        fleet.start_dispatcher(api_keys_file=keys, tool_rate_limits="echo.fail=2/minute")
         fleet.start_agent("edgefleet.agents.examples.echo", "us-east")
         yield fleet
     finally:
@@ -118,6 +118,45 @@ async def test_a_region_bound_keys_task_does_not_run_outside_its_regions(us_only
     done = _wait_terminal(us_only, task.task_id, timeout=15)
     assert done["status"] == "failed" and done["error"]["data"]["code"] == "agent_unavailable", done
     assert done.get("region") != "us-east"
+
+
+def test_a_fanout_sub_call_cannot_leave_the_callers_regions(us_only: Fleet) -> None:
+    """Item 2: a sub-call naming a region outside the key's regions is refused, and one
+    naming none is held to them like the key's own calls."""
+    calls = [{"tool": "echo.where", "region": "us-east"}, {"tool": "echo.where"}]
+    resp = _call(us_only, EU, "edgefleet.fanout", {"calls": calls})
+    summary = resp.json()["result"]["structuredContent"]
+    pinned, free = summary["results"]
+    assert pinned["status"] == "error" and pinned["error"]["data"]["code"] == "region_forbidden", pinned
+    assert "us-east" in pinned["error"]["message"] and "eu-only" in pinned["error"]["message"]
+    assert free["status"] == "error" and free["error"]["data"]["code"] == "agent_unavailable", free
+    assert summary["succeeded"] == 0 and "region" not in pinned and "region" not in free
+    # The same fan-out for an unbound key runs both in us-east.
+    served = _call(us_only, ROOT, "edgefleet.fanout", {"calls": calls}).json()["result"]["structuredContent"]
+    assert [r["region"] for r in served["results"]] == ["us-east", "us-east"]
+
+
+def test_a_fanout_sub_call_is_held_to_the_callers_tool_allowlist(us_only: Fleet) -> None:
+    """Item 3: a key allowed echo.echo and edgefleet.fanout does not reach echo.where
+    through the fan-out."""
+    calls = [{"tool": "echo.where"}, {"tool": "echo.echo", "arguments": {"text": "allowed"}}]
+    summary = _call(us_only, NARROW, "edgefleet.fanout", {"calls": calls}).json()["result"]["structuredContent"]
+    forbidden, allowed = summary["results"]
+    assert forbidden["status"] == "error" and forbidden["error"]["data"]["code"] == "tool_forbidden", forbidden
+    assert forbidden["error"]["code"] == -31403 and "narrow" in forbidden["error"]["message"]
+    assert "result" not in forbidden
+    assert allowed["status"] == "ok" and summary["succeeded"] == 1
+
+
+def test_a_fanout_sub_call_counts_against_the_callers_rate_limits(us_only: Fleet) -> None:
+    """The invoker asks what the endpoint asks: 2 calls of echo.fail a minute are 2
+    sub-calls a minute too (a fan-out of 3 is not a way around the limit)."""
+    calls = [{"tool": "echo.fail"}] * 3
+    summary = _call(us_only, ROOT, "edgefleet.fanout", {"calls": calls}).json()["result"]["structuredContent"]
+    statuses = sorted(r["status"] for r in summary["results"])
+    assert statuses == ["error", "tool_error", "tool_error"], summary
+    (limited,) = [r for r in summary["results"] if r["status"] == "error"]
+    assert limited["error"]["data"]["code"] == "rate_limited" and limited["error"]["data"]["retry_after_s"] >= 1
 
 
 def test_the_bus_path_holds_the_region_binding(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:

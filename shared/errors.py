@@ -11,6 +11,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── InvalidParams               invalid_params        -32602  400
     │   ├── UnknownTool                 unknown_tool          -32602  200
     │   ├── InvalidRequestState         invalid_request_state -32602  200
+    │   ├── NestingTooDeep              nesting_too_deep      -32602  400
     │   ├── TaskNotFound                task_not_found        -32602  404
     │   ├── TaskFinished                task_finished         -32602  409
     │   ├── MissingClientCapability     missing_client_capability -32021 400
@@ -129,6 +130,12 @@ class InvalidRequestState(InvalidParams):
     code = "invalid_request_state"
     http_status = 200
     hint = "Invalid or expired requestState"
+
+
+class NestingTooDeep(InvalidParams):
+    """A message nests objects/arrays deeper than the dispatcher reads (``jsonrpc.MAX_DEPTH``)."""
+
+    code = "nesting_too_deep"
 
 
 class TaskNotFound(InvalidParams):

@@ -23,11 +23,12 @@ from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.routing.router import RouteOrder
-from edgefleet.shared import telemetry
+from edgefleet.shared import jsonrpc, telemetry
 from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 from edgefleet.shared.errors import (
     EdgefleetError,
     InvalidParams,
+    InvalidToolResult,
     RegionForbidden,
     ToolForbidden,
     UnknownTool,
@@ -179,6 +180,14 @@ class Invoker:
         answer = CapturedAnswer()
         await self.paths.call(call, answer)
         response = answer.response()
+        if response is not None and jsonrpc.nested_deeper(response, jsonrpc.MAX_RESULT_DEPTH):
+            # It would break the fan-out's or pipeline's own answer when written again.
+            error = InvalidToolResult(
+                f"The answer of {tool} nests objects and arrays more than {jsonrpc.MAX_RESULT_DEPTH} levels deep; "
+                "it was not kept.",
+                data={"tool": tool, "max_depth": jsonrpc.MAX_RESULT_DEPTH},
+            )
+            return Outcome(tool, "error", error=error.to_jsonrpc(), route=answer.route)
         if response is None:
             return Outcome(
                 tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route

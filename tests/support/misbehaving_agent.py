@@ -58,6 +58,11 @@ TOOLS = [
     },
     {"name": "blob", "description": "An answer of about `size` bytes (no outputSchema).", "inputSchema": BLOB_INPUT},
     {"name": "blob_bus", "description": "blob, over the bus.", "inputSchema": BLOB_INPUT, "_meta": BUS},
+    {
+        "name": "deep",
+        "description": "A result whose structuredContent nests `depth` arrays (written by hand: orjson stops at 254).",
+        "inputSchema": {"type": "object", "properties": {"depth": {"type": "integer", "minimum": 1}}},
+    },
 ]
 WEATHER = {"good": {"celsius": 21.5, "conditions": "sunny"}, "wrong_type": {"celsius": "hot", "conditions": "sunny"}}
 PIECE = 4096
@@ -148,6 +153,17 @@ async def tools_call(call: Call, request_id: Any, params: dict[str, Any]) -> Non
                 response(request_id, {"content": [{"type": "text", "text": "x" * size}]}),
                 chunked=bool(arguments.get("chunked")),
             )
+    elif name == "deep":
+        depth = int(arguments.get("depth", 1))
+        await call.json(
+            b'{"jsonrpc":"2.0","id":'
+            + orjson.dumps(request_id)
+            + b',"result":{"resultType":"complete","content":[{"type":"text","text":"deep"}],"structuredContent":'
+            + b'{"deep":'
+            + b"[" * depth
+            + b"]" * depth
+            + b"}}}"
+        )
     else:
         await call.json(
             orjson.dumps(

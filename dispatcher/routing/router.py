@@ -65,7 +65,8 @@ class Router:
         self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str], allowed: tuple[str, ...] = ()
     ) -> RouteOrder:
         """The regions a caller's request tries, nearest first; ``allowed`` (a caller bound to
-        regions) keeps only those, whatever the caller's location or hint says."""
+        regions) keeps only those, whatever the caller's location says; a hint may narrow them further,
+        never widen them (``restricted``)."""
         address = client_address(peer, headers, self.trusted, self.forwarded_header)
         location = self.locator.locate(address)
         order = self._geo_order(location, fleet_regions)

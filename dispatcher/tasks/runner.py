@@ -555,7 +555,7 @@ class TaskRunner:
             params["name"] = entry.upstream_name
             # Held to its owner's restriction, as the first run was: a region-bound key's
             # task runs again only in its regions (or fails there), never where it happens to fit.
-            order = self.router.restricted(self.router.order(None, {}, self.fleet.regions), record.regions)
+            order = self.router.order(None, {}, self.fleet.regions, allowed=record.regions)
             self._spawn(record, entry, params, order, record.identity())
             return
         if entry is None:

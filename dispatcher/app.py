@@ -95,7 +95,9 @@ class Dispatcher:
         self.fleet = Fleet(
             settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica
         )
-        self.sessions = SessionStore(self.redis, keys, settings.session_ttl_s)
+        self.sessions = SessionStore(
+            self.redis, keys, settings.session_ttl_s, max_per_owner=settings.max_sessions_per_identity
+        )
         self.checks = ResultChecks(settings.max_result_bytes, settings.validate_results)
         self.direct = DirectPath(self.fleet, self.router, self.checks)
         self.bus_path = (

@@ -44,6 +44,8 @@ code, an HTTP status and a sentence that says what to do::
     ├── WorkflowUnavailable             workflow_unavailable  -31008  503
     ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
+    ├── BusUnavailable                  bus_unavailable       -31005  503
+    ├── StoreUnavailable                store_unavailable     -31008  503
     └── UpstreamError                   upstream_error        -31002  200 / 502
         ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
         ├── OutcomeUnknown              outcome_unknown       -31004  200 / 502
@@ -417,6 +419,19 @@ class BusUnavailable(EdgefleetError):
     jsonrpc_code = -31005
     http_status = 503
     hint = "The dispatcher cannot reach its bus (Redis Streams or Kafka); calls on the bus path fail until it is back."
+
+
+# --- the store ---------------------------------------------------------------------------
+class StoreUnavailable(EdgefleetError):
+    """Redis (registry, sessions, tasks, audit) cannot be asked right now."""
+
+    code = "store_unavailable"
+    jsonrpc_code = -31008
+    http_status = 503
+    hint = (
+        "The dispatcher cannot reach Redis (registry, 2025-era sessions, tasks); retry shortly. "
+        "Calls to tools it already knows keep working meanwhile."
+    )
 
 
 def jsonrpc_error_body(request_id: Any, error: EdgefleetError) -> dict[str, Any]:

@@ -229,6 +229,12 @@ class DispatcherSettings(BaseSettings):
         default_factory=list,
         description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
+    # -- bounds on what clients and agents can make a dispatcher hold, and readiness --------
+    max_sessions_per_identity: int = Field(
+        1000,
+        ge=1,
+        description="2025-era sessions one identity holds across the fleet; opening one more ends its least recently used.",
+    )
 
     @field_validator("region")
     @classmethod

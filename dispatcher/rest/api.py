@@ -9,6 +9,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
+import redis.exceptions
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +35,7 @@ from edgefleet.shared.errors import (
     NotFound,
     RateLimited,
     RegistrationError,
+    StoreUnavailable,
     Unauthorized,
 )
 from edgefleet.shared.models import Heartbeat, RegisterRequest
@@ -86,6 +88,13 @@ def build_api(
             agent=exc.data.get("agent"),
             scope=exc.data.get("scope"),
         )
+
+    @api.exception_handler(redis.exceptions.RedisError)
+    async def _store_error(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        # Registry, heartbeats, tasks and the audit reader live in Redis: while it is away
+        # they say so (503, retry), rather than a 500 with a traceback.
+        error = StoreUnavailable(f"Redis cannot be asked right now ({type(exc).__name__}: {exc}); retry shortly.")
+        return JSONResponse(error.to_rest(), status_code=error.http_status, headers={"retry-after": "1"})
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

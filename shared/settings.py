@@ -230,6 +230,17 @@ class DispatcherSettings(BaseSettings):
         description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
     # -- bounds on what clients and agents can make a dispatcher hold, and readiness --------
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's head must arrive within this long of its connection opening (or its first byte): else 408 and closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this long of its head: else 408 and closed."
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Client connections one dispatcher holds open; more get 503 and are closed at once."
+    )
     max_sessions_per_identity: int = Field(
         1000,
         ge=1,

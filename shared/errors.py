@@ -34,6 +34,8 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
+    │   ├── TooManyTools                too_many_tools        -31427  422
+    │   ├── ToolTooLarge                tool_too_large        -31428  422
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
     │   └── RunNotFound                 run_not_found         -31405  404
@@ -297,6 +299,22 @@ class NamespaceForbidden(RegistrationError):
     jsonrpc_code = -31425
     http_status = 403
     hint = "This agent credential is bound to another agent name: an agent registers tools only in its own namespace."
+
+
+class TooManyTools(RegistrationError):
+    """An agent publishes more tools than ``EDGEFLEET_MAX_TOOLS_PER_AGENT``."""
+
+    code = "too_many_tools"
+    jsonrpc_code = -31427
+    hint = "The agent publishes more tools than EDGEFLEET_MAX_TOOLS_PER_AGENT allows; split it, or raise the limit."
+
+
+class ToolTooLarge(RegistrationError):
+    """One tool's definition is larger than ``EDGEFLEET_MAX_SCHEMA_BYTES``."""
+
+    code = "tool_too_large"
+    jsonrpc_code = -31428
+    hint = "A tool's definition is larger than EDGEFLEET_MAX_SCHEMA_BYTES; trim its schema, or raise the limit."
 
 
 class AgentUnreachable(RegistrationError):

@@ -241,6 +241,14 @@ class DispatcherSettings(BaseSettings):
     max_connections: int = Field(
         4096, ge=1, description="Client connections one dispatcher holds open; more get 503 and are closed at once."
     )
+    max_tools_per_agent: int = Field(
+        1000, ge=1, description="Tools one agent may publish; registration above it is refused (too_many_tools)."
+    )
+    max_schema_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest JSON of one tool's definition (schemas, description); registration above it is refused (tool_too_large).",
+    )
     max_sessions_per_identity: int = Field(
         1000,
         ge=1,

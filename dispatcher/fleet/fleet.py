@@ -19,14 +19,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from edgefleet.dispatcher.fleet.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
-from edgefleet.dispatcher.fleet.catalog import Catalog, ToolEntry
+from edgefleet.dispatcher.fleet.catalog import Catalog, Prepared, ToolEntry, check_tool_limits
 from edgefleet.dispatcher.fleet.registry import Registry, tools_hash
 from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.surface import fetch_surface
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
 from edgefleet.dispatcher.observability.metrics import ReplicaState
 from edgefleet.shared.constants import RedisKeys
-from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.errors import EdgefleetError, ToolConflict
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 
@@ -61,6 +61,7 @@ class Fleet:
         self.catalog = Catalog.empty()
         self.regions: frozenset[str] = frozenset()
         self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (add_builtin)
+        self._prepared: dict[tuple[str, str], Prepared] = {}  # agents' tool lists made ready, by tools_hash
         self.breaker_policy = BreakerPolicy(
             consecutive_failures=settings.unhealthy_after,
             error_rate=settings.eject_error_rate,
@@ -158,6 +159,8 @@ class Fleet:
             else:
                 if record.tools_hash != known.record.tools_hash or record.version != known.record.version:
                     known.tool_names = frozenset(t["name"] for t in record.tools)
+                    if known.warm:
+                        await self._prepare(record)
                     changed = True
                 known.record = record
         if changed:
@@ -181,6 +184,7 @@ class Fleet:
                         await self.on_warm(replica)
                     except Exception:
                         log.exception("warm-up exercise against %s failed", replica.id)
+                await self._prepare(replica.record)  # its tools compiled off the critical path
                 # Warm and in the catalog in one step (no await between): whoever sees it
                 # routable in /v1/agents can call its tools.
                 replica.warm = True
@@ -202,8 +206,23 @@ class Fleet:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.probe_interval_s * 2)
 
+    async def _prepare(self, record: ReplicaRecord) -> None:
+        """Make the replica's tool list ready for the catalog (compiled schemas) unless this
+        dispatcher has it already, yielding to the event loop as it goes: the rebuild that
+        follows then compiles nothing (issue 16: a wide tool list stalled every call)."""
+        key = (record.agent, record.tools_hash)
+        if record.tools_hash and key not in self._prepared:
+            with contextlib.suppress(ToolConflict):  # the rebuild leaves the agent out, and says so
+                self._prepared[key] = await Prepared.prepare(record.agent, record.tools, self.settings.bus_tools)
+
     async def _refresh_static_tools(self, replica: Replica) -> None:
         tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
+        check_tool_limits(  # a static server is held to what a registering agent is (issue 16)
+            replica.record.agent,
+            tools,
+            max_tools=self.settings.max_tools_per_agent,
+            max_tool_bytes=self.settings.max_schema_bytes,
+        )
         replica.record.tools = tools
         replica.record.tools_hash = tools_hash(tools)
         replica.record.era = "legacy" if replica.client.era == "legacy" else "modern"
@@ -302,5 +321,5 @@ class Fleet:
         ]
 
     def rebuild(self) -> None:
-        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)
+        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins, self._prepared)
         self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)

@@ -4,6 +4,7 @@ MCP endpoint and the FastAPI REST surface.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -275,10 +276,13 @@ class Dispatcher:
                 log.error("static agent %s not stored (Redis: %s)", request.name, exc)
         # Principle 1: nothing cold on the critical path. Wait (bounded) until the
         # catalog is loaded and every known replica has its pool warmed.
+        # Serve as soon as the registry was read: agents whose leases lapsed while no
+        # dispatcher was up must reach us to register again. /readyz says when the catalog
+        # holds the fleet (Fleet._check_loaded); replicas are routable only once warm.
         try:
-            await self.fleet.wait_warm(timeout=10.0)
+            await asyncio.wait_for(self.fleet.synced.wait(), timeout=5.0)
         except TimeoutError:
-            log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
+            log.warning("start-up: the registry could not be read yet; /readyz stays 503 until it is")
         await self.tasks.start()
         await self.relay.start()
         await self.held.start()
@@ -297,10 +301,13 @@ class Dispatcher:
             )
         await warmup.exercise_endpoint(self.mcp)
         log.info(
-            "dispatcher ready in region %s: %d replicas, %d tools",
+            "dispatcher serving in region %s: %d replicas known, %d tools so far (/readyz: %s)",
             self.settings.region,
             len(self.fleet.replicas),
             len(self.fleet.catalog.entries),
+            "ready"
+            if self.fleet.loaded.is_set()
+            else "waiting for " + (", ".join(sorted(self.fleet.waiting_for)) or "the registry"),
         )
 
     async def aclose(self) -> None:

@@ -241,6 +241,11 @@ class DispatcherSettings(BaseSettings):
     max_connections: int = Field(
         4096, ge=1, description="Client connections one dispatcher holds open; more get 503 and are closed at once."
     )
+    ready_wait_s: float = Field(
+        15.0,
+        ge=0,
+        description="After a start, /readyz waits up to this long for the agents the registry saw within a day to be back in the catalog.",
+    )
     max_tools_per_agent: int = Field(
         1000, ge=1, description="Tools one agent may publish; registration above it is refused (too_many_tools)."
     )

@@ -70,7 +70,11 @@ class Fleet:
             base_s=settings.eject_base_s,
             max_s=settings.eject_max_s,
         )
-        self.synced = asyncio.Event()
+        self.synced = asyncio.Event()  # the registry was read once
+        self.loaded = asyncio.Event()  # ready: see _check_loaded
+        self.waiting_for: set[str] = set()  # agents the loaded catalog still lacks
+        self._expected: set[str] | None = None
+        self._started = time.monotonic()
         self.registry_ok = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -98,12 +102,35 @@ class Fleet:
             *self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True
         )
 
-    async def wait_warm(self, timeout: float) -> None:
-        """Wait for the first sync and for every replica known then to be warmed (or failed)."""
-        await asyncio.wait_for(self.synced.wait(), timeout)
-        pending = [r.warm_task for r in self.replicas.values() if r.warm_task and not r.warm_task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+    async def wait_loaded(self, timeout: float) -> None:
+        """Wait until the catalog holds what the registry says the fleet has (``loaded``)."""
+        await asyncio.wait_for(self.loaded.wait(), timeout)
+
+    def _check_loaded(self) -> None:
+        """Loaded (this dispatcher is ready) once every agent the registry has seen in the
+        last day has a warm replica here, or ``ready_wait_s`` after the start, whichever
+        comes first; then for good (a dispatcher that served stays ready: see /readyz).
+
+        Agents whose leases lapsed while no dispatcher took their heartbeats (a restart
+        longer than the lease) come back by registering again, a few seconds after the
+        dispatcher is up: until then their tools would be unknown (issue 16: 78 calls got
+        "Unknown tool" while /readyz said 200)."""
+        if self.loaded.is_set() or self._expected is None:
+            return
+        present = {r.record.agent for r in self.replicas.values() if r.warm}
+        self.waiting_for = self._expected - present
+        waited = time.monotonic() - self._started
+        if self.waiting_for and waited < self.settings.ready_wait_s:
+            return
+        if self.waiting_for:
+            log.warning(
+                "ready after %.1f s without %s (seen in the fleet within a day, not back; EDGEFLEET_READY_WAIT_S)",
+                waited,
+                ", ".join(sorted(self.waiting_for)),
+            )
+        else:
+            log.info("catalog loaded in %.1f s: %d agents, %d tools", waited, len(present), len(self.catalog.entries))
+        self.loaded.set()
 
     def wake(self) -> None:
         """Resync now (a registration happened on this dispatcher)."""
@@ -121,6 +148,7 @@ class Fleet:
                 self.registry_ok = False
             except Exception:
                 log.exception("fleet sync failed; retrying")
+            self._check_loaded()  # also while Redis is away: the wait for agents is bounded
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
             self._wake.clear()
@@ -165,7 +193,10 @@ class Fleet:
                 known.record = record
         if changed:
             self.rebuild()
+        if self._expected is None:  # the first sync: which agents should be back before we are ready
+            self._expected = await self.registry.seen() | {r.agent for r in records.values()}
         self.synced.set()
+        self._check_loaded()
 
     async def _warm(self, replica: Replica) -> None:
         """Open the pool to a new replica; only then does it become routable."""
@@ -197,6 +228,7 @@ class Fleet:
                     (time.perf_counter() - started) * 1000,
                 )
                 self.rebuild()
+                self._check_loaded()
                 return
             except asyncio.CancelledError:
                 raise

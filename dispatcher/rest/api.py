@@ -140,14 +140,27 @@ def build_api(
 
     @api.get("/readyz")
     async def readyz() -> Response:
-        if not fleet.synced.is_set() or not fleet.registry_ok:
+        """Ready = this dispatcher can serve calls from a catalog that holds the fleet: the
+        registry was read, and every agent it saw within a day has a warm replica here (or
+        EDGEFLEET_READY_WAIT_S passed since the start). Once ready, it stays ready while
+        Redis is away: calls to known tools keep working on the direct path, and a load
+        balancer must not drop every dispatcher at once; "registry" says so, for alerts."""
+        registry = "ok" if fleet.registry_ok else "unreachable"
+        if not fleet.loaded.is_set():
             return JSONResponse(
-                {"status": "not ready", "registry": fleet.registry_ok, "synced": fleet.synced.is_set()}, status_code=503
+                {
+                    "status": "not ready",
+                    "registry": registry,
+                    "synced": fleet.synced.is_set(),
+                    "waiting_for": sorted(fleet.waiting_for),
+                },
+                status_code=503,
             )
         warming = [r.id for r in fleet.replicas.values() if not r.warm]
         return JSONResponse(
             {
                 "status": "ready",
+                "registry": registry,
                 "replicas": len(fleet.replicas),
                 "warming": warming,
                 "tools": len(fleet.catalog.entries),

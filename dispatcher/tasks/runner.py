@@ -502,7 +502,7 @@ class TaskRunner:
     async def _sweep_loop(self) -> None:
         # Recovering needs the catalog: wait (bounded) until this dispatcher knows the fleet.
         with contextlib.suppress(asyncio.TimeoutError):
-            await self.fleet.wait_warm(timeout=10.0)
+            await self.fleet.wait_loaded(timeout=self.settings.ready_wait_s + 10.0)
         while True:
             try:
                 await self.sweep()

@@ -4,6 +4,7 @@ MCP endpoint and the FastAPI REST surface.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -97,7 +98,9 @@ class Dispatcher:
         self.fleet = Fleet(
             settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica
         )
-        self.sessions = SessionStore(self.redis, keys, settings.session_ttl_s)
+        self.sessions = SessionStore(
+            self.redis, keys, settings.session_ttl_s, max_per_owner=settings.max_sessions_per_identity
+        )
         self.checks = ResultChecks(settings.max_result_bytes, settings.validate_results)
         self.direct = DirectPath(self.fleet, self.router, self.checks)
         self.bus_path = (
@@ -106,7 +109,9 @@ class Dispatcher:
             else None
         )
         self.paths = CallPaths(self.direct, self.bus_path, self.cache)
-        self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics)
+        self.limits = RateLimits(settings)
+        # Built-in tools call others on their caller's behalf, held to the caller's bounds.
+        self.invoker = Invoker(self.fleet, self.router, self.paths, self.metrics, self.limits)
         self.fleet.add_builtin(builtin_entry(fanout.DEFINITION, functools.partial(fanout.run, self.invoker)))
         if settings.auth == "none":
             log.warning(
@@ -170,7 +175,6 @@ class Dispatcher:
             per_identity=settings.held_calls_per_identity,
             round_timeout_s=settings.round_timeout_s,
         )
-        self.limits = RateLimits(settings)
         self.task_methods = TaskMethods(self.task_store, self.tasks, limits=self.limits)
         self.calls = ToolCalls(
             settings,
@@ -292,10 +296,13 @@ class Dispatcher:
                 log.error("static agent %s not stored (Redis: %s)", request.name, exc)
         # Principle 1: nothing cold on the critical path. Wait (bounded) until the
         # catalog is loaded and every known replica has its pool warmed.
+        # Serve as soon as the registry was read: agents whose leases lapsed while no
+        # dispatcher was up must reach us to register again. /readyz says when the catalog
+        # holds the fleet (Fleet._check_loaded); replicas are routable only once warm.
         try:
-            await self.fleet.wait_warm(timeout=10.0)
+            await asyncio.wait_for(self.fleet.synced.wait(), timeout=5.0)
         except TimeoutError:
-            log.warning("start-up: fleet not fully warm after 10 s; serving what is ready")
+            log.warning("start-up: the registry could not be read yet; /readyz stays 503 until it is")
         await self.tasks.start()
         await self.relay.start()
         await self.held.start()
@@ -316,10 +323,13 @@ class Dispatcher:
             )
         await warmup.exercise_endpoint(self.mcp)
         log.info(
-            "dispatcher ready in region %s: %d replicas, %d tools",
+            "dispatcher serving in region %s: %d replicas known, %d tools so far (/readyz: %s)",
             self.settings.region,
             len(self.fleet.replicas),
             len(self.fleet.catalog.entries),
+            "ready"
+            if self.fleet.loaded.is_set()
+            else "waiting for " + (", ".join(sorted(self.fleet.waiting_for)) or "the registry"),
         )
 
     def stopping(self) -> None:

@@ -1,15 +1,123 @@
-"""Running the dispatcher under uvicorn with uvloop + httptools (the measured fast pair)."""
+"""Running the dispatcher under uvicorn with uvloop + httptools (the measured fast pair),
+with the read deadlines and the connection cap uvicorn lacks.
+
+uvicorn bounds only the idle time between requests (``timeout_keep_alive``): a client that
+opens a connection and sends its request head or body a byte at a time holds the
+connection, and a file descriptor, for as long as it likes (slowloris: 1,500 such
+connections stayed open 45 s and more). ``GuardedHttpTools`` is uvicorn's own httptools
+protocol with three bounds (``EDGEFLEET_HEADER_TIMEOUT_S``, ``EDGEFLEET_BODY_TIMEOUT_S``,
+``EDGEFLEET_MAX_CONNECTIONS``):
+
+- a request's head (request line and headers) must be complete within the header timeout
+  of the connection opening, or of the request's first byte on a kept-alive connection;
+- its body must be complete within the body timeout of its head;
+- past ``max_connections`` open connections a new one gets ``503`` and is closed at once.
+
+A request that misses a deadline gets ``408 Request Timeout`` when nothing was answered
+yet, and the connection is closed; an application already reading the body sees the
+client disconnect. Responses are not bounded here: a call's answer may stream for as
+long as its deadline allows.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgefleet.dispatcher.app import Dispatcher, create_app
 from edgefleet.shared.settings import DispatcherSettings
+
+log = logging.getLogger("edgefleet.server")
+
+_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_FULL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head and body deadlines and a connection cap."""
+
+    header_timeout_s = 10.0
+    body_timeout_s = 30.0
+    max_connections = 4096
+    refused = 0  # connections turned away at the cap (class-wide: one server per process)
+    timed_out = 0  # requests closed for a missed deadline
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def configured(cls, settings: DispatcherSettings) -> type[GuardedHttpTools]:
+        return type(
+            "GuardedHttpTools",
+            (cls,),
+            {
+                "header_timeout_s": settings.header_timeout_s,
+                "body_timeout_s": settings.body_timeout_s,
+                "max_connections": settings.max_connections,
+            },
+        )
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            type(self).refused += 1
+            if type(self).refused % 1000 == 1:
+                log.warning(
+                    "connection cap reached (%d, EDGEFLEET_MAX_CONNECTIONS): new connections get 503",
+                    self.max_connections,
+                )
+            transport.write(_FULL)
+            transport.close()
+            return
+        self._arm(self.header_timeout_s)  # the first request's head, from the connection's start
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- one request -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a later request on a kept-alive connection
+            self._arm(self.header_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        self._arm(self.body_timeout_s)  # disarmed again when the message is complete
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    # -- deadlines -------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        type(self).timed_out += 1
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(_TIMEOUT)
+        self.transport.close()  # a handler reading the body sees the client go
 
 
 class _Server(uvicorn.Server):
@@ -33,7 +141,7 @@ def serve(settings: DispatcherSettings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpTools.configured(settings),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -43,6 +151,8 @@ def serve(settings: DispatcherSettings) -> None:
         # Longer than the clients' idle pools, so keep-alive races stay on their side.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=30,
+        # The accept queue beyond max_connections (connections waiting for their 503).
+        backlog=2048,
     )
     server = _Server(config, app)
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does

@@ -12,6 +12,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── UnknownTool                 unknown_tool          -32602  200
     │   ├── InvalidRequestState         invalid_request_state -32602  200
     │   ├── TooManySubscriptions        too_many_subscriptions -32602 400 (200 in a 2025 session)
+    │   ├── NestingTooDeep              nesting_too_deep      -32602  400
     │   ├── TaskNotFound                task_not_found        -32602  404
     │   ├── TaskFinished                task_finished         -32602  409
     │   ├── MissingClientCapability     missing_client_capability -32021 400
@@ -26,6 +27,7 @@ code, an HTTP status and a sentence that says what to do::
     ├── Unauthorized                    unauthorized          -31401  401
     ├── Forbidden                       forbidden             -31402  403
     ├── ToolForbidden                   tool_forbidden        -31403  200
+    │   └── RegionForbidden             region_forbidden      -31411  200
     ├── RateLimited                     rate_limited          -31429  429
     │   ├── TooManyTasks                too_many_tasks        -31430  429
     │   ├── TooManyHeldCalls            too_many_held_calls   -31431  429
@@ -34,6 +36,8 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
+    │   ├── TooManyTools                too_many_tools        -31427  422
+    │   ├── ToolTooLarge                tool_too_large        -31428  422
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
     │   └── RunNotFound                 run_not_found         -31405  404
@@ -45,6 +49,8 @@ code, an HTTP status and a sentence that says what to do::
     ├── DispatcherStopping              dispatcher_stopping   -31010  503
     ├── TaskCancelled                   task_cancelled        -31499  409
     ├── AgentUnavailable                agent_unavailable     -31001  200 (JSON-RPC) / 503 (REST)
+    ├── BusUnavailable                  bus_unavailable       -31005  503
+    ├── StoreUnavailable                store_unavailable     -31011  503
     └── UpstreamError                   upstream_error        -31002  200 / 502
         ├── UpstreamTimeout             upstream_timeout      -31003  200 / 504
         ├── OutcomeUnknown              outcome_unknown       -31004  200 / 502
@@ -139,6 +145,12 @@ class TooManySubscriptions(InvalidParams):
 
     code = "too_many_subscriptions"
     hint = "Too many resource subscriptions (EDGEFLEET_MAX_RESOURCE_SUBSCRIPTIONS): unsubscribe from some, or split them over several streams."
+
+
+class NestingTooDeep(InvalidParams):
+    """A message nests objects/arrays deeper than the dispatcher reads (``jsonrpc.MAX_DEPTH``)."""
+
+    code = "nesting_too_deep"
 
 
 class TaskNotFound(InvalidParams):
@@ -245,6 +257,14 @@ class ToolForbidden(EdgefleetError):
     hint = "This identity may not call that tool (its API key or token does not allow it)."
 
 
+class RegionForbidden(ToolForbidden):
+    """A call (a fan-out sub-call, a pipeline step) names a region its caller may not be served in."""
+
+    code = "region_forbidden"
+    jsonrpc_code = -31411
+    hint = "This identity is bound to regions (API key regions, JWT region: scopes); the call named another."
+
+
 class RateLimited(EdgefleetError):
     code = "rate_limited"
     jsonrpc_code = -31429
@@ -299,6 +319,22 @@ class NamespaceForbidden(RegistrationError):
     jsonrpc_code = -31425
     http_status = 403
     hint = "This agent credential is bound to another agent name: an agent registers tools only in its own namespace."
+
+
+class TooManyTools(RegistrationError):
+    """An agent publishes more tools than ``EDGEFLEET_MAX_TOOLS_PER_AGENT``."""
+
+    code = "too_many_tools"
+    jsonrpc_code = -31427
+    hint = "The agent publishes more tools than EDGEFLEET_MAX_TOOLS_PER_AGENT allows; split it, or raise the limit."
+
+
+class ToolTooLarge(RegistrationError):
+    """One tool's definition is larger than ``EDGEFLEET_MAX_SCHEMA_BYTES``."""
+
+    code = "tool_too_large"
+    jsonrpc_code = -31428
+    hint = "A tool's definition is larger than EDGEFLEET_MAX_SCHEMA_BYTES; trim its schema, or raise the limit."
 
 
 class AgentUnreachable(RegistrationError):
@@ -430,6 +466,19 @@ class BusUnavailable(EdgefleetError):
     jsonrpc_code = -31005
     http_status = 503
     hint = "The dispatcher cannot reach its bus (Redis Streams or Kafka); calls on the bus path fail until it is back."
+
+
+# --- the store ---------------------------------------------------------------------------
+class StoreUnavailable(EdgefleetError):
+    """Redis (registry, sessions, tasks, audit) cannot be asked right now."""
+
+    code = "store_unavailable"
+    jsonrpc_code = -31011
+    http_status = 503
+    hint = (
+        "The dispatcher cannot reach Redis (registry, 2025-era sessions, tasks); retry shortly. "
+        "Calls to tools it already knows keep working meanwhile."
+    )
 
 
 def jsonrpc_error_body(request_id: Any, error: EdgefleetError) -> dict[str, Any]:

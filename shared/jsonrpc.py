@@ -12,10 +12,18 @@ from typing import Any
 import orjson
 
 from edgefleet.shared import sse
-from edgefleet.shared.errors import EdgefleetError, InvalidRequest, ParseError
+from edgefleet.shared.errors import EdgefleetError, InvalidRequest, NestingTooDeep, ParseError
 
-# Deeply nested JSON is refused before anything walks it (orjson itself stops at 1024).
 MAX_ID_LENGTH = 256
+# Objects and arrays nested in one message, the message itself being level 1. orjson reads
+# up to 1024 levels but writes only 254, and the dispatcher writes what it read again
+# (a call to an agent, a fan-out's sub-calls, a task's stored request): deeper messages
+# are refused at parse, before anything walks or re-encodes them (principle 8).
+MAX_DEPTH = 64
+# An agent's answer is relayed as bytes on the direct path, whatever its depth; where the
+# dispatcher writes it again (a fan-out's sub-results, a pipeline's trace, a task's stored
+# result) it wraps it in a few levels of its own, so it may nest at most this deep there.
+MAX_RESULT_DEPTH = 128
 
 
 @dataclass(slots=True)
@@ -33,11 +41,16 @@ def parse(body: bytes) -> Message:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # deeper than even orjson reads (1024): same answer, no id to give back
+            raise _too_deep(None) from None
         raise ParseError(f"The body is not valid JSON: {exc}") from None
     if isinstance(data, list):
         raise InvalidRequest("JSON-RPC batches are not supported by MCP since 2025-06-18; send one message per POST.")
     if not isinstance(data, dict):
         raise InvalidRequest("A JSON-RPC message must be a JSON object.")
+    # Cheap first: a message with fewer brackets than the limit cannot be nested deeper.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and nested_deeper(data, MAX_DEPTH):
+        raise _too_deep(_safe_id(data.get("id")))
     if data.get("jsonrpc") != "2.0":
         raise InvalidRequest('The "jsonrpc" member must be exactly "2.0".', data={"id": _safe_id(data.get("id"))})
     if "method" not in data:
@@ -58,6 +71,30 @@ def parse(body: bytes) -> Message:
     if not _valid_id(request_id):
         raise InvalidRequest('"id" must be a string or an integer (and not null).')
     return Message(data, method, request_id, params, "request")
+
+
+def _too_deep(request_id: Any) -> NestingTooDeep:
+    return NestingTooDeep(
+        f"The message nests objects and arrays more than {MAX_DEPTH} levels deep; flatten the arguments.",
+        data={"id": request_id, "max_depth": MAX_DEPTH},
+    )
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest more than ``limit`` levels (``value``
+    itself is level 1). Iterative, so no depth can make it recurse."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _valid_id(value: Any) -> bool:

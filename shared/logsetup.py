@@ -10,6 +10,7 @@ from typing import TextIO
 import orjson
 
 from edgefleet.shared import telemetry
+from edgefleet.shared.printable import printable
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -25,10 +26,17 @@ class TraceContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """For humans (``edgefleet dev``): time, level, logger, message, and the trace id."""
+    """For humans (``edgefleet dev``): time, level, logger, message, and the trace id. One
+    record is one line: control characters in the message (a tool name a client made up, an
+    agent's error text) are escaped, so nothing can forge a line or colour the terminal; a
+    traceback, ours, follows on its own lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

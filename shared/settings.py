@@ -253,6 +253,36 @@ class DispatcherSettings(BaseSettings):
         default_factory=list,
         description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",
     )
+    # -- bounds on what clients and agents can make a dispatcher hold, and readiness --------
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's head must arrive within this long of its connection opening (or its first byte): else 408 and closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this long of its head: else 408 and closed."
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="Client connections one dispatcher holds open; more get 503 and are closed at once."
+    )
+    ready_wait_s: float = Field(
+        15.0,
+        ge=0,
+        description="After a start, /readyz waits up to this long for the agents the registry saw within a day to be back in the catalog.",
+    )
+    max_tools_per_agent: int = Field(
+        1000, ge=1, description="Tools one agent may publish; registration above it is refused (too_many_tools)."
+    )
+    max_schema_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest JSON of one tool's definition (schemas, description); registration above it is refused (tool_too_large).",
+    )
+    max_sessions_per_identity: int = Field(
+        1000,
+        ge=1,
+        description="2025-era sessions one identity holds across the fleet; opening one more ends its least recently used.",
+    )
 
     @field_validator("region")
     @classmethod

@@ -1,6 +1,11 @@
 """Calls the dispatcher makes on its own behalf (fan-out sub-tasks, pipeline steps):
 the same catalog lookup, validation, routing, path choice (direct or bus) and failover
 as a client's call, with the answer captured instead of streamed to a client.
+
+Each one is held to what its caller may do, exactly as the caller's own calls are (this
+is the one boundary every built-in tool goes through): the tool allowlist, the regions
+the identity is bound to, and the rate limits of the identity and of the tool. A call
+without a caller is refused.
 """
 
 from __future__ import annotations
@@ -18,15 +23,26 @@ from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.routing.router import RouteOrder
-from edgefleet.shared import telemetry
+from edgefleet.shared import jsonrpc, telemetry
 from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
-from edgefleet.shared.errors import EdgefleetError, InvalidParams, UnknownTool, UpstreamError, UpstreamTimeout
+from edgefleet.shared.errors import (
+    EdgefleetError,
+    InvalidParams,
+    InvalidToolResult,
+    RegionForbidden,
+    ToolForbidden,
+    UnknownTool,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.observability.metrics import Metrics
     from edgefleet.dispatcher.paths.dispatch import CallPaths
     from edgefleet.dispatcher.routing.router import Router
+    from edgefleet.dispatcher.security.auth import Identity
+    from edgefleet.dispatcher.security.rate_limits import RateLimits
 
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 
@@ -58,11 +74,19 @@ class Outcome:
 
 
 class Invoker:
-    def __init__(self, fleet: Fleet, router: Router, paths: CallPaths, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        router: Router,
+        paths: CallPaths,
+        metrics: Metrics | None = None,
+        limits: RateLimits | None = None,
+    ) -> None:
         self.fleet = fleet
         self.router = router
         self.paths = paths
         self.metrics = metrics
+        self.limits = limits
 
     def order_for(self, base: RouteOrder, region: str | None) -> RouteOrder:
         """The caller's order, or only ``region`` when a sub-task names one (a region the
@@ -74,6 +98,20 @@ class Invoker:
                 f"Unknown region {region!r}; the fleet serves {sorted(self.fleet.regions)}.", data={"region": region}
             )
         return RouteOrder((region,), base.caller_region, "hint", base.address, only=True)
+
+    def _bounded(self, order: RouteOrder, identity: Identity) -> RouteOrder:
+        """``order`` held to the identity's regions: a sub-call that names only regions
+        outside them is refused (it asked for what the caller may not have); one that names
+        none is routed like the caller's own calls, in its regions only."""
+        if not identity.regions:
+            return order
+        if order.only and order.regions and not any(r in identity.regions for r in order.regions):
+            raise RegionForbidden(
+                f"{identity.name!r} may be served only in {', '.join(identity.regions)}, "
+                f"not in {', '.join(order.regions)}.",
+                data={"regions": list(order.regions), "allowed": list(identity.regions)},
+            )
+        return self.router.restricted(order, identity.regions)
 
     async def call(
         self, tool: str, arguments: dict[str, Any], *, parent: ToolCall, order: RouteOrder, timeout_s: float
@@ -92,7 +130,6 @@ class Invoker:
                     {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "edgefleet.internal": True}
                 )
             obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
-            obs.routed(order)
             try:
                 outcome = await self._call(tool, arguments, parent, order, timeout_s, obs)
             except EdgefleetError as exc:
@@ -122,6 +159,17 @@ class Invoker:
         entry = self.fleet.catalog.get(tool)
         if entry is None or entry.path == "builtin":
             raise UnknownTool(f"Unknown tool: {tool}", data={"tool": tool})
+        identity = parent.identity
+        if identity is None:  # every caller of a built-in tool passes one; without it, nothing runs
+            raise ToolForbidden(f"{tool}: an internal call without a caller is refused.", data={"tool": tool})
+        if not identity.may_call(entry.public_name):
+            raise ToolForbidden(
+                f"{identity.name!r} may not call {entry.public_name}.", data={"tool": entry.public_name}
+            )
+        order = self._bounded(order, identity)
+        obs.routed(order)
+        if self.limits is not None:
+            await self.limits.admit(identity.name, entry.public_name)  # RateLimited: this sub-call's error
         problem = entry.validation_error(arguments)
         if problem is not None:
             raise InvalidParams(problem, data={"tool": tool})
@@ -132,6 +180,14 @@ class Invoker:
         answer = CapturedAnswer()
         await self.paths.call(call, answer)
         response = answer.response()
+        if response is not None and jsonrpc.nested_deeper(response, jsonrpc.MAX_RESULT_DEPTH):
+            # It would break the fan-out's or pipeline's own answer when written again.
+            error = InvalidToolResult(
+                f"The answer of {tool} nests objects and arrays more than {jsonrpc.MAX_RESULT_DEPTH} levels deep; "
+                "it was not kept.",
+                data={"tool": tool, "max_depth": jsonrpc.MAX_RESULT_DEPTH},
+            )
+            return Outcome(tool, "error", error=error.to_jsonrpc(), route=answer.route)
         if response is None:
             return Outcome(
                 tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route

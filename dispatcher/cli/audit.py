@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from edgefleet.dispatcher.cli.client import _unreachable, resolve_token, resolve_url
+from edgefleet.shared.printable import printable
 
 # Fields every line shows up front; the rest follow as key=value.
 _LEAD = ("ts", "event", "identity", "tool", "outcome", "code", "duration_ms", "id", "source")
@@ -51,6 +52,8 @@ def _wanted(event: dict[str, Any], kinds: list[str], identity: str | None) -> bo
 
 
 def format_event(event: dict[str, Any]) -> str:
+    """One event on one line, for humans: whatever a client or agent put in it (a tool name
+    with a newline and ANSI escapes) is escaped, never a forged line or live colours."""
     when = (
         datetime.fromtimestamp(event.get("ts", 0) / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")
@@ -67,7 +70,7 @@ def format_event(event: dict[str, Any]) -> str:
         f"{k}={v if isinstance(v, (str, int, float)) else json.dumps(v, separators=(',', ':'))}"
         for k, v in rest.items()
     )
-    return " ".join(parts)
+    return printable(" ".join(parts))
 
 
 def _print(events: list[dict[str, Any]], args: argparse.Namespace, kinds: list[str]) -> None:
@@ -87,7 +90,7 @@ def _refused(resp: httpx.Response) -> int:
         hint = " (the audit stream needs the fleet token, --token, or an API key with the admin scope, --key)"
     elif resp.status_code == 404:
         hint = " (this dispatcher has no audit stream: EDGEFLEET_AUDIT=false, or an older version)"
-    print(f"edgefleet: {message}{hint}", file=sys.stderr)
+    print(f"edgefleet: {printable(message)}{hint}", file=sys.stderr)
     return 1
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from edgefleet.dispatcher.devtools.state import read_dev_state
+from edgefleet.shared.printable import printable
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 
@@ -47,7 +48,8 @@ def parse_arguments(pairs: list[str], json_args: str | None) -> dict[str, Any]:
 
 def _unreachable(base: str, exc: BaseException) -> int:
     print(
-        f"edgefleet: cannot reach the dispatcher at {base} ({_root_cause(exc)}). Is `edgefleet dev` running? Use --url to point elsewhere.",
+        f"edgefleet: cannot reach the dispatcher at {base} ({printable(_root_cause(exc))}). Is `edgefleet dev` running? "
+        "Use --url to point elsewhere.",
         file=sys.stderr,
     )
     return 3
@@ -79,7 +81,7 @@ class ProgressBar:
             bar = f"[{'#' * done}{'.' * (self.WIDTH - done)}] {progress:g}/{total:g}"
         else:
             bar = f"[{progress:g}]"
-        self.stream.write(f"\r{bar} {message or ''}"[:160].ljust(100))
+        self.stream.write(f"\r{bar} {printable(message or '')}"[:160].ljust(100))
         self.stream.flush()
         self.shown = True
 
@@ -148,7 +150,7 @@ def tools(url: str | None, key: str | None = None) -> int:
             listed = await client.list_tools()
         for tool in listed.tools:
             first_line = (tool.description or "").strip().splitlines()[0:1]
-            print(f"{tool.name:32} {first_line[0] if first_line else ''}")
+            print(printable(f"{tool.name:32} {first_line[0] if first_line else ''}"))
         if not listed.tools:
             print("(no tools yet: no agent is registered and warm)", file=sys.stderr)
         return 0
@@ -158,7 +160,7 @@ def tools(url: str | None, key: str | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported as a clear message, not a traceback
         if _is_connect_error(exc):
             return _unreachable(base, exc)
-        print(f"edgefleet: {_auth_problem(base, key) or _root_cause(exc)}", file=sys.stderr)
+        print(f"edgefleet: {printable(_auth_problem(base, key) or _root_cause(exc))}", file=sys.stderr)
         return 1
 
 
@@ -174,7 +176,7 @@ def call(
     async def on_log(params: Any) -> None:
         bar.close()
         bar.shown = False
-        print(f"[{params.level}] {params.data}", file=sys.stderr)
+        print(printable(f"[{params.level}] {params.data}"), file=sys.stderr)
 
     async def run() -> int:
         async with _mcp_client(
@@ -183,10 +185,10 @@ def call(
             result = await client.call_tool(tool, arguments, progress_callback=bar)
         bar.close()
         if result.structured_content is not None:
-            print(json.dumps(result.structured_content, indent=2, ensure_ascii=False))
+            print(printable(json.dumps(result.structured_content, indent=2, ensure_ascii=False), lines=True))
         else:
             for block in result.content:
-                print(getattr(block, "text", block))
+                print(printable(getattr(block, "text", block), lines=True))
         return 1 if result.is_error else 0
 
     try:
@@ -194,7 +196,7 @@ def call(
     except MCPError as exc:
         bar.close()
         hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in str(exc) else ""
-        print(f"edgefleet: {_auth_problem(base, key) or exc}{hint}", file=sys.stderr)
+        print(f"edgefleet: {printable(_auth_problem(base, key) or exc)}{hint}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - anything the client stack raises becomes one clear line, not a traceback
         bar.close()
@@ -202,7 +204,7 @@ def call(
             return _unreachable(base, exc)
         cause = _auth_problem(base, key) or _root_cause(exc)
         hint = " (run `edgefleet tools` to see what exists)" if "Unknown tool" in cause else ""
-        print(f"edgefleet: {cause}{hint}", file=sys.stderr)
+        print(f"edgefleet: {printable(cause)}{hint}", file=sys.stderr)
         return 1
 
 
@@ -224,16 +226,16 @@ def agents(args: argparse.Namespace) -> int:
     if resp.status_code >= 400:
         try:
             error = resp.json()["error"]
-            print(f"edgefleet: {error['code']}: {error['message']}", file=sys.stderr)
+            print(printable(f"edgefleet: {error['code']}: {error['message']}"), file=sys.stderr)
             for problem in error.get("details", {}).get("problems", []):
-                print(f"  {problem['field']}: {problem['message']}", file=sys.stderr)
+                print(printable(f"  {problem['field']}: {problem['message']}"), file=sys.stderr)
         except (ValueError, KeyError, TypeError):
-            print(f"edgefleet: HTTP {resp.status_code}: {resp.text[:300]}", file=sys.stderr)
+            print(printable(f"edgefleet: HTTP {resp.status_code}: {resp.text[:300]}"), file=sys.stderr)
         return 1
     data = resp.json()
     if args.agents_command == "list" and not getattr(args, "json", False):
         for agent in data["agents"]:
-            print(f"{agent['name']}  regions={','.join(agent['regions'])}  tools={len(agent['tools'])}")
+            print(printable(f"{agent['name']}  regions={','.join(agent['regions'])}  tools={len(agent['tools'])}"))
             for r in agent["replicas"]:
                 breaker = r.get("breaker") or {}
                 if r["routable"]:
@@ -242,9 +244,9 @@ def agents(args: argparse.Namespace) -> int:
                     state = "warming"
                 else:
                     state = f"EJECTED (retry in {breaker.get('retry_in_s', 0):g} s)"
-                print(f"  {r['id']:40} {r['region']:14} {state:9} inflight={r['inflight']:<3} {r['url']}")
+                print(printable(f"  {r['id']:40} {r['region']:14} {state:9} inflight={r['inflight']:<3} {r['url']}"))
                 if r.get("last_error") and not r["routable"]:
-                    print(f"      last error: {r['last_error']}")
+                    print(printable(f"      last error: {r['last_error']}"))
         if not data["agents"]:
             print("(no agents registered)")
     else:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgefleet.shared.errors import ConfigError
+from edgefleet.shared.printable import printable
 
 EXAMPLE_AGENTS = ("text", "data", "trainer")
 
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agents":
             return client_cli.agents(args)
     except ConfigError as exc:
-        print(f"edgefleet: configuration error: {exc.message}", file=sys.stderr)
+        print(f"edgefleet: configuration error: {printable(exc.message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ import httpx
 
 from edgefleet.dispatcher.cli.client import ProgressBar, _root_cause, _unreachable, resolve_url
 from edgefleet.shared import sse
+from edgefleet.shared.printable import printable
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
@@ -137,15 +138,18 @@ def _progress(view: dict[str, Any]) -> str:
 def _print_table(tasks: list[dict[str, Any]]) -> None:
     now = time.time()
     rows = [
-        (
-            t["id"],
-            t.get("tool", ""),
-            t.get("status", ""),
-            _progress(t),
-            _age(t.get("created_at"), now),
-            t.get("owner", ""),
+        tuple(printable(cell) for cell in row)  # escaped before the widths are taken
+        for row in (
+            (
+                t["id"],
+                t.get("tool", ""),
+                t.get("status", ""),
+                _progress(t),
+                _age(t.get("created_at"), now),
+                t.get("owner", ""),
+            )
+            for t in tasks
         )
-        for t in tasks
     ]
     header = ("ID", "TOOL", "STATUS", "PROGRESS", "AGE", "OWNER")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
@@ -199,20 +203,21 @@ def _print_view(view: dict[str, Any]) -> None:
     ]
     for name, value in fields:
         if value is not None and value != "":
-            print(f"{name:9} {value}")
+            print(printable(f"{name:9} {value}"))
     history = view.get("history")
     if history:
         print("history")
         for entry in history:
             note = entry.get("message")
-            print(f"  {entry.get('at', '?'):26} {entry.get('status', '?'):15}{f' {note}' if note else ''}".rstrip())
+            line = f"  {entry.get('at', '?'):26} {entry.get('status', '?'):15}{f' {note}' if note else ''}"
+            print(printable(line.rstrip()))
     result = view.get("result")
     if isinstance(result, dict):
         print("result" + (" (isError)" if result.get("isError") else ""))
         for line in _result_text(result).splitlines():
-            print(f"  {line}")
+            print(printable(f"  {line}"))
     if view.get("error") is not None:
-        print(f"error     {_error_text(view['error'])}")
+        print(printable(f"error     {_error_text(view['error'])}"))
 
 
 # -- commands --------------------------------------------------------------------------
@@ -235,7 +240,7 @@ def list_tasks(
             more += ["--limit", str(limit)]
         if owner:
             more += ["--owner", owner]
-        print(f"more: {' '.join(more)}", file=sys.stderr)
+        print(printable(f"more: {' '.join(more)}"), file=sys.stderr)
     return 0
 
 
@@ -261,7 +266,7 @@ class TaskProgress(ProgressBar):
         if isinstance(progress, dict) and progress.get("progress") is not None:
             await self(float(progress["progress"]), progress.get("total"), progress.get("message") or status_message)
             return
-        self.stream.write(f"\r[{view.get('status', '?')}] {status_message or ''}"[:160].ljust(100))
+        self.stream.write(("\r" + printable(f"[{view.get('status', '?')}] {status_message or ''}"))[:160].ljust(100))
         self.stream.flush()
         self.shown = True
 
@@ -324,7 +329,9 @@ def watch_task(base: str, key: str | None, task_id: str, *, as_json: bool) -> in
     except KeyboardInterrupt:
         bar.close()
         print(
-            f"edgefleet: stopped watching; task {task_id} goes on (`edgefleet tasks cancel {task_id}` stops it)",
+            printable(
+                f"edgefleet: stopped watching; task {task_id} goes on (`edgefleet tasks cancel {task_id}` stops it)"
+            ),
             file=sys.stderr,
         )
         return 130
@@ -345,11 +352,13 @@ def watch_task(base: str, key: str | None, task_id: str, *, as_json: bool) -> in
         )
         tail = " (the tool reported an error)" if status == "completed" and not ok else ""
         print(
-            f"task {task_id} {status}{detail}{tail} [{view.get('tool')}, watched {time.monotonic() - started:.1f} s]",
+            printable(
+                f"task {task_id} {status}{detail}{tail} [{view.get('tool')}, watched {time.monotonic() - started:.1f} s]"
+            ),
             file=sys.stderr,
         )
         if result is not None:
-            print(_result_text(result))
+            print(printable(_result_text(result), lines=True))
     return 0 if ok else 1
 
 
@@ -368,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
             return cancel_task(base, key, args.id, as_json=args.json)
     except TaskCliError as exc:
         if exc.message:
-            print(f"edgefleet: {exc.message}", file=sys.stderr)
+            print(f"edgefleet: {printable(exc.message)}", file=sys.stderr)
         return exc.code
     return 2
 

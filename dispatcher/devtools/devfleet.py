@@ -29,7 +29,7 @@ from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
 from edgefleet.dispatcher.devtools.embedded_temporal import EmbeddedTemporal
 from edgefleet.dispatcher.devtools.extras import missing
-from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
+from edgefleet.dispatcher.devtools.processes import ChildServer, die_with_parent, stop_all
 from edgefleet.dispatcher.devtools.state import DEV_STATE
 from edgefleet.shared.errors import ConfigError
 
@@ -177,8 +177,14 @@ def run_dev(
             json.dumps({"url": base, "mcp_url": f"{base}/mcp", "fleet_token": token, "pid": os.getpid()})
         )
         _banner(base, replicas, time.monotonic() - started, pipelines)
-        _supervise(base, agent_procs, dispatcher)
-        return 0
+        servers: dict[str, ChildServer] = {}
+        if redis is not None:
+            servers["redis-server"] = redis
+        if kafka is not None:
+            servers["Kafka broker"] = kafka
+        if temporal is not None:
+            servers["Temporal server"] = temporal
+        return _supervise(base, agent_procs, dispatcher, servers)
     except _Stop:
         return 0
     finally:
@@ -265,8 +271,27 @@ def _banner(base: str, replicas: list[tuple[str, ...]], took: float, pipelines: 
     print(f"\nLogs are in {LOG_DIR}/. Ctrl-C stops everything.\n", flush=True)
 
 
-def _supervise(base: str, agents: dict[str, subprocess.Popen[bytes]], dispatcher: subprocess.Popen[bytes]) -> None:
+# What each embedded server held, said when it dies (it starts again empty).
+_LOST = {
+    "redis-server": "the registry, 2025-era sessions, tasks and the audit stream it held are gone; "
+    "agents register again by themselves within seconds",
+    "Kafka broker": "bus calls it held are gone; agents and the dispatcher reconnect by themselves",
+    "Temporal server": "its state is on disk (.edgefleet/temporal.sqlite): pipeline runs go on",
+}
+RESTARTS_PER_MINUTE = 3
+
+
+def _supervise(
+    base: str,
+    agents: dict[str, subprocess.Popen[bytes]],
+    dispatcher: subprocess.Popen[bytes],
+    servers: dict[str, ChildServer] | None = None,
+) -> int:
+    """Watch the fleet until Ctrl-C: say when an agent exits; stop when the dispatcher
+    does; start an embedded server that died again on its port (it was left <defunct>
+    and nothing was said), at most 3 times a minute."""
     reported: set[str] = set()
+    restarts: dict[str, list[float]] = {}
     while True:
         time.sleep(0.5)
         if dispatcher.poll() is not None:
@@ -274,7 +299,35 @@ def _supervise(base: str, agents: dict[str, subprocess.Popen[bytes]], dispatcher
                 f"edgefleet dev: the dispatcher exited (code {dispatcher.returncode}); log:\n{_tail('dispatcher')}",
                 file=sys.stderr,
             )
-            return
+            return 1
+        for name, server in (servers or {}).items():
+            code = server.process.poll() if server.process is not None else None  # poll() also reaps it
+            if code is None:
+                continue
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            now = time.monotonic()
+            recent = [at for at in restarts.get(name, []) if now - at < 60]
+            if len(recent) >= RESTARTS_PER_MINUTE:
+                print(
+                    f"edgefleet dev: the embedded {name} died again ({how}), {len(recent) + 1} times within a "
+                    "minute; stopping the fleet.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+            print(
+                f"edgefleet dev: the embedded {name} died ({how}); starting it again on the same port. "
+                f"{_LOST.get(name, '')}.",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                server.start()
+            except RuntimeError as exc:
+                print(f"edgefleet dev: could not start the {name} again ({exc}); stopping the fleet.", file=sys.stderr)
+                return 1
+            restarts[name] = [*recent, now]
+            print(f"edgefleet dev: the {name} is back.", file=sys.stderr, flush=True)
         for key, proc in agents.items():
             if proc.poll() is not None and key not in reported:
                 reported.add(key)

@@ -51,6 +51,8 @@ class EmbeddedRedis(ChildServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the server (again, after ``stop``: same port, an empty data directory)."""
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
             "--port",

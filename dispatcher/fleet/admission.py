@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from edgefleet.dispatcher.fleet.catalog import check_tool_limits
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.fleet.naming import namespace_tools
 from edgefleet.dispatcher.fleet.registry import tools_hash
@@ -40,6 +41,10 @@ async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bo
         if not allow_unreachable:
             raise
         era, tools = "modern", []  # the warm loop keeps trying and fills the tools in
+    settings = fleet.settings
+    check_tool_limits(
+        request.name, tools, max_tools=settings.max_tools_per_agent, max_tool_bytes=settings.max_schema_bytes
+    )
     namespace_tools(request.name, [t["name"] for t in tools])
     digest = tools_hash(tools)
     if tools:

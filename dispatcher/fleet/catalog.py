@@ -10,16 +10,19 @@ than tools flickering in and out of ``tools/list``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import itertools
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+import orjson
 from packaging.version import InvalidVersion, Version
 
 from edgefleet.dispatcher.fleet.federation import Federation
@@ -33,12 +36,14 @@ from edgefleet.shared.constants import (
     META_EDGE_TASK_SUPPORT,
     META_EDGE_UPSTREAM_NAME,
 )
-from edgefleet.shared.errors import ToolConflict
+from edgefleet.shared.errors import ToolConflict, ToolTooLarge, TooManyTools
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.replica import Replica
 
 log = logging.getLogger("edgefleet.catalog")
+# Preparing a tool list gives the event loop a turn at least this often.
+YIELD_EVERY_S = 0.005
 
 
 @dataclass(eq=False)
@@ -109,6 +114,27 @@ class ToolEntry:
             return None
         where = "/".join(["structuredContent", *(str(p) for p in error.absolute_path)])
         return f"Invalid result from tool {self.public_name}: at '{where}': {error.message}"
+
+
+def check_tool_limits(agent: str, tools: list[dict[str, Any]], *, max_tools: int, max_tool_bytes: int) -> None:
+    """Refuse an agent's tool list past what one agent may make every dispatcher hold:
+    ``max_tools`` tools, each definition at most ``max_tool_bytes`` of JSON (issue 16: one
+    agent with 100,000 tools took the fleet down). Clear errors, before anything is stored."""
+    if len(tools) > max_tools:
+        raise TooManyTools(
+            f"Agent {agent!r} publishes {len(tools)} tools; at most {max_tools} are accepted per agent "
+            "(EDGEFLEET_MAX_TOOLS_PER_AGENT).",
+            data={"agent": agent, "tools": len(tools), "max_tools": max_tools},
+        )
+    for tool in tools:
+        size = len(orjson.dumps(tool))
+        if size > max_tool_bytes:
+            name = str(tool.get("name"))[:128]
+            raise ToolTooLarge(
+                f"Tool {name!r} of agent {agent!r} is defined in {size} bytes of JSON; at most {max_tool_bytes} are "
+                "accepted (EDGEFLEET_MAX_SCHEMA_BYTES).",
+                data={"agent": agent, "tool": name, "bytes": size, "max_bytes": max_tool_bytes},
+            )
 
 
 def _version_key(version: str) -> tuple[int, Any]:
@@ -230,10 +256,21 @@ class Catalog:
 
     @classmethod
     def build(
-        cls, replicas: Iterable[Replica], bus_tools: Sequence[str] = (), builtins: Sequence[ToolEntry] = ()
+        cls,
+        replicas: Iterable[Replica],
+        bus_tools: Sequence[str] = (),
+        builtins: Sequence[ToolEntry] = (),
+        prepared: dict[tuple[str, str], Prepared] | None = None,
     ) -> Catalog:
+        """The catalog of the warm ``replicas``. ``prepared`` (kept by the caller between
+        builds) holds each agent's tool list made ready (names, definitions, compiled
+        schemas) by its tools_hash: a rebuild compiles only lists it has not seen, and
+        lists no longer in use are dropped from it."""
+        cache = prepared if prepared is not None else {}
+        used: set[tuple[str, str]] = set()
+        all_replicas = list(replicas)
         by_agent: dict[str, list[Replica]] = defaultdict(list)
-        for replica in replicas:
+        for replica in all_replicas:
             if replica.warm:
                 by_agent[replica.record.agent].append(replica)
         entries: dict[str, ToolEntry] = {b.public_name: b for b in builtins}
@@ -243,39 +280,112 @@ class Catalog:
             # The newest version defines the agent's tools (rolling upgrades); each tool
             # is routed only to replicas that actually have it.
             lead = max(members, key=lambda r: (_version_key(r.record.version), r.record.registered_at))
-            try:
-                mapping = namespace_tools(agent, [t["name"] for t in lead.record.tools])
-            except ToolConflict as exc:
-                log.error("agent %s left out of the catalog: %s", agent, exc.message)
-                continue
-            by_upstream = {t["name"]: t for t in lead.record.tools}
-            view = views[agent] = AgentView(agent, {}, [], list(members), lead.surface)
-            for public, upstream in mapping.items():
-                tool = by_upstream[upstream]
-                annotations = tool.get("annotations") or {}
-                meta = tool.get("_meta") or {}
-                ttl = meta.get(META_EDGE_CACHE_TTL) if isinstance(meta, dict) else None
-                ttl_s = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 0.0
-                cacheable = annotations.get("readOnlyHint") is True and ttl_s > 0
+            key = (agent, lead.record.tools_hash)
+            ready = cache.get(key) if lead.record.tools_hash else None
+            if ready is None:
+                try:
+                    ready = Prepared.of(agent, lead.record.tools, bus_tools)
+                except ToolConflict as exc:
+                    log.error("agent %s left out of the catalog: %s", agent, exc.message)
+                    continue
+                if lead.record.tools_hash:
+                    cache[key] = ready
+            used.add(key)
+            view = views[agent] = AgentView(agent, {}, list(ready.own), list(members), lead.surface)
+            for public, upstream in ready.mapping.items():
                 entries[public] = ToolEntry(
-                    public_name=public,
-                    agent=agent,
-                    upstream_name=upstream,
-                    definition=public_definition(agent, public, upstream, tool),
-                    idempotent=bool(annotations.get("idempotentHint")),
-                    validator=_compile(tool.get("inputSchema"), public),
-                    replicas=[r for r in members if upstream in r.tool_names],
-                    cache_ttl_s=ttl_s if cacheable else 0.0,
-                    path="bus"
-                    if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools)
-                    else "direct",
-                    task_support=task_support(tool),
-                    long_running=meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
-                    output_validator=_compile(tool.get("outputSchema"), public, "outputSchema"),
+                    **ready.specs[public], replicas=[r for r in members if upstream in r.tool_names]
                 )
                 view.tools[upstream] = entries[public]
-                view.definitions.append(own_definition(tool))
+        # Keep what a replica still has (it may lead again after a rebuild); drop the rest.
+        present = {(r.record.agent, r.record.tools_hash) for r in all_replicas}
+        for stale in set(cache) - used - present:
+            del cache[stale]
         return cls(entries, views, Federation.build({agent: view.surface for agent, view in views.items()}))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One agent's tool list made ready for the catalog, once per list: public names,
+    definitions, compiled schemas, routing flags (everything but the replicas).
+
+    Compiling is the costly part (about 1 ms a schema, most of it checking the schema
+    against the JSON Schema metaschema): ``prepare`` does it off the critical path (when a
+    replica warms), giving the event loop a turn every few milliseconds; equal schemas in
+    one list are compiled once."""
+
+    mapping: dict[str, str]  # public name -> the agent's own name
+    specs: dict[str, dict[str, Any]]  # public name -> ToolEntry fields
+    own: list[dict[str, Any]]  # the tools as the agent declared them (its own mount)
+
+    @classmethod
+    def of(cls, agent: str, tools: list[dict[str, Any]], bus_tools: Sequence[str]) -> Prepared:
+        steps = cls._steps(agent, tools, bus_tools)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                prepared: Prepared = done.value
+                return prepared
+
+    @classmethod
+    async def prepare(cls, agent: str, tools: list[dict[str, Any]], bus_tools: Sequence[str]) -> Prepared:
+        steps = cls._steps(agent, tools, bus_tools)
+        turn = time.perf_counter()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                prepared: Prepared = done.value
+                return prepared
+            if time.perf_counter() - turn > YIELD_EVERY_S:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
+
+    @classmethod
+    def _steps(
+        cls, agent: str, tools: list[dict[str, Any]], bus_tools: Sequence[str]
+    ) -> Generator[None, None, Prepared]:
+        mapping = namespace_tools(agent, [t["name"] for t in tools])  # ToolConflict: the agent is left out
+        by_upstream = {t["name"]: t for t in tools}
+        specs: dict[str, dict[str, Any]] = {}
+        own = []
+        compiled: dict[bytes, Any] = {}
+
+        def compile_once(schema: Any, public: str, which: str) -> Any:
+            try:
+                key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS) + which.encode()
+            except (TypeError, orjson.JSONEncodeError):
+                return _compile(schema, public, which)
+            if key not in compiled:
+                compiled[key] = _compile(schema, public, which)
+            return compiled[key]
+
+        for public, upstream in mapping.items():
+            tool = by_upstream[upstream]
+            annotations = tool.get("annotations") or {}
+            meta = tool.get("_meta") or {}
+            ttl = meta.get(META_EDGE_CACHE_TTL) if isinstance(meta, dict) else None
+            ttl_s = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0 else 0.0
+            cacheable = annotations.get("readOnlyHint") is True and ttl_s > 0
+            specs[public] = {
+                "public_name": public,
+                "agent": agent,
+                "upstream_name": upstream,
+                "definition": public_definition(agent, public, upstream, tool),
+                "idempotent": bool(annotations.get("idempotentHint")),
+                "validator": compile_once(tool.get("inputSchema"), public, "inputSchema"),
+                "cache_ttl_s": ttl_s if cacheable else 0.0,
+                "path": "bus"
+                if meta.get(META_EDGE_PATH) == "bus" or any(fnmatch.fnmatchcase(public, g) for g in bus_tools)
+                else "direct",
+                "task_support": task_support(tool),
+                "long_running": meta.get(META_EDGE_LONG_RUNNING) is True if isinstance(meta, dict) else False,
+                "output_validator": compile_once(tool.get("outputSchema"), public, "outputSchema"),
+            }
+            own.append(own_definition(tool))
+            yield
+        return cls(mapping, specs, own)
 
 
 def own_definition(tool: dict[str, Any]) -> dict[str, Any]:

@@ -19,14 +19,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from edgefleet.dispatcher.fleet.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
-from edgefleet.dispatcher.fleet.catalog import Catalog, ToolEntry
+from edgefleet.dispatcher.fleet.catalog import Catalog, Prepared, ToolEntry, check_tool_limits
 from edgefleet.dispatcher.fleet.registry import Registry, tools_hash
 from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.surface import fetch_surface
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
 from edgefleet.dispatcher.observability.metrics import ReplicaState
 from edgefleet.shared.constants import RedisKeys
-from edgefleet.shared.errors import EdgefleetError
+from edgefleet.shared.errors import EdgefleetError, ToolConflict
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 
@@ -61,6 +61,7 @@ class Fleet:
         self.catalog = Catalog.empty()
         self.regions: frozenset[str] = frozenset()
         self.builtins: list[ToolEntry] = []  # the dispatcher's own tools (add_builtin)
+        self._prepared: dict[tuple[str, str], Prepared] = {}  # agents' tool lists made ready, by tools_hash
         self.breaker_policy = BreakerPolicy(
             consecutive_failures=settings.unhealthy_after,
             error_rate=settings.eject_error_rate,
@@ -69,7 +70,11 @@ class Fleet:
             base_s=settings.eject_base_s,
             max_s=settings.eject_max_s,
         )
-        self.synced = asyncio.Event()
+        self.synced = asyncio.Event()  # the registry was read once
+        self.loaded = asyncio.Event()  # ready: see _check_loaded
+        self.waiting_for: set[str] = set()  # agents the loaded catalog still lacks
+        self._expected: set[str] | None = None
+        self._started = time.monotonic()
         self.registry_ok = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -99,12 +104,35 @@ class Fleet:
             *self._tasks, *(r.warm_task for r in self.replicas.values() if r.warm_task), return_exceptions=True
         )
 
-    async def wait_warm(self, timeout: float) -> None:
-        """Wait for the first sync and for every replica known then to be warmed (or failed)."""
-        await asyncio.wait_for(self.synced.wait(), timeout)
-        pending = [r.warm_task for r in self.replicas.values() if r.warm_task and not r.warm_task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+    async def wait_loaded(self, timeout: float) -> None:
+        """Wait until the catalog holds what the registry says the fleet has (``loaded``)."""
+        await asyncio.wait_for(self.loaded.wait(), timeout)
+
+    def _check_loaded(self) -> None:
+        """Loaded (this dispatcher is ready) once every agent the registry has seen in the
+        last day has a warm replica here, or ``ready_wait_s`` after the start, whichever
+        comes first; then for good (a dispatcher that served stays ready: see /readyz).
+
+        Agents whose leases lapsed while no dispatcher took their heartbeats (a restart
+        longer than the lease) come back by registering again, a few seconds after the
+        dispatcher is up: until then their tools would be unknown (issue 16: 78 calls got
+        "Unknown tool" while /readyz said 200)."""
+        if self.loaded.is_set() or self._expected is None:
+            return
+        present = {r.record.agent for r in self.replicas.values() if r.warm}
+        self.waiting_for = self._expected - present
+        waited = time.monotonic() - self._started
+        if self.waiting_for and waited < self.settings.ready_wait_s:
+            return
+        if self.waiting_for:
+            log.warning(
+                "ready after %.1f s without %s (seen in the fleet within a day, not back; EDGEFLEET_READY_WAIT_S)",
+                waited,
+                ", ".join(sorted(self.waiting_for)),
+            )
+        else:
+            log.info("catalog loaded in %.1f s: %d agents, %d tools", waited, len(present), len(self.catalog.entries))
+        self.loaded.set()
 
     def wake(self) -> None:
         """Resync now (a registration happened on this dispatcher)."""
@@ -122,6 +150,7 @@ class Fleet:
                 self.registry_ok = False
             except Exception:
                 log.exception("fleet sync failed; retrying")
+            self._check_loaded()  # also while Redis is away: the wait for agents is bounded
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
             self._wake.clear()
@@ -160,11 +189,16 @@ class Fleet:
             else:
                 if record.tools_hash != known.record.tools_hash or record.version != known.record.version:
                     known.tool_names = frozenset(t["name"] for t in record.tools)
+                    if known.warm:
+                        await self._prepare(record)
                     changed = True
                 known.record = record
         if changed:
             self.rebuild()
+        if self._expected is None:  # the first sync: which agents should be back before we are ready
+            self._expected = await self.registry.seen() | {r.agent for r in records.values()}
         self.synced.set()
+        self._check_loaded()
 
     async def _warm(self, replica: Replica) -> None:
         """Open the pool to a new replica; only then does it become routable."""
@@ -183,6 +217,7 @@ class Fleet:
                         await self.on_warm(replica)
                     except Exception:
                         log.exception("warm-up exercise against %s failed", replica.id)
+                await self._prepare(replica.record)  # its tools compiled off the critical path
                 # Warm and in the catalog in one step (no await between): whoever sees it
                 # routable in /v1/agents can call its tools.
                 replica.warm = True
@@ -195,6 +230,7 @@ class Fleet:
                     (time.perf_counter() - started) * 1000,
                 )
                 self.rebuild()
+                self._check_loaded()
                 return
             except asyncio.CancelledError:
                 raise
@@ -204,8 +240,23 @@ class Fleet:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.probe_interval_s * 2)
 
+    async def _prepare(self, record: ReplicaRecord) -> None:
+        """Make the replica's tool list ready for the catalog (compiled schemas) unless this
+        dispatcher has it already, yielding to the event loop as it goes: the rebuild that
+        follows then compiles nothing (issue 16: a wide tool list stalled every call)."""
+        key = (record.agent, record.tools_hash)
+        if record.tools_hash and key not in self._prepared:
+            with contextlib.suppress(ToolConflict):  # the rebuild leaves the agent out, and says so
+                self._prepared[key] = await Prepared.prepare(record.agent, record.tools, self.settings.bus_tools)
+
     async def _refresh_static_tools(self, replica: Replica) -> None:
         tools = await replica.client.list_tools(timeout=self.settings.probe_timeout_s * 3)
+        check_tool_limits(  # a static server is held to what a registering agent is (issue 16)
+            replica.record.agent,
+            tools,
+            max_tools=self.settings.max_tools_per_agent,
+            max_tool_bytes=self.settings.max_schema_bytes,
+        )
         replica.record.tools = tools
         replica.record.tools_hash = tools_hash(tools)
         replica.record.era = "legacy" if replica.client.era == "legacy" else "modern"
@@ -304,7 +355,7 @@ class Fleet:
         ]
 
     def rebuild(self) -> None:
-        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins)
+        self.catalog = Catalog.build(self.replicas.values(), self.settings.bus_tools, self.builtins, self._prepared)
         self.regions = frozenset(r.record.region for r in self.replicas.values() if r.warm)
         for listener in self.on_rebuild:
             try:

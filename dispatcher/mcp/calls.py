@@ -265,7 +265,7 @@ class ToolCalls:
         def make_record(origin: str, ttl_ms: int | None = None) -> TaskRecord:
             assert runner is not None
             return runner.new_record(
-                owner=identity.name, entry=entry, params=upstream_params, era=era, origin=origin, ttl_ms=ttl_ms
+                owner=identity, entry=entry, params=upstream_params, era=era, origin=origin, ttl_ms=ttl_ms
             )
 
         if mode == "create":
@@ -382,7 +382,7 @@ class ToolCalls:
         if mode == "create" and self.runner is not None:
             # Asked for a task: the task is created, and completed with that same answer.
             record = self.runner.new_record(
-                owner=request.identity.name,
+                owner=request.identity,
                 entry=entry,
                 params=message.params,
                 era="modern" if modern else "legacy",

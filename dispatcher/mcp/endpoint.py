@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions
+
 from edgefleet.dispatcher.mcp.calls import ToolCalls
 from edgefleet.dispatcher.mcp.features import Features
 from edgefleet.dispatcher.mcp.legacy import LegacyEra
@@ -45,6 +47,7 @@ from edgefleet.shared.errors import (
     NotAcceptable,
     RateLimited,
     SessionRequired,
+    StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
@@ -127,6 +130,12 @@ class MCPEndpoint:
                     else []
                 )
                 await respond(tracked, exc.http_status, jsonrpc.error_body(request_id, exc), headers=extra)
+        except redis.exceptions.RedisError as exc:  # sessions, tasks: what needs Redis says so while it is away
+            if not tracked.started:
+                error = StoreUnavailable(f"Redis cannot be asked right now ({type(exc).__name__}); retry shortly.")
+                await respond(
+                    tracked, error.http_status, jsonrpc.error_body(None, error), headers=[(b"retry-after", b"1")]
+                )
         except Exception:  # a bug must not take the dispatcher down or leak a traceback
             log.exception("unhandled error on /mcp")
             if not tracked.started:

@@ -9,6 +9,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
+import redis.exceptions
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +35,7 @@ from edgefleet.shared.errors import (
     NotFound,
     RateLimited,
     RegistrationError,
+    StoreUnavailable,
     Unauthorized,
 )
 from edgefleet.shared.models import Heartbeat, RegisterRequest
@@ -87,6 +89,13 @@ def build_api(
             scope=exc.data.get("scope"),
         )
 
+    @api.exception_handler(redis.exceptions.RedisError)
+    async def _store_error(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        # Registry, heartbeats, tasks and the audit reader live in Redis: while it is away
+        # they say so (503, retry), rather than a 500 with a traceback.
+        error = StoreUnavailable(f"Redis cannot be asked right now ({type(exc).__name__}: {exc}); retry shortly.")
+        return JSONResponse(error.to_rest(), status_code=error.http_status, headers={"retry-after": "1"})
+
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
@@ -131,14 +140,27 @@ def build_api(
 
     @api.get("/readyz")
     async def readyz() -> Response:
-        if not fleet.synced.is_set() or not fleet.registry_ok:
+        """Ready = this dispatcher can serve calls from a catalog that holds the fleet: the
+        registry was read, and every agent it saw within a day has a warm replica here (or
+        EDGEFLEET_READY_WAIT_S passed since the start). Once ready, it stays ready while
+        Redis is away: calls to known tools keep working on the direct path, and a load
+        balancer must not drop every dispatcher at once; "registry" says so, for alerts."""
+        registry = "ok" if fleet.registry_ok else "unreachable"
+        if not fleet.loaded.is_set():
             return JSONResponse(
-                {"status": "not ready", "registry": fleet.registry_ok, "synced": fleet.synced.is_set()}, status_code=503
+                {
+                    "status": "not ready",
+                    "registry": registry,
+                    "synced": fleet.synced.is_set(),
+                    "waiting_for": sorted(fleet.waiting_for),
+                },
+                status_code=503,
             )
         warming = [r.id for r in fleet.replicas.values() if not r.warm]
         return JSONResponse(
             {
                 "status": "ready",
+                "registry": registry,
                 "replicas": len(fleet.replicas),
                 "warming": warming,
                 "tools": len(fleet.catalog.entries),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,9 @@ class RouteOrder:
     caller_region: str | None  # where the caller is (or is nearest to); None = unknown
     reason: str  # network | private-db | geoip | hint | default
     address: str | None
-    only: bool = False  # the caller restricted the call to these regions (X-Edge-Region: ...;only)
+    # Served in these regions and nowhere else: the caller asked (X-Edge-Region: ...;only), or
+    # its identity is bound to regions (``Router.restricted``). Every path honours it.
+    only: bool = False
     # A replica asked for by id, tried first while it is admitted: the one that minted the
     # requestState an input_required retry carries (servers may only accept their own).
     affinity: str | None = None
@@ -62,17 +65,15 @@ class Router:
         self, peer: str | None, headers: dict[str, str], fleet_regions: frozenset[str], allowed: tuple[str, ...] = ()
     ) -> RouteOrder:
         """The regions a caller's request tries, nearest first; ``allowed`` (a caller bound to
-        regions) keeps only those, whatever the caller's location or hint says."""
+        regions) keeps only those, whatever the caller's location says; a hint may narrow them further,
+        never widen them (``restricted``)."""
         address = client_address(peer, headers, self.trusted, self.forwarded_header)
         location = self.locator.locate(address)
         order = self._geo_order(location, fleet_regions)
         hint = headers.get(HEADER_REGION_HINT) if self.allow_hint else None
         if hint:
             order = self._hinted(hint, order, fleet_regions)
-        if allowed:
-            regions = tuple(r for r in order.regions if r in allowed) or allowed
-            order = dataclasses.replace(order, regions=regions, only=True)
-        return order
+        return self.restricted(order, allowed)
 
     def _geo_order(self, location: Location, fleet_regions: frozenset[str]) -> RouteOrder:
         if location.region is not None:
@@ -111,11 +112,25 @@ class Router:
         regions = tuple(dict.fromkeys(wanted)) if only else tuple(dict.fromkeys((*wanted, *order.regions)))
         return RouteOrder(regions, order.caller_region, "hint", order.address, only=only)
 
+    @staticmethod
+    def restricted(order: RouteOrder, regions: Collection[str]) -> RouteOrder:
+        """``order`` narrowed to ``regions`` (an identity bound to regions is served only
+        there), nearest first; regions the order did not list (not in the fleet yet) stay
+        allowed, after the others. An order already limited by the caller (``;only``) is
+        never widened: its intersection may be empty, and then no replica qualifies."""
+        if not regions:
+            return order
+        allowed = tuple(r for r in order.regions if r in regions)
+        if not order.only:
+            allowed += tuple(r for r in dict.fromkeys(regions) if r not in allowed)
+        return dataclasses.replace(order, regions=allowed, only=True)
+
     def candidates(self, entry: ToolEntry, order: RouteOrder) -> list[Replica]:
-        """Admitted replicas of ``entry``: nearest region first, ranked by policy inside it."""
+        """Admitted replicas of ``entry``: nearest region first, ranked by policy inside it;
+        for an order that is ``only`` some regions, replicas in those regions alone."""
         by_region = entry.by_region
-        if len(by_region) == 1 and order.reason != "hint":
-            # One region (the common small fleet): no ordering to do.
+        if len(by_region) == 1 and not order.only:
+            # One region (the common small fleet) and no restriction: no ordering to do.
             (replicas,) = by_region.values()
             out = self.rank([r for r in replicas if r.admits()])
         else:

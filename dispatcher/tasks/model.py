@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from edgefleet.dispatcher.security.auth import Identity
+
 WORKING = "working"
 INPUT_REQUIRED = "input_required"
 COMPLETED = "completed"
@@ -64,10 +66,19 @@ class TaskRecord:
     region: str | None = None
     replica: str | None = None
     attempts: int = 1
+    # The owner's restriction when the task was made (its identity's regions and tool
+    # allowlist; empty = none): whoever runs the task again (recovery after a dispatcher
+    # died) is held to it, since the credential itself is gone by then.
+    regions: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def identity(self) -> Identity:
+        """The owner as far as running its call again needs: name, tools and regions."""
+        return Identity(self.owner, tools=self.tools, regions=self.regions, method="task")
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskRecord:
@@ -97,6 +108,8 @@ class TaskRecord:
             region=text(b"region") or None,
             replica=text(b"replica") or None,
             attempts=int(raw.get(b"attempts", 1)),
+            regions=tuple(r for r in (text(b"regions") or "").split(",") if r),
+            tools=tuple(_json(raw.get(b"tools")) or ()),
         )
 
     def to_hash(self) -> dict[str, str | bytes | int]:
@@ -119,6 +132,10 @@ class TaskRecord:
             fields["message"] = self.message
         if self.runner:
             fields["runner"] = self.runner
+        if self.regions:
+            fields["regions"] = ",".join(self.regions)  # region names never hold a comma
+        if self.tools:
+            fields["tools"] = orjson.dumps(list(self.tools))
         return fields
 
     # -- wire forms --------------------------------------------------------------------

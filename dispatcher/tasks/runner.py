@@ -160,8 +160,17 @@ class TaskRunner:
 
     # -- creating tasks ----------------------------------------------------------------
     def new_record(
-        self, *, owner: str, entry: ToolEntry, params: dict[str, Any], era: str, origin: str, ttl_ms: int | None = None
+        self,
+        *,
+        owner: Identity,
+        entry: ToolEntry,
+        params: dict[str, Any],
+        era: str,
+        origin: str,
+        ttl_ms: int | None = None,
     ) -> TaskRecord:
+        """A task for ``owner``'s call, carrying its restriction (regions, tools) for whoever
+        runs the call again."""
         now = now_ms()
         max_ttl = int(self.settings.task_max_ttl_s * 1000)
         ttl = (
@@ -176,7 +185,9 @@ class TaskRunner:
         request["name"] = entry.public_name
         return TaskRecord(
             id=new_task_id(),
-            owner=owner,
+            owner=owner.name,
+            regions=tuple(owner.regions),
+            tools=tuple(owner.tools),
             tool=entry.public_name,
             status=WORKING,
             created_ms=now,
@@ -491,7 +502,7 @@ class TaskRunner:
     async def _sweep_loop(self) -> None:
         # Recovering needs the catalog: wait (bounded) until this dispatcher knows the fleet.
         with contextlib.suppress(asyncio.TimeoutError):
-            await self.fleet.wait_warm(timeout=10.0)
+            await self.fleet.wait_loaded(timeout=self.settings.ready_wait_s + 10.0)
         while True:
             try:
                 await self.sweep()
@@ -542,8 +553,10 @@ class TaskRunner:
                 {k: v for k, v in record.request.items() if k in ("arguments", "_meta")}, record.id
             )
             params["name"] = entry.upstream_name
-            order = self.router.order(None, {}, self.fleet.regions)
-            self._spawn(record, entry, params, order)
+            # Held to its owner's restriction, as the first run was: a region-bound key's
+            # task runs again only in its regions (or fails there), never where it happens to fit.
+            order = self.router.order(None, {}, self.fleet.regions, allowed=record.regions)
+            self._spawn(record, entry, params, order, record.identity())
             return
         if entry is None:
             error: EdgefleetError = AgentUnavailable(

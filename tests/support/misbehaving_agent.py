@@ -12,6 +12,7 @@ tools are reachable over the direct path and over the bus like any agent's.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -58,7 +59,37 @@ TOOLS = [
     },
     {"name": "blob", "description": "An answer of about `size` bytes (no outputSchema).", "inputSchema": BLOB_INPUT},
     {"name": "blob_bus", "description": "blob, over the bus.", "inputSchema": BLOB_INPUT, "_meta": BUS},
+    {
+        "name": "deep",
+        "description": "A result whose structuredContent nests `depth` arrays (written by hand: orjson stops at 254).",
+        "inputSchema": {"type": "object", "properties": {"depth": {"type": "integer", "minimum": 1}}},
+    },
 ]
+# A wide or fat tool list on request (issue 16: one agent with 100,000 tools, ~12 MB of
+# tools/list, took the fleet down): MISBEHAVING_EXTRA_TOOLS=N adds N small tools,
+# MISBEHAVING_SCHEMA_BYTES=N one tool whose definition is about N bytes.
+EXTRA_TOOLS = int(os.environ.get("MISBEHAVING_EXTRA_TOOLS", "0"))
+SCHEMA_BYTES = int(os.environ.get("MISBEHAVING_SCHEMA_BYTES", "0"))
+TOOLS += [
+    {
+        "name": f"tool_{i:06d}",
+        "description": f"Extra tool number {i}, here to make the list long.",
+        "inputSchema": {"type": "object", "properties": {"x": {"type": "integer"}}},
+    }
+    for i in range(EXTRA_TOOLS)
+]
+if SCHEMA_BYTES:
+    TOOLS.append(
+        {
+            "name": "fat",
+            "description": "A tool with a large schema.",
+            "inputSchema": {
+                "type": "object",
+                "properties": {"x": {"type": "string", "description": "d" * SCHEMA_BYTES}},
+            },
+        }
+    )
+TOOLS_LIST = orjson.dumps(TOOLS)  # encoded once: answering tools/list must not be this agent's bottleneck
 WEATHER = {"good": {"celsius": 21.5, "conditions": "sunny"}, "wrong_type": {"celsius": "hot", "conditions": "sunny"}}
 PIECE = 4096
 # A "forever" stream still ends: a leftover agent process must not stream for hours.
@@ -148,6 +179,17 @@ async def tools_call(call: Call, request_id: Any, params: dict[str, Any]) -> Non
                 response(request_id, {"content": [{"type": "text", "text": "x" * size}]}),
                 chunked=bool(arguments.get("chunked")),
             )
+    elif name == "deep":
+        depth = int(arguments.get("depth", 1))
+        await call.json(
+            b'{"jsonrpc":"2.0","id":'
+            + orjson.dumps(request_id)
+            + b',"result":{"resultType":"complete","content":[{"type":"text","text":"deep"}],"structuredContent":'
+            + b'{"deep":'
+            + b"[" * depth
+            + b"]" * depth
+            + b"}}}"
+        )
     else:
         await call.json(
             orjson.dumps(
@@ -214,7 +256,10 @@ async def answer(call: Call, request_id: Any, method: Any, params: dict[str, Any
             "serverInfo": {"name": "misbehaving", "version": "1.0.0"},
         }
     elif method == "tools/list":
-        result = {"tools": TOOLS}
+        await call.json(
+            b'{"jsonrpc":"2.0","id":' + orjson.dumps(request_id) + b',"result":{"tools":' + TOOLS_LIST + b"}}"
+        )
+        return
     elif method == "ping":
         result = {}
     else:

@@ -124,11 +124,33 @@ headers = st.dictionaries(
     header_values,
     max_size=6,
 )
+
+
+def _deep_call(tool: str, depth: int) -> bytes:
+    """A tools/call (2026 era) with ``depth`` nested arrays in its arguments: directly, or in
+    a fan-out sub-call's arguments."""
+    deep = "[" * depth + "]" * depth
+    arguments = f'{{"text":"x","deep":{deep}}}'
+    if tool == "edgefleet.fanout":
+        arguments = f'{{"calls":[{{"tool":"echo.echo","arguments":{arguments}}}]}}'
+    meta = json.dumps(META)
+    return (
+        f'{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments},'
+        f'"_meta":{meta}}}}}'
+    ).encode()
+
+
+DEEP_HEADERS = {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}
+
+
 bodies = st.one_of(
     envelope.map(lambda e: json.dumps(e).encode()),
     st.lists(envelope, max_size=3).map(lambda b: json.dumps(b).encode()),  # batches
     st.binary(max_size=200),  # bad UTF-8 and garbage
     st.integers(min_value=1, max_value=400).map(lambda d: b"[" * d + b"]" * d),  # deep nesting
+    st.tuples(st.sampled_from(["echo.echo", "edgefleet.fanout"]), st.integers(min_value=1, max_value=1023)).map(
+        lambda t: _deep_call(*t)  # deeply nested arguments in an otherwise good call
+    ),
     st.just(
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo.echo","arguments":{"text":'
         + b'"x' * 10
@@ -211,6 +233,32 @@ def test_hostile_rest_requests_never_get_a_500(fuzz_fleet: Fleet, http: httpx.Cl
     def one(path: str, method: str, body: bytes, token: str | None) -> None:
         sent = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
         _check(http.request(method, fuzz_fleet.url + path, content=body, headers=sent), (method, path, body[:100]))
+
+    one()
+
+
+def test_deeply_nested_arguments_are_refused_clearly_on_every_path(fuzz_fleet: Fleet, http: httpx.Client) -> None:
+    """Issue 16, item 8: 1,000 levels of arguments were an HTTP 500 ("This is a bug in
+    edgefleet") on the direct path and in a fan-out: orjson could read them but not write
+    them again. Every depth gets an answer below 500; too deep is -32602 nesting_too_deep."""
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(tool=st.sampled_from(["echo.echo", "edgefleet.fanout"]), depth=st.integers(min_value=1, max_value=1023))
+    def one(tool: str, depth: int) -> None:
+        sent = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {KEY}",
+            "mcp-name": tool,
+            **DEEP_HEADERS,
+        }
+        resp = http.post(fuzz_fleet.mcp_url, content=_deep_call(tool, depth), headers=sent)
+        _check(resp, (tool, depth))
+        if depth > 200:
+            error = resp.json()["error"]
+            assert resp.status_code == 400 and error["code"] == -32602, resp.text[:300]
+            # Past orjson's own 1024 levels the id cannot be read: the answer has none.
+            assert error["data"]["code"] == "nesting_too_deep" and resp.json().get("id", 1) == 1
 
     one()
 

@@ -209,3 +209,19 @@ async def test_a_task_whose_answer_breaks_the_rules_fails_with_the_same_errors(c
             await legacy_result(client, bad.task_id)
         assert refused.value.error.code == -31007 and "structuredContent/celsius" in refused.value.error.message
         assert (await legacy_get(client, bad.task_id)).status == "failed"
+
+
+def test_an_answer_nested_too_deep_to_write_again_is_refused_not_a_500(checked_fleet: Fleet) -> None:
+    """A fan-out writes its sub-results again, inside a few levels of its own: a sub-result
+    nested deeper than that allows (orjson writes 254 levels) broke the whole answer (HTTP
+    500); it is now that sub-task's invalid_tool_result. A direct call is relayed as the
+    agent's bytes, unparsed, whatever their depth."""
+    deep = {"depth": 600}
+    resp, answer = call(checked_fleet.mcp_url, "misbehaving.deep", deep)
+    assert resp.content.count(b"[") == 601 and answer["result"]["content"][0]["text"] == "deep"
+    fanned = {"calls": [{"tool": "misbehaving.deep", "arguments": deep}, {"tool": "misbehaving.deep"}]}
+    _, answer = call(checked_fleet.mcp_url, "edgefleet.fanout", fanned)
+    too_deep, shallow = answer["result"]["structuredContent"]["results"]
+    assert too_deep["status"] == "error" and too_deep["error"]["data"]["code"] == "invalid_tool_result", too_deep
+    assert "nest" in too_deep["error"]["message"] and shallow["status"] == "ok"
+    assert "Traceback" not in checked_fleet.dispatchers[0][1].output()

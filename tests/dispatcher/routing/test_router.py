@@ -1,5 +1,6 @@
 """Caller address, location and region order: the routing decision without any I/O."""
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -163,3 +164,32 @@ def test_candidates_walk_regions_nearest_first_and_skip_ejected_replicas() -> No
     assert [c.id for c in r.candidates(entry, order)] == ["eu-2", "eu-1", "us-1"]  # type: ignore[arg-type]
     only_ap = r.order(None, {"x-edge-region": "ap-southeast;only"}, THREE)
     assert r.candidates(entry, only_ap) == []  # type: ignore[arg-type]
+
+
+def test_an_order_restricted_to_regions_never_yields_a_replica_elsewhere() -> None:
+    """Issue 16, item 1: a single-region tool was served outside a region-bound key's
+    regions because the one-region shortcut looked at the reason, not at ``only``."""
+    r = router()
+    us_only = SimpleNamespace(by_region={"us-east": [_replica("us-1", "us-east")]})
+    # What the endpoint makes of an eu-west-bound key's call (the reason stays "default").
+    bound = dataclasses.replace(r.order("127.0.0.1", {}, THREE), regions=("eu-west",), only=True)
+    assert r.candidates(us_only, bound) == []  # type: ignore[arg-type]
+    # Unrestricted, the shortcut still serves the one region there is.
+    assert [c.id for c in r.candidates(us_only, r.order("127.0.0.1", {}, THREE))] == ["us-1"]  # type: ignore[arg-type]
+
+
+def test_a_restriction_keeps_the_nearest_first_order_and_never_widens_a_hint() -> None:
+    r = router()
+    order = r.order("127.0.0.1", {}, THREE)  # eu-west, us-east, ap-southeast
+    bound = r.restricted(order, ("eu-west",))
+    assert bound.only and bound.regions == ("eu-west",) and bound.reason == "default"
+    assert r.restricted(order, ("ap-southeast", "us-east")).regions == ("us-east", "ap-southeast")
+    assert r.restricted(order, ()) is order  # no restriction
+    # A region the identity may use that the fleet does not serve yet stays allowed (last).
+    assert r.restricted(order, ("sa-east", "eu-west")).regions == ("eu-west", "sa-east")
+    # X-Edge-Region: us-east;only from an eu-west-bound caller: nowhere, not eu-west.
+    hinted = r.order(None, {"x-edge-region": "us-east;only"}, THREE)
+    assert r.restricted(hinted, ("eu-west",)).regions == ()
+    assert r.restricted(r.order(None, {"x-edge-region": "us-east,eu-west;only"}, THREE), ("eu-west",)).regions == (
+        "eu-west",
+    )

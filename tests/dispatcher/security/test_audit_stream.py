@@ -4,6 +4,7 @@ tail`, and never holding a credential or (unless configured) an argument value."
 
 from __future__ import annotations
 
+import base64
 import json
 import select
 import subprocess
@@ -281,3 +282,36 @@ def test_audit_tail_prints_and_follows_for_operators_only(audited: Fleet) -> Non
     finally:
         follow.terminate()
         follow.wait(10)
+
+
+FORGED = "x\n2026-01-01T00:00:00.000Z call root admin.delete ok\x1b[31m red \x9b2J\u202eevil"
+
+
+def test_audit_tail_escapes_what_a_client_wrote(audited: Fleet) -> None:
+    """Issue 16, item 10: a tool name with a newline and ANSI escapes printed as a forged
+    audit line with live colours. Human output escapes it; --json is JSON as before."""
+    first = audited.dispatchers[0][0]
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": FORGED, "arguments": {}, "_meta": META},
+    }
+    encoded = "=?base64?" + base64.b64encode(FORGED.encode()).decode() + "?="  # a header cannot hold it as it is
+    headers = {**MODERN, "mcp-method": "tools/call", "mcp-name": encoded, "authorization": f"Bearer {ROOT}"}
+    refused = httpx.post(first + "/mcp", json=body, headers=headers, timeout=30).json()
+    assert refused["error"]["data"]["code"] == "unknown_tool", refused
+    _find(audited, lambda e: e["event"] == "call" and e.get("tool") == FORGED, "the forged call")
+    cli = [sys.executable, "-m", "edgefleet.dispatcher", "audit", "tail", "--url", first, "--token", audited.token]
+    out = subprocess.run([*cli, "-n", "500", "--event", "call"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (line,) = [line for line in out.stdout.splitlines() if "admin.delete" in line]  # one line, not two
+    assert " call root x\\n2026-01-01T00:00:00.000Z call root admin.delete ok\\x1b[31m red \\x9b2J\\u202eevil" in line
+    assert not any(c in out.stdout for c in ("\x1b", "\x9b", "\u202e", "\r"))
+    as_json = subprocess.run([*cli, "-n", "500", "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert any(e.get("tool") == FORGED for e in events)
+    # The dispatcher's own text log wrote the refused name on one line too.
+    log = audited.dispatchers[0][1].output()
+    assert "\x1b[31m" not in log and "\u202e" not in log
+    assert not any(line.startswith("2026-01-01T00:00:00.000Z call") for line in log.splitlines())

@@ -53,6 +53,24 @@ async def test_create_get_and_wire_forms(store: TaskStore) -> None:
     assert await store.get("x" * 500) is None
 
 
+async def test_a_record_keeps_its_owners_restriction_past_its_end(store: TaskStore) -> None:
+    """Whoever runs a task again has only the record: it carries the owner's regions and
+    tool allowlist, and they stay when the request's arguments are dropped at the end."""
+    r = record()
+    r.regions, r.tools = ("eu-west", "us-east"), ("text.*", "edgefleet.fanout")
+    await store.create(r)
+    await store.transition(r.id, COMPLETED, result={"content": []})
+    got = await store.get(r.id)
+    assert got is not None and got.regions == ("eu-west", "us-east") and got.tools == ("text.*", "edgefleet.fanout")
+    identity = got.identity()
+    assert identity.name == "alice" and identity.regions == ("eu-west", "us-east") and identity.may_call("text.stats")
+    assert not identity.may_call("data.query")
+    unbound = record()
+    await store.create(unbound)
+    found = await store.get(unbound.id)
+    assert found is not None and found.regions == () and found.tools == () and found.identity().may_call("x.y")
+
+
 async def test_transitions_follow_the_spec_and_terminal_is_final(store: TaskStore) -> None:
     r = record()
     await store.create(r)

@@ -1,0 +1,126 @@
+"""Slow clients cannot hold a dispatcher's connections (issue 16, slowloris): a request's
+head and body have deadlines, and connections past the cap are turned away at once. Real
+dispatcher processes; the clients are raw sockets sending a header line at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.fleet import Fleet
+
+pytestmark = pytest.mark.integration
+
+
+async def _slow_head(port: int, every_s: float, cap_s: float) -> tuple[float, bytes]:
+    """Send a request head one header line every ``every_s`` and never finish it; how long
+    until the server closed the connection (``cap_s`` if it did not), and what it said."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    said = b""
+    try:
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+        line = 0
+        while time.monotonic() - started < cap_s:
+            try:
+                data = await asyncio.wait_for(reader.read(4096), every_s)
+            except TimeoutError:
+                line += 1
+                writer.write(f"X-Slow-{line}: a\r\n".encode())
+                continue
+            if not data:
+                return time.monotonic() - started, said
+            said += data
+        return cap_s, said
+    except ConnectionError:
+        return time.monotonic() - started, said
+    finally:
+        writer.close()
+
+
+async def _slow_body(port: int, every_s: float, cap_s: float) -> tuple[float, bytes]:
+    """A complete head announcing 1,000 bytes of body, then one byte every ``every_s``."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    said = b""
+    try:
+        writer.write(
+            b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\naccept: application/json\r\n"
+            b"mcp-protocol-version: 2026-07-28\r\ncontent-length: 1000\r\n\r\n{"
+        )
+        while time.monotonic() - started < cap_s:
+            try:
+                data = await asyncio.wait_for(reader.read(4096), every_s)
+            except TimeoutError:
+                writer.write(b" ")
+                continue
+            if not data:
+                return time.monotonic() - started, said
+            said += data
+        return cap_s, said
+    except ConnectionError:
+        return time.monotonic() - started, said
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def bare(redis_url: str, redis_prefix: str) -> Iterator[Fleet]:
+    fleet = Fleet(redis_url, redis_prefix)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+async def test_slow_heads_and_bodies_are_cut_off_at_their_deadlines(bare: Fleet) -> None:
+    fleet = bare
+    url = fleet.start_dispatcher(header_timeout_s=1.5, body_timeout_s=2.0)
+    port = int(url.rsplit(":", 1)[1])
+    heads = [asyncio.create_task(_slow_head(port, 0.3, 15)) for _ in range(100)]
+    bodies = [asyncio.create_task(_slow_body(port, 0.3, 15)) for _ in range(20)]
+    await asyncio.sleep(0.5)
+    async with httpx.AsyncClient() as client:  # meanwhile, a normal client is served
+        assert (await client.get(url + "/healthz", timeout=5)).status_code == 200
+    # An idle kept-alive connection is not a slow head: its next request may come later.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for pause in (0.0, 2.5):
+        await asyncio.sleep(pause)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+        await reader.readexactly(length)
+    writer.close()
+    for lived, said in await asyncio.gather(*heads):
+        assert 1.4 <= lived < 3.0, lived  # it used to stay open until the client gave up
+        assert said.startswith(b"HTTP/1.1 408 ")
+    for lived, said in await asyncio.gather(*bodies):
+        assert 2.0 <= lived < 4.0, lived
+        assert b" 500 " not in said
+    assert "Traceback" not in fleet.dispatchers[-1][1].output()
+
+
+async def test_connections_past_the_cap_are_turned_away_at_once(bare: Fleet) -> None:
+    url = bare.start_dispatcher(max_connections=40, header_timeout_s=30)
+    port = int(url.rsplit(":", 1)[1])
+    holders = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+    try:
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        said = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert said.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in said
+        assert time.monotonic() - started < 1.0
+    finally:
+        for _, holder in holders:
+            holder.close()
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient() as client:  # room again
+        assert (await client.get(url + "/healthz", timeout=5)).status_code == 200

@@ -191,6 +191,7 @@ class Dispatcher:
             StateSources(
                 replicas=self.fleet.replica_states,
                 pool=self.pool.connection_counts,
+                stale_resends=self.pool.stale_resends,
                 cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
                 catalog_tools=lambda: len(self.fleet.catalog.entries),
                 refused=[lambda: dict(self.limits.refused), lambda: {"open_tasks": self.tasks.refused_open}],

@@ -32,6 +32,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── ToolConflict                tool_conflict         -31409  409
     │   ├── AgentUrlForbidden           agent_url_forbidden   -31423  422
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
+    │   ├── AgentAnswerTooLarge         agent_answer_too_large -31426 422
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
     │   └── RunNotFound                 run_not_found         -31405  404
@@ -279,6 +280,16 @@ class NamespaceForbidden(RegistrationError):
     jsonrpc_code = -31425
     http_status = 403
     hint = "This agent credential is bound to another agent name: an agent registers tools only in its own namespace."
+
+
+class AgentAnswerTooLarge(RegistrationError):
+    code = "agent_answer_too_large"
+    jsonrpc_code = -31426
+    http_status = 422
+    hint = (
+        "The agent answered a discovery request (server/discover, initialize, tools/list) with more bytes than "
+        "EDGEFLEET_MAX_AGENT_ANSWER_BYTES; it was not read further."
+    )
 
 
 class AgentUnreachable(RegistrationError):

@@ -31,7 +31,14 @@ from edgefleet.dispatcher.http1.errors import (
     RequestNotSent,
     ResponseTimeout,
 )
-from edgefleet.dispatcher.http1.pool import Headers, PeerCheck, Resolver, UpstreamPool, system_resolver
+from edgefleet.dispatcher.http1.pool import (
+    Headers,
+    PeerCheck,
+    Resolver,
+    UpstreamPool,
+    header_lines,
+    system_resolver,
+)
 from edgefleet.dispatcher.http1.response import Response
 
 __all__ = [
@@ -54,5 +61,6 @@ __all__ = [
     "Response",
     "ResponseTimeout",
     "UpstreamPool",
+    "header_lines",
     "system_resolver",
 ]

@@ -15,7 +15,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from edgefleet.dispatcher.http1.connection import Connection, Limits
@@ -463,6 +463,13 @@ class UpstreamPool:
                 oldest = idle[0].idle_since
         if oldest is not None:
             self._sweeper = self.loop.call_later(oldest + self.idle_timeout_s - now, self._sweep)
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``name: value\r\n`` lines, checked as ``request`` checks header pairs (no CR, LF or
+    NUL, a token for a name, none of the headers the pool writes itself): build them once
+    and pass the bytes as ``headers`` to skip the check per request."""
+    return b"".join(_header_line(name, value) for name, value in headers)
 
 
 def _header_line(name: bytes, value: bytes) -> bytes:

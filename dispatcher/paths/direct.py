@@ -286,6 +286,15 @@ class DirectPath:
                         verdict = True
                         self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
                         raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                    if 300 <= resp.status < 400:
+                        # Never followed (an agent must not send us elsewhere); nor processed.
+                        verdict = True
+                        self.fleet.report_failure(replica, f"HTTP {resp.status} (a redirect)", trial=trial)
+                        raise _NotStarted(
+                            UpstreamError(
+                                f"replica {replica.id} answered HTTP {resp.status} (a redirect, never followed)"
+                            )
+                        )
                     if resp.status >= 500:
                         verdict = True
                         self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)

@@ -543,3 +543,28 @@ async def test_a_replica_whose_address_became_forbidden_gets_nothing(harness: Ha
     with pytest.raises(AgentUnavailable, match="outside EDGEFLEET_AGENT_NETWORKS"):
         await harness.call([a], idempotent=True)
     assert RECEIVED == [] and not a.breaker.admits()
+
+
+async def test_a_redirect_answer_to_a_call_is_never_followed(harness: Harness) -> None:
+    elsewhere: list[int] = []
+
+    async def target(writer: asyncio.StreamWriter) -> None:
+        elsewhere.append(1)
+
+    server, target_url = await serve(target)
+    harness.servers.append(server)
+
+    async def redirects(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: " + target_url.encode() + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+
+    a = await harness.replica(redirects, "eu-west")
+    b = await harness.replica(answers(json_answer({"content": [], "isError": False})), "us-east")
+    sent = await harness.call([a, b], idempotent=False)  # a redirect means "not processed here"
+    assert answer_of(sent)["result"]["isError"] is False
+    assert elsewhere == [] and a.breaker.consecutive == 1
+    with pytest.raises(AgentUnavailable, match="HTTP 307"):
+        await harness.call([a], idempotent=False)
+    assert elsewhere == []

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from edgefleet.dispatcher import config_file, warmup
+from edgefleet.dispatcher import config_file, http1, warmup
 from edgefleet.dispatcher.builtins import fanout, pipelines
 from edgefleet.dispatcher.builtins.invoker import Invoker
 from edgefleet.dispatcher.fleet.admission import admit
@@ -66,7 +66,8 @@ class Dispatcher:
     """All components of one dispatcher process, wired here and only here (each gets what it
     needs in its constructor); constructing it does no I/O."""
 
-    def __init__(self, settings: DispatcherSettings) -> None:
+    def __init__(self, settings: DispatcherSettings, *, resolver: http1.Resolver | None = None) -> None:
+        """``resolver``: host names of agents to addresses (the system's by default)."""
         if not settings.fleet_token.get_secret_value():
             raise ConfigError("EDGEFLEET_FLEET_TOKEN is required: agents present it to register.")
         self.settings = settings
@@ -91,7 +92,7 @@ class Dispatcher:
                 health_check_interval=10,
             )
         )
-        self.pool = UpstreamPool(settings)
+        self.pool = UpstreamPool(settings, resolver=resolver)
         self.fleet = Fleet(
             settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica
         )

@@ -130,7 +130,7 @@ class AgentAddressRules:
         why = self.problem(ip)
         if why is not None:
             raise AgentUrlForbidden(
-                f"The connection to the agent reached {why}; nothing was sent "
+                f"The connection to the agent reached {ip}, and {why}; nothing was sent "
                 "(did its host name start resolving elsewhere?).",
                 data={"address": ip},
             )

@@ -444,11 +444,13 @@ class ReplicaClient:
         self, method: str, key: str, *, timeout: float = 5.0, limit: int = 10_000
     ) -> list[dict[str, Any]]:
         """Every item of a paged list (``prompts/list`` -> ``prompts``...), at most ``limit``
-        items and 100 pages: whatever a server says, what it costs us is bounded."""
+        items, 100 pages, and the byte limit of one answer for all pages together: whatever
+        a server says, what it costs us is bounded."""
         items: list[dict[str, Any]] = []
         cursor: str | None = None
+        budget = _Budget(self.pool.max_answer_bytes, f"{method} (all pages together)")
         for _ in range(100):
-            result = await self.rpc(method, {"cursor": cursor} if cursor else {}, timeout=timeout)
+            result = await self.rpc(method, {"cursor": cursor} if cursor else {}, timeout=timeout, budget=budget)
             found = result.get(key)
             items.extend(item for item in (found if isinstance(found, list) else []) if isinstance(item, dict))
             if len(items) >= limit:

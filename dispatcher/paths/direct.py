@@ -3,9 +3,16 @@ the answer (a JSON body, or an SSE stream of progress/log notifications and the 
 chunk by chunk.
 
 Failover rules (docs/architecture.md, principle 4): a call that provably
-never reached a replica (connection refused, connect timeout, 502/503 from it) moves to
-the next candidate; a call that may have started is retried elsewhere only for tools that
-declare ``idempotentHint``, otherwise the caller gets ``outcome_unknown``.
+never reached a replica (connection refused, connect timeout, the keep-alive race, 502/503
+or a redirect from it, an address the agent rules refuse) moves to the next candidate; a
+call that may have started is retried elsewhere only for tools that declare
+``idempotentHint``, otherwise the caller gets ``outcome_unknown``. The http1 client's errors
+say which of the two happened (``http1.RequestNotSent`` / ``http1.RequestMaybeSent``).
+
+Hung replicas: a stopped process's kernel still takes connections and requests, so each
+call asks for ``Expect: 100-continue``; a replica that has answered with ``100 Continue``
+before must do so again within ``EDGEFLEET_ATTEMPT_TIMEOUT_S`` (the time to start reading
+the call, not to answer it: SDK agents answer JSON only when the tool is done).
 
 Answers pass the result checks (``paths.checks``) before they are relayed.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from edgefleet.dispatcher import config_file, warmup
+from edgefleet.dispatcher import config_file, http1, warmup
 from edgefleet.dispatcher.builtins import fanout, pipelines
 from edgefleet.dispatcher.builtins.invoker import Invoker
 from edgefleet.dispatcher.fleet.admission import admit
@@ -69,7 +69,8 @@ class Dispatcher:
     """All components of one dispatcher process, wired here and only here (each gets what it
     needs in its constructor); constructing it does no I/O."""
 
-    def __init__(self, settings: DispatcherSettings) -> None:
+    def __init__(self, settings: DispatcherSettings, *, resolver: http1.Resolver | None = None) -> None:
+        """``resolver``: host names of agents to addresses (the system's by default)."""
         if not settings.fleet_token.get_secret_value():
             raise ConfigError("EDGEFLEET_FLEET_TOKEN is required: agents present it to register.")
         self.settings = settings
@@ -94,7 +95,7 @@ class Dispatcher:
                 health_check_interval=10,
             )
         )
-        self.pool = UpstreamPool(settings)
+        self.pool = UpstreamPool(settings, resolver=resolver)
         self.fleet = Fleet(
             settings, self.redis, self.pool, on_warm=self._exercise_replica, on_leave=self._forget_replica
         )
@@ -191,7 +192,9 @@ class Dispatcher:
         )
         self.features = Features(settings, self.fleet, self.router, self.paths, self.request_states)
         # Long-lived streams to agents (listen relays, resource watches) on their own client.
-        self.stream_client = StreamClient(settings.connect_timeout_s)
+        self.stream_client = StreamClient(
+            settings.connect_timeout_s, resolver=self.pool.resolver, check_peer=self.pool.check_peer
+        )
         self.subscriptions = Subscriptions(
             settings, self.fleet, self.router, self.features, self.sessions, self.redis, keys, self.stream_client
         )
@@ -210,6 +213,7 @@ class Dispatcher:
             StateSources(
                 replicas=self.fleet.replica_states,
                 pool=self.pool.connection_counts,
+                stale_resends=self.pool.stale_resends,
                 cache=lambda: (self.cache.hits, self.cache.misses, len(self.cache.entries)),
                 catalog_tools=lambda: len(self.fleet.catalog.entries),
                 refused=[

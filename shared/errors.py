@@ -38,6 +38,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
     │   ├── TooManyTools                too_many_tools        -31427  422
     │   ├── ToolTooLarge                tool_too_large        -31428  422
+    │   ├── AgentAnswerTooLarge         agent_answer_too_large -31426 422
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
     │   └── RunNotFound                 run_not_found         -31405  404
@@ -335,6 +336,16 @@ class ToolTooLarge(RegistrationError):
     code = "tool_too_large"
     jsonrpc_code = -31428
     hint = "A tool's definition is larger than EDGEFLEET_MAX_SCHEMA_BYTES; trim its schema, or raise the limit."
+
+
+class AgentAnswerTooLarge(RegistrationError):
+    code = "agent_answer_too_large"
+    jsonrpc_code = -31426
+    http_status = 422
+    hint = (
+        "The agent answered a discovery request (server/discover, initialize, tools/list) with more bytes than "
+        "EDGEFLEET_MAX_AGENT_ANSWER_BYTES; it was not read further."
+    )
 
 
 class AgentUnreachable(RegistrationError):

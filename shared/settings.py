@@ -249,6 +249,17 @@ class DispatcherSettings(BaseSettings):
         description="A pipeline step whose dispatcher stops heartbeating this long is taken over by another "
         "(idempotent tools) or fails as outcome_unknown.",
     )
+    # -- what the dispatcher accepts from agents, and how long it waits for them ------------
+    max_agent_answer_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest answer read from an agent outside tool calls: server/discover, initialize, probes, each tools/list page and all pages of one listing together (agent_answer_too_large above).",
+    )
+    attempt_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description="A replica that has not started reading a call after this long (no 100 Continue) counts as hung: the attempt ends, idempotent tools go to another replica, others get outcome_unknown. Bounds only replicas seen to send 100 Continue, never how long a tool works (0: off).",
+    )
     oauth_authorization_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Authorization server URLs named in /.well-known/oauth-protected-resource (comma-separated).",

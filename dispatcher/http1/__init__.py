@@ -16,6 +16,7 @@ Self-contained on purpose: nothing here imports the rest of the dispatcher.
 """
 
 from edgefleet.dispatcher.http1.errors import (
+    AcceptTimeout,
     BodyTooLarge,
     ClosedBeforeRequest,
     ConnectFailed,
@@ -30,10 +31,18 @@ from edgefleet.dispatcher.http1.errors import (
     RequestNotSent,
     ResponseTimeout,
 )
-from edgefleet.dispatcher.http1.pool import Headers, PeerCheck, UpstreamPool
+from edgefleet.dispatcher.http1.pool import (
+    Headers,
+    PeerCheck,
+    Resolver,
+    UpstreamPool,
+    header_lines,
+    system_resolver,
+)
 from edgefleet.dispatcher.http1.response import Response
 
 __all__ = [
+    "AcceptTimeout",
     "BodyTooLarge",
     "ClosedBeforeRequest",
     "ConnectFailed",
@@ -48,7 +57,10 @@ __all__ = [
     "RemoteProtocolError",
     "RequestMaybeSent",
     "RequestNotSent",
+    "Resolver",
     "Response",
     "ResponseTimeout",
     "UpstreamPool",
+    "header_lines",
+    "system_resolver",
 ]

@@ -12,6 +12,12 @@ chunk extension that never ends fails at max_header_bytes + one network read. Bo
 not yet taken are capped by pausing the transport at ``high_water`` (so at most
 high_water + one network read are held).
 
+Two timers per exchange, both optional: ``head_timeout_s`` until the final response head,
+``accept_timeout_s`` until the first head of any kind. A request sent with ``Expect:
+100-continue`` makes a live server (uvicorn, Go, Node, aiohttp) answer ``100 Continue`` as
+soon as its application starts reading it, so the accept timer tells a stopped or hung
+replica from one that is merely slow to answer, without bounding how long the work takes.
+
 The keep-alive race, and when a retry is safe
 ---------------------------------------------
 A server closes an idle keep-alive connection (its timeout, a restart) at the moment we
@@ -42,6 +48,7 @@ from typing import cast
 import httptools
 
 from edgefleet.dispatcher.http1.errors import (
+    AcceptTimeout,
     ClosedBeforeRequest,
     ConnectionLost,
     HeadersTooLarge,
@@ -96,6 +103,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_accept_timer",
         "_acked_base",
         "_limits",
         "_loop",
@@ -120,6 +128,7 @@ class Connection(asyncio.Protocol):
         "idle_since",
         "in_flight",
         "informational",
+        "interim",
         "on_close",
         "paused",
         "peer",
@@ -139,6 +148,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._accept_timer: asyncio.TimerHandle | None = None
         self._acked_base: int | None = None
         self._sent = 0
         self._sent_before = 0
@@ -161,6 +171,7 @@ class Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.header_count = 0
         self.informational = False
+        self.interim: tuple[int, ...] = ()
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -273,6 +284,8 @@ class Connection(asyncio.Protocol):
                 self.fail(RemoteProtocolError("the replica switched protocols (unsolicited 101)"))
                 raise _Stop
             self.informational = True  # 100/103: skip it, the real head follows
+            self.interim += (status,)
+            self._cancel_accept_timer()  # the replica is reading the request: it is alive
             self.headers = {}
             self.raw_headers = []
             return
@@ -309,8 +322,11 @@ class Connection(asyncio.Protocol):
         self._finish(reusable=self._parser.should_keep_alive())
 
     # -- used by the pool and the response -------------------------------------------
-    def send(self, data: bytes, head_timeout_s: float | None, head_only: bool) -> None:
-        """Write one request; the head is awaited with ``wait``."""
+    def send(
+        self, data: bytes, head_timeout_s: float | None, head_only: bool, accept_timeout_s: float | None = None
+    ) -> None:
+        """Write one request; the head is awaited with ``wait``. ``accept_timeout_s`` bounds
+        the time to the first response head, interim (``100 Continue``) or final."""
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
             raise ClosedBeforeRequest("the replica closed the connection while it was idle (nothing was sent)")
@@ -322,6 +338,8 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         if head_timeout_s is not None:
             self._timer = self._loop.call_later(head_timeout_s, self._head_timed_out, head_timeout_s)
+        if accept_timeout_s is not None:
+            self._accept_timer = self._loop.call_later(accept_timeout_s, self._accept_timed_out, accept_timeout_s)
 
     async def wait(self) -> None:
         """Until something changes: head, body bytes, end, or an error."""
@@ -399,10 +417,20 @@ class Connection(asyncio.Protocol):
         self._timer = None
         self.fail(ResponseTimeout(f"no response head from the replica within {after:g} s"))
 
+    def _accept_timed_out(self, after: float) -> None:
+        self._accept_timer = None
+        self.fail(AcceptTimeout(f"the replica did not start reading the request within {after:g} s (no 100 Continue)"))
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._cancel_accept_timer()
+
+    def _cancel_accept_timer(self) -> None:
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+            self._accept_timer = None
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -13,6 +13,8 @@ could the replica have acted on the request?
     ├── RequestMaybeSent         the replica may have received, even finished, the request:
     │   │                        only idempotent tools may be retried elsewhere
     │   ├── ResponseTimeout      no complete response head within head_timeout_s
+    │   │   └── AcceptTimeout    no response head at all, not even an interim
+    │   │                        100 Continue, within accept_timeout_s
     │   ├── ConnectionLost       closed or reset after the request may have arrived,
     │   │                        or in the middle of the response body
     │   └── RemoteProtocolError  an answer that is not HTTP/1.x (garbage, HTTP/0.9, bad
@@ -66,6 +68,11 @@ class RequestMaybeSent(HTTP1Error):
 
 class ResponseTimeout(RequestMaybeSent):
     """The response head did not arrive within ``head_timeout_s`` of writing the request."""
+
+
+class AcceptTimeout(ResponseTimeout):
+    """No response head at all, interim (``100 Continue``) or final, within ``accept_timeout_s``
+    of writing the request: the replica has not even started to read it (hung, stopped)."""
 
 
 class ConnectionLost(RequestMaybeSent):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
+import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from edgefleet.dispatcher.http1.connection import Connection, Limits
@@ -33,6 +35,16 @@ Headers = Sequence[tuple[bytes, bytes]] | bytes
 PeerCheck = Callable[[str], None]
 """Called with the IP address a new connection reached; raising refuses it."""
 
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""Host name and port -> the IP addresses to try, in order (``system_resolver`` by default)."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses the system resolver (getaddrinfo) gives for ``host``, in its order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
@@ -51,6 +63,7 @@ class _Origin:
         "host",
         "host_line",
         "idle",
+        "literal",
         "name",
         "pool",
         "port",
@@ -64,6 +77,11 @@ class _Origin:
         self.host = host
         self.port = port
         self.ssl = context
+        try:
+            ipaddress.ip_address(host)
+            self.literal = True  # an IP address: nothing to resolve
+        except ValueError:
+            self.literal = False
         default = 443 if context is not None else 80
         authority = f"[{host}]" if ":" in host else host
         if port != default:
@@ -128,36 +146,52 @@ class _Origin:
             await self._wait_for_slot(deadline)
 
     async def connect(self, check_peer: PeerCheck | None) -> Connection:
-        """Open one connection (checked out to the caller)."""
+        """Open one connection (checked out to the caller): resolve the host name with the
+        pool's resolver (within the connect timeout) and try its addresses in order."""
         pool = self.pool
-        conn = Connection(pool.loop, pool.limits, track_acks=self.ssl is None)
-        conn.on_close = self.drop
+        conn: Connection | None = None
         self.connecting += 1
-        opened = False
         try:
             async with asyncio.timeout(pool.connect_timeout_s):
-                await pool.loop.create_connection(
-                    lambda: conn,
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                )
-            opened = True
+                addresses = [self.host] if self.literal else await pool.resolver(self.host, self.port)
+                if not addresses:
+                    raise OSError(f"{self.host!r} resolves to no address")
+                failure: OSError | None = None
+                for address in addresses:
+                    try:
+                        conn = await self._open(address)
+                    except OSError as exc:
+                        failure = failure or exc
+                        continue
+                    break
+                if conn is None:
+                    assert failure is not None
+                    raise failure
         except TimeoutError:
             raise ConnectTimeout(f"no connection to {self.name} within {pool.connect_timeout_s:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
             raise ConnectFailed(f"cannot connect to {self.name}: {type(exc).__name__}: {exc}") from exc
         finally:
             self.connecting -= 1
-            if not opened:
+            if conn is None:
                 self._wake_one()  # a slot is free again: a queued caller may connect
+        conn.on_close = self.drop
         self.conns.add(conn)
+        if conn.closed:  # closed by the replica before we got here: its on_close was not set yet
+            self.drop(conn)
+            raise ClosedBeforeRequest(f"{self.name} closed the connection as soon as it opened")
         if self.closed:
             self.drop(conn)
             raise PoolClosed(f"the pool for {self.name} is closed")
         if check_peer is not None:
             self._check(conn, check_peer)
+        return conn
+
+    async def _open(self, address: str) -> Connection:
+        conn = Connection(self.pool.loop, self.pool.limits, track_acks=self.ssl is None)
+        await self.pool.loop.create_connection(
+            lambda: conn, address, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+        )
         return conn
 
     def release(self, conn: Connection) -> None:
@@ -238,8 +272,9 @@ class UpstreamPool:
 
     ``max_per_origin`` connections at most per origin (callers queue beyond that, up to
     ``acquire_timeout_s`` if set); a connection must open within ``connect_timeout_s``;
-    idle ones close after ``idle_timeout_s``. ``https`` origins use ``ssl_context`` (made
-    once per pool if not given). Response heads are bounded by ``max_header_bytes`` and
+    idle ones close after ``idle_timeout_s``. Host names are resolved by ``resolver`` (the
+    system's getaddrinfo by default) when a connection opens, and its addresses tried in
+    order. ``https`` origins use ``ssl_context`` (made once per pool if not given). Response heads are bounded by ``max_header_bytes`` and
     ``max_headers``; unread body bytes by ``high_water`` (reading pauses beyond it).
     Use from one event loop.
     """
@@ -255,6 +290,7 @@ class UpstreamPool:
         max_header_bytes: int = 64 * 1024,
         max_headers: int = 100,
         high_water: int = 256 * 1024,
+        resolver: Resolver | None = None,
     ) -> None:
         if max_per_origin < 1:
             raise ValueError("max_per_origin must be at least 1")
@@ -263,6 +299,7 @@ class UpstreamPool:
         self.idle_timeout_s = idle_timeout_s
         self.acquire_timeout_s = acquire_timeout_s
         self.limits = Limits(max_header_bytes, max_headers, high_water)
+        self.resolver: Resolver = resolver or system_resolver
         self._ssl = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._by_url: dict[str, _Origin] = {}
@@ -287,6 +324,7 @@ class UpstreamPool:
         body: bytes = b"",
         *,
         head_timeout_s: float | None = None,
+        accept_timeout_s: float | None = None,
         check_peer: PeerCheck | None = None,
     ) -> Response:
         """Send one request to the origin of ``url`` (its path is ignored; ``path`` is the
@@ -295,8 +333,11 @@ class UpstreamPool:
         ``headers`` must not include Host, Content-Length, Transfer-Encoding or Connection:
         the pool writes Host and Content-Length itself. ``head_timeout_s`` bounds the time
         from writing the request to a complete response head; the whole exchange is bounded
-        by the caller (``asyncio.timeout``). ``check_peer`` sees the IP address of every
-        connection before a request of this caller is written on it.
+        by the caller (``asyncio.timeout``). ``accept_timeout_s`` bounds the time to the
+        first head, interim or final: with ``Expect: 100-continue`` among ``headers`` a live
+        server answers ``100 Continue`` as soon as it starts reading the request, however
+        long the answer then takes (``AcceptTimeout``). ``check_peer`` sees the IP address
+        of every connection before a request of this caller is written on it.
 
         Raises a ``RequestNotSent`` (safe to retry anywhere), a ``RequestMaybeSent``, or
         whatever ``check_peer`` raised. A reused connection found closed before the replica
@@ -309,7 +350,7 @@ class UpstreamPool:
         while True:
             conn = await origin.acquire(check_peer, fresh)
             try:
-                conn.send(data, head_timeout_s, head_only)
+                conn.send(data, head_timeout_s, head_only, accept_timeout_s)
                 while not conn.head_done:
                     if conn.error is not None:
                         raise conn.error
@@ -422,6 +463,13 @@ class UpstreamPool:
                 oldest = idle[0].idle_since
         if oldest is not None:
             self._sweeper = self.loop.call_later(oldest + self.idle_timeout_s - now, self._sweep)
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """``name: value\r\n`` lines, checked as ``request`` checks header pairs (no CR, LF or
+    NUL, a token for a name, none of the headers the pool writes itself): build them once
+    and pass the bytes as ``headers`` to skip the check per request."""
+    return b"".join(_header_line(name, value) for name, value in headers)
 
 
 def _header_line(name: bytes, value: bytes) -> bytes:

@@ -31,15 +31,27 @@ class Response:
 
     ``headers`` maps lower-cased names to values, repeated fields joined with ``b", "``;
     ``raw_headers`` keeps every field apart, in order. ``content_length`` is None for
-    chunked or close-delimited bodies.
+    chunked or close-delimited bodies. ``interim`` lists the statuses of the interim (1xx)
+    heads that came first, e.g. ``(100,)`` after an ``Expect: 100-continue`` request.
     """
 
-    __slots__ = ("_conn", "_error", "_owner", "_pending", "content_length", "headers", "raw_headers", "status")
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_owner",
+        "_pending",
+        "content_length",
+        "headers",
+        "interim",
+        "raw_headers",
+        "status",
+    )
 
     def __init__(self, owner: ConnectionOwner, conn: Connection) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self.raw_headers = conn.raw_headers
+        self.interim = conn.interim
         length = conn.headers.get(b"content-length")
         # The parser already rejected malformed or conflicting lengths, and chunked wins.
         self.content_length = int(length) if length is not None and b"transfer-encoding" not in conn.headers else None

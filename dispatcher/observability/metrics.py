@@ -57,6 +57,7 @@ class StateSources:
 
     replicas: Callable[[], Iterable[ReplicaState]] = lambda: ()
     pool: Callable[[], tuple[int, int]] = lambda: (0, 0)  # idle, active connections
+    stale_resends: Callable[[], int] = lambda: 0  # requests resent after the keep-alive race
     cache: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # hits, misses, entries
     catalog_tools: Callable[[], int] = lambda: 0
     refused: list[Callable[[], dict[str, int]]] = field(default_factory=list)  # requests refused by a limit, by scope
@@ -216,6 +217,12 @@ class _StateCollector(Collector):
         pool.add_metric(["idle"], idle)
         pool.add_metric(["active"], active)
         yield pool
+        yield CounterMetricFamily(
+            "edgefleet_upstream_stale_resends",
+            "Requests resent on a fresh connection because the replica had just closed the idle one "
+            "they were written on (the keep-alive race; provably never received).",
+            value=self.sources.stale_resends(),
+        )
         hits, misses, entries = self.sources.cache()
         lookups = CounterMetricFamily(
             "edgefleet_cache_requests", "Result-cache lookups (hit | miss).", labels=["result"]

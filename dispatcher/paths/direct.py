@@ -3,32 +3,47 @@ the answer (a JSON body, or an SSE stream of progress/log notifications and the 
 chunk by chunk.
 
 Failover rules (docs/architecture.md, principle 4): a call that provably
-never reached a replica (connection refused, connect timeout, 502/503 from it) moves to
-the next candidate; a call that may have started is retried elsewhere only for tools that
-declare ``idempotentHint``, otherwise the caller gets ``outcome_unknown``.
+never reached a replica (connection refused, connect timeout, the keep-alive race, 502/503
+or a redirect from it, an address the agent rules refuse) moves to the next candidate; a
+call that may have started is retried elsewhere only for tools that declare
+``idempotentHint``, otherwise the caller gets ``outcome_unknown``. The http1 client's errors
+say which of the two happened (``http1.RequestNotSent`` / ``http1.RequestMaybeSent``).
+
+Hung replicas: a stopped process's kernel still takes connections and requests, so each
+call asks for ``Expect: 100-continue``; a replica that has answered with ``100 Continue``
+before must do so again within ``EDGEFLEET_ATTEMPT_TIMEOUT_S`` (the time to start reading
+the call, not to answer it: SDK agents answer JSON only when the tool is done).
 
 Answers pass the result checks (``paths.checks``) before they are relayed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from edgefleet.dispatcher import http1
 from edgefleet.dispatcher.fleet.upstream import capability_key
 from edgefleet.dispatcher.paths.answer import Answer, fail, json_into_stream
 from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.shared import jsonrpc, sse, telemetry
 from edgefleet.shared.constants import HEADER_TIMEOUT
-from edgefleet.shared.errors import AgentUnavailable, EdgefleetError, OutcomeUnknown, UpstreamError, UpstreamTimeout
+from edgefleet.shared.errors import (
+    AgentUnavailable,
+    AgentUrlForbidden,
+    EdgefleetError,
+    OutcomeUnknown,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.fleet import Fleet
@@ -44,6 +59,7 @@ _tracer = telemetry.tracer("edgefleet.dispatcher")
 _ERROR_MARKERS = (b'"error"', b'"isError"')
 # Upstream statuses that mean "not processed": safe to send elsewhere.
 NOT_PROCESSED_STATUSES = frozenset({502, 503})
+_TIMEOUT_LINE = HEADER_TIMEOUT.encode() + b": %d\r\n"
 
 
 class DirectPath:
@@ -51,6 +67,7 @@ class DirectPath:
         self.fleet = fleet
         self.router = router
         self.checks = checks
+        self.attempt_timeout_s = fleet.settings.attempt_timeout_s
 
     async def call(self, call: ToolCall, answer: Answer, *, replicas: list[Replica] | None = None) -> None:
         """Forward the call and relay its answer into ``answer``.
@@ -100,7 +117,11 @@ class DirectPath:
                 await self._fail(
                     call,
                     answer,
-                    OutcomeUnknown(data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message}),
+                    OutcomeUnknown(
+                        f"{exc.error.message}: after the call was sent, so {entry.public_name} may or may not have "
+                        "run. It was not retried because the tool does not declare idempotentHint.",
+                        data={"tool": entry.public_name, "replica": replica.id, "cause": exc.error.message},
+                    ),
                 )
                 return
         if time.monotonic() >= deadline:
@@ -172,8 +193,11 @@ class DirectPath:
         extra_headers: dict[str, str] | None,
         route: Route,
     ) -> None:
+        """One attempt on one replica, bounded by the call's remaining ``timeout`` (the
+        agent is told it too) and, until the replica starts reading, by the accept timeout."""
         entry, obs = call.entry, call.obs
         client = replica.client
+        pool = self.fleet.pool
         legacy = upstream_session(call, client)
         session_id: str | None = None
         if legacy is not None:
@@ -185,19 +209,27 @@ class DirectPath:
                 raise _NotStarted(
                     UpstreamError(f"no 2025-era session with replica {replica.id}: {exc.message}")
                 ) from None
-        headers = client.call_headers(call.method, call.name or None, session=session_id)
         route.session = session_id
-        if extra_headers:
-            headers.update(extra_headers)
-        # Deadline propagation: the agent stops working on a call nobody waits for any more.
-        headers[HEADER_TIMEOUT] = str(max(1, int(timeout * 1000)))
         rename: _IdRename | None = None
         if session_id is not None:
             # Clients share our upstream sessions with a 2025-era server: two clients'
             # "id": 1 in flight at once would cross. Send a unique id, map it back.
             rename = _IdRename(call.request_id)
             body = rename.outgoing(body)
-        session = self.fleet.pool.session
+        # Ask for a 100 Continue (the replica is alive and reading) unless it never sends one;
+        # only a replica known to send them is held to the accept timeout.
+        expect = self.attempt_timeout_s > 0 and client.continues is not False
+        accept_timeout = self.attempt_timeout_s if expect and client.continues else None
+        try:
+            # Deadline propagation: the agent stops working on a call nobody waits for any more.
+            head = client.call_head(call.method, call.name or None, session=session_id, expect_continue=expect)
+            headers = head + _TIMEOUT_LINE % max(1, int(timeout * 1000))
+            if extra_headers:
+                headers += http1.header_lines(
+                    [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers.items()]
+                )
+        except ValueError as exc:
+            raise _NotStarted(UpstreamError(f"cannot send the call to replica {replica.id}: {exc}")) from None
         breaker = replica.breaker
         trial = breaker.begin()
         if trial is None:  # ejected since the candidates were listed, or its one trial is taken
@@ -206,64 +238,102 @@ class DirectPath:
         verdict = False
         sent_at = time.perf_counter()
         upstream = "error"
+        relay: _Relay | None = None
         try:
-            try:
-                resp = await session.post(
-                    replica.record.url, data=body, headers=headers, timeout=self.fleet.pool.timeout(timeout)
-                )
-            except aiohttp.ConnectionTimeoutError:
-                upstream = "connect_error"
-                verdict = True
-                self.fleet.report_failure(replica, "connect timed out", decisive=True, trial=trial)
-                raise _NotStarted(UpstreamError(f"connecting to replica {replica.id} timed out")) from None
-            except aiohttp.ClientConnectorError as exc:
-                upstream = "connect_error"
-                verdict = True
-                self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
-                raise _NotStarted(
-                    UpstreamError(f"cannot connect to replica {replica.id}: {exc.strerror or exc}")
-                ) from None
-            except TimeoutError:
-                upstream = "timeout"
-                # The deadline of a slow tool is not the replica's fault: no health penalty,
-                # but the time it sat there counts in its latency (a hung replica gets costly).
-                replica.observe_latency((time.perf_counter() - sent_at) * 1000)
-                raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
-            except aiohttp.ClientError as exc:
-                verdict = True
-                self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}", trial=trial)
-                raise _MaybeStarted(
-                    UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")
-                ) from None
-            try:
-                if resp.status == 404 and legacy is not None:
-                    # The upstream forgot our session (it restarted): the next try opens a new one.
-                    client.forget_session(legacy)
-                    raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
-                if resp.status in NOT_PROCESSED_STATUSES:
-                    verdict = True
-                    self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
-                    raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
-                if resp.status >= 500:
-                    verdict = True
-                    self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
-                    raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
-                latency = time.perf_counter() - sent_at
-                replica.observe_latency(latency * 1000)
-                upstream = "ok"
-                if obs is not None and obs.metrics is not None:
-                    obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(
-                        latency
+            async with asyncio.timeout(timeout):
+                try:
+                    resp = await pool.calls.request(
+                        replica.record.url,
+                        b"POST",
+                        client.target,
+                        headers,
+                        body,
+                        accept_timeout_s=accept_timeout,
+                        check_peer=pool.check_peer,
                     )
-                verdict = True
-                self.fleet.report_success(replica, trial=trial)
-                relay = _Relay(call, replica, answer, route, self.checks, rename)
-                if resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    await relay.stream(resp)
-                else:
-                    await relay.json(resp)
-            finally:
-                resp.release()
+                except http1.ConnectFailed as exc:  # refused, unreachable, connect timeout, TLS
+                    upstream = "connect_error"
+                    verdict = True
+                    self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
+                    raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc}")) from None
+                except http1.RequestNotSent as exc:  # closed before the request; our pool full or closed
+                    upstream = "connect_error"
+                    raise _NotStarted(UpstreamError(f"replica {replica.id} was not sent the call: {exc}")) from None
+                except AgentUrlForbidden as exc:  # its name now resolves somewhere agents may not be
+                    upstream = "connect_error"
+                    verdict = True
+                    log.error("replica %s refused before sending: %s", replica.id, exc.message)
+                    self.fleet.report_failure(replica, exc.message, decisive=True, trial=trial)
+                    raise _NotStarted(UpstreamError(f"replica {replica.id}: {exc.message}")) from None
+                except http1.AcceptTimeout:
+                    upstream = "timeout"
+                    verdict = True
+                    replica.observe_latency((time.perf_counter() - sent_at) * 1000)
+                    self.fleet.report_failure(
+                        replica, f"hung: did not start reading a call within {self.attempt_timeout_s:g} s", trial=trial
+                    )
+                    raise _MaybeStarted(
+                        UpstreamError(
+                            f"replica {replica.id} did not start reading the call within "
+                            f"{self.attempt_timeout_s:g} s (EDGEFLEET_ATTEMPT_TIMEOUT_S): hung or stopped"
+                        )
+                    ) from None
+                except http1.RequestMaybeSent as exc:
+                    verdict = True
+                    self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}", trial=trial)
+                    raise _MaybeStarted(
+                        UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")
+                    ) from None
+                try:
+                    if resp.status == 404 and legacy is not None:
+                        # The upstream forgot our session (it restarted): the next try opens a new one.
+                        client.forget_session(legacy)
+                        raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
+                    if resp.status in NOT_PROCESSED_STATUSES:
+                        verdict = True
+                        self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
+                        raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                    if 300 <= resp.status < 400:
+                        # Never followed (an agent must not send us elsewhere); nor processed.
+                        verdict = True
+                        self.fleet.report_failure(replica, f"HTTP {resp.status} (a redirect)", trial=trial)
+                        raise _NotStarted(
+                            UpstreamError(
+                                f"replica {replica.id} answered HTTP {resp.status} (a redirect, never followed)"
+                            )
+                        )
+                    if resp.status >= 500:
+                        verdict = True
+                        self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
+                        raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                    if expect and resp.status < 300:
+                        client.learn_continue(bool(resp.interim))
+                    latency = time.perf_counter() - sent_at
+                    replica.observe_latency(latency * 1000)
+                    upstream = "ok"
+                    if obs is not None and obs.metrics is not None:
+                        obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(
+                            latency
+                        )
+                    verdict = True
+                    self.fleet.report_success(replica, trial=trial)
+                    relay = _Relay(call, replica, answer, route, self.checks, rename)
+                    if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+                        await relay.stream(resp)
+                    else:
+                        await relay.json(resp)
+                finally:
+                    resp.release()  # a response not received whole drops its connection: the agent stops
+        except TimeoutError:
+            # The call's deadline, not the replica, ended it: no health penalty, but the time it
+            # sat there counts in its latency (a hung replica gets costly for the balancer).
+            if relay is not None and relay.answered:
+                await answer.close_stream()  # the caller has its answer; what followed is dropped
+                return
+            if upstream != "ok":
+                upstream = "timeout"
+                replica.observe_latency((time.perf_counter() - sent_at) * 1000)
+            raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
         finally:
             replica.inflight -= 1
             if not verdict:
@@ -276,7 +346,7 @@ class _Relay:
     """One attempt's answer on its way to the caller: size counted, result checked,
     outcome classified for the call's observation."""
 
-    __slots__ = ("call", "replica", "answer", "route", "checks", "rename", "schema")
+    __slots__ = ("answer", "answered", "call", "checks", "rename", "replica", "route", "schema")
 
     def __init__(
         self,
@@ -294,23 +364,25 @@ class _Relay:
         self.checks = checks
         self.rename = rename
         self.schema = checks.has_schema(call.entry)
+        self.answered = False  # the call's response reached the caller (a break after it is no failure)
 
     async def refuse(self, error: EdgefleetError) -> None:
         if self.call.obs is not None:
             self.call.obs.failed(error)
         await fail(self.answer, self.call.request_id, error)
 
-    async def json(self, resp: aiohttp.ClientResponse) -> None:
+    async def json(self, resp: http1.Response) -> None:
         try:
-            data = await _read_limited(resp, self.checks.limit)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Refused by its Content-Length unread, else counted as it arrives; the connection
+            # is dropped past the limit (the transfer and the agent's work stop, nothing drains).
+            data = await resp.read(self.checks.limit)
+        except http1.BodyTooLarge:
+            await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
+            return
+        except http1.HTTP1Error as exc:
             raise _MaybeStarted(
                 UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")
             ) from None
-        except _TooLarge:
-            resp.close()  # stop the transfer (and the agent's work) rather than drain it
-            await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
-            return
         if self.rename is not None:
             data = self.rename.incoming(data)
         obs = self.call.obs
@@ -333,20 +405,19 @@ class _Relay:
         else:
             await self.answer.send_json(200 if resp.status < 400 else resp.status, data, self.route)
 
-    async def stream(self, resp: aiohttp.ClientResponse) -> None:
+    async def stream(self, resp: http1.Response) -> None:
         """Relay the agent's SSE event by event (never half an event, so a retry after a
         break starts on a clean line); a stream that breaks or ends before the answer is a
         _MaybeStarted (retried for idempotent tools, else outcome_unknown). A stream that
         grows past the size limit (progress included) is cut off."""
         splitter = sse.Splitter()
-        answered = False
         received = 0
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk := await resp.next_chunk():
                 received += len(chunk)
                 if received > self.checks.limit:
                     resp.close()  # the agent's handler stops when its connection goes
-                    if answered:
+                    if self.answered:
                         break  # the caller has its answer; whatever follows it is dropped
                     await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
                     return
@@ -355,13 +426,13 @@ class _Relay:
                     continue
                 if self.rename is not None:
                     events = self.rename.incoming(events)
-                if not answered:
-                    answered, accepted = await self._accept(events)
+                if not self.answered:
+                    self.answered, accepted = await self._accept(events)
                     if not accepted:
                         return
                 await self._forward(events)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if not answered:
+        except http1.HTTP1Error as exc:
+            if not self.answered:
                 raise _MaybeStarted(
                     UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")
                 ) from None
@@ -369,13 +440,13 @@ class _Relay:
             last = splitter.rest()  # a last event without its blank line
             if self.rename is not None and last:
                 last = self.rename.incoming(last)
-            if not answered and last:
-                answered, accepted = await self._accept(last)
+            if not self.answered and last:
+                self.answered, accepted = await self._accept(last)
                 if not accepted:
                     return
-                if answered:
+                if self.answered:
                     await self._forward(last)
-            if not answered:
+            if not self.answered:
                 raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} ended its stream without an answer"))
         await self.answer.close_stream()
 
@@ -440,26 +511,6 @@ def _response_in(events: bytes) -> dict[str, Any] | None:
     if b'"id"' not in events:
         return None
     return next((m for m in sse.messages(events) if jsonrpc.is_response(m)), None)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or _TooLarge as soon as it is known to exceed ``limit`` (from its
-    Content-Length, else from the bytes read so far: never more than the limit + a chunk)."""
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise _TooLarge
-        return await resp.read()
-    body = bytearray()
-    async for chunk in resp.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
 
 
 class _IdRename:

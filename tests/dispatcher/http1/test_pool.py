@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from edgefleet.dispatcher.http1 import (
+    AcceptTimeout,
     BodyTooLarge,
+    ConnectFailed,
     ConnectionLost,
     PoolClosed,
     PoolTimeout,
@@ -421,3 +423,95 @@ async def test_urls_are_origins(replica: UvicornServer) -> None:
                 await pool.request(bad, "GET", "/")
     finally:
         await pool.aclose()
+
+
+# -- Expect: 100-continue and the accept timeout ---------------------------------------------
+CONTINUE = [*JSON, (b"expect", b"100-continue")]
+
+
+async def test_a_live_server_accepts_at_once_however_long_it_then_takes(replica: UvicornServer) -> None:
+    """uvicorn answers 100 Continue when the application starts reading the request: the
+    accept timer stops there, and a slow answer is not cut off by it."""
+    pool = UpstreamPool()
+    try:
+        resp = await pool.request(replica.url, "POST", "/slow?s=0.5", CONTINUE, b"{}", accept_timeout_s=0.2)
+        assert resp.status == 200 and resp.interim == (100,)
+        assert await resp.read() == b"slow"
+        # Without the expectation nothing interim comes, and the answer is the same.
+        resp = await pool.request(replica.url, "POST", "/slow?s=0.01", JSON, b"{}")
+        assert resp.interim == () and await resp.read() == b"slow"
+    finally:
+        await pool.aclose()
+
+
+async def test_the_accept_timeout_ends_an_attempt_nobody_reads() -> None:
+    """A stopped process: its kernel completes the connection and takes the request, but
+    no byte of an answer ever comes."""
+    got: list[bytes] = []
+
+    async def stopped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await read_request(reader))
+        await reader.read()
+
+    pool = UpstreamPool()
+    async with RawServer(stopped) as server:
+        started = time.monotonic()
+        with pytest.raises(AcceptTimeout) as caught:
+            await pool.request(server.url, "POST", "/mcp", CONTINUE, b"{}", accept_timeout_s=0.2, head_timeout_s=30)
+        assert 0.2 <= time.monotonic() - started < 2
+        assert isinstance(caught.value, ResponseTimeout) and isinstance(caught.value, RequestMaybeSent)
+        assert b"expect: 100-continue" in got[0]
+        assert pool.counts() == (0, 0)
+    await pool.aclose()
+
+
+async def test_an_interim_head_stops_only_the_accept_timer(replica: UvicornServer) -> None:
+    pool = UpstreamPool()
+    try:
+        with pytest.raises(ResponseTimeout) as caught:
+            await pool.request(replica.url, "POST", "/wait", CONTINUE, b"{}", accept_timeout_s=0.2, head_timeout_s=0.6)
+        assert not isinstance(caught.value, AcceptTimeout)
+    finally:
+        await pool.aclose()
+
+
+# -- name resolution -------------------------------------------------------------------------
+async def test_host_names_go_through_the_resolver_and_its_addresses_are_tried_in_order(
+    app: ReplicaApp, replica: UvicornServer
+) -> None:
+    # The replica listens on 127.0.0.1 only: 127.0.0.2 and .3 refuse its port.
+    asked: list[tuple[str, int]] = []
+    seen: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return ["127.0.0.2", "127.0.0.3"] if host == "nowhere.test" else ["127.0.0.3", "127.0.0.1"]
+
+    pool = UpstreamPool(resolver=resolver)
+    try:
+        url = f"http://replica.test:{replica.port}"
+        resp = await pool.request(url, "POST", "/echo", JSON, b"{}", check_peer=seen.append)
+        echoed = orjson.loads(await resp.read())
+        assert ["host", f"replica.test:{replica.port}"] in echoed["headers"]  # the name, not the address
+        assert asked == [("replica.test", replica.port)] and seen == ["127.0.0.1"]  # 127.0.0.3 refused it
+        with pytest.raises(ConnectFailed):
+            await pool.request(f"http://nowhere.test:{replica.port}", "GET", "/echo")
+        # IP literals are not resolved at all.
+        await (await pool.request(replica.url, "POST", "/echo", JSON, b"{}")).read()
+        assert len(asked) == 2
+    finally:
+        await pool.aclose()
+
+
+async def test_a_name_that_does_not_resolve_was_never_sent() -> None:
+    async def nothing(host: str, port: int) -> list[str]:
+        return []
+
+    pool = UpstreamPool(resolver=nothing)
+    with pytest.raises(ConnectFailed, match="resolves to no address") as caught:
+        await pool.request("http://gone.test:80", "GET", "/")
+    assert isinstance(caught.value, RequestNotSent) and pool.counts() == (0, 0)
+    pool = UpstreamPool()
+    with pytest.raises(ConnectFailed):
+        await pool.request("http://name-that-does-not-exist.invalid:80", "GET", "/")
+    await pool.aclose()

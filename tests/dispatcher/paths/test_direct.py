@@ -5,6 +5,7 @@ edge cases are pinned down without timing luck."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,13 +27,15 @@ from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.direct import DirectPath
 from edgefleet.dispatcher.paths.dispatch import CallPaths
 from edgefleet.dispatcher.routing.router import Router
+from edgefleet.dispatcher.security.agent_urls import AgentAddressRules
 from edgefleet.shared.constants import META_EDGE_CACHE_TTL
-from edgefleet.shared.errors import InvalidToolResult, ResultTooLarge
+from edgefleet.shared.errors import AgentUnavailable, InvalidToolResult, OutcomeUnknown, ResultTooLarge
 from edgefleet.shared.models import ReplicaRecord
 from edgefleet.shared.settings import DispatcherSettings
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 RECEIVED: list[bytes] = []  # request bodies the scripted servers got
+HEADS: list[bytes] = []  # and their heads
 
 PROGRESS = b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\r\n\r\n'
 RESULT = b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}\r\n\r\n'
@@ -59,6 +62,7 @@ async def serve(script: Script) -> tuple[asyncio.AbstractServer, str]:
         HANDLERS.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            HEADS.append(head)
             length = next(
                 (
                     int(line.split(b":")[1])
@@ -88,7 +92,8 @@ class Harness:
         self.router = Router(self.settings, [])
         self.checks = ResultChecks(self.settings.max_result_bytes, self.settings.validate_results)
         self.cache = ResultCache(100)
-        self.paths = CallPaths(DirectPath(self.fleet, self.router, self.checks), None, self.cache)
+        self.direct = DirectPath(self.fleet, self.router, self.checks)
+        self.paths = CallPaths(self.direct, None, self.cache)
         self.servers: list[asyncio.AbstractServer] = []
         self.captured: bytes | None = None  # what the result cache kept of the last call
         self.relaying = asyncio.Event()  # set once a body chunk reached the client
@@ -244,8 +249,6 @@ async def test_an_empty_stream_gives_a_proper_error_response(harness: Harness) -
         await writer.drain()
 
     a = await harness.replica(empty, "eu-west")
-    from edgefleet.shared.errors import OutcomeUnknown
-
     with pytest.raises(OutcomeUnknown):  # nothing was sent yet: the endpoint answers with a JSON error
         await harness.call([a], idempotent=False)
 
@@ -443,3 +446,125 @@ async def test_a_stream_growing_past_the_limit_ends_with_result_too_large_inside
     assert len(stream) < 4096 + 1024, "relayed no more than the limit (plus the error event)"
     assert harness.captured is None and (obs.outcome, obs.code) == ("error", "result_too_large")
     await asyncio.wait_for(stopped.wait(), 5)
+
+
+# -- hung replicas: the accept timeout (Expect: 100-continue) ----------------------------------
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def stopped(writer: asyncio.StreamWriter) -> None:
+    """A SIGSTOPped agent: its kernel took the request, nothing ever answers."""
+    await asyncio.sleep(30)
+
+
+async def test_a_hung_replica_loses_an_idempotent_call_to_the_next_within_the_attempt_timeout(
+    harness: Harness,
+) -> None:
+    harness.direct.attempt_timeout_s = 0.3
+    a = await harness.replica(stopped, "eu-west")
+    b = await harness.replica(answers(json_answer({"content": [], "isError": False})), "us-east")
+    a.client.continues = True  # as learnt from its earlier answers
+    started = time.monotonic()
+    sent = await harness.call([a, b], idempotent=True, timeout_s=30)
+    assert answer_of(sent)["result"]["isError"] is False
+    assert 0.3 <= time.monotonic() - started < 3, "moved on after the attempt timeout, not the deadline"
+    assert a.breaker.consecutive == 1 and "hung" in (a.last_error or "")
+
+
+async def test_a_hung_replica_answers_a_non_idempotent_call_outcome_unknown_promptly(harness: Harness) -> None:
+    harness.direct.attempt_timeout_s = 0.3
+    a = await harness.replica(stopped, "eu-west")
+    a.client.continues = True
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknown, match="did not start reading the call within 0.3 s"):
+        await harness.call([a], idempotent=False, timeout_s=30)
+    assert time.monotonic() - started < 3
+
+
+async def test_a_long_call_on_a_live_replica_is_not_cut_off(harness: Harness) -> None:
+    """An SDK agent answers JSON at the end of the work: the 100 Continue it sends when it
+    reads the call is what the timer waits for, not the answer."""
+    harness.direct.attempt_timeout_s = 0.3
+
+    async def works_a_while(writer: asyncio.StreamWriter) -> None:
+        writer.write(CONTINUE)
+        await writer.drain()
+        await asyncio.sleep(1.0)
+        writer.write(json_answer({"content": [], "isError": False}))
+        await writer.drain()
+
+    a = await harness.replica(works_a_while, "eu-west")
+    a.client.continues = True
+    HEADS.clear()
+    sent = await harness.call([a], idempotent=False, timeout_s=30)
+    assert answer_of(sent)["result"]["isError"] is False
+    assert b"expect: 100-continue" in HEADS[-1].lower()
+
+
+async def test_whether_a_replica_sends_100_continue_is_learnt_from_its_answers(harness: Harness) -> None:
+    harness.direct.attempt_timeout_s = 0.3
+    ok = json_answer({"content": [], "isError": False})
+
+    async def continues(writer: asyncio.StreamWriter) -> None:
+        writer.write(CONTINUE + ok)
+        await writer.drain()
+
+    async def never_continues_and_is_slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)
+        writer.write(ok)
+        await writer.drain()
+
+    a = await harness.replica(continues, "eu-west")
+    await harness.call([a], idempotent=False)
+    assert a.client.continues is True
+    # A server that never sends one is never held to the timer (its slow answers pass), and
+    # after three answers it is no longer asked.
+    b = await harness.replica(never_continues_and_is_slow, "eu-west")
+    for _ in range(3):
+        assert answer_of(await harness.call([b], idempotent=False))["result"]["isError"] is False
+    assert b.client.continues is False
+    HEADS.clear()
+    await harness.call([b], idempotent=False)
+    assert b"expect:" not in HEADS[-1].lower()
+    # Off: nobody is asked.
+    harness.direct.attempt_timeout_s = 0
+    c = await harness.replica(continues, "eu-west")
+    HEADS.clear()
+    await harness.call([c], idempotent=False)
+    assert b"expect:" not in HEADS[-1].lower() and c.client.continues is None
+
+
+async def test_a_replica_whose_address_became_forbidden_gets_nothing(harness: Harness) -> None:
+    """DNS rebinding on the call path: the address connected to is checked before a byte is
+    written; the replica is ejected and the call goes elsewhere or fails cleanly."""
+    harness.pool.check_peer = AgentAddressRules(["10.0.0.0/8"]).check_peer
+    a = await harness.replica(answers(json_answer({"content": [], "isError": False})), "eu-west")
+    RECEIVED.clear()
+    with pytest.raises(AgentUnavailable, match="outside EDGEFLEET_AGENT_NETWORKS"):
+        await harness.call([a], idempotent=True)
+    assert RECEIVED == [] and not a.breaker.admits()
+
+
+async def test_a_redirect_answer_to_a_call_is_never_followed(harness: Harness) -> None:
+    elsewhere: list[int] = []
+
+    async def target(writer: asyncio.StreamWriter) -> None:
+        elsewhere.append(1)
+
+    server, target_url = await serve(target)
+    harness.servers.append(server)
+
+    async def redirects(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: " + target_url.encode() + b"\r\ncontent-length: 0\r\n\r\n"
+        )
+        await writer.drain()
+
+    a = await harness.replica(redirects, "eu-west")
+    b = await harness.replica(answers(json_answer({"content": [], "isError": False})), "us-east")
+    sent = await harness.call([a, b], idempotent=False)  # a redirect means "not processed here"
+    assert answer_of(sent)["result"]["isError"] is False
+    assert elsewhere == [] and a.breaker.consecutive == 1
+    with pytest.raises(AgentUnavailable, match="HTTP 307"):
+        await harness.call([a], idempotent=False)
+    assert elsewhere == []

@@ -73,9 +73,16 @@ def test_an_agent_with_100000_tools_is_refused_and_the_fleet_keeps_serving(
         dispatcher = fleet.dispatchers[0][1]
         before = _rss_mb(dispatcher)
         wide = fleet.start_agent(AGENT, "eu-west", wait=False, env={"MISBEHAVING_EXTRA_TOOLS": "100000"})
-        line = _refusal(wide, "too_many_tools", fleet)
-        assert "HTTP 422" in line and "publishes 100005 tools; at most 1000" in line, line
+        # ~12 MB of tools/list: refused unread past EDGEFLEET_MAX_AGENT_ANSWER_BYTES (4 MiB),
+        # before anything is counted or parsed.
+        line = _refusal(wide, "agent_answer_too_large", fleet)
+        assert "HTTP 422" in line and "tools/list" in line and "EDGEFLEET_MAX_AGENT_ANSWER_BYTES" in line, line
+        # A list within the bytes but over the count is refused by count.
+        many = fleet.start_agent(AGENT, "eu-west", wait=False, env={"MISBEHAVING_EXTRA_TOOLS": "1200"})
+        line = _refusal(many, "too_many_tools", fleet)
+        assert "HTTP 422" in line and "publishes 1205 tools; at most 1000" in line, line
         assert "EDGEFLEET_MAX_TOOLS_PER_AGENT" in line
+        many.kill9()
         # While it keeps trying: calls are answered, the fleet is whole, the registry small.
         latencies = []
         for _ in range(25):

@@ -34,6 +34,7 @@ def result(message: dict[str, object], value: dict[str, object]) -> bytes:
     return json_reply(orjson.dumps({"jsonrpc": "2.0", "id": message["id"], "result": value}))
 
 
+NOT_FOUND = {"code": -32601, "message": "Method not found"}
 DISCOVER = {"supportedVersions": [MODERN_PROTOCOL_VERSION], "capabilities": {"tools": {}}}
 
 
@@ -69,6 +70,8 @@ async def test_all_pages_of_a_listing_together_are_bounded(pool: UpstreamPool) -
     def reply(message: dict[str, object]) -> bytes:
         if message["method"] == "server/discover":
             return result(message, DISCOVER)
+        if message["method"] != "tools/list":  # the 2025 initialize the client tries: a modern-only server
+            return json_reply(orjson.dumps({"jsonrpc": "2.0", "id": message.get("id"), "error": NOT_FOUND}))
         pages.append(1)
         tools = [{"name": f"t{len(pages)}_{i}", "description": "d" * 1000} for i in range(10)]
         return result(message, {"tools": tools, "nextCursor": f"c{len(pages)}"})

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         if spy.returncode != 0 or not raw.exists():
             print(f"bench_profile: py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
             return 1
-    print(f"dispatcher {variant.label}, scenario {args.scenario}, {args.sessions} sessions: {cpu_ms:.3f} ms CPU per call")
+    print(
+        f"dispatcher {variant.label}, scenario {args.scenario}, {args.sessions} sessions: {cpu_ms:.3f} ms CPU per call"
+    )
     print(f"{'component':40} {'samples':>8} {'share':>7}")
     for name, count, share in shares(raw):
         print(f"{name:40} {count:>8} {share:>7.1%}")

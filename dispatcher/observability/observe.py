@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from edgefleet.shared import logsetup
 from edgefleet.shared.errors import EdgefleetError, UpstreamTimeout, stable_codes
 
 STABLE_CODES = stable_codes()
@@ -116,9 +117,7 @@ class CallObservation:
         self.address = order.address or "-"
         self.regions = order.regions
         if self.metrics is not None:
-            self.metrics.routes.labels(
-                self.caller_region, order.regions[0] if order.regions else "-", order.reason
-            ).inc()
+            self.metrics.route(self.caller_region, order.regions[0] if order.regions else "-", order.reason)
 
     def attempt(self, agent: str, replica: str, region: str) -> None:
         """A try on one replica; from the second on, a failover (to a replica or a region)."""
@@ -183,33 +182,34 @@ class CallObservation:
         if self.audit is not None and self.audit.enabled:
             self._audit(seconds)
         if log.isEnabledFor(self.level):
-            log.log(
-                self.level,
-                "call %s -> %s region=%s caller=%s caller_region=%s reason=%s path=%s attempts=%d %.2f ms %s%s",
-                self.tool,
-                self.replica,
-                self.region,
-                self.address,
-                self.caller_region,
-                self.reason,
-                self.path,
-                self.attempts,
-                seconds * 1000,
-                self.outcome,
-                f" {self.code}" if self.code else "",
-                extra={
-                    "tool": self.tool,
-                    "replica": self.replica,
-                    "region": self.region,
-                    "path": self.path,
-                    "outcome": self.outcome,
-                    "code": self.code or None,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "attempts": self.attempts,
-                    "caller_region": self.caller_region,
-                    "reason": self.reason,
-                },
-            )
+            self._log_line(seconds)
+
+    def _log_line(self, seconds: float) -> None:
+        """The one line per call (batched: shared.logsetup.line), with the call's trace ids."""
+        context = self.span.get_span_context()
+        ids = (format(context.trace_id, "032x"), format(context.span_id, "016x")) if context.is_valid else None
+        duration_ms = seconds * 1000
+        code = self.code
+        logsetup.line(
+            log,
+            self.level,
+            f"call {self.tool} -> {self.replica} region={self.region} caller={self.address} "
+            f"caller_region={self.caller_region} reason={self.reason} path={self.path} attempts={self.attempts} "
+            f"{duration_ms:.2f} ms {self.outcome}{' ' + code if code else ''}",
+            {
+                "tool": self.tool,
+                "replica": self.replica,
+                "region": self.region,
+                "path": self.path,
+                "outcome": self.outcome,
+                "code": code or None,
+                "duration_ms": round(duration_ms, 3),
+                "attempts": self.attempts,
+                "caller_region": self.caller_region,
+                "reason": self.reason,
+            },
+            ids,
+        )
 
     def _audit(self, seconds: float) -> None:
         assert self.audit is not None

@@ -55,3 +55,19 @@ def test_arguments_are_names_unless_configured_and_credentials_are_fingerprints(
     assert not names._buffer
     assert fingerprint(bearer("Bearer ef_key")) == hash_key("ef_key")[:12] and fingerprint(bearer(None)) is None
     assert bearer("Basic dXNlcg==") is None and bearer("Bearer  ") is None and bearer("bearer x ") == "x"
+
+
+async def test_batches_larger_than_one_write_arrive_whole_and_in_order(redis_url: str, redis_prefix: str) -> None:
+    key = f"{redis_prefix}:audit"
+    live = aioredis.Redis.from_url(redis_url)
+    log = AuditLog(live, key, maxlen=10_000, arguments=False, source="test")
+    try:
+        for i in range(audit.BATCH * 2 + 7):
+            log.record("call", n=i, tool="echo.echo", text='quotes " and\nnewlines')
+        await log.flush()
+        events = await AuditReader(live, key).last(audit.BATCH * 3)
+        assert [e["n"] for e in events] == list(range(audit.BATCH * 2 + 7)) and log.written == len(events)
+        assert events[-1]["text"] == 'quotes " and\nnewlines' and not log._buffer
+    finally:
+        await live.delete(key)
+        await live.aclose()

@@ -1,0 +1,137 @@
+"""Where the dispatcher's CPU goes under load: py-spy samples it while the bench's client
+drives it, and the samples are summed into shares per component.
+
+    python -m edgefleet.dispatcher.devtools.bench_profile [--sessions 16] [--seconds 20]
+        [--scenario 2026] [--raw FILE] [--variant ...]
+
+Same processes and feature set as ``edgefleet bench`` (``benchstack``). py-spy (``pip install
+py-spy``) attaches to the running dispatcher, so it needs ptrace rights over it (root, or
+``kernel.yama.ptrace_scope`` 0). Shares are of all samples taken in the dispatcher's threads,
+idle ones excluded (``--idle`` off); a sample counts for the first component, from the
+innermost frame outwards, whose pattern matches one of its frames' file or function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgefleet.dispatcher.devtools.bench import SCENARIOS, parse_variant
+from edgefleet.dispatcher.devtools.benchstack import BenchStack, Variant
+from edgefleet.dispatcher.devtools.loadclient import Target, drive, open_sessions
+
+# Component -> substrings of "function (file)" frames; checked innermost frame first, so a
+# sample inside jsonschema called from the catalog counts for validation, not the catalog.
+COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
+    ("argument validation (jsonschema)", ("jsonschema", "validation_error", "jsonschema_rs", "fastjsonschema")),
+    ("result checks (outputSchema)", ("paths/checks.py", "result_problem")),
+    ("log line (logging, JSON formatter)", ("logging/__init__.py", "logsetup.py")),
+    ("audit record + writer", ("security/audit.py",)),
+    ("metrics (prometheus_client)", ("prometheus_client", "observability/metrics.py")),
+    ("tracing (OpenTelemetry SDK, export)", ("opentelemetry", "shared/telemetry.py")),
+    ("call observation (observe.py)", ("observability/observe.py",)),
+    ("rate limit (limits, Redis)", ("limits/", "rate_limits.py")),
+    ("Redis client (redis-py)", ("redis/",)),
+    ("upstream client (aiohttp)", ("aiohttp",)),
+    ("upstream client (http1)", ("dispatcher/http1/",)),
+    ("auth (API key)", ("security/auth.py",)),
+    ("sessions (2025)", ("mcp/sessions.py",)),
+    ("routing", ("dispatcher/routing/",)),
+    ("direct path", ("paths/direct.py", "paths/answer.py", "paths/dispatch.py")),
+    ("bus path", ("paths/bus.py", "edgefleet/bus/")),
+    ("MCP endpoint (parse, checks, eras)", ("dispatcher/mcp/", "shared/jsonrpc.py", "shared/asgi.py", "shared/sse.py")),
+    ("json (orjson)", ("orjson",)),
+    ("uvicorn + httptools (server side)", ("uvicorn",)),
+    ("asyncio / uvloop event loop", ("asyncio", "uvloop")),
+]
+
+
+# Frames that only carry a call (the event loop's own machinery, context managers, stdlib
+# helpers): a sample is charged to the innermost frame that is not one of these, so the cost
+# of e.g. an asyncio.Event.set() made by the audit writer counts for the audit writer.
+HELPERS = ("/asyncio/", "contextlib.py", "dataclasses.py", "typing.py", "enum.py", "functools.py", "abc.py")
+
+
+def classify(stack: str) -> str:
+    frames = stack.split(";")
+    for helpers_too in (False, True):
+        for frame in reversed(frames):  # innermost first
+            if not helpers_too and any(h in frame for h in HELPERS):
+                continue
+            for name, patterns in COMPONENTS:
+                if any(p in frame for p in patterns):
+                    return name
+    return "other"
+
+
+def shares(raw: Path) -> list[tuple[str, int, float]]:
+    """(component, samples, share) from py-spy's raw (collapsed) output, largest first."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[classify(stack)] += int(count)
+    total = sum(counts.values()) or 1
+    return [(name, n, n / total) for name, n in counts.most_common()]
+
+
+async def _load(target: Target, sessions: int, seconds: float, watch: dict[str, int]) -> float:
+    opened = await open_sessions(target, sessions)
+    try:
+        result = await drive(opened, seconds, watch)
+    finally:
+        for session in opened:
+            session.close()
+    return result.cpu_s["dispatcher"] / (result.calls or 1) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--scenario", choices=list(SCENARIOS), default="2026")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default 250)")
+    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--variant", default="dispatcher", help="the dispatcher to profile (see edgefleet bench)")
+    args = parser.parse_args(argv)
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("bench_profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return 2
+    variant: Variant = parse_variant(args.variant) if args.variant != "dispatcher" else Variant("dispatcher")
+    raw = args.raw or Path(tempfile.mkdtemp(prefix="edgefleet-profile-")) / "stacks.txt"
+    era, _, public = SCENARIOS[args.scenario]
+    with BenchStack([variant]) as stack:
+        assert stack.agent is not None
+        dispatcher = stack.dispatchers[0]
+        target = Target(dispatcher.url + "/mcp", public, era, stack.api_key)
+        watch = {"dispatcher": dispatcher.proc.pid}
+        spy = subprocess.Popen(
+            [pyspy, "record", "--pid", str(dispatcher.proc.pid), "--rate", str(args.rate), "--format", "raw"]
+            + ["--output", str(raw), "--duration", str(int(args.seconds)), "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        cpu_ms = asyncio.run(_load(target, args.sessions, args.seconds + 1.0, watch))
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0 or not raw.exists():
+            print(f"bench_profile: py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+            return 1
+    print(
+        f"dispatcher {variant.label}, scenario {args.scenario}, {args.sessions} sessions: {cpu_ms:.3f} ms CPU per call"
+    )
+    print(f"{'component':40} {'samples':>8} {'share':>7}")
+    for name, count, share in shares(raw):
+        print(f"{name:40} {count:>8} {share:>7.1%}")
+    print(f"(collapsed stacks: {raw})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,12 @@ MODERN = {
     "content-type": "application/json",
     "accept": "application/json, text/event-stream",
 }
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+# logLevel: a 2026 client gets the agent's log notifications only when its request asks for them.
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/logLevel": "info",
+}
 GOOD_WEATHER = {"celsius": 21.5, "conditions": "sunny"}
 STOPPED = "MISBEHAVING_STREAM_STOPPED"
 

@@ -44,7 +44,7 @@ from edgefleet.shared.constants import (
     META_SERVER_INFO,
     MODERN_PROTOCOL_VERSION,
 )
-from edgefleet.shared.errors import AgentAnswerTooLarge, AgentUnreachable, UpstreamError
+from edgefleet.shared.errors import AgentAnswerTooLarge, AgentUnreachable, EdgefleetError, UpstreamError
 from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.upstream")
@@ -389,6 +389,20 @@ class ReplicaClient:
         status, _, _, _ = await self._post("a response to the agent's request", message, headers, timeout)
         if status >= 300:
             raise UpstreamError(f"{self.url} refused the answer to its request (HTTP {status})")
+
+    async def cancel(self, session: str, request_id: str, reason: str, *, timeout: float) -> None:
+        """``notifications/cancelled`` for one of our requests on a 2025-era session: a 2025
+        server takes a closed connection for a disconnection, never for a cancel (the spec),
+        and would work on to the end. Best effort: a lost notification is logged, no more."""
+        message = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": reason},
+        }
+        try:
+            await self.send_response(session, message, timeout=timeout)
+        except EdgefleetError as exc:
+            log.info("could not tell %s that request %s was cancelled: %s", self.url, request_id, exc.message)
 
     async def session_rpc(self, session: str, method: str, params: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """One request on a given 2025-era session of ours (``resources/subscribe`` on the

@@ -68,6 +68,8 @@ class DirectPath:
         self.router = router
         self.checks = checks
         self.attempt_timeout_s = fleet.settings.attempt_timeout_s
+        # notifications/cancelled on their way to 2025-era upstreams (kept: tasks are weakly held).
+        self._cancels: set[asyncio.Task[None]] = set()
 
     async def call(self, call: ToolCall, answer: Answer, *, replicas: list[Replica] | None = None) -> None:
         """Forward the call and relay its answer into ``answer``.
@@ -324,12 +326,21 @@ class DirectPath:
                         await relay.json(resp)
                 finally:
                     resp.release()  # a response not received whole drops its connection: the agent stops
+        except asyncio.CancelledError:
+            # The client cancelled (2025 notifications/cancelled, a 2026 stream closed), a held
+            # round expired, or the dispatcher stops: the connection closes, which cancels a
+            # 2026 agent's handler; a 2025 session's server must be told.
+            if rename is not None and session_id is not None and (relay is None or not relay.answered):
+                self._cancel_upstream(client, session_id, rename.upstream_id, "the client cancelled the call")
+            raise
         except TimeoutError:
             # The call's deadline, not the replica, ended it: no health penalty, but the time it
             # sat there counts in its latency (a hung replica gets costly for the balancer).
             if relay is not None and relay.answered:
                 await answer.close_stream()  # the caller has its answer; what followed is dropped
                 return
+            if rename is not None and session_id is not None:
+                self._cancel_upstream(client, session_id, rename.upstream_id, "the call's deadline passed")
             if upstream != "ok":
                 upstream = "timeout"
                 replica.observe_latency((time.perf_counter() - sent_at) * 1000)
@@ -340,6 +351,17 @@ class DirectPath:
                 breaker.release(trial)
             if obs is not None and obs.metrics is not None:
                 obs.metrics.upstream.labels(entry.agent, replica.record.region, replica.id, upstream).inc()
+
+    def _cancel_upstream(self, client: ReplicaClient, session: str, upstream_id: str, reason: str) -> None:
+        """Tell a 2025-era server its request is cancelled, off the call's own (ending) task."""
+        try:
+            task = asyncio.get_running_loop().create_task(
+                client.cancel(session, upstream_id, reason, timeout=self.fleet.settings.probe_timeout_s)
+            )
+        except RuntimeError:  # the loop is closing: nothing can be sent any more
+            return
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
 
 class _Relay:

@@ -66,12 +66,7 @@ LANDED = frozenset({1, 2, 3, 4, 5})  # on main; what still fails there is a bug 
 def missing_steps(client: str, upstream: str, target: str, feature: str) -> dict[int, str]:
     """The steps a dispatcher test needs before it can pass, each with why; empty: it must
     pass today."""
-    legacy_upstream = surface.UPSTREAMS[upstream].era == surface.LEGACY_ERA
     needs: dict[int, str] = {}
-    if feature == "cancel" and legacy_upstream:
-        # Not in the design: the dispatcher closes the upstream connection, which a 2025
-        # server does not take as a cancel (cancellation.py says so of clients).
-        needs[3] = "the upstream never gets notifications/cancelled: a 2025 server does not cancel on a closed stream"
     return needs
 
 

@@ -168,10 +168,10 @@ def test_a_tool_list_is_compiled_once_across_rebuilds_and_dropped_when_unused(mo
     from edgefleet.shared.errors import ToolTooLarge, TooManyTools
 
     compiled: list[str] = []
-    real = catalog_module._compile
+    real = catalog_module.compile_schema
     monkeypatch.setattr(
         catalog_module,
-        "_compile",
+        "compile_schema",
         lambda schema, tool, which="inputSchema": compiled.append(tool) or real(schema, tool, which),
     )
     tools = [{**TOOL, "name": f"t{i}"} for i in range(50)] + [{"name": "other", "inputSchema": {"type": "object"}}]

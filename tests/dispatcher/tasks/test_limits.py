@@ -268,6 +268,8 @@ async def test_calls_at_the_cap_stay_ordinary_calls(capped: Fleet) -> None:
     def finished_waits() -> int:
         return len(re.findall(r"call echo\.wait -> .* path=direct .* ms ok\n", dispatcher.output()))
 
+    # Call lines are written in batches (every 100 ms): the 2026 call's must be in before counting.
+    capped.wait_for(lambda: finished_waits() == 1, "the 2026 call's log line")
     before = finished_waits()
     headers = {**MODERN, "authorization": f"Bearer {ALICE}"}
     del headers["mcp-protocol-version"]

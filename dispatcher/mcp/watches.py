@@ -53,6 +53,7 @@ WatchKey = tuple[str, str, str, CapabilityKey]
 UPDATED = "notifications/resources/updated"
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"
 BACKOFF_S = (0.2, 10.0)  # first and longest pause between attempts to (re)open a watch's stream
+CONFLICT_RETRIES = 3  # GET streams refused with 409 before a link takes a fresh 2025 session
 ERROR_BODY_LIMIT = 64 * 1024
 _ids = itertools.count(1)
 
@@ -343,6 +344,7 @@ class _SessionLink(_Link):
         self.session: str | None = None  # the session the live GET stream belongs to
         self.subscribed: set[str] = set()
         self._pending: set[asyncio.Task[None]] = set()
+        self.conflicts = 0  # GET streams refused in a row because the session still had one
 
     def add(self, watch: Watch) -> None:
         super().add(watch)
@@ -393,6 +395,16 @@ class _SessionLink(_Link):
             if opened.status == 404:
                 client.forget_session(self.caps)
                 raise StreamFailed("the agent forgot our session", opened=True)
+            if opened.status == 409:
+                # One GET stream per session (the SDKs' servers): the stream of a link that just
+                # ended is not gone on the agent's side yet. Try again shortly; if it stays, take
+                # a fresh session for this capability set rather than refuse the client.
+                self.conflicts += 1
+                if self.conflicts > CONFLICT_RETRIES:
+                    self.conflicts = 0
+                    client.forget_session(self.caps)
+                raise StreamFailed("the session's GET stream is still held on the agent (HTTP 409)", opened=True)
+            self.conflicts = 0
             if opened.status >= 400:
                 error = await self._refusal(opened)
                 for watch in list(self.watches.values()):

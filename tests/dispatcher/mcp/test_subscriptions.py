@@ -101,6 +101,28 @@ async def test_a_2025_client_on_mcp_subscribes_and_gets_updates_on_its_get_strea
         assert received.empty()
 
 
+async def test_subscribing_again_at_once_to_a_2025_only_agent_still_gets_updates(notes: Fleet) -> None:
+    """The SDKs' servers allow one GET stream per session (409 for a second): the stream of
+    the link that ended with the last unsubscribe is not gone on the agent's side yet when the
+    next subscribe opens one (seen with the conformance suite's subscribe/unsubscribe
+    scenarios back to back: the client got the agent's 409 'Conflict' as its error)."""
+    received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            received.put_nowait(message)
+
+    async with Client(notes.mcp_url, mode="legacy", message_handler=on_message) as client:
+        for _ in range(3):
+            await client.subscribe_resource("oldnotes+note://a")
+            await client.unsubscribe_resource("oldnotes+note://a")
+        await client.subscribe_resource("oldnotes+note://a")
+        await asyncio.to_thread(notes.wait_for, lambda: metric(notes, "watched_uris") == 1, "watched")
+        touch(notes.mcp_url, "oldnotes.touch", "note://a")
+        notification = await asyncio.wait_for(received.get(), 15)
+        assert notification.params.uri == "oldnotes+note://a"
+
+
 async def test_list_changes_on_mcp_when_agents_join_and_leave_only_for_who_asked(notes: Fleet) -> None:
     tools = listen_request("tools", toolsListChanged=True)
     resources = listen_request("resources", resourceSubscriptions=["notes+note://a"])

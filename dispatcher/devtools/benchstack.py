@@ -130,7 +130,11 @@ class BenchStack:
         self.sink = self._start_sink()
         for variant in self.variants:
             self.dispatchers.append(self._start_dispatcher(variant, keys))
-        self._start_agent(self.dispatchers[0].url)
+        # The agent registers (and heartbeats) through the dispatcher of another source tree if
+        # there is one: newer dispatchers read the registry records older ones write (tools
+        # inline), not the reverse (tools stored beside the record since the tool limits).
+        older = [running for running, variant in zip(self.dispatchers, self.variants, strict=True) if variant.src]
+        self._start_agent((older[-1] if older else self.dispatchers[0]).url)
         for running in self.dispatchers:
             url = running.url
             wait_until(functools.partial(self._routable, url), 60, f"the echo agent in {running.label}", running.proc)

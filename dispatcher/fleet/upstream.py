@@ -391,14 +391,10 @@ class ReplicaClient:
             raise UpstreamError(f"{self.url} refused the answer to its request (HTTP {status})")
 
     async def cancel(self, session: str, request_id: str, reason: str, *, timeout: float) -> None:
-        """``notifications/cancelled`` for one of our requests on a 2025-era session: a 2025
-        server takes a closed connection for a disconnection, never for a cancel (the spec),
-        and would work on to the end. Best effort: a lost notification is logged, no more."""
-        message = {
-            "jsonrpc": "2.0",
-            "method": "notifications/cancelled",
-            "params": {"requestId": request_id, "reason": reason},
-        }
+        """``notifications/cancelled`` for our request on a 2025-era session (such a server takes
+        a closed connection for a disconnection, not a cancel). Best effort: failures are logged."""
+        params = {"requestId": request_id, "reason": reason}
+        message = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
         try:
             await self.send_response(session, message, timeout=timeout)
         except EdgefleetError as exc:

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
 
 from edgefleet.dispatcher.observability.observe import CallObservation
 from edgefleet.dispatcher.paths.call import ToolCall
@@ -43,19 +42,17 @@ from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.tasks.hosted import HOSTED, LiveStatus, TaskHost
 from edgefleet.dispatcher.tasks.model import CANCELLED, COMPLETED, FAILED, WORKING, TaskRecord
 from edgefleet.dispatcher.tasks.progress import ProgressWriter
+from edgefleet.dispatcher.tasks.replies import BusTaskReplies
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
 from edgefleet.shared import telemetry
-from edgefleet.shared.envelope import Reply
 from edgefleet.shared.errors import (
     AgentUnavailable,
     EdgefleetError,
     OutcomeUnknown,
-    ResultTooLarge,
     TaskCancelled,
     TaskFinished,
     TooManyTasks,
-    UpstreamError,
     UpstreamTimeout,
 )
 
@@ -76,7 +73,6 @@ _tracer = telemetry.tracer("edgefleet.dispatcher")
 
 SWEEP_EVERY_S = 1.0
 MIN_TTL_MS = 10_000  # shorter asks are raised to this (the spec lets the receiver choose)
-RECLAIM_IDLE_MS = 30_000  # task replies read by a dispatcher that died are taken over after this
 
 
 def new_task_id() -> str:
@@ -126,7 +122,7 @@ class TaskRunner:
         self.running: dict[str, asyncio.Future[Any]] = {}
         self._cancelled: set[str] = set()  # local work stopped because its task was cancelled
         self._loops: list[asyncio.Task[None]] = []
-        self._bus_progress: dict[str, ProgressWriter] = {}  # bus-run tasks' progress, throttled
+        self.bus_progress: dict[str, ProgressWriter] = {}  # bus-run tasks' progress, throttled
         self._settling: set[asyncio.Task[None]] = set()
         self._closing = False
         self.refused_open = 0  # creates refused by the open-task cap (asked for, or calls not adopted)
@@ -140,7 +136,8 @@ class TaskRunner:
         self._loops.append(asyncio.create_task(self._lease_loop(), name="task-leases"))
         self._loops.append(asyncio.create_task(self._sweep_loop(), name="task-sweeper"))
         if self.bus_path is not None:
-            self._loops.append(asyncio.create_task(self._replies_loop(self.bus_path), name="task-replies"))
+            replies = BusTaskReplies(self, self.bus_path)
+            self._loops.append(asyncio.create_task(replies.run(), name="task-replies"))
 
     async def aclose(self) -> None:
         self._closing = True
@@ -515,8 +512,8 @@ class TaskRunner:
     async def sweep(self) -> None:
         """Fail tasks past their deadline; take over tasks whose dispatcher died."""
         stale = time.monotonic() - 60
-        for task_id in [t for t, w in self._bus_progress.items() if w.written_at < stale and w.latest is None]:
-            del self._bus_progress[task_id]  # its result went to another dispatcher
+        for task_id in [t for t, w in self.bus_progress.items() if w.written_at < stale and w.latest is None]:
+            del self.bus_progress[task_id]  # its result went to another dispatcher
         for task_id in await self.store.past_deadline():
             record = await self.store.get(task_id)
             if record is None:
@@ -571,77 +568,6 @@ class TaskRunner:
             )
         log.warning("task %s (%s) failed: %s", record.id, record.tool, error.message)
         await self.finish(record.id, None, error.to_jsonrpc())
-
-    async def _replies_loop(self, bus_path: BusPath) -> None:
-        """Apply the replies of bus-run tasks to the store (every dispatcher shares the work)."""
-        stream, group = bus_path.names.task_replies(), bus_path.names.dispatchers()
-        consumer = self.instance
-        ensured = False
-        last_reclaim = 0.0
-        while True:
-            try:
-                if not ensured:
-                    await bus_path.bus.ensure_group(stream, group)
-                    ensured = True
-                found = await bus_path.bus.consume(stream, group, consumer, count=64, block_ms=1000)
-                if time.monotonic() - last_reclaim > RECLAIM_IDLE_MS / 3000:
-                    last_reclaim = time.monotonic()
-                    found += await bus_path.bus.reclaim(stream, group, consumer, idle_ms=RECLAIM_IDLE_MS, count=64)
-                for delivery in found:
-                    await self._apply_reply(delivery.payload, delivery.headers.get("task-id"))
-                    await bus_path.bus.ack(delivery, group)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - this loop dying would leave bus tasks working forever
-                log.warning("task replies: %r; retrying", exc)
-                ensured = False
-                await asyncio.sleep(1.0)
-
-    async def _apply_reply(self, payload: bytes, task_id: str | None = None) -> None:
-        if task_id and len(payload) > self.settings.max_result_bytes:
-            # Not even parsed: the task fails as a call's answer that large would.
-            too_large = ResultTooLarge(
-                f"The task's answer is larger than {self.settings.max_result_bytes} bytes "
-                "(EDGEFLEET_MAX_RESULT_BYTES); it was not kept.",
-                data={"taskId": task_id},
-            )
-            await self.finish(task_id, None, too_large.to_jsonrpc())
-            return
-        try:
-            reply = Reply.model_validate_json(payload)
-        except ValidationError:
-            log.warning("dropping a malformed task reply")
-            return
-        route = Route("bus", region=reply.region, replica=reply.replica, task=reply.task_id)
-        if reply.kind == "progress":
-            notification = reply.notification or {}
-            params = notification.get("params")
-            if notification.get("method") == "notifications/progress" and isinstance(params, dict):
-                writer = self._bus_progress.get(reply.task_id)
-                if writer is None:
-                    writer = self._bus_progress[reply.task_id] = ProgressWriter(self.store, reply.task_id)
-                writer.report(params)  # throttled, the last report always written
-            return
-        writer = self._bus_progress.pop(reply.task_id, None)
-        if writer is not None:
-            await writer.close()
-        if reply.kind == "result" and reply.result is not None:
-            refused = await self._refused_result(reply, len(payload))
-            if refused is not None:
-                await self.finish(reply.task_id, None, refused.to_jsonrpc(), route=route)
-                return
-            await self.finish(reply.task_id, reply.result, None, route=route)
-        else:
-            error = reply.error or UpstreamError("The agent's bus worker answered without a result.").to_jsonrpc()
-            await self.finish(reply.task_id, None, error, route=route)
-
-    async def _refused_result(self, reply: Reply, size: int) -> EdgefleetError | None:
-        """The same checks as a call's answer on the bus path (size, outputSchema)."""
-        record = await self.store.get(reply.task_id)
-        entry = self.fleet.catalog.get(record.tool) if record is not None else None
-        if entry is None:
-            return None
-        return self.checks.refused(entry, reply.result, size, replica=reply.replica or "-", task=reply.task_id)
 
     def _count(self, status: str) -> None:
         self.metrics.task_transitions.labels(status).inc()

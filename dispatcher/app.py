@@ -355,6 +355,7 @@ class Dispatcher:
         if self.bus_path is not None:
             await self.bus_path.aclose()
         await self.pool.aclose()
+        await self.limits.aclose()
         await self.audit.aclose()
         await self.redis.aclose()
         self.router.close()

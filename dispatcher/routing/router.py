@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgefleet.dispatcher.routing.balancing import POLICIES
+from edgefleet.dispatcher.routing.balancing import PICKS, POLICIES
 from edgefleet.dispatcher.routing.caller import TrustedProxies, client_address
 from edgefleet.dispatcher.routing.geolocate import Location, Locator
 from edgefleet.dispatcher.routing.regions import RegionSpec, RegionTable
@@ -55,6 +55,7 @@ class Router:
         )
         self.table = RegionTable(regions)
         self.rank = POLICIES[settings.replica_policy]
+        self.pick = PICKS[settings.replica_policy]
         self.default_order = tuple(settings.region_order)
         self.allow_hint = settings.region_hint
 
@@ -125,24 +126,26 @@ class Router:
             allowed += tuple(r for r in dict.fromkeys(regions) if r not in allowed)
         return dataclasses.replace(order, regions=allowed, only=True)
 
-    def candidates(self, entry: ToolEntry, order: RouteOrder) -> list[Replica]:
-        """Admitted replicas of ``entry``: nearest region first, ranked by policy inside it;
-        for an order that is ``only`` some regions, replicas in those regions alone."""
+    def candidates(self, entry: ToolEntry, order: RouteOrder) -> Iterator[Replica]:
+        """Admitted replicas of ``entry``, lazily: nearest region first, the policy's pick in
+        each region, then the rest of the region ranked; for an order that is ``only`` some
+        regions, replicas in those regions alone. A call that succeeds at once draws one
+        replica and ranks nothing: the cost does not grow with the agent's replicas."""
         by_region = entry.by_region
         if len(by_region) == 1 and not order.only:
-            # One region (the common small fleet) and no restriction: no ordering to do.
-            (replicas,) = by_region.values()
-            out = self.rank([r for r in replicas if r.admits()])
+            groups = list(by_region.values())  # one region (a small fleet), no restriction
         else:
-            out = []
-            for region in order.regions:
-                in_region = by_region.get(region)
-                if in_region:
-                    admitted = [r for r in in_region if r.admits()]
-                    if admitted:
-                        out.extend(self.rank(admitted))
+            groups = [group for group in (by_region.get(region) for region in order.regions) if group]
+        preferred: Replica | None = None
         if order.affinity is not None:
-            preferred = [r for r in out if r.id == order.affinity]
-            if preferred:
-                out = preferred + [r for r in out if r.id != order.affinity]
-        return out
+            preferred = next((r for g in groups for r in g if r.id == order.affinity and r.admits()), None)
+            if preferred is not None:
+                yield preferred
+        for group in groups:
+            first = self.pick(group)
+            if first is None:
+                continue  # nobody admitted here
+            if first is not preferred:
+                yield first
+            # Only reached when the first attempt failed: the failover order.
+            yield from self.rank([r for r in group if r is not first and r is not preferred and r.admits()])

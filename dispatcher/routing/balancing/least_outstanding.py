@@ -15,3 +15,15 @@ def rank(replicas: Sequence[Replica]) -> list[Replica]:
     if len(replicas) <= 1:
         return list(replicas)
     return sorted(replicas, key=lambda r: (r.inflight, random.random()))
+
+
+def pick(replicas: Sequence[Replica]) -> Replica | None:
+    """The admitted replica with the fewest calls in flight (ties at random), in one pass."""
+    best: Replica | None = None
+    best_key = (0, 0.0)
+    for replica in replicas:
+        if replica.admits():
+            key = (replica.inflight, random.random())
+            if best is None or key < best_key:
+                best, best_key = replica, key
+    return best

@@ -163,7 +163,7 @@ def test_candidates_walk_regions_nearest_first_and_skip_ejected_replicas() -> No
     order = r.order("127.0.0.1", {}, THREE)
     assert [c.id for c in r.candidates(entry, order)] == ["eu-2", "eu-1", "us-1"]  # type: ignore[arg-type]
     only_ap = r.order(None, {"x-edge-region": "ap-southeast;only"}, THREE)
-    assert r.candidates(entry, only_ap) == []  # type: ignore[arg-type]
+    assert list(r.candidates(entry, only_ap)) == []  # type: ignore[arg-type]
 
 
 def test_an_order_restricted_to_regions_never_yields_a_replica_elsewhere() -> None:
@@ -173,7 +173,7 @@ def test_an_order_restricted_to_regions_never_yields_a_replica_elsewhere() -> No
     us_only = SimpleNamespace(by_region={"us-east": [_replica("us-1", "us-east")]})
     # What the endpoint makes of an eu-west-bound key's call (the reason stays "default").
     bound = dataclasses.replace(r.order("127.0.0.1", {}, THREE), regions=("eu-west",), only=True)
-    assert r.candidates(us_only, bound) == []  # type: ignore[arg-type]
+    assert list(r.candidates(us_only, bound)) == []  # type: ignore[arg-type]
     # Unrestricted, the shortcut still serves the one region there is.
     assert [c.id for c in r.candidates(us_only, r.order("127.0.0.1", {}, THREE))] == ["us-1"]  # type: ignore[arg-type]
 
@@ -193,3 +193,23 @@ def test_a_restriction_keeps_the_nearest_first_order_and_never_widens_a_hint() -
     assert r.restricted(r.order(None, {"x-edge-region": "us-east,eu-west;only"}, THREE), ("eu-west",)).regions == (
         "eu-west",
     )
+
+
+def test_the_first_candidate_ranks_nothing_the_failover_order_follows() -> None:
+    """Issue 19: a call that succeeds at once must not pay for ranking the agent's replicas."""
+    r = router()
+    ranked: list[int] = []
+    real = r.rank
+    r.rank = lambda replicas: ranked.append(len(replicas)) or real(replicas)  # type: ignore[method-assign]
+    many = [_replica(f"eu-{i}", "eu-west") for i in range(300)]
+    entry = SimpleNamespace(by_region={"eu-west": many, "us-east": [_replica("us-1", "us-east")]})
+    order = r.order("127.0.0.1", {}, THREE)
+    walk = r.candidates(entry, order)  # type: ignore[arg-type]
+    first = next(walk)
+    assert first.record.region == "eu-west" and ranked == []
+    rest = list(walk)
+    assert ranked == [299, 0] and len(rest) == 300 and rest[-1].id == "us-1" and first not in rest
+    # A retry's affinity comes first, once.
+    pinned = dataclasses.replace(order, affinity="eu-7")
+    ids = [c.id for c in r.candidates(entry, pinned)]  # type: ignore[arg-type]
+    assert ids[0] == "eu-7" and ids.count("eu-7") == 1 and len(ids) == 301

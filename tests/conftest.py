@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
+
 from tests.support.fleet import Fleet
 
 
@@ -38,14 +40,23 @@ def redis_url() -> Iterator[str]:
         with RedisContainer("redis:7-alpine") as container:
             yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         return
-    from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
-
     try:
         server = EmbeddedRedis().start()
     except RuntimeError as exc:
         pytest.fail(f"no Redis for the tests ({exc}); set EDGEFLEET_TEST_REDIS_URL=redis://host:port/0")
     try:
         yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own (the bundled binary), for tests that stop, restart
+    or fill it: the shared one must stay up for the others."""
+    server = EmbeddedRedis().start()
+    try:
+        yield server
     finally:
         server.stop()
 

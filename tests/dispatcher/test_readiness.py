@@ -7,7 +7,6 @@ serves; a load balancer must not drop every dispatcher at once). Real processes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,36 +14,15 @@ import pytest
 
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
 
+from tests.support.calls import tools_call
 from tests.support.fleet import Fleet, Proc
 
 pytestmark = pytest.mark.integration
 
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-
-
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def _call(url: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": META},
-    }
-    headers = {
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-    }
-    return dict(httpx.post(url + "/mcp", json=body, headers=headers, timeout=30).json())
+    body, headers = tools_call(tool, arguments)
+    return dict(httpx.post(url + "/mcp", content=body, headers=headers, timeout=30).json())
 
 
 def _restart(fleet: Fleet, **settings: Any) -> tuple[str, float]:

@@ -20,11 +20,11 @@ import pytest
 from edgefleet.dispatcher.app import Dispatcher
 from edgefleet.shared.settings import DispatcherSettings
 
+from tests.support.calls import tools_call
 from tests.support.fleet import Fleet, Proc
 
 pytestmark = pytest.mark.integration
 
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 NAME = "agent.rebind.test"
 AGENT_HOST = "127.0.0.3"
 
@@ -115,20 +115,8 @@ async def register(http: httpx.AsyncClient, port: int) -> httpx.Response:
 
 
 async def call(http: httpx.AsyncClient, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": META},
-    }
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-    }
-    resp = await http.post("/mcp", content=orjson.dumps(body), headers=headers, timeout=30)
+    body, headers = tools_call(tool, arguments)
+    resp = await http.post("/mcp", content=body, headers=headers, timeout=30)
     return orjson.loads(resp.content)  # type: ignore[no-any-return]
 
 

@@ -8,7 +8,6 @@ agent is tests/support/misbehaving_agent.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,38 +16,18 @@ import redis
 
 from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
 
+from tests.support.calls import tools_call
 from tests.support.fleet import Fleet, Proc
 
 pytestmark = pytest.mark.integration
 
 AGENT = "tests.support.misbehaving_agent"
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-
-
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _echo(fleet: Fleet) -> tuple[float, dict[str, Any]]:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": "echo.echo", "arguments": {"text": "x"}, "_meta": META},
-    }
-    headers = {
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": "echo.echo",
-    }
+    body, headers = tools_call("echo.echo", {"text": "x"})
     started = time.monotonic()
-    answer = httpx.post(fleet.mcp_url, json=body, headers=headers, timeout=120).json()
+    answer = httpx.post(fleet.mcp_url, content=body, headers=headers, timeout=120).json()
     return time.monotonic() - started, answer
 
 

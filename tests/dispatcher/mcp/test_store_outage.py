@@ -5,7 +5,6 @@ own redis-server, stopped and started again on the same port."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,15 +25,6 @@ INIT = {
     "method": "initialize",
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }
-
-
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _legacy(fleet: Fleet, session: str, method: str, params: dict[str, Any] | None = None) -> httpx.Response:

@@ -16,13 +16,13 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.calls import tools_call
 from tests.support.fleet import Fleet, Proc
 
 pytestmark = pytest.mark.integration
 
 AGENT = "edgefleet.agents.examples.echo"
 ATTEMPT_TIMEOUT_S = 1.0
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 @pytest.fixture
@@ -44,22 +44,9 @@ async def call(
     http: httpx.AsyncClient, url: str, tool: str, arguments: dict[str, Any]
 ) -> tuple[float, dict[str, Any], str]:
     """(seconds, the JSON-RPC answer, Edgefleet-Route) of one call that prefers eu-west."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": META},
-    }
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/call",
-        "mcp-name": tool,
-        "x-edge-region": "eu-west",
-    }
+    body, headers = tools_call(tool, arguments, headers={"x-edge-region": "eu-west"})
     started = time.monotonic()
-    resp = await http.post(url, content=orjson.dumps(body), headers=headers)
+    resp = await http.post(url, content=body, headers=headers)
     raw = resp.content
     if b"data:" in raw:
         raw = next(line[5:] for line in raw.splitlines() if line.startswith(b"data:") and b'"id"' in line)

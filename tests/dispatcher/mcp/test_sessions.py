@@ -3,7 +3,9 @@ of an ``initialize`` and in its local cache; a Redis outage never turns into a c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,6 +14,15 @@ from edgefleet.dispatcher.devtools.embedded_redis import EmbeddedRedis
 from edgefleet.dispatcher.mcp.sessions import MAX_DECLARED_BYTES, SessionStore
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import InvalidParams, StoreUnavailable
+
+T = TypeVar("T")
+
+
+async def _later(step: Awaitable[T]) -> T:
+    """``step``, then a few milliseconds (sessions used within one millisecond tie in the LRU)."""
+    done = await step
+    await asyncio.sleep(0.005)
+    return done
 
 
 @pytest.fixture
@@ -28,9 +39,10 @@ async def test_one_identity_holds_at_most_its_cap_and_the_least_recently_used_go
 ) -> None:
     store = SessionStore(client, RedisKeys(redis_prefix), 60, max_per_owner=3)
     other = SessionStore(client, RedisKeys(redis_prefix), 60, max_per_owner=3)  # another dispatcher
-    first, second, third = [await store.create("2025-11-25", {}, {}, owner="alice") for _ in range(3)]
+    # Last use is kept in milliseconds: a few apart, so the order below is the order of use.
+    first, second, third = [await _later(store.create("2025-11-25", {}, {}, owner="alice")) for _ in range(3)]
     first.touched = second.touched = 0  # due for a lease renewal: it refreshes their last use
-    assert await store.get(first.id) is first
+    assert await _later(store.get(first.id)) is first
     fourth = await other.create("2025-11-25", {}, {}, owner="alice")
     # second was least recently used: ended fleet-wide (Redis) - the first dispatcher finds
     # out at its next renewal; the others live on, and other identities are not affected.

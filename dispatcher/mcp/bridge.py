@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from edgefleet.dispatcher.paths.answer import Answer
+from edgefleet.dispatcher.paths.answer import Answer, ForwardingAnswer
 from edgefleet.shared import jsonrpc, sse
 from edgefleet.shared.errors import UpstreamError
 
@@ -199,11 +199,12 @@ class RelayContext:
     relayed: list[str] = field(default_factory=list)
 
 
-class EraAnswer:
+class EraAnswer(ForwardingAnswer):
     """An answer on its way to a client of one era (wraps the client's real answer); with a
     relay, the upstream's requests on the stream go out under ids of ours (mcp.relay)."""
 
-    __slots__ = ("inner", "modern", "relay", "rounds", "route", "log_threshold", "refuse")
+    __slots__ = ("modern", "relay", "rounds", "route", "log_threshold", "refuse")
+    inner: ClientAnswer
 
     def __init__(
         self,
@@ -215,7 +216,7 @@ class EraAnswer:
         log_threshold: int = 0,
         refuse: RequestRelay | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         # A 2026-era client not held for rounds (mcp.held) cannot be asked: a 2025-era agent's
         # requests on its stream are answered here (ping: {}; the rest: -32601), never passed on.
         self.refuse = refuse
@@ -224,14 +225,6 @@ class EraAnswer:
         self.relay = relay
         self.rounds = rounds  # 2026-era clients: input_required rounds get a state of ours
         self.route: Route | None = None
-
-    @property
-    def started(self) -> bool:
-        return self.inner.started
-
-    @property
-    def ended(self) -> bool:
-        return self.inner.ended
 
     async def open_stream(self, route: Route | None) -> None:
         self.route = route

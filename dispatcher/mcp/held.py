@@ -41,6 +41,7 @@ import orjson
 import redis.exceptions
 
 from edgefleet.dispatcher.mcp.bridge import EraAnswer, server_request
+from edgefleet.dispatcher.mcp.inbox import read_inbox
 from edgefleet.dispatcher.mcp.relay import askable
 from edgefleet.dispatcher.paths.answer import send_message
 from edgefleet.shared import jsonrpc, sse
@@ -280,26 +281,10 @@ class HeldCalls:
 
     # -- the owner's side of a retry that landed elsewhere ---------------------------------
     async def _consume(self) -> None:
-        key = self.keys.rounds(self.instance)
-        position = "$"
-        while True:
-            try:
-                found = cast(
-                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                    await self.redis.xread({key: position}, count=64, block=1000),
-                )
-            except asyncio.CancelledError:
-                raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.debug("rounds stream not read: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for _stream, entries in found or ():
-                for entry_id, fields in entries:
-                    position = entry_id.decode()
-                    task = asyncio.create_task(self._serve_peer(fields))
-                    self._peers.add(task)
-                    task.add_done_callback(self._peers.discard)
+        async for fields in read_inbox(self.redis, self.keys.rounds(self.instance)):
+            task = asyncio.create_task(self._serve_peer(fields))
+            self._peers.add(task)
+            task.add_done_callback(self._peers.discard)
 
     async def _serve_peer(self, fields: dict[bytes, bytes]) -> None:
         try:

@@ -27,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from edgefleet.dispatcher.mcp.inbox import read_inbox
 from edgefleet.shared.errors import EdgefleetError
 
 if TYPE_CHECKING:
@@ -180,31 +181,15 @@ class RequestRelay:
             log.warning("answer to %s not delivered to %s: %s", ours, replica.id, exc.message)
 
     async def _listen(self) -> None:
-        key = self.keys.relay(self.instance)
-        position: str = "$"
-        while True:
-            try:
-                found = cast(
-                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                    await self.redis.xread({key: position}, count=64, block=1000),
+        async for fields in read_inbox(self.redis, self.keys.relay(self.instance)):
+            with contextlib.suppress(KeyError, ValueError, orjson.JSONDecodeError):
+                message = orjson.loads(fields[b"message"])
+                await self.deliver(
+                    str(message.get("id")),
+                    message,
+                    fields[b"client_session"].decode(),
+                    fields[b"owner"].decode(),
                 )
-            except asyncio.CancelledError:
-                raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.debug("relay stream not read: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for _stream, entries in found or ():
-                for entry_id, fields in entries:
-                    position = entry_id.decode()
-                    with contextlib.suppress(KeyError, ValueError, orjson.JSONDecodeError):
-                        message = orjson.loads(fields[b"message"])
-                        await self.deliver(
-                            str(message.get("id")),
-                            message,
-                            fields[b"client_session"].decode(),
-                            fields[b"owner"].decode(),
-                        )
 
     def _expire(self, now: float) -> None:
         for ours in [k for k, p in self.pending.items() if p.expires < now]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgefleet.dispatcher.paths.answer import fail, send_result
+from edgefleet.dispatcher.paths.answer import ForwardingAnswer, fail, send_result
 from edgefleet.shared import jsonrpc, sse
 from edgefleet.shared.errors import UpstreamTimeout
 
@@ -127,24 +127,16 @@ class LegacyShim:
         return responses
 
 
-class _RoundCatcher:
+class _RoundCatcher(ForwardingAnswer):
     """Passes one attempt's answer on, except an ``input_required`` result: kept for the
     shim (and the stream it came on left open)."""
 
-    __slots__ = ("inner", "asked", "route")
+    __slots__ = ("asked", "route")
 
     def __init__(self, inner: Answer) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.asked: dict[str, Any] | None = None
         self.route: Route | None = None
-
-    @property
-    def started(self) -> bool:
-        return self.inner.started
-
-    @property
-    def ended(self) -> bool:
-        return self.inner.ended
 
     async def open_stream(self, route: Route | None) -> None:
         self.route = route

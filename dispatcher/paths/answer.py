@@ -49,6 +49,36 @@ class Answer(Protocol):
         """The whole answer as one JSON body."""
 
 
+class ForwardingAnswer:
+    """An answer passed on to ``inner`` unchanged: the base of the wrappers that change
+    some of it (record it, reshape it for an era, catch a round), which override only that."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Answer) -> None:
+        self.inner = inner
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    @property
+    def ended(self) -> bool:
+        return self.inner.ended
+
+    async def open_stream(self, route: Route | None) -> None:
+        await self.inner.open_stream(route)
+
+    async def send_events(self, events: bytes) -> None:
+        await self.inner.send_events(events)
+
+    async def close_stream(self) -> None:
+        await self.inner.close_stream()
+
+    async def send_json(self, status: int, body: bytes, route: Route | None) -> None:
+        await self.inner.send_json(status, body, route)
+
+
 async def send_result(answer: Answer, request_id: Any, result: dict[str, Any], route: Route | None) -> None:
     """A successful result, as one JSON body (or the stream's last event when one is open)."""
     await send_message(answer, jsonrpc.result_body(request_id, result), route)

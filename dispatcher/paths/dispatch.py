@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from edgefleet.dispatcher.paths.answer import Answer, send_result
+from edgefleet.dispatcher.paths.answer import Answer, ForwardingAnswer, send_result
 from edgefleet.dispatcher.paths.cache import ResultCache, final_result
 from edgefleet.dispatcher.paths.route import Route
 
@@ -84,23 +84,15 @@ class CallPaths:
             self.cache.put(key, entry.cache_ttl_s, result_bytes)
 
 
-class _Recording:
+class _Recording(ForwardingAnswer):
     """Passes an answer on and keeps a copy (for the result cache)."""
 
-    __slots__ = ("inner", "body", "stream")
+    __slots__ = ("body", "stream")
 
     def __init__(self, inner: Answer) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.body = bytearray()
         self.stream = False
-
-    @property
-    def started(self) -> bool:
-        return self.inner.started
-
-    @property
-    def ended(self) -> bool:
-        return self.inner.ended
 
     async def open_stream(self, route: Route | None) -> None:
         self.stream = True
@@ -109,9 +101,6 @@ class _Recording:
     async def send_events(self, events: bytes) -> None:
         self.body += events
         await self.inner.send_events(events)
-
-    async def close_stream(self) -> None:
-        await self.inner.close_stream()
 
     async def send_json(self, status: int, body: bytes, route: Route | None) -> None:
         if status == 200:

@@ -25,6 +25,7 @@ from edgefleet.dispatcher.fleet.replica import Replica
 from edgefleet.dispatcher.fleet.surface import fetch_surface
 from edgefleet.dispatcher.fleet.upstream import ReplicaClient, UpstreamPool
 from edgefleet.dispatcher.observability.metrics import ReplicaState
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import EdgefleetError, ToolConflict
 from edgefleet.shared.models import ReplicaRecord
@@ -40,15 +41,6 @@ def _known_era(record: ReplicaRecord) -> str | None:
     if record.era == "legacy" or (record.static and not record.tools):
         return None
     return record.era
-
-
-def _raise_if_cancelling() -> None:
-    """Stop a loop whose cancellation a client library swallowed: redis-py, cancelled at the
-    wrong moment under load, can return normally or raise its own error instead, and the
-    loop would run on (the dispatcher's shutdown then waits for it forever)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Fleet:
@@ -160,7 +152,7 @@ class Fleet:
             except Exception:
                 log.exception("fleet sync failed; retrying")
             self._check_loaded()  # also while Redis is away: the wait for agents is bounded
-            _raise_if_cancelling()
+            raise_if_cancelling()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_sync_s)
             self._wake.clear()
@@ -174,7 +166,7 @@ class Fleet:
                         if message.get("type") == "message":
                             self._wake.set()
             except (redis.exceptions.RedisError, OSError):
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 await asyncio.sleep(1.0)
 
     async def sync(self) -> None:

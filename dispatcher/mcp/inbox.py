@@ -13,6 +13,8 @@ from typing import cast
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from edgefleet.shared.aio import raise_if_cancelling
+
 log = logging.getLogger("edgefleet.mcp")
 
 Entries = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
@@ -22,6 +24,7 @@ async def read_inbox(client: aioredis.Redis, key: str) -> AsyncIterator[dict[byt
     """The fields of every entry added to ``key`` from now on, in order."""
     position = "$"
     while True:
+        raise_if_cancelling()
         try:
             found = cast(Entries, await client.xread({key: position}, count=64, block=1000))
         except asyncio.CancelledError:

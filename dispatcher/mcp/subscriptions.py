@@ -41,6 +41,7 @@ from edgefleet.dispatcher.mcp.offers import forwards_listen, watch_mode
 from edgefleet.dispatcher.mcp.relay_listen import ListenRelay
 from edgefleet.dispatcher.mcp.streams import ABRUPT, GRACEFUL, LIST_KINDS, ClientStream
 from edgefleet.dispatcher.mcp.watches import Watches
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.constants import (
     HEADER_SESSION_ID,
     META_CLIENT_CAPABILITIES,
@@ -466,6 +467,7 @@ class Subscriptions:
 
     async def _control_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.keys.mcp_events)

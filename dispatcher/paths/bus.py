@@ -32,6 +32,7 @@ from edgefleet.dispatcher.paths.answer import Answer, fail, send_message
 from edgefleet.dispatcher.paths.checks import ResultChecks
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.shared import jsonrpc, sse, telemetry
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.constants import BusNames
 from edgefleet.shared.envelope import CallEnvelope, CancelRequest, Reply
 from edgefleet.shared.errors import (
@@ -125,6 +126,7 @@ class BusPath:
         last_expire = last_ping = 0.0
         down_since: float | None = None
         while True:
+            raise_if_cancelling()
             try:
                 if time.monotonic() - last_ping >= 1.0:
                     # Listening alone does not notice a Kafka broker going away; asking does.
@@ -195,6 +197,7 @@ class BusPath:
         """Backlog of every calls stream with consumers, for /metrics (sampled, never per call)."""
         reported: set[str] = set()
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(every_s)
             seen: set[str] = set()
             for agent, region in set(self.streams()):

@@ -35,6 +35,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from edgefleet.shared.aio import raise_if_cancelling
+
 log = logging.getLogger("edgefleet.audit")
 
 BUFFER = 100_000
@@ -123,6 +125,7 @@ class AuditLog:
     async def _flush_loop(self) -> None:
         backoff = 0.2
         while True:
+            raise_if_cancelling()
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(FLUSH_INTERVAL_S)  # gather a batch instead of one write per event

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.tasks.progress import ProgressWriter
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.envelope import Reply
 from edgefleet.shared.errors import EdgefleetError, ResultTooLarge, UpstreamError
 
@@ -43,6 +44,7 @@ class BusTaskReplies:
         ensured = False
         last_reclaim = 0.0
         while True:
+            raise_if_cancelling()
             try:
                 if not ensured:
                     await bus_path.bus.ensure_group(stream, group)

@@ -46,6 +46,7 @@ from edgefleet.dispatcher.tasks.replies import BusTaskReplies
 from edgefleet.dispatcher.tasks.sink import TaskSink
 from edgefleet.dispatcher.tasks.store import TaskStore, now_ms
 from edgefleet.shared import telemetry
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.errors import (
     AgentUnavailable,
     EdgefleetError,
@@ -482,6 +483,7 @@ class TaskRunner:
     # -- background loops ----------------------------------------------------------------
     async def _lease_loop(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.lease_ms / 3000)
             if not self.running:
                 continue
@@ -501,6 +503,7 @@ class TaskRunner:
         with contextlib.suppress(asyncio.TimeoutError):
             await self.fleet.wait_loaded(timeout=self.settings.ready_wait_s + 10.0)
         while True:
+            raise_if_cancelling()
             try:
                 await self.sweep()
             except (redis.exceptions.RedisError, OSError) as exc:

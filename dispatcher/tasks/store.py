@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from edgefleet.dispatcher.tasks.model import TERMINAL, TaskRecord, iso
+from edgefleet.shared.aio import raise_if_cancelling
 from edgefleet.shared.constants import RedisKeys
 from edgefleet.shared.errors import TooManyTasks
 
@@ -470,6 +471,7 @@ class TaskEvents:
 
     async def _loop(self) -> None:
         while True:
+            raise_if_cancelling()
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)

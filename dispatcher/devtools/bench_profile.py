@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=list(SCENARIOS), default="2026")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default 250)")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--variant", default="dispatcher", help="the dispatcher to profile (see edgefleet bench)")
     args = parser.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         watch = {"dispatcher": dispatcher.proc.pid}
         spy = subprocess.Popen(
             [pyspy, "record", "--pid", str(dispatcher.proc.pid), "--rate", str(args.rate), "--format", "raw"]
-            + ["--output", str(raw), "--duration", str(int(args.seconds)), "--nonblocking"],
+            + ["--output", str(raw), "--duration", str(int(args.seconds))]
+            + (["--native"] if args.native else ["--nonblocking"]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -32,6 +32,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgefleet.dispatcher.app import Dispatcher, create_app
+from edgefleet.shared.asgi import SCOPE_DISCONNECTS, Disconnects
 from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.server")
@@ -52,6 +53,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._disconnects = Disconnects()
 
     @classmethod
     def configured(cls, settings: DispatcherSettings) -> type[GuardedHttpTools]:
@@ -83,6 +85,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._disconnects.fire()
 
     # -- one request -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -97,6 +100,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # a new request's cycle (not an upgrade)
             cycle.transport = cast(asyncio.Transport, HeadWithBody(self.transport, self.loop))
+            cycle.scope[SCOPE_DISCONNECTS] = self._disconnects  # type: ignore[literal-required]
         self._arm(self.body_timeout_s)  # disarmed again when the message is complete
 
     def on_message_complete(self) -> None:

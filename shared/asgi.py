@@ -14,6 +14,37 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+# Scope key our server (dispatcher.server) sets: the connection's ``Disconnects``. Other
+# ASGI servers do not set it, and the application watches ``receive()`` instead.
+SCOPE_DISCONNECTS = "edgefleet.disconnects"
+
+
+class Disconnects:
+    """Callbacks to run when a connection is lost: a call learns that its client went away
+    without a task per call waiting on ``receive()`` for ``http.disconnect`` (issue 19)."""
+
+    __slots__ = ("_callbacks", "lost")
+
+    def __init__(self) -> None:
+        self._callbacks: set[Callable[[], None]] = set()
+        self.lost = False
+
+    def add(self, callback: Callable[[], None]) -> None:
+        if self.lost:
+            callback()
+        else:
+            self._callbacks.add(callback)
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        self._callbacks.discard(callback)
+
+    def fire(self) -> None:
+        self.lost = True
+        callbacks, self._callbacks = self._callbacks, set()
+        for callback in callbacks:
+            callback()
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request body arrived."""
 

@@ -198,6 +198,13 @@ class DispatcherSettings(BaseSettings):
         default_factory=list,
         description="Per identity and tool, e.g. trainer.*=2/minute,text.*=20/second (comma-separated).",
     )
+    rate_limit_lease_ms: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="How long a busy identity's calls use hits this dispatcher took from Redis at once "
+        "(at most 1 % of a limit; 0: ask Redis on every call).",
+    )
     max_concurrent_calls: int = Field(
         0, ge=0, description="Calls one identity may have in flight on one dispatcher (0: no cap)."
     )

@@ -29,7 +29,7 @@ from edgefleet.dispatcher.paths.answer import HttpAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.security.auth import WARM_UP_IDENTITY
 from edgefleet.shared import jsonrpc, telemetry
-from edgefleet.shared.asgi import Receive, TrackingSend, respond
+from edgefleet.shared.asgi import Disconnects, Receive, TrackingSend, respond
 from edgefleet.shared.constants import (
     HEADER_TIMEOUT,
     META_CLIENT_CAPABILITIES,
@@ -85,6 +85,7 @@ class CallRequest:
     session: Session | None = None
     extra_headers: dict[str, str] | None = None  # 2026 Mcp-Param-* headers
     view: str | None = None  # the agent of a per-agent mount (/mcp/agents/<agent>): its own tool names
+    disconnects: Disconnects | None = None  # the connection's, when the server tells (asgi.SCOPE_DISCONNECTS)
 
 
 class ToolCalls:
@@ -315,7 +316,7 @@ class ToolCalls:
             assert request.receive is not None
             await self.cancellation.promotable(call, self.paths, answer, request.receive, make_record)
         elif modern and request.receive is not None:
-            await self.cancellation.by_disconnect(call, self.paths, answer, request.receive)
+            await self.cancellation.by_disconnect(call, self.paths, answer, request.receive, request.disconnects)
         else:
             assert session is not None
             # A 2026-era agent's input_required rounds are asked of this 2025-era client (mcp.shim).

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.paths.call import ToolCall
     from edgefleet.dispatcher.tasks.model import TaskRecord
     from edgefleet.dispatcher.tasks.runner import TaskRunner
-    from edgefleet.shared.asgi import Receive
+    from edgefleet.shared.asgi import Disconnects, Receive
     from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.mcp")
@@ -57,22 +57,38 @@ class Cancellation:
         if task is not None:
             task.cancel()
 
-    async def by_disconnect(self, call: ToolCall, paths: Dispatch, answer: EraAnswer, receive: Receive) -> None:
-        # One watcher per call: when the client closes the stream (2026 cancellation),
-        # cancel the forwarding, which closes the upstream connection, which cancels the agent.
+    async def by_disconnect(
+        self,
+        call: ToolCall,
+        paths: Dispatch,
+        answer: EraAnswer,
+        receive: Receive,
+        disconnects: Disconnects | None = None,
+    ) -> None:
+        # When the client closes the stream (2026 cancellation), cancel the forwarding, which
+        # closes the upstream connection, which cancels the agent. Our server says when the
+        # connection is lost (``disconnects``); under another server a task per call waits
+        # on ``receive()`` for ``http.disconnect``.
         current = asyncio.current_task()
         assert current is not None
         disconnected = False
 
-        async def watch() -> None:
+        def lost() -> None:
             nonlocal disconnected
-            while (await receive())["type"] != "http.disconnect":
-                pass
             if not answer.ended:
                 disconnected = True
                 current.cancel()
 
-        watcher = asyncio.create_task(watch())
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            lost()
+
+        watcher = None
+        if disconnects is not None:
+            disconnects.add(lost)
+        else:
+            watcher = asyncio.create_task(watch())
         try:
             await _run(call, paths, answer)
         except asyncio.CancelledError:
@@ -83,7 +99,10 @@ class Cancellation:
             current.uncancel()  # we consumed our own cancel; a later one (shutdown) must still land
             log.info("client closed the stream of %s: call cancelled", call.entry.public_name)
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif disconnects is not None:
+                disconnects.discard(lost)
 
     async def by_notification(
         self,

@@ -23,7 +23,9 @@ from edgefleet.dispatcher.security.audit import fingerprint
 from edgefleet.dispatcher.security.auth import SCOPE_IDENTITY, Authenticator, Identity, bearer, challenge, resource_urls
 from edgefleet.shared import jsonrpc
 from edgefleet.shared.asgi import (
+    SCOPE_DISCONNECTS,
     ClientDisconnected,
+    Disconnects,
     Receive,
     Scope,
     Send,
@@ -101,7 +103,7 @@ class MCPEndpoint:
                     data={"agent": view[:64]},
                 )
             if method == "POST":
-                await self._post(headers, receive, tracked, peer, identity, view)
+                await self._post(headers, receive, tracked, peer, identity, view, scope.get(SCOPE_DISCONNECTS))
             elif method == "DELETE":
                 await self.legacy.delete(headers, tracked, identity, view)
             elif method == "GET" and headers.get(HEADER_PROTOCOL_VERSION) != MODERN_PROTOCOL_VERSION:
@@ -182,6 +184,7 @@ class MCPEndpoint:
         peer: str | None,
         identity: Identity,
         view: str | None,
+        disconnects: Disconnects | None,
     ) -> None:
         content_type = headers.get("content-type", "")
         if not content_type.startswith("application/json"):
@@ -195,7 +198,7 @@ class MCPEndpoint:
         body = await read_body(receive, self.settings.max_body_bytes)
         message = jsonrpc.parse(body)
         version = headers.get(HEADER_PROTOCOL_VERSION)
-        request = McpRequest(message, headers, receive, send, peer, identity, view)
+        request = McpRequest(message, headers, receive, send, peer, identity, view, disconnects)
         # The header decides the era: `initialize` under 2026-07-28 is a method that era removed.
         if version == MODERN_PROTOCOL_VERSION:
             await self.modern.handle(request)

@@ -160,6 +160,7 @@ class LegacyEra:
                 receive=receive,
                 session=session,
                 view=request.view,
+                disconnects=request.disconnects,
             )
             await self.calls.handle(call, send)
         elif (

@@ -87,6 +87,7 @@ class ModernEra:
                 receive=request.receive,
                 extra_headers=forwarded or None,
                 view=request.view,
+                disconnects=request.disconnects,
             )
             await self.calls.handle(call, send)
         elif method == "tools/list":

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgefleet.dispatcher.security.auth import Identity
     from edgefleet.shared import jsonrpc
-    from edgefleet.shared.asgi import Receive, TrackingSend
+    from edgefleet.shared.asgi import Disconnects, Receive, TrackingSend
 
 # ASGI scope key set by the app for /mcp/agents/<agent>: the request sees that agent alone.
 SCOPE_VIEW = "edgefleet.view"
@@ -23,3 +23,4 @@ class McpRequest:
     peer: str | None
     identity: Identity
     view: str | None = None  # the agent of a per-agent mount; None on /mcp
+    disconnects: Disconnects | None = None  # the connection's, when the server tells (asgi.SCOPE_DISCONNECTS)

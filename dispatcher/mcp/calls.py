@@ -326,7 +326,13 @@ class ToolCalls:
                 else self.paths
             )
             await self.cancellation.by_notification(
-                call, paths, answer, session, request.receive, make_record if runner is not None else None
+                call,
+                paths,
+                answer,
+                session,
+                request.receive,
+                make_record if runner is not None else None,
+                request.disconnects,
             )
 
     def _may_ask(self, call: ToolCall, request: CallRequest) -> bool:

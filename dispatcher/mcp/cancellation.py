@@ -112,16 +112,30 @@ class Cancellation:
         session: Session,
         receive: Receive | None,
         make_record: MakeRecord | None,
+        disconnects: Disconnects | None = None,
     ) -> None:
         key = (session.id, call.request_id)
         sink = TaskSink(forward=answer)
         task = asyncio.ensure_future(_run(call, paths, sink))
         self.legacy_inflight[key] = task
-        watcher = (
-            asyncio.create_task(disconnected(receive)) if receive is not None and make_record is not None else None
-        )
+        # Woken when the call ends or its client goes away (whichever first): told by our
+        # server (``disconnects``), or by a task waiting on ``receive()`` under another one.
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(*_: object) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        task.add_done_callback(wake)
+        watcher = None
+        if receive is not None and make_record is not None:
+            if disconnects is not None:
+                disconnects.add(wake)
+            else:
+                watcher = asyncio.create_task(disconnected(receive))
+                watcher.add_done_callback(wake)
         try:
-            await asyncio.wait({task} if watcher is None else {task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await woken
             forward = await sink.take_over() if not task.done() and make_record is not None else None
             if forward is not None:
                 assert make_record is not None and self.runner is not None
@@ -151,6 +165,8 @@ class Cancellation:
             self.legacy_inflight.pop(key, None)
             if watcher is not None:
                 watcher.cancel()
+            elif disconnects is not None:
+                disconnects.discard(wake)
 
     async def promotable(
         self,

@@ -157,12 +157,16 @@ class Metrics:
         # lookup ~0.05 µs. Bounded: label values come from the catalog and the registry.
         self._call_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._route_children: dict[tuple[str, str, str], Any] = {}
+        self._upstream_children: dict[tuple[str, ...], Any] = {}
 
     def watch(self, sources: StateSources) -> None:
         self.registry.register(_StateCollector(sources))
 
     def forget_replica(self, agent: str, region: str, replica: str) -> None:
         """Drop a departed replica's series (ids are new on every restart: they would pile up)."""
+        series = (agent, region, replica)
+        for key in [key for key in self._upstream_children if key[:3] == series]:
+            del self._upstream_children[key]  # a cached child of a removed series would count for nobody
         for outcome in UPSTREAM_OUTCOMES:
             with contextlib.suppress(KeyError):
                 self.upstream.remove(agent, region, replica, outcome)
@@ -178,6 +182,22 @@ class Metrics:
                 self._call_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def upstream_outcome(self, agent: str, region: str, replica: str, outcome: str) -> None:
+        """One attempt on a replica (``edgefleet_upstream_requests``)."""
+        self._upstream_child(self.upstream, (agent, region, replica, outcome)).inc()
+
+    def upstream_latency(self, agent: str, region: str, replica: str, seconds: float) -> None:
+        """Until a replica's answer started (``edgefleet_upstream_duration_seconds``)."""
+        self._upstream_child(self.upstream_duration, (agent, region, replica)).observe(seconds)
+
+    def _upstream_child(self, metric: Any, key: tuple[str, ...]) -> Any:
+        child = self._upstream_children.get(key)
+        if child is None:
+            child = metric.labels(*key)
+            if len(self._upstream_children) < 10_000:
+                self._upstream_children[key] = child
+        return child
 
     def route(self, caller_region: str, region: str, reason: str) -> None:
         """One routing decision (``edgefleet_route_decisions``)."""

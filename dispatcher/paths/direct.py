@@ -314,9 +314,7 @@ class DirectPath:
                     replica.observe_latency(latency * 1000)
                     upstream = "ok"
                     if obs is not None and obs.metrics is not None:
-                        obs.metrics.upstream_duration.labels(entry.agent, replica.record.region, replica.id).observe(
-                            latency
-                        )
+                        obs.metrics.upstream_latency(entry.agent, replica.record.region, replica.id, latency)
                     verdict = True
                     self.fleet.report_success(replica, trial=trial)
                     relay = _Relay(call, replica, answer, route, self.checks, rename)
@@ -350,7 +348,7 @@ class DirectPath:
             if not verdict:
                 breaker.release(trial)
             if obs is not None and obs.metrics is not None:
-                obs.metrics.upstream.labels(entry.agent, replica.record.region, replica.id, upstream).inc()
+                obs.metrics.upstream_outcome(entry.agent, replica.record.region, replica.id, upstream)
 
     def _cancel_upstream(self, client: ReplicaClient, session: str, upstream_id: str, reason: str) -> None:
         """Tell a 2025-era server its request is cancelled, off the call's own (ending) task."""

@@ -121,7 +121,15 @@ def test_agent_errors_get_bounded_labels() -> None:
 
 def test_a_departed_replica_leaves_no_series() -> None:
     metrics = _metrics()
-    metrics.upstream.labels("echo", "eu-west", "r1", "ok").inc()
-    metrics.upstream_duration.labels("echo", "eu-west", "r1").observe(0.01)
+    metrics.upstream_outcome("echo", "eu-west", "r1", "ok")
+    metrics.upstream_latency("echo", "eu-west", "r1", 0.01)
     metrics.forget_replica("echo", "eu-west", "r1")
     assert b"r1" not in metrics.exposition()
+    # Back under the same id (a heartbeat gap): counted afresh, not into a dropped child.
+    metrics.upstream_outcome("echo", "eu-west", "r1", "ok")
+    metrics.upstream_latency("echo", "eu-west", "r1", 0.01)
+    exposition = metrics.exposition().decode()
+    assert (
+        'edgefleet_upstream_requests_total{agent="echo",outcome="ok",region="eu-west",replica="r1"} 1.0' in exposition
+    )
+    assert 'edgefleet_upstream_duration_seconds_count{agent="echo",region="eu-west",replica="r1"} 1.0' in exposition

@@ -135,6 +135,45 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
+class current_span:
+    """``with current_span(tracer, name, ...) as span``: ``tracer.start_as_current_span(name,
+    ..., record_exception=False, set_status_on_exception=False)``, the same span made
+    current and ended the same way, without the SDK's two generator-based context managers
+    (two more through a ProxyTracer), which cost about 2 % of the dispatcher's CPU per call
+    at 16 sessions (issue 19). An exception passes through untouched: the callers set the
+    span's status and error type themselves."""
+
+    __slots__ = ("span", "_token")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        *,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.span = tracer.start_span(
+            name,
+            context=context,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            otel_context.detach(self._token)
+        finally:
+            self.span.end()
+
+
 def recording() -> bool:
     """Is the current span being recorded (tracing on and sampled)?"""
     return trace.get_current_span().is_recording()

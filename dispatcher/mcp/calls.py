@@ -162,13 +162,8 @@ class ToolCalls:
             attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": str(name)}
             if request.session is not None:
                 attributes["mcp.session.id"] = request.session.id
-        with _tracer.start_as_current_span(
-            f"tools/call {label}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+        with telemetry.current_span(
+            _tracer, f"tools/call {label}", context=parent, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
             # The start-up exercise of this path is not traffic: no metrics, no info line.
             warm_up = identity is WARM_UP_IDENTITY

@@ -168,12 +168,8 @@ class DirectPath:
             "edgefleet.replica": replica.id,
             "edgefleet.attempt": route.attempt,
         }
-        with _tracer.start_as_current_span(
-            f"{call.method} {call.name}",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+        with telemetry.current_span(
+            _tracer, f"{call.method} {call.name}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
             traceparent = telemetry.current_traceparent() or parent_tp
             body = body.replace(parent_tp.encode(), traceparent.encode(), 1)

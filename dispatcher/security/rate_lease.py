@@ -55,6 +55,16 @@ class Leases:
         self.clock = clock
         self._leases: dict[Hashable, _Lease] = {}
 
+    def take_local(self, key: Hashable, limit: int) -> bool:
+        """A hit from a lease this dispatcher holds, without asking anyone: False when there
+        is none (then ``take``)."""
+        lease = self._leases.get(key)
+        if lease is None or not lease.tokens or limit < 2 * MAX_SHARE or self.clock() >= lease.expires:
+            return False
+        lease.tokens -= 1
+        lease.used += 1
+        return True
+
     async def take(self, key: Hashable, limit: int, ask: Ask) -> bool:
         """One hit of ``key``'s budget (``limit`` per window): True if granted. Redis errors
         propagate (the caller decides what a failure means)."""

@@ -89,27 +89,36 @@ class RateLimits:
         """Count one call; raise RateLimited (with the seconds to wait) when over a limit."""
         if self.limiter is None:
             return
-        if self.per_identity is not None and not await self._hit(
-            "identity", self.per_identity, (identity,), f"{identity!r}"
-        ):
-            return
-        for pattern, item in self.per_tool:
-            if fnmatch.fnmatchcase(tool, pattern) and not await self._hit(
-                "tool", item, (identity, pattern), f"{identity!r} on {tool}"
+        item = self.per_identity
+        if item is not None:
+            key = self._key(item, (identity,))
+            # A hit from this dispatcher's lease needs no await (rate_lease): most calls of a busy identity.
+            if not self.leases.take_local(key, item.amount) and not await self._hit(
+                "identity", item, (identity,), f"{identity!r}", key
             ):
                 return
+        for pattern, item in self.per_tool:
+            if fnmatch.fnmatchcase(tool, pattern):
+                keys = (identity, pattern)
+                key = self._key(item, keys)
+                if not self.leases.take_local(key, item.amount) and not await self._hit(
+                    "tool", item, keys, f"{identity!r} on {tool}", key
+                ):
+                    return
 
     async def admit_task_method(self, identity: str) -> None:
         """Count one task request (``tasks/*`` of either era, a ``/v1/tasks`` route)."""
         if self.limiter is not None and self.per_task_method is not None:
-            await self._hit("task", self.per_task_method, (identity,), f"{identity!r} on task requests")
+            keys = (identity,)
+            key = self._key(self.per_task_method, keys)
+            await self._hit("task", self.per_task_method, keys, f"{identity!r} on task requests", key)
 
-    async def _hit(self, kind: str, item: RateLimitItem, keys: tuple[str, ...], what: str) -> bool:
+    async def _hit(self, kind: str, item: RateLimitItem, keys: tuple[str, ...], what: str, key: tuple[str]) -> bool:
         """Count one hit: True if within the limit, False if Redis could not be asked (let
         through), RateLimited if over it."""
         assert self.limiter is not None
         try:
-            if await self._acquire(item, keys):
+            if await self._acquire(item, keys, key):
                 return True
             stats = await self.limiter.get_window_stats(item, *keys)
         except Exception as exc:  # noqa: BLE001 - fail open: see the module docstring
@@ -124,15 +133,18 @@ class RateLimits:
             data={"retry_after_s": retry_after, "limit": str(item), "scope": kind},
         )
 
-    async def _acquire(self, item: RateLimitItem, keys: tuple[str, ...]) -> bool:
-        """One hit on the moving window, from this dispatcher's lease on it when the key is
-        busy (``rate_lease``)."""
+    def _key(self, item: RateLimitItem, keys: tuple[str, ...]) -> tuple[str]:
+        """The Redis key of ``item`` for ``keys``, as the library names it (cached: formatting it costs)."""
         cache_key = (id(item), keys)
         key = self._keys.get(cache_key)
         if key is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
             key = self._keys[cache_key] = (f"{self.key_prefix}:{item.key_for(*keys)}",)
+        return key
+
+    async def _acquire(self, item: RateLimitItem, keys: tuple[str, ...], key: tuple[str]) -> bool:
+        """One hit on the moving window, from a new lease on it when the key is busy (``rate_lease``)."""
         script = self.script
 
         async def ask(amount: int) -> bool:

@@ -171,3 +171,17 @@ async def test_two_dispatchers_on_one_redis_never_exceed_the_budget(redis_url: s
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_a_held_lease_answers_without_asking() -> None:
+    clock, budget = Clock(), Budget(1_000_000)
+    leases = Leases(0.1, clock)
+    assert not leases.take_local("k", 1_000_000)  # nothing leased yet
+    await _calls(leases, budget, 150, 1_000_000, clock, 0.001)  # busy: now leases of ~100
+    assert await leases.take("k", 1_000_000, budget.ask)
+    asks = len(budget.asks)
+    assert leases.take_local("k", 1_000_000)
+    assert len(budget.asks) == asks
+    assert not leases.take_local("k", 150)  # a small limit is never served from a lease
+    clock.now += 0.2
+    assert not leases.take_local("k", 1_000_000)  # expired

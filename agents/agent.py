@@ -44,6 +44,7 @@ from edgefleet.shared.constants import (
     RESERVED_AGENT_NAMES,
     BusNames,
 )
+from edgefleet.shared.http_server import CoalescingHttpTools
 from edgefleet.shared.settings import AgentSettings, check_environment
 
 log = logging.getLogger("edgefleet.agent")
@@ -144,7 +145,7 @@ class Agent:
             app,
             log_level="warning",
             loop="none",
-            http="httptools",
+            http=CoalescingHttpTools,  # httptools, a JSON answer's head and body in one write
             lifespan="on",
             timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
             timeout_keep_alive=75,  # longer than the dispatcher pool's idle timeout (60 s)

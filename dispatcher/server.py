@@ -26,14 +26,14 @@ import contextlib
 import gc
 import logging
 import socket
-from typing import Any, cast
+from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edgefleet.dispatcher.app import Dispatcher, create_app
 from edgefleet.shared.asgi import SCOPE_DISCONNECTS, Disconnects
+from edgefleet.shared.http_server import CoalescingHttpTools
 from edgefleet.shared.settings import DispatcherSettings
 
 log = logging.getLogger("edgefleet.server")
@@ -44,8 +44,9 @@ _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: cl
 _FULL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
 
 
-class GuardedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with head and body deadlines and a connection cap."""
+class GuardedHttpTools(CoalescingHttpTools):
+    """uvicorn's httptools protocol with head and body deadlines and a connection cap (and
+    a response's head sent with its body: ``shared.http_server``)."""
 
     header_timeout_s = 10.0
     body_timeout_s = 30.0
@@ -102,7 +103,6 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle is not before:  # a new request's cycle (not an upgrade)
-            cycle.transport = cast(asyncio.Transport, HeadWithBody(self.transport, self.loop))
             cycle.scope[SCOPE_DISCONNECTS] = self._disconnects  # type: ignore[literal-required]
         self._arm(self.body_timeout_s)  # disarmed again when the message is complete
 
@@ -129,55 +129,6 @@ class GuardedHttpTools(HttpToolsProtocol):
         if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(_TIMEOUT)
         self.transport.close()  # a handler reading the body sees the client go
-
-
-class HeadWithBody:
-    """The transport as one response's cycle sees it: the response head (the cycle's first
-    write) waits for the first body write of the same loop turn and both leave in one
-    ``writelines``, one ``send()`` instead of two per JSON answer (issue 19: uvicorn's two
-    writes were 14 % of the dispatcher's samples at 16 sessions). A head with no body in
-    that turn (a stream that has nothing to say yet) goes out at the end of the turn."""
-
-    __slots__ = ("_transport", "_loop", "_held", "_flush", "_passing")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-        self._flush: asyncio.Handle | None = None
-        self._passing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._passing:
-            self._transport.write(data)
-        elif self._held is None:
-            self._held = bytes(data)
-            self._flush = self._loop.call_soon(self._flush_held)
-        else:
-            self._passing = True
-            if self._flush is not None:
-                self._flush.cancel()
-            held, self._held = self._held, None
-            self._transport.writelines((held, data))
-
-    def _flush_held(self) -> None:
-        self._passing = True
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
-            self._transport.write(held)
-
-    def close(self) -> None:
-        if self._held is not None:
-            if self._flush is not None:
-                self._flush.cancel()
-            self._flush_held()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:  # get_extra_info, abort, ...: the transport's own
-        return getattr(self._transport, name)
 
 
 class _Server(uvicorn.Server):

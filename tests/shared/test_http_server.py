@@ -1,6 +1,6 @@
 """A response's head and its body leave in one write when the application sends them in one
 loop turn (a JSON answer), and a head whose body comes later (a stream) still leaves at the
-end of its turn, not with the body (server.HeadWithBody, issue 19)."""
+end of its turn, not with the body (shared.http_server, issue 19)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 import uvicorn
 
-from edgefleet.dispatcher.server import GuardedHttpTools, HeadWithBody
+from edgefleet.shared.http_server import CoalescingHttpTools, HeadWithBody
 
 
 class _Recording:
@@ -47,6 +47,17 @@ async def test_head_and_body_of_one_turn_are_one_write() -> None:
     transport.write(b"MORE")  # later writes pass straight through
     await asyncio.sleep(0)
     assert real.writes == [b"HEADBODY", b"MORE"]
+
+
+async def test_an_interim_answer_leaves_at_once_and_the_final_head_still_waits_for_its_body() -> None:
+    real = _Recording()
+    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    await asyncio.sleep(0)  # the application works on the call over several turns
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"BODY")
+    assert real.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\nBODY"]
 
 
 async def test_a_lone_head_leaves_at_the_end_of_its_turn() -> None:
@@ -92,7 +103,7 @@ async def _stream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def _server(app: Any) -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=GuardedHttpTools, lifespan="off", log_config=None, access_log=False)
+    config = uvicorn.Config(app, http=CoalescingHttpTools, lifespan="off", log_config=None, access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

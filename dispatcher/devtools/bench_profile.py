@@ -36,7 +36,7 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics (prometheus_client)", ("prometheus_client", "observability/metrics.py")),
     ("tracing (OpenTelemetry SDK, export)", ("opentelemetry", "shared/telemetry.py")),
     ("call observation (observe.py)", ("observability/observe.py",)),
-    ("rate limit (limits, Redis)", ("limits/", "rate_limits.py")),
+    ("rate limit (limits, Redis)", ("limits/", "rate_limits.py", "rate_lease.py")),
     ("Redis client (redis-py)", ("redis/",)),
     ("upstream client (aiohttp)", ("aiohttp",)),
     ("upstream client (http1)", ("dispatcher/http1/",)),
@@ -47,7 +47,7 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("bus path", ("paths/bus.py", "edgefleet/bus/")),
     ("MCP endpoint (parse, checks, eras)", ("dispatcher/mcp/", "shared/jsonrpc.py", "shared/asgi.py", "shared/sse.py")),
     ("json (orjson)", ("orjson",)),
-    ("uvicorn + httptools (server side)", ("uvicorn",)),
+    ("uvicorn + httptools (server side)", ("uvicorn", "shared/http_server.py", "dispatcher/server.py")),
     ("asyncio / uvloop event loop", ("asyncio", "uvloop")),
 ]
 

@@ -109,6 +109,11 @@ class GuardedHttpTools(CoalescingHttpTools):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+        # uvicorn pauses reading while more than 64 KiB of body waits for the application,
+        # and only the application's next receive() resumes it: a call that does not read
+        # again would never see its client's EOF, and Disconnects would never fire. The
+        # whole body is in now; a pipelined request pauses reading again at its head.
+        self.flow.resume_reading()
 
     # -- deadlines -------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
@@ -146,6 +151,7 @@ class _Server(uvicorn.Server):
         # process's life: frozen, full collections no longer walk it, and a young generation
         # ten times the default makes collections rarer (the collector was 3.5 % of the
         # dispatcher's samples at 16 sessions; issue 19).
+        gc.collect()  # start-up's own garbage is collected, not frozen with the rest
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 

@@ -34,7 +34,7 @@ class HeadWithBody:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._passing:
             self._transport.write(data)
-        elif data[:10] == b"HTTP/1.1 1":
+        elif self._held is None and data[:10] == b"HTTP/1.1 1":
             # An interim answer (uvicorn's ``100 Continue``, written when the application
             # first reads the body): at once, and the final head is still the one held.
             self._transport.write(data)

@@ -9,17 +9,23 @@ per call, as before.
 
 What this keeps and what it trades, per dispatcher and key:
 
-- **The budget is never exceeded.** Every hit handed out was counted in Redis first, with
-  every other dispatcher's, in the same window.
+- **Redis never counts more than the budget.** Every hit handed out was counted in Redis
+  first, with every other dispatcher's. Calls themselves can run a little later than their
+  hits were counted: across a window's edge, the calls admitted in one window can exceed
+  the limit by the hits that were held then (at most one lease, 1 % of the limit, per
+  dispatcher).
 - **Sizes follow the key's own rate:** a lease asks for the hits the key used in the last
   lease period, at least 1, at most 1 % of the limit (``max(1, amount // 100)``). A limit
   under 200 per window is therefore counted call by call, exactly as without leases.
 - **A leased hit counts from when it was leased,** up to one lease period (``lease_s``,
-  default 0.1 s) before the call it admits, so its slot frees up to that much earlier.
+  default 0.1 s, counted from when the lease arrived) before the call it admits, so its slot
+  frees up to that much earlier.
 - **Hits leased and not used are spent** (at most one lease per key per period, when the
   key's calls stop): a caller near the limit can be refused up to 1 % of it early.
 - A lease that Redis refuses is not the last word: the call asks for one hit on its own,
   so a key with a few hits left still gets them.
+- At most one lease request per key is in flight; calls arriving meanwhile wait for it once,
+  then ask on their own if it did not cover them, and fail with it if Redis failed it.
 
 ``lease_s`` 0 turns leases off (``EDGEFLEET_RATE_LIMIT_LEASE_MS=0``).
 """
@@ -46,7 +52,8 @@ class _Lease:
         self.used = 0  # hits handed out since period_start
         self.period_start = now
         self.size = 1  # hits the next lease asks for
-        self.asking: asyncio.Future[None] | None = None  # a lease request in flight
+        # A lease request in flight; its result is the exception it failed with, if any.
+        self.asking: asyncio.Future[Exception | None] | None = None
 
 
 class Leases:
@@ -76,40 +83,61 @@ class Leases:
             if len(self._leases) >= MAX_KEYS:
                 self._forget_idle(now)
             lease = self._leases[key] = _Lease(now)
-        while True:
-            if lease.tokens and now < lease.expires:
+        if lease.tokens and now < lease.expires:
+            lease.tokens -= 1
+            lease.used += 1
+            return True
+        if lease.asking is not None:
+            # Another call of this key is asking for a lease: it may cover this call too.
+            # Waited for once; then this call asks on its own, alongside the others (a
+            # queue of calls each waiting for the one before would add their round trips).
+            failure = await asyncio.shield(lease.asking)
+            if failure is not None:
+                raise failure  # Redis failed that request: fail with it, not one timeout later
+            if lease.tokens and self.clock() < lease.expires:
                 lease.tokens -= 1
                 lease.used += 1
                 return True
-            if lease.asking is None:
-                return await self._renew(lease, limit, now, ask)
-            # Another call of this key is asking already: its lease may cover this call too.
-            await asyncio.shield(lease.asking)
-            now = self.clock()
-
-    async def _renew(self, lease: _Lease, limit: int, now: float, ask: Ask) -> bool:
+            return await self._one(lease, ask)
         if now - lease.period_start >= self.lease_s:
             # The next lease asks for what the last period used (this call included).
             lease.size = max(1, min(lease.used + 1, limit // MAX_SHARE))
             lease.used = 0
             lease.period_start = now
+        if lease.size <= 1:
+            return await self._one(lease, ask)  # not busy: one hit, no one waits for it
+        return await self._renew(lease, ask)
+
+    @staticmethod
+    async def _one(lease: _Lease, ask: Ask) -> bool:
+        granted = await ask(1)
+        if granted:
+            lease.used += 1
+        return granted
+
+    async def _renew(self, lease: _Lease, ask: Ask) -> bool:
         size = lease.size
         lease.asking = asyncio.get_running_loop().create_future()
+        failure: Exception | None = None
         try:
             granted = await ask(size)
-            if not granted and size > 1:
+            if not granted:
                 # The budget is nearly spent: from now on this key asks one hit at a time
                 # (a refused call costs one request, as without leases).
                 lease.size = 1
                 size, granted = 1, await ask(1)
             if granted:
                 lease.tokens = size - 1
-                lease.expires = now + self.lease_s
+                # From when the hits arrived: a slow answer must not leave them stale on arrival.
+                lease.expires = self.clock() + self.lease_s
                 lease.used += 1
             return granted
+        except Exception as exc:
+            failure = exc
+            raise
         finally:
             asking, lease.asking = lease.asking, None
-            asking.set_result(None)
+            asking.set_result(failure)  # a cancelled request wakes the waiters with None: they ask on their own
 
     def _forget_idle(self, now: float) -> None:
         for key in [k for k, lease in self._leases.items() if lease.asking is None and now >= lease.expires]:

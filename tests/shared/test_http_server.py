@@ -60,6 +60,14 @@ async def test_an_interim_answer_leaves_at_once_and_the_final_head_still_waits_f
     assert real.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\nBODY"]
 
 
+async def test_a_body_that_looks_like_an_interim_answer_still_follows_its_head() -> None:
+    real = _Recording()
+    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\n")
+    transport.write(b"HTTP/1.1 100 from the body")
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\nHTTP/1.1 100 from the body"]
+
+
 async def test_a_lone_head_leaves_at_the_end_of_its_turn() -> None:
     real = _Recording()
     transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())

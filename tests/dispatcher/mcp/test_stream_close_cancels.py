@@ -25,11 +25,15 @@ async def _logged(proc: Proc, line: str, times: int, timeout: float = 10.0) -> N
         await asyncio.sleep(0.05)
 
 
-async def test_closing_the_stream_cancels_the_agents_handler(fleet: Fleet) -> None:
+@pytest.mark.parametrize("padding", [0, 300_000], ids=["small", "over-64KiB-body"])
+async def test_closing_the_stream_cancels_the_agents_handler(fleet: Fleet, padding: int) -> None:
+    """Also with a body over uvicorn's 64 KiB read buffer: uvicorn stops reading the
+    connection until the application reads again, and a call does not; the dispatcher's
+    server reads on once the body is whole, so it still sees the client leave."""
     agent = fleet.start_agent("edgefleet.agents.examples.echo", "eu-west")
     dispatcher = fleet.dispatchers[0][1]
     port = int(fleet.mcp_url.rsplit(":", 1)[1].split("/", 1)[0])
-    body, headers = tools_call("echo.wait", {"seconds": 60})
+    body, headers = tools_call("echo.wait", {"seconds": 60}, meta={"padding": "x" * padding} if padding else None)
     head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     for attempt in range(2):  # twice on one dispatcher: the first cancel leaves nothing behind
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

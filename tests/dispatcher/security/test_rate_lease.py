@@ -112,6 +112,65 @@ async def test_concurrent_calls_share_one_request_in_flight() -> None:
     assert len(budget.asks) - asks <= 2, "every waiting call asked Redis on its own"
 
 
+async def _busy(leases: Leases, clock: Clock) -> None:
+    """Make key "k" busy (leases of ~100 from now on) and let its lease lapse."""
+    budget = Budget(1_000_000)
+    await _calls(leases, budget, 200, 1_000_000, clock, 0.001)
+    clock.now += 0.2
+
+
+async def test_calls_waiting_on_a_failed_lease_request_fail_with_it() -> None:
+    """Redis down: the calls that waited for the one lease request fail with it at once
+    (the limiter lets them through), not one timeout after another."""
+    clock = Clock()
+    leases = Leases(0.1, clock)
+    await _busy(leases, clock)
+    asks = 0
+
+    async def down(amount: int) -> bool:
+        nonlocal asks
+        asks += 1
+        await asyncio.sleep(0.01)
+        raise ConnectionError("Redis down")
+
+    results = await asyncio.gather(*(leases.take("k", 1_000_000, down) for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert asks == 1
+
+
+async def test_a_lease_slower_than_its_period_still_serves_the_calls_that_waited() -> None:
+    clock = Clock()
+    leases = Leases(0.1, clock)
+    await _busy(leases, clock)
+    budget = Budget(1_000_000)
+
+    async def slow(amount: int) -> bool:
+        clock.now += 0.15  # the answer takes longer than a lease period
+        return await budget.ask(amount)
+
+    results = await asyncio.gather(*(leases.take("k", 1_000_000, slow) for _ in range(20)))
+    assert all(results)
+    assert len(budget.asks) == 1 and budget.granted - 20 < budget.asks[0]
+
+
+async def test_a_burst_on_a_quiet_key_asks_all_at_once_not_one_after_another() -> None:
+    clock, budget = Clock(), Budget(1_000_000, delay_s=0.01)
+    leases = Leases(0.1, clock)
+    in_flight = peak = 0
+
+    async def counted(amount: int) -> bool:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await budget.ask(amount)
+        finally:
+            in_flight -= 1
+
+    assert all(await asyncio.gather(*(leases.take("k", 1_000_000, counted) for _ in range(50))))
+    assert peak == 50
+
+
 async def test_an_error_reaches_the_caller_and_the_next_call_asks_again() -> None:
     clock = Clock()
     leases = Leases(0.1, clock)

@@ -195,8 +195,10 @@ class Metrics:
         child = self._upstream_children.get(key)
         if child is None:
             child = metric.labels(*key)
-            if len(self._upstream_children) < 10_000:
-                self._upstream_children[key] = child
+            if len(self._upstream_children) >= 10_000:
+                # Replica ids change on every restart: start afresh rather than keep dead ones.
+                self._upstream_children.clear()
+            self._upstream_children[key] = child
         return child
 
     def route(self, caller_region: str, region: str, reason: str) -> None:

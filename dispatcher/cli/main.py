@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant",
         action="append",
         default=[],
-        metavar="LABEL[=K=V,...|=src:DIR]",
-        help="one more dispatcher in the same run: other settings, or another source tree (repeatable)",
+        metavar="LABEL[=K=V,...|=src:DIR|=python:PATH]",
+        help="one more dispatcher in the same run: other settings, another source tree or another interpreter (repeatable)",
     )
     bench.add_argument("--json", action="store_true", help="print the results as JSON (every round included)")
     bench.add_argument(

@@ -116,7 +116,9 @@ class Cell:
 
 
 def parse_variant(spec: str) -> Variant:
-    """``label`` (the realistic settings), ``label=K=V,K=V`` (settings on top) or ``label=src:DIR``."""
+    """``label`` (the realistic settings), ``label=K=V,K=V`` (settings on top), ``label=src:DIR``
+    (another source tree) or ``label=python:PATH`` (another interpreter, e.g. a venv of a
+    newer Python with edgefleet installed)."""
     label, _, rest = spec.partition("=")
     if not label or label == "direct":
         raise ValueError(f"--variant {spec!r}: give it a label other than 'direct'")
@@ -124,10 +126,12 @@ def parse_variant(spec: str) -> Variant:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         if item.startswith("src:"):
             variant.src = os.path.abspath(item[4:])
+        elif item.startswith("python:"):
+            variant.python = os.path.abspath(item[7:])
         else:
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"--variant {spec!r}: {item!r} is neither K=V nor src:DIR")
+                raise ValueError(f"--variant {spec!r}: {item!r} is neither K=V, src:DIR nor python:PATH")
             variant.env[key] = value
     return variant
 

@@ -62,6 +62,7 @@ class Variant:
     label: str
     env: dict[str, str] = field(default_factory=dict)
     src: str | None = None
+    python: str | None = None  # another interpreter (a venv with edgefleet installed), e.g. a newer Python
 
 
 @dataclass
@@ -181,7 +182,7 @@ class BenchStack:
         log = self.dir / f"dispatcher-{variant.label}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.dispatcher", "serve"],
+                [variant.python or sys.executable, "-m", "edgefleet.dispatcher", "serve"],
                 env=env,
                 preexec_fn=die_with_parent,
                 stdout=out,

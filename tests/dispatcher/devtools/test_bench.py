@@ -49,10 +49,11 @@ def test_the_bench_runs_every_scenario_and_reports_cpu_per_call_as_json() -> Non
     assert result["spans_received"] >= 0
 
 
-def test_variants_are_settings_or_a_source_tree() -> None:
+def test_variants_are_settings_a_source_tree_or_an_interpreter() -> None:
     variant = parse_variant("lean=EDGEFLEET_AUDIT=false,EDGEFLEET_RATE_LIMIT=")
     assert variant.label == "lean" and variant.env == {"EDGEFLEET_AUDIT": "false", "EDGEFLEET_RATE_LIMIT": ""}
     assert parse_variant("before=src:/tmp/tree").src == "/tmp/tree"
+    assert parse_variant("py313=python:/opt/v313/bin/python").python == "/opt/v313/bin/python"
     for bad in ("direct", "=X=1", "x=NOEQUALS"):
         with pytest.raises(ValueError):
             parse_variant(bad)

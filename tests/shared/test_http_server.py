@@ -38,9 +38,14 @@ class _Recording:
         return f"info:{name}"
 
 
-async def test_head_and_body_of_one_turn_are_one_write() -> None:
+def _wrapped() -> tuple[_Recording, HeadWithBody]:
+    """A recording transport, and the wrapper a response's cycle writes through."""
     real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    return real, HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+
+
+async def test_head_and_body_of_one_turn_are_one_write() -> None:
+    real, transport = _wrapped()
     transport.write(b"HEAD")
     transport.write(b"BODY")
     assert real.writes == [b"HEADBODY"]
@@ -50,8 +55,7 @@ async def test_head_and_body_of_one_turn_are_one_write() -> None:
 
 
 async def test_an_interim_answer_leaves_at_once_and_the_final_head_still_waits_for_its_body() -> None:
-    real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    real, transport = _wrapped()
     transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     await asyncio.sleep(0)  # the application works on the call over several turns
@@ -61,16 +65,14 @@ async def test_an_interim_answer_leaves_at_once_and_the_final_head_still_waits_f
 
 
 async def test_a_body_that_looks_like_an_interim_answer_still_follows_its_head() -> None:
-    real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    real, transport = _wrapped()
     transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\n")
     transport.write(b"HTTP/1.1 100 from the body")
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\n\r\nHTTP/1.1 100 from the body"]
 
 
 async def test_a_lone_head_leaves_at_the_end_of_its_turn() -> None:
-    real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    real, transport = _wrapped()
     transport.write(b"HEAD")
     assert real.writes == []
     await asyncio.sleep(0)
@@ -80,8 +82,7 @@ async def test_a_lone_head_leaves_at_the_end_of_its_turn() -> None:
 
 
 async def test_close_sends_a_held_head_first_and_the_rest_is_the_transports() -> None:
-    real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    real, transport = _wrapped()
     transport.write(b"HEAD")
     transport.close()
     assert real.writes == [b"HEAD"] and real.closed and transport.is_closing()
@@ -91,8 +92,7 @@ async def test_close_sends_a_held_head_first_and_the_rest_is_the_transports() ->
 
 
 async def test_a_head_is_dropped_when_the_connection_closed_under_it() -> None:
-    real = _Recording()
-    transport = HeadWithBody(cast(asyncio.Transport, real), asyncio.get_running_loop())
+    real, transport = _wrapped()
     transport.write(b"HEAD")
     real.closed = True  # the client went away within the turn
     await asyncio.sleep(0)

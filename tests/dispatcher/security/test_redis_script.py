@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -69,31 +70,40 @@ async def test_per_tool_limit_counts_through_the_script_client(redis_url: str, r
         await limits.aclose()
 
 
-async def test_concurrent_calls_get_their_own_replies(redis_url: str) -> None:
+@pytest.fixture
+async def echo(redis_url: str) -> AsyncIterator[ScriptClient]:
+    """A script client whose script answers its first argument."""
     client = ScriptClient(redis_url, ECHO)
     try:
-        replies = await asyncio.gather(*(client.call(["k"], [f"v{i}"]) for i in range(200)))
-        assert replies == [f"v{i}".encode() for i in range(200)]
+        yield client
     finally:
         await client.aclose()
 
 
-async def test_noscript_is_answered_with_the_script(redis_url: str) -> None:
-    client = ScriptClient(redis_url, ECHO)
-    admin = aioredis.Redis.from_url(redis_url)
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py connection, to act on the server behind the script client's back."""
+    connection = aioredis.Redis.from_url(redis_url)
     try:
-        assert await client.call(["k"], ["a"]) == b"a"
-        await admin.script_flush()
-        assert await client.call(["k"], ["b"]) == b"b"
-        assert await client.call(["k"], ["c"]) == b"c"
+        yield connection
     finally:
-        await client.aclose()
-        await admin.aclose()
+        await connection.aclose()
 
 
-async def test_script_errors_are_response_errors(redis_url: str) -> None:
+async def test_concurrent_calls_get_their_own_replies(echo: ScriptClient) -> None:
+    replies = await asyncio.gather(*(echo.call(["k"], [f"v{i}"]) for i in range(200)))
+    assert replies == [f"v{i}".encode() for i in range(200)]
+
+
+async def test_noscript_is_answered_with_the_script(echo: ScriptClient, admin: aioredis.Redis) -> None:
+    assert await echo.call(["k"], ["a"]) == b"a"
+    await admin.script_flush()
+    assert await echo.call(["k"], ["b"]) == b"b"
+    assert await echo.call(["k"], ["c"]) == b"c"
+
+
+async def test_script_errors_are_response_errors(redis_url: str, admin: aioredis.Redis) -> None:
     client = ScriptClient(redis_url, "return redis.call('incr', KEYS[1])")
-    admin = aioredis.Redis.from_url(redis_url)
     key = f"eftest-notanumber-{time.time_ns()}"
     try:
         await admin.set(key, "x")
@@ -103,20 +113,13 @@ async def test_script_errors_are_response_errors(redis_url: str) -> None:
     finally:
         await client.aclose()
         await admin.delete(key, key + "-n")
-        await admin.aclose()
 
 
-async def test_a_lost_connection_is_opened_again(redis_url: str) -> None:
-    client = ScriptClient(redis_url, ECHO)
-    admin = aioredis.Redis.from_url(redis_url)
-    try:
-        assert await client.call(["k"], ["a"]) == b"a"
-        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        await asyncio.sleep(0.05)
-        assert await client.call(["k"], ["b"]) == b"b"
-    finally:
-        await client.aclose()
-        await admin.aclose()
+async def test_a_lost_connection_is_opened_again(echo: ScriptClient, admin: aioredis.Redis) -> None:
+    assert await echo.call(["k"], ["a"]) == b"a"
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await asyncio.sleep(0.05)
+    assert await echo.call(["k"], ["b"]) == b"b"
 
 
 async def test_the_db_of_the_url_is_selected(redis_url: str, redis_prefix: str) -> None:
@@ -173,8 +176,7 @@ def test_other_urls_keep_the_library_client() -> None:
     assert limits.script is None and limits.limiter is not None
 
 
-async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str) -> None:
-    admin = aioredis.Redis.from_url(redis_url)
+async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str, admin: aioredis.Redis) -> None:
     user = f"{redis_prefix}-user"
     host = redis_url.split("//", 1)[1]
     await admin.execute_command("ACL", "SETUSER", user, "on", ">s3cret", "~*", "+@all")
@@ -188,7 +190,6 @@ async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str) -
         await client.aclose()
         await wrong.aclose()
         await admin.execute_command("ACL", "DELUSER", user)
-        await admin.aclose()
 
 
 def test_under_uvloop_the_limit_holds(redis_url: str, redis_prefix: str) -> None:

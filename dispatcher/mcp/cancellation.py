@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgefleet.dispatcher.paths.answer import send_message
@@ -66,9 +67,7 @@ class Cancellation:
         disconnects: Disconnects | None = None,
     ) -> None:
         # When the client closes the stream (2026 cancellation), cancel the forwarding, which
-        # closes the upstream connection, which cancels the agent. Our server says when the
-        # connection is lost (``disconnects``); under another server a task per call waits
-        # on ``receive()`` for ``http.disconnect``.
+        # closes the upstream connection, which cancels the agent.
         current = asyncio.current_task()
         assert current is not None
         disconnected = False
@@ -79,30 +78,16 @@ class Cancellation:
                 disconnected = True
                 current.cancel()
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            lost()
-
-        watcher = None
-        if disconnects is not None:
-            disconnects.add(lost)
-        else:
-            watcher = asyncio.create_task(watch())
-        try:
-            await _run(call, paths, answer)
-        except asyncio.CancelledError:
-            if not disconnected:
-                raise
-            if call.obs is not None:
-                call.obs.outcome = "cancelled"
-            current.uncancel()  # we consumed our own cancel; a later one (shutdown) must still land
-            log.info("client closed the stream of %s: call cancelled", call.entry.public_name)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            elif disconnects is not None:
-                disconnects.discard(lost)
+        with on_client_gone(disconnects, receive, lost):
+            try:
+                await _run(call, paths, answer)
+            except asyncio.CancelledError:
+                if not disconnected:
+                    raise
+                if call.obs is not None:
+                    call.obs.outcome = "cancelled"
+                current.uncancel()  # we consumed our own cancel; a later one (shutdown) must still land
+                log.info("client closed the stream of %s: call cancelled", call.entry.public_name)
 
     async def by_notification(
         self,
@@ -118,8 +103,7 @@ class Cancellation:
         sink = TaskSink(forward=answer)
         task = asyncio.ensure_future(_run(call, paths, sink))
         self.legacy_inflight[key] = task
-        # Woken when the call ends or its client goes away (whichever first): told by our
-        # server (``disconnects``), or by a task waiting on ``receive()`` under another one.
+        # Woken when the call ends or its client goes away, whichever comes first.
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake(*_: object) -> None:
@@ -127,15 +111,14 @@ class Cancellation:
                 woken.set_result(None)
 
         task.add_done_callback(wake)
-        watcher = None
-        if receive is not None and make_record is not None:
-            if disconnects is not None:
-                disconnects.add(wake)
-            else:
-                watcher = asyncio.create_task(disconnected(receive))
-                watcher.add_done_callback(wake)
+        gone = (
+            on_client_gone(disconnects, receive, wake)
+            if receive is not None and make_record is not None
+            else contextlib.nullcontext()
+        )
         try:
-            await woken
+            with gone:
+                await woken
             forward = await sink.take_over() if not task.done() and make_record is not None else None
             if forward is not None:
                 assert make_record is not None and self.runner is not None
@@ -163,10 +146,6 @@ class Cancellation:
             await answer.end_without_answer()
         finally:
             self.legacy_inflight.pop(key, None)
-            if watcher is not None:
-                watcher.cancel()
-            elif disconnects is not None:
-                disconnects.discard(wake)
 
     async def promotable(
         self,
@@ -243,6 +222,31 @@ async def disconnected(receive: Receive) -> None:
     """Returns when the client has closed the connection."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+@contextlib.contextmanager
+def on_client_gone(disconnects: Disconnects | None, receive: Receive, callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, ``callback()`` runs if the client's connection is lost. Our server
+    says so itself (``disconnects``, from the scope: no task per call, issue 19); under
+    another ASGI server a task waits on ``receive()`` for ``http.disconnect``."""
+    if disconnects is not None:
+        disconnects.add(callback)
+        try:
+            yield
+        finally:
+            disconnects.discard(callback)
+        return
+
+    def ended(watcher: asyncio.Task[None]) -> None:
+        if not watcher.cancelled() and watcher.exception() is None:
+            callback()
+
+    watcher = asyncio.create_task(disconnected(receive))
+    watcher.add_done_callback(ended)
+    try:
+        yield
+    finally:
+        watcher.cancel()
 
 
 def _adopt_failed(tool: str, exc: Exception) -> None:

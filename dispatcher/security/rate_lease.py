@@ -66,11 +66,7 @@ class Leases:
         """A hit from a lease this dispatcher holds, without asking anyone: False when there
         is none (then ``take``)."""
         lease = self._leases.get(key)
-        if lease is None or not lease.tokens or limit < 2 * MAX_SHARE or self.clock() >= lease.expires:
-            return False
-        lease.tokens -= 1
-        lease.used += 1
-        return True
+        return lease is not None and limit >= 2 * MAX_SHARE and self._spend(lease, self.clock())
 
     async def take(self, key: Hashable, limit: int, ask: Ask) -> bool:
         """One hit of ``key``'s budget (``limit`` per window): True if granted. Redis errors
@@ -83,9 +79,7 @@ class Leases:
             if len(self._leases) >= MAX_KEYS:
                 self._forget_idle(now)
             lease = self._leases[key] = _Lease(now)
-        if lease.tokens and now < lease.expires:
-            lease.tokens -= 1
-            lease.used += 1
+        if self._spend(lease, now):
             return True
         if lease.asking is not None:
             # Another call of this key is asking for a lease: it may cover this call too.
@@ -94,11 +88,7 @@ class Leases:
             failure = await asyncio.shield(lease.asking)
             if failure is not None:
                 raise failure  # Redis failed that request: fail with it, not one timeout later
-            if lease.tokens and self.clock() < lease.expires:
-                lease.tokens -= 1
-                lease.used += 1
-                return True
-            return await self._one(lease, ask)
+            return self._spend(lease, self.clock()) or await self._one(lease, ask)
         if now - lease.period_start >= self.lease_s:
             # The next lease asks for what the last period used (this call included).
             lease.size = max(1, min(lease.used + 1, limit // MAX_SHARE))
@@ -107,6 +97,15 @@ class Leases:
         if lease.size <= 1:
             return await self._one(lease, ask)  # not busy: one hit, no one waits for it
         return await self._renew(lease, ask)
+
+    @staticmethod
+    def _spend(lease: _Lease, now: float) -> bool:
+        """One of the lease's hits, if it holds one still fresh."""
+        if not lease.tokens or now >= lease.expires:
+            return False
+        lease.tokens -= 1
+        lease.used += 1
+        return True
 
     @staticmethod
     async def _one(lease: _Lease, ask: Ask) -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from edgefleet.dispatcher.app import Dispatcher, create_app
 from edgefleet.shared.asgi import SCOPE_DISCONNECTS, Disconnects
@@ -99,12 +100,11 @@ class GuardedHttpTools(CoalescingHttpTools):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        before = self.cycle
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle is not before:  # a new request's cycle (not an upgrade)
-            cycle.scope[SCOPE_DISCONNECTS] = self._disconnects  # type: ignore[literal-required]
         self._arm(self.body_timeout_s)  # disarmed again when the message is complete
+
+    def cycle_started(self, cycle: RequestResponseCycle) -> None:
+        cycle.scope[SCOPE_DISCONNECTS] = self._disconnects  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
         self._disarm()

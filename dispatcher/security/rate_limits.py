@@ -11,8 +11,8 @@ The per-call hit sends the library's own moving-window script with its own keys,
 through ``redis_script.ScriptClient`` (one pipelined connection) instead of redis-py's
 pool: the same count in Redis for a third of the dispatcher's CPU (issue 19). The library
 still answers the rare questions (the window's reset time of a refused call). A busy key
-asks Redis for its next ~100 ms of hits at once (``rate_lease``: never over the budget,
-at most 1 % of the limit leased at a time).
+asks Redis for its next ~100 ms of hits at once (``rate_lease``: Redis never counts over
+the budget, at most 1 % of the limit is leased at a time).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ of an ``initialize`` and in its local cache; a Redis outage never turns into a c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
@@ -25,20 +25,11 @@ async def _later(step: Awaitable[T]) -> T:
     return done
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
 async def test_one_identity_holds_at_most_its_cap_and_the_least_recently_used_goes(
-    client: aioredis.Redis, redis_prefix: str
+    redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    store = SessionStore(client, RedisKeys(redis_prefix), 60, max_per_owner=3)
-    other = SessionStore(client, RedisKeys(redis_prefix), 60, max_per_owner=3)  # another dispatcher
+    store = SessionStore(redis_client, RedisKeys(redis_prefix), 60, max_per_owner=3)
+    other = SessionStore(redis_client, RedisKeys(redis_prefix), 60, max_per_owner=3)  # another dispatcher
     # Last use is kept in milliseconds: a few apart, so the order below is the order of use.
     first, second, third = [await _later(store.create("2025-11-25", {}, {}, owner="alice")) for _ in range(3)]
     first.touched = second.touched = 0  # due for a lease renewal: it refreshes their last use
@@ -46,29 +37,31 @@ async def test_one_identity_holds_at_most_its_cap_and_the_least_recently_used_go
     fourth = await other.create("2025-11-25", {}, {}, owner="alice")
     # second was least recently used: ended fleet-wide (Redis) - the first dispatcher finds
     # out at its next renewal; the others live on, and other identities are not affected.
-    assert await client.exists(RedisKeys(redis_prefix).session(second.id)) == 0
+    assert await redis_client.exists(RedisKeys(redis_prefix).session(second.id)) == 0
     assert await store.get(second.id) is None
     for kept in (first, third, fourth):
         assert await other.get(kept.id) is not None
-    assert await client.zcard(store.owner_key("alice")) == 3
+    assert await redis_client.zcard(store.owner_key("alice")) == 3
     bob = await store.create("2025-11-25", {}, {}, owner="bob")
-    assert await store.get(bob.id) is bob and await client.zcard(store.owner_key("bob")) == 1
-    assert await store.delete(first.id) and await client.zcard(store.owner_key("alice")) == 2
+    assert await store.get(bob.id) is bob and await redis_client.zcard(store.owner_key("bob")) == 1
+    assert await store.delete(first.id) and await redis_client.zcard(store.owner_key("alice")) == 2
 
 
-async def test_what_a_session_keeps_of_its_initialize_is_bounded(client: aioredis.Redis, redis_prefix: str) -> None:
+async def test_what_a_session_keeps_of_its_initialize_is_bounded(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
     """50 sessions with 3 MB capabilities took Redis from 1.9 to 194 MB in 0.8 s."""
-    store = SessionStore(client, RedisKeys(redis_prefix), 60)
+    store = SessionStore(redis_client, RedisKeys(redis_prefix), 60)
     with pytest.raises(InvalidParams) as refused:
         await store.create("2025-11-25", {"name": "x"}, {"experimental": {"blob": "x" * (3 * 1024 * 1024)}})
     assert refused.value.data == {"max_bytes": MAX_DECLARED_BYTES} and refused.value.jsonrpc_code == -32602
-    assert await client.keys(f"{redis_prefix}:session:*") == []
+    assert await redis_client.keys(f"{redis_prefix}:session:*") == []
     fits = await store.create("2025-11-25", {"name": "x"}, {"experimental": {"blob": "x" * (MAX_DECLARED_BYTES - 100)}})
     assert await store.get(fits.id) is fits
 
 
-async def test_the_local_cache_is_bounded_in_entries_and_bytes(client: aioredis.Redis, redis_prefix: str) -> None:
-    store = SessionStore(client, RedisKeys(redis_prefix), 60, cache_size=5, cache_bytes=20_000)
+async def test_the_local_cache_is_bounded_in_entries_and_bytes(redis_client: aioredis.Redis, redis_prefix: str) -> None:
+    store = SessionStore(redis_client, RedisKeys(redis_prefix), 60, cache_size=5, cache_bytes=20_000)
     made = [await store.create("2025-11-25", {}, {}, owner=f"u{i}") for i in range(8)]
     assert len(store.cache) == 5 and list(store.cache) == [s.id for s in made[3:]]
     blob = {"experimental": {"blob": "x" * 9000}}

@@ -80,44 +80,34 @@ async def echo(redis_url: str) -> AsyncIterator[ScriptClient]:
         await client.aclose()
 
 
-@pytest.fixture
-async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain redis-py connection, to act on the server behind the script client's back."""
-    connection = aioredis.Redis.from_url(redis_url)
-    try:
-        yield connection
-    finally:
-        await connection.aclose()
-
-
 async def test_concurrent_calls_get_their_own_replies(echo: ScriptClient) -> None:
     replies = await asyncio.gather(*(echo.call(["k"], [f"v{i}"]) for i in range(200)))
     assert replies == [f"v{i}".encode() for i in range(200)]
 
 
-async def test_noscript_is_answered_with_the_script(echo: ScriptClient, admin: aioredis.Redis) -> None:
+async def test_noscript_is_answered_with_the_script(echo: ScriptClient, redis_client: aioredis.Redis) -> None:
     assert await echo.call(["k"], ["a"]) == b"a"
-    await admin.script_flush()
+    await redis_client.script_flush()
     assert await echo.call(["k"], ["b"]) == b"b"
     assert await echo.call(["k"], ["c"]) == b"c"
 
 
-async def test_script_errors_are_response_errors(redis_url: str, admin: aioredis.Redis) -> None:
+async def test_script_errors_are_response_errors(redis_url: str, redis_client: aioredis.Redis) -> None:
     client = ScriptClient(redis_url, "return redis.call('incr', KEYS[1])")
     key = f"eftest-notanumber-{time.time_ns()}"
     try:
-        await admin.set(key, "x")
+        await redis_client.set(key, "x")
         with pytest.raises(redis.exceptions.ResponseError):
             await client.call([key], [])
         assert await client.call([key + "-n"], []) == 1  # the connection is still good
     finally:
         await client.aclose()
-        await admin.delete(key, key + "-n")
+        await redis_client.delete(key, key + "-n")
 
 
-async def test_a_lost_connection_is_opened_again(echo: ScriptClient, admin: aioredis.Redis) -> None:
+async def test_a_lost_connection_is_opened_again(echo: ScriptClient, redis_client: aioredis.Redis) -> None:
     assert await echo.call(["k"], ["a"]) == b"a"
-    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     await asyncio.sleep(0.05)
     assert await echo.call(["k"], ["b"]) == b"b"
 
@@ -176,10 +166,10 @@ def test_other_urls_keep_the_library_client() -> None:
     assert limits.script is None and limits.limiter is not None
 
 
-async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str, admin: aioredis.Redis) -> None:
+async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str, redis_client: aioredis.Redis) -> None:
     user = f"{redis_prefix}-user"
     host = redis_url.split("//", 1)[1]
-    await admin.execute_command("ACL", "SETUSER", user, "on", ">s3cret", "~*", "+@all")
+    await redis_client.execute_command("ACL", "SETUSER", user, "on", ">s3cret", "~*", "+@all")
     client = ScriptClient(f"redis://{user}:s3cret@{host}", ECHO)
     wrong = ScriptClient(f"redis://{user}:nope@{host}", ECHO)
     try:
@@ -189,7 +179,7 @@ async def test_user_and_password_of_the_url(redis_url: str, redis_prefix: str, a
     finally:
         await client.aclose()
         await wrong.aclose()
-        await admin.execute_command("ACL", "DELUSER", user)
+        await redis_client.execute_command("ACL", "DELUSER", user)
 
 
 def test_under_uvloop_the_limit_holds(redis_url: str, redis_prefix: str) -> None:

@@ -1,14 +1,21 @@
-"""Where the dispatcher's CPU goes under load: py-spy samples it while the bench's client
+"""Where the dispatcher's CPU goes under load: a sampler records it while the bench's client
 drives it, and the samples are summed into shares per component.
 
     python -m edgefleet.dispatcher.devtools.bench_profile [--sessions 16] [--seconds 20]
-        [--scenario 2026] [--raw FILE] [--variant ...]
+        [--scenario 2026] [--sampler py-spy|perf] [--raw FILE] [--variant ...]
 
-Same processes and feature set as ``edgefleet bench`` (``benchstack``). py-spy (``pip install
-py-spy``) attaches to the running dispatcher, so it needs ptrace rights over it (root, or
-``kernel.yama.ptrace_scope`` 0). Shares are of all samples taken in the dispatcher's threads,
-idle ones excluded (``--idle`` off); a sample counts for the first component, from the
-innermost frame outwards, whose pattern matches one of its frames' file or function.
+Same processes and feature set as ``edgefleet bench`` (``benchstack``). A sample counts for
+the first component, from the innermost frame outwards, whose pattern matches one of its
+frames' file or function.
+
+- ``--sampler py-spy`` (``pip install py-spy``; ptrace rights over the dispatcher: root, or
+  ``kernel.yama.ptrace_scope`` 0): Python frames on any Python, idle samples excluded. Its
+  attribution is skewed on Python 3.11 under uvloop (``perf_samples`` says how): read its
+  shares as a rough guide.
+- ``--sampler perf`` (Linux ``perf``; root, or ``kernel.perf_event_paranoid`` <= 1): the
+  CPU itself, kernel included, first by shared object (interpreter, kernel, uvloop...), then
+  by component when the dispatcher runs on Python >= 3.12 (``--variant
+  py312=python:VENV/bin/python``), whose perf trampolines name the Python functions.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from edgefleet.dispatcher.devtools import perf_samples
 from edgefleet.dispatcher.devtools.bench import SCENARIOS, parse_variant
 from edgefleet.dispatcher.devtools.benchstack import BenchStack, Variant
 from edgefleet.dispatcher.devtools.loadclient import Target, drive, open_sessions
@@ -96,43 +105,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--scenario", choices=list(SCENARIOS), default="2026")
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default 250)")
-    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--sampler", choices=("py-spy", "perf"), default="py-spy")
+    parser.add_argument("--rate", type=int, default=250, help="samples per second (default 250)")
+    parser.add_argument("--raw", type=Path, help="keep the samples in this file (py-spy: collapsed stacks)")
     parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--variant", default="dispatcher", help="the dispatcher to profile (see edgefleet bench)")
     args = parser.parse_args(argv)
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(pyspy).exists():
-        print("bench_profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+    tool = shutil.which(args.sampler) or str(Path(sys.executable).parent / args.sampler)
+    if not Path(tool).exists():
+        hint = "pip install py-spy" if args.sampler == "py-spy" else "the linux-perf / linux-tools package"
+        print(f"bench_profile: {args.sampler} is not installed ({hint})", file=sys.stderr)
         return 2
     variant: Variant = parse_variant(args.variant) if args.variant != "dispatcher" else Variant("dispatcher")
-    raw = args.raw or Path(tempfile.mkdtemp(prefix="edgefleet-profile-")) / "stacks.txt"
+    if args.sampler == "perf":  # Python >= 3.12 names its functions to perf (ignored before 3.12)
+        variant = dataclasses.replace(variant, env={**variant.env, "PYTHONPERFSUPPORT": "1"})
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-profile-"))
+    raw = args.raw or workdir / ("stacks.txt" if args.sampler == "py-spy" else "perf.txt")
     era, _, public = SCENARIOS[args.scenario]
     with BenchStack([variant]) as stack:
         assert stack.agent is not None
         dispatcher = stack.dispatchers[0]
         target = Target(dispatcher.url + "/mcp", public, era, stack.api_key)
         watch = {"dispatcher": dispatcher.proc.pid}
-        spy = subprocess.Popen(
-            [pyspy, "record", "--pid", str(dispatcher.proc.pid), "--rate", str(args.rate), "--format", "raw"]
-            + ["--output", str(raw), "--duration", str(int(args.seconds))]
-            + (["--native"] if args.native else ["--nonblocking"]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        pid, seconds = str(dispatcher.proc.pid), str(int(args.seconds))
+        if args.sampler == "py-spy":
+            command = [tool, "record", "--pid", pid, "--rate", str(args.rate), "--format", "raw"]
+            command += ["--output", str(raw), "--duration", seconds]
+            command += ["--native"] if args.native else ["--nonblocking"]
+        else:  # DWARF unwinding: CPython has no frame pointers to walk up to the py:: frames
+            command = [tool, "record", "-F", str(args.rate), "--call-graph", "dwarf,16384", "-p", pid]
+            command += ["-o", str(workdir / "perf.data"), "--", "sleep", seconds]
+        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         cpu_ms = asyncio.run(_load(target, args.sessions, args.seconds + 1.0, watch))
-        _, err = spy.communicate(timeout=60)
-        if spy.returncode != 0 or not raw.exists():
-            print(f"bench_profile: py-spy failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
+        _, err = sampler.communicate(timeout=120)
+        failed = sampler.returncode != 0
+        if not failed and args.sampler == "perf":
+            with open(raw, "wb") as out:
+                script = subprocess.run(
+                    [tool, "script", "-i", str(workdir / "perf.data"), "-F", "ip,sym,dso"],
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            failed, err = script.returncode != 0, script.stderr
+            (workdir / "perf.data").unlink()  # DWARF stacks: tens of MB for 20 s
+        if failed or not raw.exists():
+            print(f"bench_profile: {args.sampler} failed: {err.decode(errors='replace')[-500:]}", file=sys.stderr)
             return 1
     print(
         f"dispatcher {variant.label}, scenario {args.scenario}, {args.sessions} sessions: {cpu_ms:.3f} ms CPU per call"
     )
-    print(f"{'component':40} {'samples':>8} {'share':>7}")
-    for name, count, share in shares(raw):
-        print(f"{name:40} {count:>8} {share:>7.1%}")
-    print(f"(collapsed stacks: {raw})")
+    if args.sampler == "py-spy":
+        _table("component", shares(raw))
+        print(f"(collapsed stacks: {raw})")
+        return 0
+    with open(raw) as lines:
+        samples = list(perf_samples.parse(lines))
+    _table("where the CPU was (shared object)", perf_samples.by_object(samples))
+    components = perf_samples.by_component(samples, classify)
+    if components:
+        print()
+        _table("component (innermost Python function)", components)
+    else:
+        print("(no Python frames: run the dispatcher on Python >= 3.12 for shares per component)")
+    print(f"(perf script output: {raw})")
     return 0
+
+
+def _table(title: str, rows: list[tuple[str, int, float]]) -> None:
+    print(f"{title:55} {'samples':>8} {'share':>7}")
+    for name, count, share in rows:
+        print(f"{name:55} {count:>8} {share:>7.1%}")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,34 @@ def test_the_editable_install_adds_no_generic_names(tmp_path: Path) -> None:
         timeout=60,
     )
     assert found.stdout.strip() == "['edgefleet.agents']", found.stderr
+
+
+def test_an_async_httpx_request_imports_nothing(tmp_path: Path) -> None:
+    # httpcore 1.0 runs `import sniffio` on every lock, event and request of an async client:
+    # absent, the failed import searched sys.path each time (~60 µs; encode/httpcore#1103).
+    # Our dependencies include sniffio, so after the first request the imports are cached.
+    probe = """
+import asyncio, sys, httpx
+
+class Searches:
+    names = []
+    def find_spec(self, name, path=None, target=None):
+        self.names.append(name)
+
+async def main():
+    async def answer(reader, writer):
+        while await reader.readuntil(b"\\r\\n\\r\\n"):
+            writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok")
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    async with httpx.AsyncClient() as client:
+        await client.get(url)
+        sys.meta_path.insert(0, Searches())
+        for _ in range(3):
+            await client.get(url)
+    print(sorted(set(Searches.names)))
+
+asyncio.run(main())
+"""
+    searched = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert searched.stdout.strip() == "[]", searched.stdout + searched.stderr

@@ -4,13 +4,16 @@ with the read deadlines and the connection cap uvicorn lacks.
 uvicorn bounds only the idle time between requests (``timeout_keep_alive``): a client that
 opens a connection and sends its request head or body a byte at a time holds the
 connection, and a file descriptor, for as long as it likes (slowloris: 1,500 such
-connections stayed open 45 s and more). ``GuardedHttpTools`` is uvicorn's own httptools
-protocol with three bounds (``EDGEFLEET_HEADER_TIMEOUT_S``, ``EDGEFLEET_BODY_TIMEOUT_S``,
-``EDGEFLEET_MAX_CONNECTIONS``):
+connections stayed open 45 s and more), and its httptools protocol takes a head of any
+size (a 50 MB header was read whole and answered). ``GuardedHttpTools`` is uvicorn's own
+httptools protocol with four bounds (``EDGEFLEET_HEADER_TIMEOUT_S``,
+``EDGEFLEET_BODY_TIMEOUT_S``, ``EDGEFLEET_MAX_HEADER_BYTES``, ``EDGEFLEET_MAX_CONNECTIONS``):
 
 - a request's head (request line and headers) must be complete within the header timeout
   of the connection opening, or of the request's first byte on a kept-alive connection;
 - its body must be complete within the body timeout of its head;
+- a head larger than ``max_header_bytes`` gets ``431`` and the connection is closed (counted
+  per read: a head may pass the bound by at most the one read that completes it);
 - past ``max_connections`` open connections a new one gets ``503`` and is closed at once.
 
 A request that misses a deadline gets ``408 Request Timeout`` when nothing was answered
@@ -40,8 +43,10 @@ from edgefleet.shared.settings import DispatcherSettings
 log = logging.getLogger("edgefleet.server")
 
 GC_YOUNG_THRESHOLD = 7000  # CPython's default is 700
+LINGER_S = 2.0  # how long a refused connection's remaining bytes are read and dropped before closing
 
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _FULL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
 
 
@@ -51,14 +56,20 @@ class GuardedHttpTools(CoalescingHttpTools):
 
     header_timeout_s = 10.0
     body_timeout_s = 30.0
+    max_header_bytes = 65536
     max_connections = 4096
     refused = 0  # connections turned away at the cap (class-wide: one server per process)
     timed_out = 0  # requests closed for a missed deadline
+    oversized = 0  # requests closed for a head over max_header_bytes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._disconnects = Disconnects()
+        # Bytes of the request head read so far; None while no head is being read (a body,
+        # or a response being written).
+        self._head_bytes: int | None = 0
+        self._discarding = False  # refused: what the client still sends is dropped until we close
 
     @classmethod
     def configured(cls, settings: DispatcherSettings) -> type[GuardedHttpTools]:
@@ -68,6 +79,7 @@ class GuardedHttpTools(CoalescingHttpTools):
             {
                 "header_timeout_s": settings.header_timeout_s,
                 "body_timeout_s": settings.body_timeout_s,
+                "max_header_bytes": settings.max_header_bytes,
                 "max_connections": settings.max_connections,
             },
         )
@@ -92,6 +104,19 @@ class GuardedHttpTools(CoalescingHttpTools):
         super().connection_lost(exc)
         self._disconnects.fire()
 
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        reading_head = self._head_bytes is not None
+        super().data_received(data)
+        # Counted only for a read that neither starts nor ends in the middle of a body (the
+        # head was not complete before it nor after it): the bound is never charged a body's
+        # bytes, and a head can pass it by at most the read that completes it.
+        if reading_head and self._head_bytes is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+                self._refuse_head()
+
     # -- one request -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -99,6 +124,7 @@ class GuardedHttpTools(CoalescingHttpTools):
             self._arm(self.header_timeout_s)
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = None
         self._disarm()
         super().on_headers_complete()
         self._arm(self.body_timeout_s)  # disarmed again when the message is complete
@@ -107,6 +133,7 @@ class GuardedHttpTools(CoalescingHttpTools):
         cycle.scope[SCOPE_DISCONNECTS] = self._disconnects  # type: ignore[literal-required]
 
     def on_message_complete(self) -> None:
+        self._head_bytes = 0  # the next request's head, if the client sends one
         self._disarm()
         super().on_message_complete()
         # uvicorn pauses reading while more than 64 KiB of body waits for the application,
@@ -124,6 +151,21 @@ class GuardedHttpTools(CoalescingHttpTools):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _refuse_head(self) -> None:
+        type(self).oversized += 1
+        self._disarm()
+        self._head_bytes = None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # a 431 would pass as that response's
+            self.transport.close()
+            return
+        # Closing with the client's bytes unread would reset the connection and drop the 431
+        # on its side: say it, stop writing, and read (and drop) what still comes for a moment.
+        self.transport.write(_TOO_LARGE)
+        self.transport.write_eof()
+        self._discarding = True
+        self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _expired(self) -> None:
         self._deadline = None

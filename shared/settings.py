@@ -283,6 +283,11 @@ class DispatcherSettings(BaseSettings):
     max_connections: int = Field(
         4096, ge=1, description="Client connections one dispatcher holds open; more get 503 and are closed at once."
     )
+    max_header_bytes: int = Field(
+        65536,
+        ge=4096,
+        description="Largest request head (request line and headers) a client may send: 431 and closed above.",
+    )
     ready_wait_s: float = Field(
         15.0,
         ge=0,

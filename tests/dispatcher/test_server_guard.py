@@ -124,3 +124,53 @@ async def test_connections_past_the_cap_are_turned_away_at_once(bare: Fleet) -> 
     await asyncio.sleep(0.3)
     async with httpx.AsyncClient() as client:  # room again
         assert (await client.get(url + "/healthz", timeout=5)).status_code == 200
+
+
+async def _send(port: int, *parts: bytes) -> bytes:
+    """Write ``parts`` one after the other (each its own write) and read until the server closes
+    or 5 s pass: everything it said."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    said = b""
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                return said
+            said += data
+    except (ConnectionError, TimeoutError):
+        return said
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_over_the_bound_gets_431_and_a_body_is_never_counted(bare: Fleet) -> None:
+    url = bare.start_dispatcher(max_header_bytes=16384)
+    port = int(url.rsplit(":", 1)[1])
+    # A 100 KB header, in pieces (one huge header line is what was read whole and answered).
+    piece = b"a" * 8192
+    said = await _send(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", *[piece] * 12, b"\r\n\r\n")
+    assert said.startswith(b"HTTP/1.1 431 "), said[:80]
+    assert b"200 OK" not in said
+    # Many headers over the bound, on a kept-alive connection after a good request.
+    good = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    many = [b"".join(b"X-H: %d\r\n" % i for i in range(start, start + 500)) for start in range(0, 3000, 500)]
+    said = await _send(port, good, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", *many)
+    assert said.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 431 " in said, said[-200:]
+    # Under the bound: served. A 1 MB body after a small head is not a head.
+    said = await _send(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 12000 + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert said.startswith(b"HTTP/1.1 200 "), said[:80]
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"p" * 1_000_000 + b'"}}'
+    said = await _send(
+        port,
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\naccept: application/json\r\n"
+        b"mcp-protocol-version: 2026-07-28\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body,
+    )
+    assert not said.startswith(b"HTTP/1.1 431 "), said[:80]
+    assert said.startswith(b"HTTP/1.1 "), said[:80]
+    assert "Traceback" not in bare.dispatchers[-1][1].output()

@@ -18,6 +18,7 @@ from edgefleet.dispatcher.fleet.admission import admit
 from edgefleet.dispatcher.fleet.fleet import Fleet
 from edgefleet.dispatcher.fleet.naming import public_name
 from edgefleet.dispatcher.observability.metrics import CONTENT_TYPE, Metrics
+from edgefleet.dispatcher.rest.guard import BodyGuard
 from edgefleet.dispatcher.security.agent_auth import AgentAuthenticator, AgentCredential
 from edgefleet.dispatcher.security.audit import AuditLog, AuditReader, fingerprint
 from edgefleet.dispatcher.security.auth import (
@@ -54,13 +55,16 @@ def build_api(
 ) -> FastAPI:
     api = FastAPI(title="edgefleet dispatcher", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
 
-    @api.exception_handler(EdgefleetError)
-    async def _edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:
+    def _refusal(request: Request, exc: EdgefleetError) -> JSONResponse:
         headers = {"www-authenticate": 'Bearer realm="edgefleet"'} if isinstance(exc, Unauthorized) else None
         if isinstance(exc, RateLimited):
             headers = {"retry-after": str(exc.data.get("retry_after_s", 1))}
         _audit_refusal(request, exc)
         return JSONResponse(exc.to_rest(), status_code=exc.http_status, headers=headers)
+
+    @api.exception_handler(EdgefleetError)
+    async def _edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:
+        return _refusal(request, exc)
 
     def _audit_refusal(request: Request, exc: EdgefleetError) -> None:
         if audit is None or not audit.enabled:
@@ -111,6 +115,18 @@ def build_api(
         credential = registry_auth.authenticate(authorization)
         registry_auth.check_operator(credential)
         return credential
+
+    def gate(request: Request) -> None:
+        """The credentials a /v1 route checks, checked before its body is read (BodyGuard)."""
+        if not request.url.path.startswith("/v1/"):
+            return
+        authorization = request.headers.get("authorization")
+        if auth is not None and request.url.path.startswith(_CLIENT_ROUTES):
+            auth.authenticate(authorization)
+        else:
+            registry_auth.authenticate(authorization)
+
+    api.add_middleware(BodyGuard, limit=fleet.settings.max_body_bytes, gate=gate, refuse=_refusal)
 
     who_registers = Depends(registrant)
     authorized = [Depends(operator)]
@@ -350,6 +366,9 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
             stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
         )
 
+
+# /v1 routes whose callers are /mcp's clients (API keys, JWTs); the others are the registry's.
+_CLIENT_ROUTES = ("/v1/tasks", "/v1/pipelines")
 
 _STREAM_ID = re.compile(r"^(0|\d{1,20}(-\d{1,20})?)$")
 

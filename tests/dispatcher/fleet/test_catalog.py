@@ -200,3 +200,19 @@ def test_a_tool_list_is_compiled_once_across_rebuilds_and_dropped_when_unused(mo
             assert refused.http_status == 422 and refused.data["agent"] == "wide"
         else:
             raise AssertionError(f"{limits} let the list through")
+
+
+def test_a_catastrophic_pattern_cannot_stall_argument_or_result_checks() -> None:
+    """Adversarial finding 1: Python's re on the event loop took 20 s for one agent's
+    pattern "(a+)+$" and 27 characters; regexes now run in linear time (fleet/schemas.py)."""
+    import time
+
+    hostile = {"type": "object", "properties": {"v": {"type": "string", "pattern": "(a+)+$"}}}
+    entry = weather_entry({"name": "redos", "inputSchema": hostile, "outputSchema": hostile})
+    started = time.perf_counter()
+    problem = entry.validation_error({"v": "a" * 24 + "!"}) or ""
+    result = entry.result_problem({"content": [], "structuredContent": {"v": "a" * 24 + "!"}}) or ""
+    assert time.perf_counter() - started < 0.25
+    assert problem.startswith("Invalid arguments for tool w.redos: at 'v': ") and "does not match" in problem
+    assert result.startswith("Invalid result from tool w.redos: at 'structuredContent/v': ")
+    assert entry.validation_error({"v": "a" * 24}) is None

@@ -45,7 +45,23 @@ class RegisterRequest(BaseModel):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")) or len(value) > 2048:
             raise ValueError("url must be an http:// or https:// MCP endpoint")
+        # The URL is echoed in /v1/agents, the audit stream and log lines: a CR/LF in it
+        # would forge lines there. A URL has no whitespace either (RFC 3986: percent-encode).
+        if not _printable_without_spaces(value):
+            raise ValueError("url must not contain whitespace or control characters (percent-encode them)")
         return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not value.isprintable():  # shown where the URL is (spaces are fine: "1.0 beta")
+            raise ValueError("version must not contain control characters")
+        return value
+
+
+def _printable_without_spaces(text: str) -> bool:
+    """No control, format or unassigned character (str.isprintable) and no whitespace."""
+    return text.isprintable() and not any(char.isspace() for char in text)
 
 
 class Heartbeat(BaseModel):

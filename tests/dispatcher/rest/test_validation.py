@@ -1,0 +1,53 @@
+"""Input the REST surface refuses as the client's error, with a code that says what was
+wrong (adversarial finding 9): control characters in an agent's URL, audit cursors Redis
+cannot take, and query parameters of the wrong type."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from edgefleet.dispatcher.app import Dispatcher
+
+from tests.dispatcher.rest.conftest import FLEET_TOKEN
+
+FLEET = {"authorization": f"Bearer {FLEET_TOKEN}"}
+
+
+@pytest.fixture
+async def http(dispatcher: Dispatcher) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dispatcher), base_url="http://edge") as client:
+        yield client
+
+
+def error(resp: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = resp.json()["error"]
+    return body
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9301/mcp\r\nx: y",
+        "http://127.0.0.1:9301/mcp\n",
+        "http://127.0.0.1:9301/m cp",
+        "http://127.0.0.1:9301/mcp\t",
+        "http://127.0.0.1:9301/\x1b[31mcp",
+        "http://127.0.0.1:9301/mcp\u2028",
+        "http://127.0.0.1:9301/\u202emcp",
+        "http://127.0.0.1:9301/mcp\x85",
+    ],
+)
+async def test_a_url_with_whitespace_or_control_characters_is_refused(http: httpx.AsyncClient, url: str) -> None:
+    resp = await http.post("/v1/agents", json={"name": "probe", "region": "eu-west", "url": url}, headers=FLEET)
+    assert resp.status_code == 422 and error(resp)["code"] == "invalid_registration"
+    assert [p["field"] for p in error(resp)["details"]["problems"]] == ["url"]
+
+
+async def test_a_version_with_a_line_break_is_refused(http: httpx.AsyncClient) -> None:
+    body = {"name": "probe", "region": "eu-west", "url": "http://127.0.0.1:9301/mcp", "version": "1.0\r\nforged"}
+    resp = await http.post("/v1/agents", json=body, headers=FLEET)
+    assert resp.status_code == 422 and error(resp)["details"]["problems"][0]["field"] == "version"

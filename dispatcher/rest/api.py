@@ -292,15 +292,19 @@ def build_api(
         ) -> dict[str, Any]:
             """The audit stream for operators: the ``last`` events, or those ``after`` a stream
             id (waiting up to ``wait`` s for one); ``next`` is the id to pass back."""
-            if after is not None and not _STREAM_ID.match(after):
-                raise InvalidParams("after must be a stream id like 1732270000000-0 (the 'next' of a previous answer).")
+            if after is not None and not _stream_id(after):
+                raise InvalidParams(
+                    "after must be a stream id like 1732270000000-0 (the 'next' of a previous answer): "
+                    "milliseconds and a sequence number, each below 2^64."
+                )
             if not 0 < limit <= 1000 or not 0 <= last <= 10_000 or not 0 <= wait <= 60:
                 raise InvalidParams("limit must be 1..1000, last 0..10000 and wait 0..60 seconds.")
             if after is None:
                 events = await reader.last(last)
                 cursor = events[-1]["id"] if events else (await reader.newest_id())
             else:
-                events = await reader.after(after, limit, wait)
+                # Nothing can follow the largest id, and Redis refuses to range past it.
+                events = await reader.after(after, limit, wait) if after != _LAST_STREAM_ID else []
                 cursor = events[-1]["id"] if events else after
             return {"events": events, "next": cursor}
 
@@ -370,7 +374,15 @@ def _task_routes(api: FastAPI, tasks: TaskMethods, auth: Authenticator) -> None:
 # /v1 routes whose callers are /mcp's clients (API keys, JWTs); the others are the registry's.
 _CLIENT_ROUTES = ("/v1/tasks", "/v1/pipelines")
 
-_STREAM_ID = re.compile(r"^(0|\d{1,20}(-\d{1,20})?)$")
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_U64_MAX = 2**64 - 1
+_LAST_STREAM_ID = f"{_U64_MAX}-{_U64_MAX}"
+
+
+def _stream_id(text: str) -> bool:
+    """An id Redis takes: milliseconds[-sequence], each a 64-bit unsigned integer (Redis
+    answers a larger one with an error, which is the client's, not the store's)."""
+    return bool(_STREAM_ID.match(text)) and all(int(part) <= _U64_MAX for part in text.split("-"))
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

@@ -51,3 +51,19 @@ async def test_a_version_with_a_line_break_is_refused(http: httpx.AsyncClient) -
     body = {"name": "probe", "region": "eu-west", "url": "http://127.0.0.1:9301/mcp", "version": "1.0\r\nforged"}
     resp = await http.post("/v1/agents", json=body, headers=FLEET)
     assert resp.status_code == 422 and error(resp)["details"]["problems"][0]["field"] == "version"
+
+
+@pytest.mark.parametrize(
+    "after", ["18446744073709551616-0", "1-18446744073709551616", "99999999999999999999-0", "99999999999999999999"]
+)
+async def test_an_audit_cursor_past_64_bits_is_the_clients_error(http: httpx.AsyncClient, after: str) -> None:
+    resp = await http.get("/v1/audit", params={"after": after}, headers=FLEET)
+    assert resp.status_code == 400 and error(resp)["code"] == "invalid_params", resp.text
+    assert "2^64" in error(resp)["message"]
+
+
+@pytest.mark.parametrize("after", ["18446744073709551615-18446744073709551615", "18446744073709551615", "0", "1-0"])
+async def test_audit_cursors_up_to_64_bits_are_read(http: httpx.AsyncClient, after: str) -> None:
+    resp = await http.get("/v1/audit", params={"after": after}, headers=FLEET)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["next"] == after or after == "0"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -102,9 +103,8 @@ def build_api(
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
-        error = RegistrationError("The request body is invalid.", data={"problems": problems})
-        return JSONResponse(error.to_rest(), status_code=422)
+        error = _invalid_input(request.url.path, exc.errors())
+        return JSONResponse(error.to_rest(), status_code=error.http_status)
 
     registry_auth = registry_auth or AgentAuthenticator(token, {}, auth)
 
@@ -383,6 +383,28 @@ def _stream_id(text: str) -> bool:
     """An id Redis takes: milliseconds[-sequence], each a 64-bit unsigned integer (Redis
     answers a larger one with an error, which is the client's, not the store's)."""
     return bool(_STREAM_ID.match(text)) and all(int(part) <= _U64_MAX for part in text.split("-"))
+
+
+# Where a request's parts are, in the words of an error message.
+_PLACES = {"query": "query parameter", "path": "path segment", "header": "header", "cookie": "cookie"}
+
+
+def _invalid_input(path: str, errors: Sequence[Any]) -> EdgefleetError:
+    """The error for a request FastAPI could not validate. A registry body (register,
+    heartbeat) keeps its code, invalid_registration (422); anything else is invalid_params
+    (400), as the routes' own checks of their parameters say, naming what was wrong."""
+    problems = [
+        {"in": str(e["loc"][0]), "field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in errors
+    ]
+    data = {"problems": problems}
+    if all(p["in"] == "body" for p in problems):
+        if path.startswith("/v1/agents"):
+            return RegistrationError("The request body is invalid.", data=data)
+        return InvalidParams("The request body is invalid.", data=data)
+    first = next(p for p in problems if p["in"] != "body")
+    more = f" (and {len(problems) - 1} more: see details.problems)" if len(problems) > 1 else ""
+    place = _PLACES.get(first["in"], first["in"])
+    return InvalidParams(f"Invalid {place} {first['field']!r}: {first['message']}{more}.", data=data)
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

@@ -67,3 +67,22 @@ async def test_audit_cursors_up_to_64_bits_are_read(http: httpx.AsyncClient, aft
     resp = await http.get("/v1/audit", params={"after": after}, headers=FLEET)
     assert resp.status_code == 200, resp.text
     assert resp.json()["next"] == after or after == "0"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("limit=1e3", "limit"), ("wait=soon", "wait"), ("last=x&limit=y", "last")]
+)
+async def test_a_query_parameter_of_the_wrong_type_is_invalid_params_naming_it(
+    http: httpx.AsyncClient, query: str, field: str
+) -> None:
+    resp = await http.get(f"/v1/audit?{query}", headers=FLEET)
+    assert resp.status_code == 400 and error(resp)["code"] == "invalid_params", resp.text
+    assert f"query parameter {field!r}" in error(resp)["message"]
+    assert "body" not in error(resp)["message"]
+    assert {p["in"] for p in error(resp)["details"]["problems"]} == {"query"}
+
+
+async def test_a_registry_body_keeps_its_code(http: httpx.AsyncClient) -> None:
+    resp = await http.post("/v1/agents/replicas/r1/heartbeat", content=b"[[[", headers=FLEET)
+    assert resp.status_code == 422 and error(resp)["code"] == "invalid_registration"
+    assert error(resp)["message"] == "The request body is invalid."

@@ -7,6 +7,10 @@ succeeded; the rest are cancelled; fails early once k can no longer be reached).
 sub-task result carries its status, duration, region and replica. A sub-task naming a
 ``region`` runs only there; otherwise it is routed like the caller's own calls (nearest
 healthy region first, with failover).
+
+Its answer is held to EDGEFLEET_MAX_RESULT_BYTES like any other: the sub-results share
+that budget (less what the per-sub-task fields take), counted as they arrive; a sub-task
+whose answer no longer fits gets ``result_too_large`` instead, and nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -16,17 +20,24 @@ import re
 import time
 from typing import Any
 
+import orjson
 from opentelemetry.trace import SpanKind, StatusCode
 
-from edgefleet.dispatcher.builtins.invoker import Invoker, Outcome
+from edgefleet.dispatcher.builtins.invoker import Invoker, Outcome, ResultBudget
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.shared import telemetry
+from edgefleet.shared.constants import MAX_TOOL_NAME
 from edgefleet.shared.errors import InvalidParams
 
 NAME = "edgefleet.fanout"
 _tracer = telemetry.tracer("edgefleet.dispatcher")
 MAX_SUBTASKS = 1000
 STRATEGY_RE = re.compile(r"^(all|first|quorum:([1-9][0-9]*))$")
+# What the answer holds besides the sub-results: the JSON-RPC envelope (the caller's id,
+# up to 256 characters), the text and the summary's counts.
+ENVELOPE_BYTES = 4096
+# A sub-result's region and replica (names the fleet gave them).
+ROUTE_BYTES = 512
 
 DEFINITION: dict[str, Any] = {
     "name": NAME,
@@ -46,7 +57,11 @@ DEFINITION: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "tool": {"type": "string", "description": "Catalog name, e.g. text.keywords"},
+                        "tool": {
+                            "type": "string",
+                            "maxLength": MAX_TOOL_NAME,
+                            "description": "Catalog name, e.g. text.keywords",
+                        },
                         "arguments": {"type": "object"},
                         "region": {"type": "string", "description": "Run only in this region (optional)."},
                     },
@@ -81,6 +96,7 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
             raise InvalidParams("edgefleet.fanout cannot fan out to itself")
         orders.append(invoker.order_for(order, call.get("region")))  # an unknown region refuses the whole fan-out
 
+    budget = _budget(invoker.fleet.settings.max_result_bytes, calls)
     started = time.monotonic()
     deadline = started + timeout_s
     outcomes: list[Outcome | None] = [None] * len(calls)
@@ -92,7 +108,12 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
         ) as span:
             try:
                 outcomes[index] = outcome = await invoker.call(
-                    call["tool"], call.get("arguments") or {}, parent=parent, order=orders[index], timeout_s=remaining
+                    call["tool"],
+                    call.get("arguments") or {},
+                    parent=parent,
+                    order=orders[index],
+                    timeout_s=remaining,
+                    budget=budget,
                 )
             except asyncio.CancelledError:
                 if span.is_recording():
@@ -147,3 +168,31 @@ async def run(invoker: Invoker, parent: ToolCall) -> dict[str, Any]:
         f"in {summary['duration_ms']:.0f} ms; strategy {summary['strategy']} {'satisfied' if satisfied else 'NOT satisfied'}."
     )
     return {"content": [{"type": "text", "text": text}], "structuredContent": summary, "isError": not satisfied}
+
+
+def _budget(cap: int, calls: list[dict[str, Any]]) -> ResultBudget:
+    """The bytes the sub-results may take together: the cap, less the envelope and each
+    sub-task's own fields with the refusal it may get instead of its answer (so the answer
+    stays under the cap whatever is refused). A fan-out whose fields alone pass it is refused."""
+    budget = ResultBudget(0, cap)
+    reserved = ENVELOPE_BYTES + sum(_fields_bytes(budget, index, call["tool"]) for index, call in enumerate(calls))
+    if reserved >= cap:
+        raise InvalidParams(
+            f"A fan-out of {len(calls)} sub-tasks does not fit in EDGEFLEET_MAX_RESULT_BYTES ({cap} bytes); "
+            "split it into smaller ones.",
+            data={"calls": len(calls), "limit_bytes": cap},
+        )
+    budget.limit = cap - reserved
+    return budget
+
+
+def _fields_bytes(budget: ResultBudget, index: int, tool: str) -> int:
+    """The most a sub-result takes besides its own result or error: its fields, with the refusal."""
+    item = {
+        "index": index,
+        "tool": tool,
+        "status": "cancelled",
+        "duration_ms": 1e9,
+        "error": budget.refusal(tool).to_jsonrpc(),
+    }
+    return len(orjson.dumps(item)) + ROUTE_BYTES

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry.trace import SpanKind
 
 from edgefleet.dispatcher.observability.observe import CallObservation
@@ -30,6 +31,7 @@ from edgefleet.shared.errors import (
     InvalidParams,
     InvalidToolResult,
     RegionForbidden,
+    ResultTooLarge,
     ToolForbidden,
     UnknownTool,
     UpstreamError,
@@ -73,6 +75,33 @@ class Outcome:
         return out
 
 
+class ResultBudget(CapturedAnswer.Budget):
+    """What the sub-calls of one fan-out may hold and answer together: their answers are
+    counted as they arrive (``CapturedAnswer``), then what is kept of each (its result or
+    error, as it will be written again) is. A sub-call past it gets ``refusal`` instead."""
+
+    __slots__ = ("cap",)
+
+    def __init__(self, limit: int, cap: int) -> None:
+        super().__init__(limit)
+        self.cap = cap  # EDGEFLEET_MAX_RESULT_BYTES, which the refusal names
+
+    def refusal(self, tool: str) -> ResultTooLarge:
+        return ResultTooLarge(
+            f"The fan-out's results together would be larger than {self.cap} bytes (EDGEFLEET_MAX_RESULT_BYTES); "
+            f"the answer of {tool} was not kept.",
+            data={"tool": tool, "limit_bytes": self.cap},
+        )
+
+    def keep(self, outcome: Outcome) -> Outcome:
+        """``outcome`` when what it carries fits in what is left, else the refusal in its place
+        (what it carried is dropped with it)."""
+        payload = outcome.result if outcome.result is not None else outcome.error
+        if payload is None or self.take(len(orjson.dumps(payload))):
+            return outcome
+        return Outcome(outcome.tool, "error", error=self.refusal(outcome.tool).to_jsonrpc(), route=outcome.route)
+
+
 class Invoker:
     def __init__(
         self,
@@ -114,11 +143,18 @@ class Invoker:
         return self.router.restricted(order, identity.regions)
 
     async def call(
-        self, tool: str, arguments: dict[str, Any], *, parent: ToolCall, order: RouteOrder, timeout_s: float
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        parent: ToolCall,
+        order: RouteOrder,
+        timeout_s: float,
+        budget: ResultBudget | None = None,
     ) -> Outcome:
         """One internal call on behalf of ``parent``'s caller: its own span (a child of the
         fan-out's or pipeline step's), metrics and a debug-level log line (the client's call
-        has the info line)."""
+        has the info line). With a ``budget``, its answer is held and kept only within it."""
         started = time.monotonic()
         entry = self.fleet.catalog.get(tool)
         label = tool if entry is not None else "unknown"
@@ -131,7 +167,7 @@ class Invoker:
                 )
             obs = CallObservation(self.metrics, span, label, "direct", self.fleet.settings.region, level=logging.DEBUG)
             try:
-                outcome = await self._call(tool, arguments, parent, order, timeout_s, obs)
+                outcome = await self._call(tool, arguments, parent, order, timeout_s, obs, budget)
             except EdgefleetError as exc:
                 obs.failed(exc)
                 status = "timeout" if exc.code == "upstream_timeout" else "error"
@@ -139,6 +175,8 @@ class Invoker:
             except asyncio.CancelledError:
                 obs.finish(cancelled=True)
                 raise
+            if budget is not None:
+                outcome = budget.keep(outcome)  # a refusal is counted below like any error answer
             if outcome.status == "tool_error":
                 obs.outcome = "tool_error"
             elif outcome.status in ("error", "timeout") and obs.outcome == "ok":
@@ -155,6 +193,7 @@ class Invoker:
         order: RouteOrder,
         timeout_s: float,
         obs: CallObservation,
+        budget: ResultBudget | None,
     ) -> Outcome:
         entry = self.fleet.catalog.get(tool)
         if entry is None or entry.path == "builtin":
@@ -177,9 +216,14 @@ class Invoker:
         telemetry.inject_into(meta)  # the agent's parent: this call's span (or the attempt's)
         params = {"name": entry.upstream_name, "arguments": arguments, "_meta": meta}
         call = ToolCall(entry, 1, params, order, timeout_s, obs=obs, identity=parent.identity)
-        answer = CapturedAnswer()
-        await self.paths.call(call, answer)
-        response = answer.response()
+        answer = CapturedAnswer(budget)
+        try:
+            await self.paths.call(call, answer)
+            if answer.overflowed and budget is not None:
+                return Outcome(tool, "error", error=budget.refusal(tool).to_jsonrpc(), route=answer.route)
+            response = answer.response()
+        finally:
+            answer.release()  # parsed (or cancelled): the raw bytes are no longer held
         if response is not None and jsonrpc.nested_deeper(response, jsonrpc.MAX_RESULT_DEPTH):
             # It would break the fan-out's or pipeline's own answer when written again.
             error = InvalidToolResult(

@@ -158,13 +158,41 @@ def _with_route(headers: list[tuple[bytes, bytes]], route: Route | None) -> list
 
 
 class CapturedAnswer:
-    """An answer kept in memory (the dispatcher's own calls: fan-out sub-tasks, pipeline steps)."""
+    """An answer kept in memory (the dispatcher's own calls: fan-out sub-tasks, pipeline steps).
 
-    __slots__ = ("route", "body", "stream", "started", "ended")
+    With a ``budget`` (the bytes the sub-calls of one fan-out may hold together), what
+    arrives is counted against it as it comes: an answer that would need more than is left
+    is dropped whole and what follows is not kept (``overflowed``), so the memory held stays
+    within the budget however many sub-calls answer at once. ``release`` gives the bytes back.
+    """
 
-    def __init__(self) -> None:
+    class Budget:
+        """Bytes shared by several captured answers (and what their callers keep of them)."""
+
+        __slots__ = ("limit", "used")
+
+        def __init__(self, limit: int) -> None:
+            self.limit = limit
+            self.used = 0
+
+        def take(self, size: int) -> bool:
+            """Count ``size`` more bytes if they fit (no await in here: atomic for asyncio)."""
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+        def give(self, size: int) -> None:
+            self.used -= size
+
+    __slots__ = ("route", "parts", "held", "budget", "overflowed", "stream", "started", "ended")
+
+    def __init__(self, budget: CapturedAnswer.Budget | None = None) -> None:
         self.route: Route | None = None
-        self.body = bytearray()
+        self.parts: list[bytes] = []  # kept as they came: a JSON body is never copied
+        self.held = 0  # bytes in parts, counted against the budget
+        self.budget = budget
+        self.overflowed = False
         self.stream = False
         self.started = False
         self.ended = False
@@ -174,7 +202,7 @@ class CapturedAnswer:
         self.started = self.stream = True
 
     async def send_events(self, events: bytes) -> None:
-        self.body += events
+        self._keep(events)
 
     async def close_stream(self) -> None:
         self.ended = True
@@ -182,8 +210,26 @@ class CapturedAnswer:
     async def send_json(self, status: int, body: bytes, route: Route | None) -> None:
         self.route = route
         self.started = self.ended = True
-        self.body += body
+        self._keep(body)
+
+    def _keep(self, data: bytes) -> None:
+        if self.overflowed:
+            return  # the answer is refused already: nothing more of it is held
+        if self.budget is not None and not self.budget.take(len(data)):
+            self.overflowed = True
+            self.release()
+            return
+        self.parts.append(bytes(data))  # bytes(b) is b itself; anything else is copied once
+        self.held += len(data)
+
+    def release(self) -> None:
+        """Drop what it holds and give those bytes back to the budget."""
+        if self.budget is not None:
+            self.budget.give(self.held)
+        self.parts.clear()
+        self.held = 0
 
     def response(self) -> dict[str, Any] | None:
-        """The JSON-RPC response it holds (the stream's last one), or None."""
-        return jsonrpc.last_response(bytes(self.body), stream=self.stream)
+        """The JSON-RPC response it holds (the stream's last one), or None (also when it overflowed)."""
+        body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        return jsonrpc.last_response(body, stream=self.stream)

@@ -38,6 +38,7 @@ code, an HTTP status and a sentence that says what to do::
     │   ├── NamespaceForbidden          namespace_forbidden   -31425  403
     │   ├── TooManyTools                too_many_tools        -31427  422
     │   ├── ToolTooLarge                tool_too_large        -31428  422
+    │   ├── InvalidToolSchema           invalid_tool_schema   -31421  422
     │   ├── AgentAnswerTooLarge         agent_answer_too_large -31426 422
     │   └── AgentUnreachable            agent_unreachable     -31424  424
     ├── NotFound                        not_found             -31404  404
@@ -336,6 +337,17 @@ class ToolTooLarge(RegistrationError):
     code = "tool_too_large"
     jsonrpc_code = -31428
     hint = "A tool's definition is larger than EDGEFLEET_MAX_SCHEMA_BYTES; trim its schema, or raise the limit."
+
+
+class InvalidToolSchema(RegistrationError):
+    """A tool's ``inputSchema`` or ``outputSchema`` is not a JSON Schema object MCP clients can read."""
+
+    code = "invalid_tool_schema"
+    jsonrpc_code = -31421
+    hint = (
+        'A tool\'s inputSchema must be a JSON Schema object with "type": "object" (its outputSchema a JSON Schema '
+        "object); fix the agent's tool definition."
+    )
 
 
 class AgentAnswerTooLarge(RegistrationError):

@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 
 from edgefleet.dispatcher.fleet.federation import Federation
 from edgefleet.dispatcher.fleet.naming import namespace_tools
-from edgefleet.dispatcher.fleet.schemas import CompiledSchema, compile_schema
+from edgefleet.dispatcher.fleet.schemas import CompiledSchema, compile_schema, schema_problem
 from edgefleet.dispatcher.fleet.surface import Surface
 from edgefleet.shared.constants import (
     META_EDGE_AGENT,
@@ -35,7 +35,7 @@ from edgefleet.shared.constants import (
     META_EDGE_TASK_SUPPORT,
     META_EDGE_UPSTREAM_NAME,
 )
-from edgefleet.shared.errors import ToolConflict, ToolTooLarge, TooManyTools
+from edgefleet.shared.errors import InvalidToolSchema, ToolConflict, ToolTooLarge, TooManyTools
 
 if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.replica import Replica
@@ -116,7 +116,8 @@ class ToolEntry:
 def check_tool_limits(agent: str, tools: list[dict[str, Any]], *, max_tools: int, max_tool_bytes: int) -> None:
     """Refuse an agent's tool list past what one agent may make every dispatcher hold:
     ``max_tools`` tools, each definition at most ``max_tool_bytes`` of JSON (issue 16: one
-    agent with 100,000 tools took the fleet down). Clear errors, before anything is stored."""
+    agent with 100,000 tools took the fleet down), each schema one MCP clients can read
+    (``check_tool_schemas``). Clear errors, before anything is stored."""
     if len(tools) > max_tools:
         raise TooManyTools(
             f"Agent {agent!r} publishes {len(tools)} tools; at most {max_tools} are accepted per agent "
@@ -132,6 +133,55 @@ def check_tool_limits(agent: str, tools: list[dict[str, Any]], *, max_tools: int
                 "accepted (EDGEFLEET_MAX_SCHEMA_BYTES).",
                 data={"agent": agent, "tool": name, "bytes": size, "max_bytes": max_tool_bytes},
             )
+    check_tool_schemas(agent, tools)
+
+
+def check_tool_schemas(agent: str, tools: list[dict[str, Any]]) -> None:
+    """Refuse a tool list with a schema MCP clients cannot read: one such tool in ``tools/list``
+    fails the whole list for every client of the official SDKs (adversarial finding 5), and
+    the dispatcher could not check its calls either. The whole list is refused, as for a tool
+    too large: the agent's author sees why at once, and in a rolling upgrade the replicas of
+    the previous version keep serving the tool instead of it vanishing from the fleet."""
+    for tool in tools:
+        problem = tool_schema_problem(tool)
+        if problem is not None:
+            which, reason = problem
+            name = str(tool.get("name"))[:128]
+            raise InvalidToolSchema(
+                f"Tool {name!r} of agent {agent!r} has an invalid {which}: {reason[:300]}. " + InvalidToolSchema.hint,
+                data={"agent": agent, "tool": name, "schema": which, "reason": reason[:300]},
+            )
+
+
+def tool_schema_problem(tool: dict[str, Any]) -> tuple[str, str] | None:
+    """(which schema, why) when the tool's ``inputSchema`` is not a JSON Schema object of
+    ``"type": "object"`` or its ``outputSchema`` not a JSON Schema object (the MCP spec;
+    2026-07-28 allows any type of output), or either breaks its metaschema; else None. An
+    absent ``inputSchema`` is the dispatcher's to fill in (``{"type": "object"}``)."""
+    for which in ("inputSchema", "outputSchema"):
+        if which not in tool or (which == "outputSchema" and tool[which] is None):
+            continue
+        schema = tool[which]
+        if not isinstance(schema, dict):
+            return which, f"it is {_json_type(schema)}, not a JSON Schema object"
+        if which == "inputSchema" and schema.get("type") != "object":
+            return which, f'its "type" is {orjson.dumps(schema.get("type")).decode()[:80]}, not "object"'
+        reason = schema_problem(schema)
+        if reason is not None:
+            return which, reason
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def _version_key(version: str) -> tuple[int, Any]:
@@ -271,6 +321,9 @@ class Catalog:
                 if lead.record.tools_hash:
                     cache[key] = ready
             used.add(key)
+            if ready.refused is not None:  # admitted by an older dispatcher, or stored before the check
+                log.error("agent %s left out of the catalog: %s", agent, ready.refused.message)
+                continue
             view = views[agent] = AgentView(agent, {}, list(ready.own), list(members), lead.surface)
             for public, upstream in ready.mapping.items():
                 entries[public] = ToolEntry(
@@ -297,6 +350,9 @@ class Prepared:
     mapping: dict[str, str]  # public name -> the agent's own name
     specs: dict[str, dict[str, Any]]  # public name -> ToolEntry fields
     own: list[dict[str, Any]]  # the tools as the agent declared them (its own mount)
+    # Why the list may not reach the catalog (a schema clients cannot read), kept with the
+    # list so it is checked once; the catalog then leaves the agent out, as admission would.
+    refused: InvalidToolSchema | None = None
 
     @classmethod
     def of(cls, agent: str, tools: list[dict[str, Any]], bus_tools: Sequence[str]) -> Prepared:
@@ -327,6 +383,10 @@ class Prepared:
         cls, agent: str, tools: list[dict[str, Any]], bus_tools: Sequence[str]
     ) -> Generator[None, None, Prepared]:
         mapping = namespace_tools(agent, [t["name"] for t in tools])  # ToolConflict: the agent is left out
+        try:
+            check_tool_schemas(agent, tools)
+        except InvalidToolSchema as refused:
+            return cls({}, {}, [], refused)
         by_upstream = {t["name"]: t for t in tools}
         specs: dict[str, dict[str, Any]] = {}
         own = []

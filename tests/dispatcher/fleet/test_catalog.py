@@ -1,4 +1,7 @@
+import time
 from typing import Any
+
+import pytest
 
 from edgefleet.dispatcher.fleet.breaker import BreakerPolicy, CircuitBreaker
 from edgefleet.dispatcher.fleet.catalog import Catalog
@@ -60,10 +63,19 @@ def test_newest_version_defines_the_tools_and_routes_only_to_replicas_that_have_
     assert set(catalog.entries["text.keywords"].replicas) == {old, new}
 
 
-def test_invalid_schema_does_not_break_the_catalog() -> None:
+def test_an_agent_with_a_schema_clients_cannot_read_is_left_out_of_the_catalog(caplog: Any) -> None:
+    """Adversarial finding 5: one such tool in tools/list failed the official SDK's list_tools
+    for the whole catalog. Admission refuses it (check_tool_limits); a list that reaches a
+    catalog anyway (stored before the check) leaves its agent out, logged, like a conflict."""
     bad = {"name": "odd", "inputSchema": {"type": "nonsense"}}
-    entry = Catalog.build([replica("x", "1", [bad])]).get("x.odd")
-    assert entry is not None and entry.validator is None and entry.validation_error({"a": 1}) is None
+    prepared: dict[tuple[str, str], Any] = {}
+    odd = replica("x", "1", [bad, TOOL])
+    odd.record.tools_hash = "h"
+    catalog = Catalog.build([odd, replica("text", "1", [TOOL])], prepared=prepared)
+    assert set(catalog.entries) == {"text.keywords"} and catalog.view("x") is None
+    assert all(d["name"] != "x.odd" for d in catalog.definitions)
+    assert "agent x left out of the catalog: Tool 'odd' of agent 'x' has an invalid inputSchema" in caplog.text
+    assert prepared[("x", "h")].refused is not None  # checked once per list, not per rebuild
 
 
 def test_schema_with_a_dangling_ref_passes_arguments_through() -> None:
@@ -149,8 +161,6 @@ def test_tools_without_an_output_schema_are_never_checked() -> None:
 
 
 def test_an_unusable_output_schema_passes_results_unchecked() -> None:
-    invalid = weather_entry({"name": "odd", "outputSchema": {"type": "nonsense"}})
-    assert invalid.output_validator is None and invalid.result_problem({"content": []}) is None
     dangling = weather_entry(
         {"name": "refs", "outputSchema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}
     )
@@ -205,8 +215,6 @@ def test_a_tool_list_is_compiled_once_across_rebuilds_and_dropped_when_unused(mo
 def test_a_catastrophic_pattern_cannot_stall_argument_or_result_checks() -> None:
     """Adversarial finding 1: Python's re on the event loop took 20 s for one agent's
     pattern "(a+)+$" and 27 characters; regexes now run in linear time (fleet/schemas.py)."""
-    import time
-
     hostile = {"type": "object", "properties": {"v": {"type": "string", "pattern": "(a+)+$"}}}
     entry = weather_entry({"name": "redos", "inputSchema": hostile, "outputSchema": hostile})
     started = time.perf_counter()
@@ -216,3 +224,49 @@ def test_a_catastrophic_pattern_cannot_stall_argument_or_result_checks() -> None
     assert problem.startswith("Invalid arguments for tool w.redos: at 'v': ") and "does not match" in problem
     assert result.startswith("Invalid result from tool w.redos: at 'structuredContent/v': ")
     assert entry.validation_error({"v": "a" * 24}) is None
+
+
+REFUSED: list[tuple[dict[str, Any], str, str]] = [
+    ({"inputSchema": {"type": "nonsense"}}, "inputSchema", '"type" is "nonsense", not "object"'),
+    ({"inputSchema": [1, 2]}, "inputSchema", "it is an array, not a JSON Schema object"),
+    ({"inputSchema": None}, "inputSchema", "it is null"),
+    ({"inputSchema": {"properties": {}}}, "inputSchema", '"type" is null, not "object"'),
+    ({"inputSchema": {"type": "string"}}, "inputSchema", 'not "object"'),
+    ({"inputSchema": {"type": "object", "properties": {"a": {"type": "x"}}}}, "inputSchema", "at 'properties/a/type'"),
+    ({"outputSchema": [1]}, "outputSchema", "it is an array"),
+    ({"outputSchema": {"type": "nonsense"}}, "outputSchema", "nonsense"),
+    ({"outputSchema": {"type": "object", "required": "v"}}, "outputSchema", "at 'required'"),
+]
+
+
+@pytest.mark.parametrize(("fields", "which", "reason"), REFUSED)
+def test_registration_refuses_a_schema_mcp_clients_cannot_read(fields: dict[str, Any], which: str, reason: str) -> None:
+    from edgefleet.dispatcher.fleet.catalog import check_tool_limits
+    from edgefleet.shared.errors import InvalidToolSchema
+
+    tools = [TOOL, {"name": "odd", **fields}]
+    with pytest.raises(InvalidToolSchema) as refused:
+        check_tool_limits("x", tools, max_tools=10, max_tool_bytes=65536)  # registration and static agents
+    error = refused.value
+    assert error.http_status == 422 and error.code == "invalid_tool_schema" and error.jsonrpc_code == -31421
+    assert error.data["agent"] == "x" and error.data["tool"] == "odd" and error.data["schema"] == which
+    assert error.message.startswith(f"Tool 'odd' of agent 'x' has an invalid {which}: ") and reason in error.message
+
+
+def test_schemas_clients_can_read_are_accepted_without_fetching_anything() -> None:
+    from edgefleet.dispatcher.fleet.catalog import check_tool_limits
+
+    tools = [
+        {"name": "bare"},  # the dispatcher lists it with {"type": "object"}
+        {"name": "list", "inputSchema": {"type": "object"}, "outputSchema": {"type": "array"}},  # 2026-07-28
+        {"name": "none", "inputSchema": {"type": "object"}, "outputSchema": None},
+        {"name": "d7", "inputSchema": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}},
+        {"name": "d4", "inputSchema": {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"}},
+        # An unknown dialect is not judged at registration, and never fetched (no route to it).
+        {"name": "custom", "inputSchema": {"$schema": "http://10.255.255.1/schema", "type": "object"}},
+        {"name": "ref", "inputSchema": {"type": "object", "properties": {"a": {"$ref": "http://10.255.255.1/a"}}}},
+    ]
+    started = time.perf_counter()
+    check_tool_limits("x", tools, max_tools=10, max_tool_bytes=65536)
+    assert time.perf_counter() - started < 0.5
+    assert set(Catalog.build([replica("x", "1", tools)]).entries) == {f"x.{t['name']}" for t in tools}

@@ -131,6 +131,63 @@ def is_response(message: Any) -> bool:
     return isinstance(message, dict) and "id" in message and "method" not in message
 
 
+_NO_ID = object()
+
+
+def response_problem(message: Any, request_id: Any) -> str | None:
+    """Why ``message`` is not a JSON-RPC 2.0 response to the request ``request_id`` (None:
+    it is one). What an agent answers is relayed to a client that matches it by its id and
+    reads ``result`` or ``error``: a wrong id left an official SDK client waiting forever."""
+    if not isinstance(message, dict):
+        return "not a JSON object"
+    if message.get("jsonrpc") != "2.0":
+        return 'no "jsonrpc": "2.0"'
+    if "method" in message:
+        return "a request or notification, not a response"
+    ident = message.get("id", _NO_ID)
+    if ident is _NO_ID or ident != request_id or type(ident) is not type(request_id):
+        return "no id" if ident is _NO_ID else f"the id {str(ident)[:64]!r}, not the call's"
+    if ("result" in message) == ("error" in message):
+        return "both a result and an error" if "result" in message else "neither a result nor an error"
+    if "result" in message:
+        return None if isinstance(message["result"], dict) else "a result that is not an object"
+    error = message["error"]
+    code = error.get("code") if isinstance(error, dict) else None
+    if type(code) is not int or not isinstance(error.get("message"), str):
+        return "an error that is not {code: integer, message: string}"
+    return None
+
+
+def checked_response(body: bytes, request_id: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON-RPC response to ``request_id`` in a JSON body, None) or (None, what is wrong).
+
+    A body of newline-separated messages whose last one is the response (notifications
+    before it) passes too: the conformance suite's reference server streams its progress
+    that way under ``application/json``, and its own checks accept it."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        message = _last_of_lines(body)
+        if message is None:
+            return None, "not JSON"
+    problem = response_problem(message, request_id)
+    return (message, None) if problem is None else (None, problem)
+
+
+def _last_of_lines(body: bytes) -> Any:
+    """The last of a body's newline-separated JSON messages, if every line is one and all
+    before the last are notifications; else None."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if len(lines) < 2:
+        return None
+    try:
+        messages = [orjson.loads(line) for line in lines]
+    except orjson.JSONDecodeError:
+        return None
+    notifications = all(isinstance(m, dict) and "method" in m and "id" not in m for m in messages[:-1])
+    return messages[-1] if notifications else None
+
+
 def last_response(body: bytes, *, stream: bool) -> dict[str, Any] | None:
     """The JSON-RPC response in an answer body: the last response among its SSE events
     (``stream``), or the JSON body itself (None when there is none, or it is not JSON)."""

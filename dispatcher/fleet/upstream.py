@@ -214,7 +214,9 @@ class ReplicaClient:
 
     def call_headers(self, method: str, name: str | None, *, session: str | None = None) -> dict[str, str]:
         """Headers of one request; ``session`` (a 2025-era session of this replica) sends it in that era."""
-        headers = {"content-type": "application/json", "accept": ACCEPT}
+        # identity: without Accept-Encoding any coding is acceptable (RFC 9110), and answers
+        # are relayed as they come; an encoded one is refused (paths/direct.py).
+        headers = {"content-type": "application/json", "accept": ACCEPT, "accept-encoding": "identity"}
         if session is not None or self.era == "legacy":
             headers[HEADER_PROTOCOL_VERSION] = self.legacy_version
             session = session or self.legacy_session

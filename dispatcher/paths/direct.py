@@ -20,21 +20,20 @@ Answers pass the result checks (``paths.checks``) before they are relayed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from edgefleet.dispatcher import http1
 from edgefleet.dispatcher.fleet.upstream import capability_key
-from edgefleet.dispatcher.paths.answer import Answer, fail, json_into_stream
+from edgefleet.dispatcher.paths.answer import Answer, fail
 from edgefleet.dispatcher.paths.checks import ResultChecks
+from edgefleet.dispatcher.paths.relay import IdRename, MaybeStarted, NotStarted, Relay
 from edgefleet.dispatcher.paths.route import Route
-from edgefleet.shared import jsonrpc, sse, telemetry
+from edgefleet.shared import telemetry
 from edgefleet.shared.constants import HEADER_TIMEOUT
 from edgefleet.shared.errors import (
     AgentUnavailable,
@@ -49,14 +48,11 @@ if TYPE_CHECKING:
     from edgefleet.dispatcher.fleet.fleet import Fleet
     from edgefleet.dispatcher.fleet.replica import Replica
     from edgefleet.dispatcher.fleet.upstream import CapabilityKey, ReplicaClient
-    from edgefleet.dispatcher.observability.observe import CallObservation
     from edgefleet.dispatcher.paths.call import ToolCall
     from edgefleet.dispatcher.routing.router import RouteOrder, Router
 
 log = logging.getLogger("edgefleet.direct")
 _tracer = telemetry.tracer("edgefleet.dispatcher")
-# Answers are parsed for the metrics only when they may be errors (a byte check first).
-_ERROR_MARKERS = (b'"error"', b'"isError"')
 # Upstream statuses that mean "not processed": safe to send elsewhere.
 NOT_PROCESSED_STATUSES = frozenset({502, 503})
 _TIMEOUT_LINE = HEADER_TIMEOUT.encode() + b": %d\r\n"
@@ -82,6 +78,7 @@ class DirectPath:
         deadline = time.monotonic() + call.timeout_s
         tried: list[str] = []
         last_error: EdgefleetError | None = None
+        timed_out = False
         body = call.body()
         # Tracing on: one CLIENT span per attempt, and the agent's parent in _meta and in
         # the traceparent header is that attempt span instead of our server span.
@@ -104,12 +101,16 @@ class DirectPath:
                 else:
                     await self._traced_attempt(call, replica, body, parent_tp, answer, remaining, route)
                 return
-            except _NotStarted as exc:
+            except NotStarted as exc:
                 last_error = exc.error
                 continue
-            except _MaybeStarted as exc:
-                if time.monotonic() >= deadline:
-                    break  # the deadline, not the replica, ended it: say so below
+            except MaybeStarted as exc:
+                # The deadline, not the replica, ended it: say so below. asyncio's timeout runs
+                # on the loop's clock (uvloop's: milliseconds, cached), which can fire a hair
+                # before time.monotonic() reaches the deadline: its own error says it was the deadline.
+                if isinstance(exc.error, UpstreamTimeout) or time.monotonic() >= deadline:
+                    timed_out = True
+                    break
                 if entry.idempotent:
                     # Safe to run again; an SSE stream already open to the client simply
                     # continues with the next replica's messages.
@@ -126,7 +127,7 @@ class DirectPath:
                     ),
                 )
                 return
-        if time.monotonic() >= deadline:
+        if timed_out or time.monotonic() >= deadline:
             await self._fail(call, answer, UpstreamTimeout(data={"tool": entry.public_name, "replicas_tried": tried}))
         elif last_error is not None:
             await self._fail(
@@ -176,7 +177,7 @@ class DirectPath:
             headers = {**(call.extra_headers or {}), "traceparent": traceparent}
             try:
                 await self._attempt(call, replica, body, answer, timeout, headers, route)
-            except (_NotStarted, _MaybeStarted) as exc:
+            except (NotStarted, MaybeStarted) as exc:
                 span.set_attribute("error.type", exc.error.code)
                 span.set_status(StatusCode.ERROR, exc.error.message)
                 raise
@@ -204,15 +205,15 @@ class DirectPath:
                     legacy, timeout=min(timeout, self.fleet.settings.probe_timeout_s * 3)
                 )
             except EdgefleetError as exc:
-                raise _NotStarted(
+                raise NotStarted(
                     UpstreamError(f"no 2025-era session with replica {replica.id}: {exc.message}")
                 ) from None
         route.session = session_id
-        rename: _IdRename | None = None
+        rename: IdRename | None = None
         if session_id is not None:
             # Clients share our upstream sessions with a 2025-era server: two clients'
             # "id": 1 in flight at once would cross. Send a unique id, map it back.
-            rename = _IdRename(call.request_id)
+            rename = IdRename(call.request_id)
             body = rename.outgoing(body)
         # Ask for a 100 Continue (the replica is alive and reading) unless it never sends one;
         # only a replica known to send them is held to the accept timeout.
@@ -227,16 +228,16 @@ class DirectPath:
                     [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers.items()]
                 )
         except ValueError as exc:
-            raise _NotStarted(UpstreamError(f"cannot send the call to replica {replica.id}: {exc}")) from None
+            raise NotStarted(UpstreamError(f"cannot send the call to replica {replica.id}: {exc}")) from None
         breaker = replica.breaker
         trial = breaker.begin()
         if trial is None:  # ejected since the candidates were listed, or its one trial is taken
-            raise _NotStarted(UpstreamError(f"replica {replica.id} is ejected"))
+            raise NotStarted(UpstreamError(f"replica {replica.id} is ejected"))
         replica.inflight += 1
         verdict = False
         sent_at = time.perf_counter()
         upstream = "error"
-        relay: _Relay | None = None
+        relay: Relay | None = None
         try:
             async with asyncio.timeout(timeout):
                 try:
@@ -253,16 +254,16 @@ class DirectPath:
                     upstream = "connect_error"
                     verdict = True
                     self.fleet.report_failure(replica, f"connect: {exc}", decisive=True, trial=trial)
-                    raise _NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc}")) from None
+                    raise NotStarted(UpstreamError(f"cannot connect to replica {replica.id}: {exc}")) from None
                 except http1.RequestNotSent as exc:  # closed before the request; our pool full or closed
                     upstream = "connect_error"
-                    raise _NotStarted(UpstreamError(f"replica {replica.id} was not sent the call: {exc}")) from None
+                    raise NotStarted(UpstreamError(f"replica {replica.id} was not sent the call: {exc}")) from None
                 except AgentUrlForbidden as exc:  # its name now resolves somewhere agents may not be
                     upstream = "connect_error"
                     verdict = True
                     log.error("replica %s refused before sending: %s", replica.id, exc.message)
                     self.fleet.report_failure(replica, exc.message, decisive=True, trial=trial)
-                    raise _NotStarted(UpstreamError(f"replica {replica.id}: {exc.message}")) from None
+                    raise NotStarted(UpstreamError(f"replica {replica.id}: {exc.message}")) from None
                 except http1.AcceptTimeout:
                     upstream = "timeout"
                     verdict = True
@@ -270,7 +271,7 @@ class DirectPath:
                     self.fleet.report_failure(
                         replica, f"hung: did not start reading a call within {self.attempt_timeout_s:g} s", trial=trial
                     )
-                    raise _MaybeStarted(
+                    raise MaybeStarted(
                         UpstreamError(
                             f"replica {replica.id} did not start reading the call within "
                             f"{self.attempt_timeout_s:g} s (EDGEFLEET_ATTEMPT_TIMEOUT_S): hung or stopped"
@@ -279,23 +280,23 @@ class DirectPath:
                 except http1.RequestMaybeSent as exc:
                     verdict = True
                     self.fleet.report_failure(replica, f"{type(exc).__name__}: {exc}", trial=trial)
-                    raise _MaybeStarted(
+                    raise MaybeStarted(
                         UpstreamError(f"replica {replica.id} dropped the call: {type(exc).__name__}")
                     ) from None
                 try:
                     if resp.status == 404 and legacy is not None:
                         # The upstream forgot our session (it restarted): the next try opens a new one.
                         client.forget_session(legacy)
-                        raise _NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
+                        raise NotStarted(UpstreamError(f"replica {replica.id} lost its MCP session"))
                     if resp.status in NOT_PROCESSED_STATUSES:
                         verdict = True
                         self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
-                        raise _NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                        raise NotStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
                     if 300 <= resp.status < 400:
                         # Never followed (an agent must not send us elsewhere); nor processed.
                         verdict = True
                         self.fleet.report_failure(replica, f"HTTP {resp.status} (a redirect)", trial=trial)
-                        raise _NotStarted(
+                        raise NotStarted(
                             UpstreamError(
                                 f"replica {replica.id} answered HTTP {resp.status} (a redirect, never followed)"
                             )
@@ -303,7 +304,19 @@ class DirectPath:
                     if resp.status >= 500:
                         verdict = True
                         self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
-                        raise _MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                        raise MaybeStarted(UpstreamError(f"replica {replica.id} answered HTTP {resp.status}"))
+                    encoding = resp.headers.get(b"content-encoding")
+                    if encoding is not None and encoding.strip().lower() != b"identity":
+                        # We ask for identity and relay bytes as they come: a client would get
+                        # them without the header that says how to read them.
+                        verdict = True
+                        self.fleet.report_failure(replica, "an answer in a content coding", trial=trial)
+                        raise MaybeStarted(
+                            UpstreamError(
+                                f"replica {replica.id} answered in content coding {encoding[:32]!r}, "
+                                "not the identity the dispatcher asks for"
+                            )
+                        )
                     if expect and resp.status < 300:
                         client.learn_continue(bool(resp.interim))
                     latency = time.perf_counter() - sent_at
@@ -313,7 +326,7 @@ class DirectPath:
                         obs.metrics.upstream_latency(entry.agent, replica.record.region, replica.id, latency)
                     verdict = True
                     self.fleet.report_success(replica, trial=trial)
-                    relay = _Relay(call, replica, answer, route, self.checks, rename)
+                    relay = Relay(call, replica, answer, route, self.checks, rename)
                     if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
                         await relay.stream(resp)
                     else:
@@ -338,7 +351,7 @@ class DirectPath:
             if upstream != "ok":
                 upstream = "timeout"
                 replica.observe_latency((time.perf_counter() - sent_at) * 1000)
-            raise _MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
+            raise MaybeStarted(UpstreamTimeout(f"replica {replica.id} did not answer in time")) from None
         finally:
             replica.inflight -= 1
             if not verdict:
@@ -358,135 +371,6 @@ class DirectPath:
         task.add_done_callback(self._cancels.discard)
 
 
-class _Relay:
-    """One attempt's answer on its way to the caller: size counted, result checked,
-    outcome classified for the call's observation."""
-
-    __slots__ = ("answer", "answered", "call", "checks", "rename", "replica", "route", "schema")
-
-    def __init__(
-        self,
-        call: ToolCall,
-        replica: Replica,
-        answer: Answer,
-        route: Route,
-        checks: ResultChecks,
-        rename: _IdRename | None,
-    ) -> None:
-        self.call = call
-        self.replica = replica
-        self.answer = answer
-        self.route = route
-        self.checks = checks
-        self.rename = rename
-        self.schema = checks.has_schema(call.entry)
-        self.answered = False  # the call's response reached the caller (a break after it is no failure)
-
-    async def refuse(self, error: EdgefleetError) -> None:
-        if self.call.obs is not None:
-            self.call.obs.failed(error)
-        await fail(self.answer, self.call.request_id, error)
-
-    async def json(self, resp: http1.Response) -> None:
-        try:
-            # Refused by its Content-Length unread, else counted as it arrives; the connection
-            # is dropped past the limit (the transfer and the agent's work stop, nothing drains).
-            data = await resp.read(self.checks.limit)
-        except http1.BodyTooLarge:
-            await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
-            return
-        except http1.HTTP1Error as exc:
-            raise _MaybeStarted(
-                UpstreamError(f"replica {self.replica.id} broke off its answer: {type(exc).__name__}")
-            ) from None
-        if self.rename is not None:
-            data = self.rename.incoming(data)
-        obs = self.call.obs
-        if resp.status >= 400:
-            if obs is not None:
-                obs.outcome, obs.code = "error", "agent_error"
-                _classify(obs, data, stream=False)
-        elif self.schema:
-            message = jsonrpc.last_response(data, stream=False)
-            if obs is not None and message is not None:
-                _classify_message(obs, message)
-            problem = self.checks.invalid_response(self.call.entry, message, replica=self.replica.id)
-            if problem is not None:
-                await self.refuse(problem)
-                return
-        elif obs is not None:
-            _classify(obs, data, stream=False)
-        if self.answer.started:
-            await json_into_stream(self.answer, self.call.request_id, data)
-        else:
-            await self.answer.send_json(200 if resp.status < 400 else resp.status, data, self.route)
-
-    async def stream(self, resp: http1.Response) -> None:
-        """Relay the agent's SSE event by event (never half an event, so a retry after a
-        break starts on a clean line); a stream that breaks or ends before the answer is a
-        _MaybeStarted (retried for idempotent tools, else outcome_unknown). A stream that
-        grows past the size limit (progress included) is cut off."""
-        splitter = sse.Splitter()
-        received = 0
-        try:
-            while chunk := await resp.next_chunk():
-                received += len(chunk)
-                if received > self.checks.limit:
-                    resp.close()  # the agent's handler stops when its connection goes
-                    if self.answered:
-                        break  # the caller has its answer; whatever follows it is dropped
-                    await self.refuse(self.checks.too_large(self.call.entry, replica=self.replica.id))
-                    return
-                events = splitter.feed(chunk)
-                if not events:
-                    continue
-                if self.rename is not None:
-                    events = self.rename.incoming(events)
-                if not self.answered:
-                    self.answered, accepted = await self._accept(events)
-                    if not accepted:
-                        return
-                await self._forward(events)
-        except http1.HTTP1Error as exc:
-            if not self.answered:
-                raise _MaybeStarted(
-                    UpstreamError(f"replica {self.replica.id} broke off its stream: {type(exc).__name__}")
-                ) from None
-        else:
-            last = splitter.rest()  # a last event without its blank line
-            if self.rename is not None and last:
-                last = self.rename.incoming(last)
-            if not self.answered and last:
-                self.answered, accepted = await self._accept(last)
-                if not accepted:
-                    return
-                if self.answered:
-                    await self._forward(last)
-            if not self.answered:
-                raise _MaybeStarted(UpstreamError(f"replica {self.replica.id} ended its stream without an answer"))
-        await self.answer.close_stream()
-
-    async def _accept(self, events: bytes) -> tuple[bool, bool]:
-        """(answered, accepted): does ``events`` hold the call's response, and did it pass
-        the checks (when it did not, the caller got the error instead)."""
-        response = _response_in(events)
-        if response is None:
-            return False, True
-        if self.call.obs is not None:
-            _classify_message(self.call.obs, response)
-        problem = (
-            self.checks.invalid_response(self.call.entry, response, replica=self.replica.id) if self.schema else None
-        )
-        if problem is not None:
-            await self.refuse(problem)
-            return True, False
-        return True, True
-
-    async def _forward(self, events: bytes) -> None:
-        await self.answer.open_stream(self.route)
-        await self.answer.send_events(events)
-
-
 def upstream_session(call: ToolCall, client: ReplicaClient) -> CapabilityKey | None:
     """Which 2025-era session of the replica carries this call, by the capabilities of its
     client; None: a 2026-era request. A 2025-only server gets every call in its era; a
@@ -503,68 +387,6 @@ def upstream_session(call: ToolCall, client: ReplicaClient) -> CapabilityKey | N
     return None
 
 
-def _classify(obs: CallObservation, payload: bytes, *, stream: bool) -> None:
-    """Set the call's outcome from the agent's JSON-RPC answer: an ``error`` object, or a
-    result with ``isError: true`` (a tool error). Cheap for the common case: no marker, no parse."""
-    if not any(marker in payload for marker in _ERROR_MARKERS):
-        return
-    message = jsonrpc.last_response(payload, stream=stream)
-    if message is not None:
-        _classify_message(obs, message)
-
-
-def _classify_message(obs: CallObservation, message: dict[str, Any]) -> None:
-    if not jsonrpc.is_response(message):
-        return  # notifications (progress, logs) say nothing about the outcome
-    if "error" in message:
-        obs.answered_with_error(message["error"])
-    elif isinstance(message.get("result"), dict) and message["result"].get("isError") is True:
-        obs.outcome = "tool_error"
-
-
-def _response_in(events: bytes) -> dict[str, Any] | None:
-    """The JSON-RPC response (the call's answer) among these complete SSE events, if any."""
-    if b'"id"' not in events:
-        return None
-    return next((m for m in sse.messages(events) if jsonrpc.is_response(m)), None)
-
-
-class _IdRename:
-    """A per-attempt unique JSON-RPC id toward a shared legacy upstream session."""
-
-    _next = itertools.count(1)
-
-    def __init__(self, client_id: Any) -> None:
-        self.client_id = client_id
-        self.upstream_id = f"edgefleet-{next(self._next)}"
-
-    def outgoing(self, body: bytes) -> bytes:
-        message = orjson.loads(body)
-        message["id"] = self.upstream_id
-        return orjson.dumps(message)
-
-    def incoming(self, data: bytes) -> bytes:
-        """A JSON body, or complete SSE events, with our id put back to the client's."""
-        if b"data:" not in data:
-            return self._swap(data)
-        lines = []
-        for line in data.replace(b"\r\n", b"\n").split(b"\n"):
-            lines.append(b"data: " + self._swap(line[5:].strip()) if line.startswith(b"data:") else line)
-        return b"\n".join(lines)
-
-    def _swap(self, payload: bytes) -> bytes:
-        if self.upstream_id.encode() not in payload:
-            return payload
-        try:
-            message = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return payload
-        if isinstance(message, dict) and message.get("id") == self.upstream_id:
-            message["id"] = self.client_id
-            return orjson.dumps(message)
-        return payload
-
-
 def _route(replica: Replica, order: RouteOrder, attempt: int) -> Route:
     reason = order.reason
     if order.regions and replica.record.region != order.regions[0]:
@@ -577,13 +399,3 @@ def _route(replica: Replica, order: RouteOrder, attempt: int) -> Route:
         reason=reason,
         attempt=attempt,
     )
-
-
-class _NotStarted(Exception):
-    def __init__(self, error: EdgefleetError) -> None:
-        self.error = error
-
-
-class _MaybeStarted(Exception):
-    def __init__(self, error: EdgefleetError) -> None:
-        self.error = error

@@ -568,3 +568,112 @@ async def test_a_redirect_answer_to_a_call_is_never_followed(harness: Harness) -
     with pytest.raises(AgentUnavailable, match="HTTP 307"):
         await harness.call([a], idempotent=False)
     assert elsewhere == []
+
+
+def raw_json(body: bytes, status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+MALFORMED = {
+    "another id": b'{"jsonrpc":"2.0","id":"not-your-id","result":{"content":[]}}',
+    "no id": b'{"jsonrpc":"2.0","result":{"content":[]}}',
+    "an id of another type": b'{"jsonrpc":"2.0","id":"1","result":{"content":[]}}',
+    "not JSON": b'{"jsonrpc": "2.0", "id": 1, "result": {oops',
+    "a batch": b'[{"jsonrpc":"2.0","id":1,"result":{}}]',
+    "a null result": b'{"jsonrpc":"2.0","id":1,"result":null}',
+    "a string error": b'{"jsonrpc":"2.0","id":1,"error":"boom"}',
+    "an error with a string code": b'{"jsonrpc":"2.0","id":1,"error":{"code":"EVIL","message":"x"}}',
+    "a request": b'{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}',
+    "no jsonrpc member": b'{"id":1,"result":{"content":[]}}',
+    "an empty body": b"",
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_an_answer_that_is_not_the_calls_json_rpc_response_never_reaches_the_client(
+    harness: Harness, case: str
+) -> None:
+    # Relayed as it came, "another id" left the official SDK client waiting forever.
+    a = await harness.replica(answers(raw_json(MALFORMED[case])), "eu-west")
+    b = await harness.replica(answers(json_answer({"content": [], "isError": False})), "us-east")
+    assert answer_of(await harness.call([a, b], idempotent=True))["result"]["isError"] is False  # retried
+    with pytest.raises(OutcomeUnknown, match="answered HTTP 200 with"):  # may have run: not retried
+        await harness.call([a, b], idempotent=False)
+
+
+async def test_a_streamed_response_with_another_id_is_an_error_under_the_clients_id(harness: Harness) -> None:
+    wrong = b'event: message\r\ndata: {"jsonrpc":"2.0","id":7,"result":{"content":[]}}\r\n\r\n'
+
+    async def streams(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS))  # the client's stream is open when the answer comes
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(chunk(wrong) + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(streams, "eu-west")
+    (answer,) = responses(body_of(await harness.call([a], idempotent=False)))
+    assert answer["id"] == 1 and answer["error"]["code"] == -31004
+    assert "the id '7'" in answer["error"]["data"]["cause"]
+
+
+async def test_what_an_agent_sends_after_its_streamed_response_is_dropped(harness: Harness) -> None:
+    extra = b'event: message\r\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}\r\n\r\n'
+
+    async def chatty(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + chunk(PROGRESS) + chunk(RESULT))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(chunk(extra) + chunk(PROGRESS) + b"0\r\n\r\n")
+        await writer.drain()
+
+    a = await harness.replica(chatty, "eu-west")
+    stream = body_of(await harness.call([a], idempotent=False))
+    assert responses(stream) == [orjson.loads(RESULT.split(b"data: ")[1])]
+    assert stream.count(b"notifications/progress") == 1
+
+
+async def test_agent_statuses_about_the_dispatchers_request_are_not_relayed_to_the_client(harness: Harness) -> None:
+    error = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"who are you"}}'
+    for status in (b"401 Unauthorized", b"403 Forbidden", b"418 I'm a teapot", b"429 Too Many Requests"):
+        a = await harness.replica(answers(raw_json(error, status)), "eu-west")
+        b = await harness.replica(answers(json_answer({"content": [], "isError": False})), "us-east")
+        # Not processed there: the next replica serves it, even a non-idempotent call.
+        assert answer_of(await harness.call([a, b], idempotent=False))["result"]["isError"] is False
+        with pytest.raises(AgentUnavailable, match=f"HTTP {status[:3].decode()}: who are you"):
+            await harness.call([a], idempotent=False)
+    # The call's own arguments, as the agent validated them: the client's to see, with its status.
+    invalid = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad arguments"}}'
+    a = await harness.replica(answers(raw_json(invalid, b"400 Bad Request")), "eu-west")
+    sent = await harness.call([a], idempotent=False)
+    assert sent[0]["status"] == 400 and answer_of(sent)["error"]["code"] == -32602
+
+
+async def test_an_answer_in_a_content_coding_is_refused(harness: Harness) -> None:
+    import gzip
+
+    body = gzip.compress(JSON_RESULT)
+    a = await harness.replica(answers(raw_json(body, extra=b"content-encoding: gzip\r\n")), "eu-west")
+    with pytest.raises(OutcomeUnknown, match="content coding b'gzip'"):
+        await harness.call([a], idempotent=False)
+    assert b"accept-encoding: identity" in HEADS[-1].lower()
+
+
+async def test_a_missed_deadline_is_always_upstream_timeout(harness: Harness) -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2)
+
+    a = await harness.replica(slow, "eu-west")
+    codes = set()
+    for _ in range(20):  # the loop's clock and time.monotonic() disagreed by a hair in some runs
+        try:
+            await harness.call([a], idempotent=False, timeout_s=0.05)
+        except Exception as exc:  # noqa: BLE001 - the code is what is checked
+            codes.add(getattr(exc, "code", type(exc).__name__))
+    assert codes == {"upstream_timeout"}

@@ -24,6 +24,7 @@ from edgefleet.dispatcher.paths.answer import CapturedAnswer
 from edgefleet.dispatcher.paths.call import ToolCall
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.dispatcher.routing.router import RouteOrder
+from edgefleet.dispatcher.tasks.sink import read_response
 from edgefleet.shared import jsonrpc, telemetry
 from edgefleet.shared.constants import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_PROTOCOL_VERSION
 from edgefleet.shared.errors import (
@@ -232,14 +233,18 @@ class Invoker:
                 data={"tool": tool, "max_depth": jsonrpc.MAX_RESULT_DEPTH},
             )
             return Outcome(tool, "error", error=error.to_jsonrpc(), route=answer.route)
-        if response is None:
-            return Outcome(
-                tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=answer.route
-            )
-        if isinstance(response.get("error"), dict):
-            error = response["error"]
-            status = "timeout" if error.get("code") == UpstreamTimeout.jsonrpc_code else "error"
-            return Outcome(tool, status, error=error, route=answer.route)
-        found = response.get("result")
-        result: dict[str, Any] = found if isinstance(found, dict) else {}
-        return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=answer.route)
+        return _outcome(tool, response, call.request_id, answer.route)
+
+
+def _outcome(tool: str, response: dict[str, Any] | None, request_id: Any, route: Route | None) -> Outcome:
+    """The agent's answer, read as a task's is (``read_response``): a success only for a
+    response to this call with an object result (a malformed one must not satisfy a
+    ``first`` or ``quorum``); its error only as a bounded JSON-RPC error object."""
+    if response is None:
+        return Outcome(tool, "error", error=UpstreamError("No answer from the agent.").to_jsonrpc(), route=route)
+    result, error = read_response(response, request_id)
+    if result is None:
+        error = error or UpstreamError("No answer from the agent.").to_jsonrpc()
+        status = "timeout" if error["code"] == UpstreamTimeout.jsonrpc_code else "error"
+        return Outcome(tool, status, error=error, route=route)
+    return Outcome(tool, "tool_error" if result.get("isError") else "ok", result=result, route=route)

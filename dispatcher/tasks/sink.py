@@ -5,6 +5,11 @@ JSON-RPC response becomes the task's result or error.
 It can also be put in front of a client's live answer and take over half-way (a 2025-era
 client dropped its connection, or a 2026-era call ran long and became a task): paths
 deliver whole SSE events, so taking over never splits an event.
+
+``read_response`` is the one reading of an agent's answer for whoever keeps it (tasks
+here, the fan-out's and pipelines' sub-calls in ``builtins.invoker``): a success only for
+a JSON-RPC response with an object ``result``; an error object passed on only in its
+JSON-RPC shape, bounded; anything else is the agent's failure (upstream_error).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from edgefleet.shared.errors import UpstreamError
 
 ProgressHook = Callable[[dict[str, Any]], None]
 _PROGRESS = b"notifications/progress"
+# An agent's error passed on: its message cut to this many characters, its data dropped
+# when its JSON is larger (it lands in task records, fan-out results and logs).
+MAX_ERROR_MESSAGE = 1024
+MAX_ERROR_DATA = 4096
+_ANY_ID: Any = object()
 
 
 class TaskSink:
@@ -129,11 +139,57 @@ class TaskSink:
             response = jsonrpc.last_response(bytes(self.body), stream=False)
         if response is None:
             return None, UpstreamError("The agent's answer ended without a JSON-RPC response.").to_jsonrpc()
-        if isinstance(response.get("error"), dict):
-            return None, response["error"]
-        result = response.get("result")
-        if isinstance(result, dict):
-            return result, None
-        return None, UpstreamError(
-            f"The agent answered with a malformed result: {orjson.dumps(result)[:200]!r}"
-        ).to_jsonrpc()
+        return read_response(response)
+
+
+def read_response(message: Any, request_id: Any = _ANY_ID) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(result, error) of an agent's answer to one call, exactly one of them set: its
+    ``result`` only when ``message`` is a JSON-RPC response (to ``request_id``, when given)
+    whose result is an object; its error only as ``agent_error`` passes it; anything else
+    (a notification, another id, a null or string result, an error that is no error object)
+    is an upstream_error of ours, never a success."""
+    if not jsonrpc.is_response(message):
+        return None, _malformed("an answer that is not a JSON-RPC response", message)
+    if request_id is not _ANY_ID and not _same_id(message["id"], request_id):
+        return None, _malformed("an answer under another request id", message["id"])
+    if message.get("error") is not None:
+        error = agent_error(message["error"])
+        return (None, error) if error is not None else (None, _malformed("a malformed error", message["error"]))
+    result = message.get("result")
+    if isinstance(result, dict):
+        return result, None
+    return None, _malformed("a malformed result", result)
+
+
+def agent_error(error: Any) -> dict[str, Any] | None:
+    """An agent's JSON-RPC error object as it may be passed on: its integer ``code``, its
+    ``message`` (cut to MAX_ERROR_MESSAGE characters) and its ``data`` when that is small;
+    None when it is not ``{code: integer, message: string}``."""
+    if not isinstance(error, dict):
+        return None
+    code, message = error.get("code"), error.get("message")
+    if type(code) is not int or not -(2**53) < code < 2**53 or not isinstance(message, str):
+        return None
+    kept: dict[str, Any] = {"code": code, "message": message[:MAX_ERROR_MESSAGE]}
+    if "data" in error and _json_size(error["data"]) <= MAX_ERROR_DATA:
+        kept["data"] = error["data"]
+    return kept
+
+
+def _same_id(found: Any, expected: Any) -> bool:
+    return type(found) is type(expected) and found == expected  # 1 is not True, nor 1.0
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # nested past what orjson writes: it could not be passed on
+        return MAX_ERROR_DATA + 1
+
+
+def _malformed(what: str, value: Any) -> dict[str, Any]:
+    try:
+        shown = orjson.dumps(value)[:200]
+    except orjson.JSONEncodeError:
+        shown = b"(nested too deep to show)"
+    return UpstreamError(f"The agent answered with {what}: {shown!r}").to_jsonrpc()

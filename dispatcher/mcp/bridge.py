@@ -177,6 +177,20 @@ def server_request(data: bytes) -> dict[str, Any] | None:
     return None
 
 
+def _without_requests(events: bytes, ours: RequestRelay | None) -> bytes:
+    """The events without the upstream's server->client requests, for a call with no 2025
+    upstream session: a 2026-07-28 server MUST NOT send independent requests on a response
+    stream, and no answer could be taken back to it (a hostile agent sent 100,000 sampling
+    requests to clients that way). The dispatcher's own questions (``ours``) stay."""
+    out = []
+    for name, data in sse.events(events):
+        message = server_request(data) if name == "message" else None
+        if message is not None and not (ours is not None and ours.owns(message["id"])):
+            continue
+        out.append(sse.frame(data) if name == "message" else _named(name, data))
+    return b"".join(out)
+
+
 def _named(name: str, data: bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
@@ -246,7 +260,8 @@ class EraAnswer(ForwardingAnswer):
     def _relay_requests(self, events: bytes) -> bytes:
         context, route = self.relay, self.route
         if context is None or route is None or route.session is None or route.replica is None:
-            return events  # not a 2025 upstream session: nobody could take an answer back
+            # Not a 2025 upstream session: nobody could take an answer back.
+            return _without_requests(events, context.relay if context is not None else None)
         out = []
         for name, data in sse.events(events):
             try:
@@ -275,7 +290,7 @@ class EraAnswer(ForwardingAnswer):
     async def _refuse_requests(self, events: bytes, relay: RequestRelay) -> bytes:
         route = self.route
         if route is None or route.session is None or route.replica is None:
-            return events
+            return _without_requests(events, relay)
         out = []
         for name, data in sse.events(events):
             message = server_request(data) if name == "message" else None

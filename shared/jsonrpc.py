@@ -132,6 +132,7 @@ def is_response(message: Any) -> bool:
 
 
 _NO_ID = object()
+ANY_ID = object()  # response_problem's request_id when any id will do (a stored task's answer)
 
 
 def response_problem(message: Any, request_id: Any) -> str | None:
@@ -145,7 +146,7 @@ def response_problem(message: Any, request_id: Any) -> str | None:
     if "method" in message:
         return "a request or notification, not a response"
     ident = message.get("id", _NO_ID)
-    if ident is _NO_ID or ident != request_id or type(ident) is not type(request_id):
+    if ident is _NO_ID or (request_id is not ANY_ID and (ident != request_id or type(ident) is not type(request_id))):
         return "no id" if ident is _NO_ID else f"the id {str(ident)[:64]!r}, not the call's"
     if ("result" in message) == ("error" in message):
         return "both a result and an error" if "result" in message else "neither a result nor an error"

@@ -31,7 +31,6 @@ _PROGRESS = b"notifications/progress"
 # when its JSON is larger (it lands in task records, fan-out results and logs).
 MAX_ERROR_MESSAGE = 1024
 MAX_ERROR_DATA = 4096
-_ANY_ID: Any = object()
 
 
 class TaskSink:
@@ -142,23 +141,21 @@ class TaskSink:
         return read_response(response)
 
 
-def read_response(message: Any, request_id: Any = _ANY_ID) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def read_response(
+    message: Any, request_id: Any = jsonrpc.ANY_ID
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(result, error) of an agent's answer to one call, exactly one of them set: its
     ``result`` only when ``message`` is a JSON-RPC response (to ``request_id``, when given)
     whose result is an object; its error only as ``agent_error`` passes it; anything else
     (a notification, another id, a null or string result, an error that is no error object)
     is an upstream_error of ours, never a success."""
-    if not jsonrpc.is_response(message):
-        return None, _malformed("an answer that is not a JSON-RPC response", message)
-    if request_id is not _ANY_ID and not _same_id(message["id"], request_id):
-        return None, _malformed("an answer under another request id", message["id"])
-    if message.get("error") is not None:
+    problem = jsonrpc.response_problem(message, request_id)  # the one check, the direct path's too
+    if problem is not None:
+        return None, _malformed(problem, message)
+    if "error" in message:
         error = agent_error(message["error"])
-        return (None, error) if error is not None else (None, _malformed("a malformed error", message["error"]))
-    result = message.get("result")
-    if isinstance(result, dict):
-        return result, None
-    return None, _malformed("a malformed result", result)
+        return None, error if error is not None else _malformed("an error code out of range", message["error"])
+    return message["result"], None
 
 
 def agent_error(error: Any) -> dict[str, Any] | None:
@@ -174,10 +171,6 @@ def agent_error(error: Any) -> dict[str, Any] | None:
     if "data" in error and _json_size(error["data"]) <= MAX_ERROR_DATA:
         kept["data"] = error["data"]
     return kept
-
-
-def _same_id(found: Any, expected: Any) -> bool:
-    return type(found) is type(expected) and found == expected  # 1 is not True, nor 1.0
 
 
 def _json_size(value: Any) -> int:

@@ -70,6 +70,7 @@ class GuardedHttpTools(CoalescingHttpTools):
         # or a response being written).
         self._head_bytes: int | None = 0
         self._discarding = False  # refused: what the client still sends is dropped until we close
+        self._heads_completed = 0  # heads completed during the read being parsed
 
     @classmethod
     def configured(cls, settings: DispatcherSettings) -> type[GuardedHttpTools]:
@@ -108,11 +109,12 @@ class GuardedHttpTools(CoalescingHttpTools):
         if self._discarding:
             return
         reading_head = self._head_bytes is not None
+        self._heads_completed = 0
         super().data_received(data)
-        # Counted only for a read that neither starts nor ends in the middle of a body (the
-        # head was not complete before it nor after it): the bound is never charged a body's
-        # bytes, and a head can pass it by at most the read that completes it.
-        if reading_head and self._head_bytes is not None:
+        # Counted only for a read in which no head was completed, begun inside a head: a body
+        # (or whole pipelined requests) in the read is never charged to the bound, and a head
+        # can pass it by at most the read that completes it.
+        if reading_head and not self._heads_completed and self._head_bytes is not None:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
                 self._refuse_head()
@@ -125,6 +127,7 @@ class GuardedHttpTools(CoalescingHttpTools):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = None
+        self._heads_completed += 1
         self._disarm()
         super().on_headers_complete()
         self._arm(self.body_timeout_s)  # disarmed again when the message is complete

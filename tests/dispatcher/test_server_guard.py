@@ -173,4 +173,15 @@ async def test_a_request_head_over_the_bound_gets_431_and_a_body_is_never_counte
     )
     assert not said.startswith(b"HTTP/1.1 431 "), said[:80]
     assert said.startswith(b"HTTP/1.1 "), said[:80]
+    # A whole request in one read, body larger than the bound: answered (the read holds a
+    # complete head, so its bytes are not a head's). So are pipelined requests in one read.
+    small = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"p" * 30_000 + b'"}}'
+    request = (
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\naccept: application/json\r\n"
+        b"mcp-protocol-version: 2026-07-28\r\ncontent-length: %d\r\n\r\n" % len(small) + small
+    )
+    said = await _send(port, request + request.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+    assert said.count(b"HTTP/1.1 ") == 2 and b" 431 " not in said, said[:200]
+    said = await _send(port, good * 2000 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert said.count(b"HTTP/1.1 200 ") == 2001, said.count(b"HTTP/1.1 200 ")
     assert "Traceback" not in bare.dispatchers[-1][1].output()

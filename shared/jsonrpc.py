@@ -137,8 +137,9 @@ ANY_ID = object()  # response_problem's request_id when any id will do (a stored
 
 def response_problem(message: Any, request_id: Any) -> str | None:
     """Why ``message`` is not a JSON-RPC 2.0 response to the request ``request_id`` (None:
-    it is one). What an agent answers is relayed to a client that matches it by its id and
-    reads ``result`` or ``error``: a wrong id left an official SDK client waiting forever."""
+    it is one; a null ``error`` beside a result, or null ``result`` beside an error, is
+    removed from it). What an agent answers is relayed to a client that matches it by its id
+    and reads ``result`` or ``error``: a wrong id left an official SDK client waiting forever."""
     if not isinstance(message, dict):
         return "not a JSON object"
     if message.get("jsonrpc") != "2.0":
@@ -148,6 +149,12 @@ def response_problem(message: Any, request_id: Any) -> str | None:
     ident = message.get("id", _NO_ID)
     if ident is _NO_ID or (request_id is not ANY_ID and (ident != request_id or type(ident) is not type(request_id))):
         return "no id" if ident is _NO_ID else f"the id {str(ident)[:64]!r}, not the call's"
+    # Some servers write the member they do not use as null: it counts as absent (and goes).
+    if "result" in message and "error" in message:
+        if message["error"] is None:
+            del message["error"]
+        elif message["result"] is None:
+            del message["result"]
     if ("result" in message) == ("error" in message):
         return "both a result and an error" if "result" in message else "neither a result nor an error"
     if "result" in message:
@@ -159,20 +166,22 @@ def response_problem(message: Any, request_id: Any) -> str | None:
     return None
 
 
-def checked_response(body: bytes, request_id: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """(the JSON-RPC response to ``request_id`` in a JSON body, None) or (None, what is wrong).
+def checked_response(body: bytes, request_id: Any) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(the JSON-RPC response to ``request_id`` in a JSON body, None, whole) or (None, what is
+    wrong, whole); ``whole``: the body is that one message.
 
     A body of newline-separated messages whose last one is the response (notifications
-    before it) passes too: the conformance suite's reference server streams its progress
-    that way under ``application/json``, and its own checks accept it."""
+    before it) passes too, not whole: the conformance suite's reference server streams its
+    progress that way under ``application/json``."""
+    whole = True
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
-        message = _last_of_lines(body)
+        message, whole = _last_of_lines(body), False
         if message is None:
-            return None, "not JSON"
+            return None, "not JSON", whole
     problem = response_problem(message, request_id)
-    return (message, None) if problem is None else (None, problem)
+    return (message, None, whole) if problem is None else (None, problem, whole)
 
 
 def _last_of_lines(body: bytes) -> Any:

@@ -31,7 +31,7 @@ from edgefleet.dispatcher import http1
 from edgefleet.dispatcher.fleet.upstream import capability_key
 from edgefleet.dispatcher.paths.answer import Answer, fail
 from edgefleet.dispatcher.paths.checks import ResultChecks
-from edgefleet.dispatcher.paths.relay import IdRename, MaybeStarted, NotStarted, Relay
+from edgefleet.dispatcher.paths.relay import CLIENT_STATUSES, IdRename, MaybeStarted, NotStarted, Relay
 from edgefleet.dispatcher.paths.route import Route
 from edgefleet.shared import telemetry
 from edgefleet.shared.constants import HEADER_TIMEOUT
@@ -325,7 +325,10 @@ class DirectPath:
                     if obs is not None and obs.metrics is not None:
                         obs.metrics.upstream_latency(entry.agent, replica.record.region, replica.id, latency)
                     verdict = True
-                    self.fleet.report_success(replica, trial=trial)
+                    if resp.status < 400 or resp.status in CLIENT_STATUSES:
+                        self.fleet.report_success(replica, trial=trial)
+                    else:  # it refused the dispatcher's request (auth, rate, ...): the replica is not serving
+                        self.fleet.report_failure(replica, f"HTTP {resp.status}", trial=trial)
                     relay = Relay(call, replica, answer, route, self.checks, rename)
                     if resp.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
                         await relay.stream(resp)

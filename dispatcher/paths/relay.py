@@ -11,6 +11,7 @@ relayed as if it were about the client's.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,9 @@ class Relay:
             ) from None
         if self.rename is not None:
             data = self.rename.incoming(data)
-        message, problem = jsonrpc.checked_response(data, self.call.request_id)
+        message, problem, whole = jsonrpc.checked_response(data, self.call.request_id)
+        if not whole and message is not None:  # notifications before it on their own lines: the response alone
+            data = orjson.dumps(message)
         if message is None:
             # Relayed as it came, a wrong id left an SDK client waiting forever and a body that
             # is not JSON-RPC broke it: the replica failed this call (retried if idempotent).
@@ -133,14 +136,16 @@ class Relay:
                 if not events:
                     continue
                 if self.rename is not None:
-                    events = self.rename.incoming(events)
+                    events = self.rename.incoming_events(events)
                 if not self.answered:
                     self.answered, accepted = await self._accept(events)
                     if not accepted:
                         return
                 await self._forward(events)
-                if self.answered:
-                    break  # the response ends the stream: whatever the agent sends after it is dropped
+                if self.answered:  # the response ends the stream: whatever the agent sends after it is dropped
+                    await self.answer.close_stream()
+                    await _settle(resp, self.checks.limit - received)
+                    return
         except http1.HTTP1Error as exc:
             if not self.answered:
                 raise MaybeStarted(
@@ -149,7 +154,7 @@ class Relay:
         else:
             last = splitter.rest()  # a last event without its blank line
             if self.rename is not None and last:
-                last = self.rename.incoming(last)
+                last = self.rename.incoming_events(last)
             if not self.answered and last:
                 self.answered, accepted = await self._accept(last)
                 if not accepted:
@@ -182,6 +187,28 @@ class Relay:
     async def _forward(self, events: bytes) -> None:
         await self.answer.open_stream(self.route)
         await self.answer.send_events(events)
+
+
+# Agent statuses that can be about the client's call (its arguments; a method the agent lacks).
+CLIENT_STATUSES = frozenset({400, 404})
+SETTLE_S = 0.05  # how long the end of a stream is awaited after its response, for the connection's reuse
+
+
+async def _settle(resp: http1.Response, room: int) -> None:
+    """After a stream's response: read (and drop) what the agent still sends for a moment,
+    so a stream that ends as it should (its last chunk often a write of its own) leaves its
+    connection whole for the next call; one that goes on, or past ``room`` bytes, is cut."""
+    try:
+        async with asyncio.timeout(SETTLE_S):
+            while chunk := await resp.next_chunk():
+                room -= len(chunk)
+                if room < 0:
+                    break
+            else:
+                return  # ended: the pool keeps the connection
+    except (TimeoutError, http1.HTTP1Error):
+        pass
+    resp.close()
 
 
 def _client_status(status: int, message: dict[str, Any], *, modern: bool) -> int | None:
@@ -229,10 +256,13 @@ class IdRename:
         message["id"] = self.upstream_id
         return orjson.dumps(message)
 
-    def incoming(self, data: bytes) -> bytes:
-        """A JSON body, or complete SSE events, with our id put back to the client's."""
-        if b"data:" not in data:
-            return self._swap(data)
+    def incoming(self, body: bytes) -> bytes:
+        """A JSON body with our id put back to the client's."""
+        return self._swap(body)
+
+    def incoming_events(self, data: bytes) -> bytes:
+        """Complete SSE events with our id put back to the client's (by the content type, not
+        by sniffing: a JSON answer may hold the text "data:", an image's data: URL)."""
         lines = []
         for line in data.replace(b"\r\n", b"\n").split(b"\n"):
             lines.append(b"data: " + self._swap(line[5:].strip()) if line.startswith(b"data:") else line)

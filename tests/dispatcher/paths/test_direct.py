@@ -677,3 +677,81 @@ async def test_a_missed_deadline_is_always_upstream_timeout(harness: Harness) ->
         except Exception as exc:  # noqa: BLE001 - the code is what is checked
             codes.add(getattr(exc, "code", type(exc).__name__))
     assert codes == {"upstream_timeout"}
+
+
+async def test_a_stream_whose_last_chunk_comes_apart_leaves_its_connection_for_the_next_call(
+    harness: Harness,
+) -> None:
+    connections: list[int] = []
+
+    async def keeps_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(
+                    next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+                )
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    + chunk(PROGRESS)
+                    + chunk(RESULT)
+                )
+                await writer.drain()
+                await asyncio.sleep(0.01)  # uvicorn and Starlette end a stream with a write of its own
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(keeps_alive, "127.0.0.1", 0)
+    harness.servers.append(server)
+    a = await harness.replica(answers(b""), "eu-west")
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    a.record.url, a.client = url, ReplicaClient(harness.pool, url, era="modern")
+    for _ in range(4):
+        assert len(responses(body_of(await harness.call([a], idempotent=False)))) == 1
+    assert len(connections) == 1
+
+
+async def test_notifications_on_their_own_lines_before_a_json_response_reach_the_client_as_the_response_alone(
+    harness: Harness,
+) -> None:
+    progress = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}'
+    body = progress + b"\n" + JSON_RESULT  # the conformance reference server's way
+    a = await harness.replica(answers(raw_json(body)), "eu-west")
+    sent = await harness.call([a], idempotent=False)
+    assert orjson.loads(body_of(sent)) == orjson.loads(JSON_RESULT)
+
+
+async def test_a_null_member_beside_a_result_or_an_error_counts_as_absent(harness: Harness) -> None:
+    a = await harness.replica(answers(raw_json(b'{"jsonrpc":"2.0","id":1,"result":{"content":[]},"error":null}')), "x")
+    assert answer_of(await harness.call([a], idempotent=False))["result"] == {"content": []}
+    b = await harness.replica(
+        answers(raw_json(b'{"jsonrpc":"2.0","id":1,"result":null,"error":{"code":-1,"message":"m"}}')), "y"
+    )
+    assert answer_of(await harness.call([b], idempotent=False))["error"]["code"] == -1
+
+
+async def test_an_agent_refusing_the_dispatchers_requests_counts_against_its_health(harness: Harness) -> None:
+    error = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"who are you"}}'
+    a = await harness.replica(answers(raw_json(error, b"401 Unauthorized")), "eu-west")
+    with pytest.raises(AgentUnavailable):
+        await harness.call([a], idempotent=False)
+    assert a.breaker.consecutive == 1
+
+
+async def test_a_shared_legacy_sessions_json_answer_holding_the_text_data_is_renamed_back(harness: Harness) -> None:
+    async def answers_json(writer: asyncio.StreamWriter) -> None:
+        upstream_id = orjson.loads(RECEIVED[-1])["id"]
+        image = {"type": "text", "text": "data:image/png;base64,AAAA"}
+        body = orjson.dumps({"jsonrpc": "2.0", "id": upstream_id, "result": {"content": [image]}})
+        writer.write(raw_json(body))
+        await writer.drain()
+
+    RECEIVED.clear()
+    legacy = await harness.replica(answers_json, "eu-west", era="legacy")
+    legacy.client.legacy_sessions[()] = "s-1"
+    answer = answer_of(await harness.call([legacy], idempotent=False))
+    assert answer["id"] == 1 and answer["result"]["content"][0]["text"].startswith("data:image/png")

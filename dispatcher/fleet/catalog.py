@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 
 from edgefleet.dispatcher.fleet.federation import Federation
 from edgefleet.dispatcher.fleet.naming import namespace_tools
-from edgefleet.dispatcher.fleet.schemas import CompiledSchema, compile_schema, schema_problem
+from edgefleet.dispatcher.fleet.schemas import CompiledSchema, compile_schema
 from edgefleet.dispatcher.fleet.surface import Surface
 from edgefleet.shared.constants import (
     META_EDGE_AGENT,
@@ -155,21 +155,35 @@ def check_tool_schemas(agent: str, tools: list[dict[str, Any]]) -> None:
 
 def tool_schema_problem(tool: dict[str, Any]) -> tuple[str, str] | None:
     """(which schema, why) when the tool's ``inputSchema`` is not a JSON Schema object of
-    ``"type": "object"`` or its ``outputSchema`` not a JSON Schema object (the MCP spec;
-    2026-07-28 allows any type of output), or either breaks its metaschema; else None. An
-    absent ``inputSchema`` is the dispatcher's to fill in (``{"type": "object"}``)."""
+    ``"type": "object"`` or its ``outputSchema`` not a JSON Schema object with a valid
+    ``type`` (the MCP spec; 2026-07-28 allows any type of output); else None. An absent
+    ``inputSchema`` is the dispatcher's to fill in (``{"type": "object"}``).
+
+    Only what makes clients refuse the list: deeper mistakes (a property's unknown type, a
+    malformed ``required``) are what many existing servers publish and clients accept, so
+    such a schema is listed and left unchecked by the dispatcher, logged (``compile_schema``),
+    as before: refusing it would take a working agent out of the fleet on an upgrade."""
     for which in ("inputSchema", "outputSchema"):
         if which not in tool or (which == "outputSchema" and tool[which] is None):
             continue
         schema = tool[which]
         if not isinstance(schema, dict):
             return which, f"it is {_json_type(schema)}, not a JSON Schema object"
-        if which == "inputSchema" and schema.get("type") != "object":
-            return which, f'its "type" is {orjson.dumps(schema.get("type")).decode()[:80]}, not "object"'
-        reason = schema_problem(schema)
-        if reason is not None:
-            return which, reason
+        kind = schema.get("type")
+        if which == "inputSchema" and kind != "object":
+            return which, f'its "type" is {orjson.dumps(kind).decode()[:80]}, not "object"'
+        if which == "outputSchema" and "type" in schema and not _valid_type(kind):
+            return which, f'its "type" is {orjson.dumps(kind).decode()[:80]}, not a JSON Schema type'
     return None
+
+
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+def _valid_type(kind: Any) -> bool:
+    if isinstance(kind, str):
+        return kind in _JSON_TYPES
+    return isinstance(kind, list) and bool(kind) and all(isinstance(k, str) and k in _JSON_TYPES for k in kind)
 
 
 def _json_type(value: Any) -> str:

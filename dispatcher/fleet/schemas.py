@@ -132,28 +132,6 @@ def _explained(error: Any) -> jsonschema.exceptions.ValidationError:
     )
 
 
-def _never_retrieve(uri: str) -> Any:
-    raise LookupError(f"{uri} is not fetched: an agent's schema must not make the dispatcher open connections")
-
-
-# Metaschemas jsonschema-rs has built in, and nothing else (no HTTP for an unknown $schema).
-OFFLINE_REGISTRY = jsonschema_rs.Registry([], retriever=_never_retrieve)
-
-
-def schema_problem(schema: dict[str, Any]) -> str | None:
-    """Why ``schema`` breaks its dialect's metaschema, or None. Asked of jsonschema-rs (a few
-    µs, where ``jsonschema`` takes ~1 ms: it runs for every tool of every registration); a
-    dialect it does not know (draft 3, a custom ``$schema``) is not judged here."""
-    try:
-        jsonschema_rs.meta.validate(schema, registry=OFFLINE_REGISTRY)
-    except jsonschema_rs.ValidationError as exc:
-        where = "/".join(str(part) for part in exc.instance_path)
-        return f"at '{where}': {exc.message}" if where else exc.message
-    except Exception:  # noqa: BLE001 - e.g. ReferencingError: an unknown dialect, compile_schema decides
-        return None
-    return None
-
-
 def compile_schema(schema: Any, tool: str, which: str = "inputSchema") -> CompiledSchema | None:
     """The compiled schema, or None (no schema, an invalid one, or one with a regex the
     dispatcher cannot run in linear time: logged, and then the arguments pass unvalidated /
@@ -213,4 +191,4 @@ def _fast(schema: dict[str, Any], draft: str, tool: str, which: str) -> Any | No
     return fast
 
 
-__all__ = ["CompiledSchema", "compile_schema", "schema_problem"]
+__all__ = ["CompiledSchema", "compile_schema"]

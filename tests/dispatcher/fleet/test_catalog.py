@@ -232,10 +232,9 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"inputSchema": None}, "inputSchema", "it is null"),
     ({"inputSchema": {"properties": {}}}, "inputSchema", '"type" is null, not "object"'),
     ({"inputSchema": {"type": "string"}}, "inputSchema", 'not "object"'),
-    ({"inputSchema": {"type": "object", "properties": {"a": {"type": "x"}}}}, "inputSchema", "at 'properties/a/type'"),
     ({"outputSchema": [1]}, "outputSchema", "it is an array"),
-    ({"outputSchema": {"type": "nonsense"}}, "outputSchema", "nonsense"),
-    ({"outputSchema": {"type": "object", "required": "v"}}, "outputSchema", "at 'required'"),
+    ({"outputSchema": {"type": "nonsense"}}, "outputSchema", '"type" is "nonsense", not a JSON Schema type'),
+    ({"outputSchema": {"type": []}}, "outputSchema", "not a JSON Schema type"),
 ]
 
 
@@ -265,6 +264,13 @@ def test_schemas_clients_can_read_are_accepted_without_fetching_anything() -> No
         # An unknown dialect is not judged at registration, and never fetched (no route to it).
         {"name": "custom", "inputSchema": {"$schema": "http://10.255.255.1/schema", "type": "object"}},
         {"name": "ref", "inputSchema": {"type": "object", "properties": {"a": {"$ref": "http://10.255.255.1/a"}}}},
+        # Deeper mistakes that clients accept: listed, left unchecked by the dispatcher (logged).
+        {"name": "deep", "inputSchema": {"type": "object", "properties": {"a": {"type": "x"}}}},
+        {
+            "name": "req",
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": ["object", "null"], "required": "v"},
+        },
     ]
     started = time.perf_counter()
     check_tool_limits("x", tools, max_tools=10, max_tool_bytes=65536)

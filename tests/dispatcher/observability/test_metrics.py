@@ -87,7 +87,14 @@ def test_agent_errors_get_bounded_labels() -> None:
     from opentelemetry.trace import INVALID_SPAN
 
     from edgefleet.dispatcher.observability.observe import CallObservation, error_label
-    from edgefleet.dispatcher.paths.direct import _classify
+    from edgefleet.dispatcher.paths.relay import _classify_message
+    from edgefleet.shared.jsonrpc import last_response
+
+    def _classify(obs: CallObservation, payload: bytes, *, stream: bool) -> None:
+        """The outcome the relay takes from an agent's answer (JSON body or SSE events)."""
+        message = last_response(payload, stream=stream)
+        assert message is not None
+        _classify_message(obs, message)
 
     assert error_label({"code": -32602, "message": "bad", "data": {"code": "whatever-the-agent-says"}}) == (
         "error",
